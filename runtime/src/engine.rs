@@ -1,0 +1,133 @@
+//! Loading a model file into a ready-to-run engine, and the generation loop.
+
+use crate::chat::ChatTemplate;
+use crate::file::MappedFile;
+use crate::gguf::Gguf;
+use crate::model::{Logits, Model, State};
+use crate::parallel::Pool;
+use crate::sampling::Sampler;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::{Error, Result};
+
+/// Everything needed to run one model file: weights, tokenizer, chat template, threads.
+pub struct Engine<'a> {
+    pub gguf: Gguf<'a>,
+    pub model: Model<'a>,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub pool: Pool,
+}
+
+impl<'a> Engine<'a> {
+    /// Parses and binds `file`; errors name the file.
+    pub fn load(file: &'a MappedFile, threads: usize) -> Result<Self> {
+        let gguf = file.gguf()?;
+        let model = Model::from_gguf(&gguf).map_err(|e| file.context(e))?;
+        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| file.context(e))?;
+        let tok_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
+        let template = ChatTemplate::new(
+            gguf.get_str("tokenizer.chat_template").map_err(|e| file.context(e))?,
+            &tok_text(tokenizer.bos()),
+            &tok_text(tokenizer.eos()),
+        )
+        .map_err(|e| file.context(e))?;
+        if tokenizer.n_vocab() != model.config.n_vocab {
+            return Err(file.context(Error::Tokenizer(format!(
+                "vocabulary has {} tokens but the model has {} rows of embeddings",
+                tokenizer.n_vocab(),
+                model.config.n_vocab
+            ))));
+        }
+        Ok(Engine { gguf, model, tokenizer, template, pool: Pool::new(threads)? })
+    }
+
+    /// Tokenizes a prompt the way llama.cpp does for generation: special tokens parsed, BOS
+    /// prepended when the model asks for it.
+    pub fn tokenize_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.tokenizer.add_bos() {
+            ids.extend(self.tokenizer.bos());
+        }
+        ids.extend(self.tokenizer.encode(text, true)?);
+        Ok(ids)
+    }
+
+    /// Feeds `prompt` (appended to whatever `state` holds) and samples up to `max_new` tokens,
+    /// calling `on_text` with each piece of decoded text as soon as it is complete UTF-8.
+    /// Stops at an end-of-generation token or when the context is full.
+    pub fn generate(
+        &self,
+        state: &mut State,
+        sampler: &mut Sampler,
+        prompt: &[u32],
+        max_new: usize,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(Error::Tokenizer("the prompt is empty".into()));
+        }
+        let needed = state.pos + prompt.len();
+        if needed > state.n_ctx {
+            return Err(Error::ContextOverflow { needed, n_ctx: state.n_ctx });
+        }
+        for &t in prompt {
+            sampler.accept(t);
+        }
+        let t0 = std::time::Instant::now();
+        let mut logits = self.model.forward(state, &self.pool, prompt, Logits::Last)?;
+        let prefill = t0.elapsed();
+        let mut out = Generation { prompt_tokens: prompt.len(), prefill, ..Default::default() };
+        let mut dec = StreamDecoder::new();
+        let t1 = std::time::Instant::now();
+        while out.tokens.len() < max_new {
+            let id = sampler.sample(logits);
+            sampler.accept(id);
+            if self.tokenizer.is_eog(id) {
+                out.stop = Stop::EndOfGeneration;
+                out.eog_token = Some(id);
+                break;
+            }
+            out.tokens.push(id);
+            let piece = dec.push(&self.tokenizer, id);
+            if !piece.is_empty() {
+                on_text(&piece);
+            }
+            if out.tokens.len() == max_new {
+                break;
+            }
+            if state.pos >= state.n_ctx {
+                out.stop = Stop::ContextFull;
+                break;
+            }
+            logits = self.model.forward(state, &self.pool, &[id], Logits::Last)?;
+        }
+        let rest = dec.flush();
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        out.decode = t1.elapsed();
+        Ok(out)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stop {
+    #[default]
+    Length,
+    EndOfGeneration,
+    ContextFull,
+}
+
+/// What one `generate` call did.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    /// Generated tokens, without the end-of-generation token (not yet in the cache: the last
+    /// one sampled is never fed back).
+    pub tokens: Vec<u32>,
+    pub eog_token: Option<u32>,
+    pub stop: Stop,
+    pub prompt_tokens: usize,
+    pub prefill: std::time::Duration,
+    pub decode: std::time::Duration,
+}

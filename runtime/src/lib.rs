@@ -1,0 +1,30 @@
+//! pith: on-device inference for compressed language models.
+//!
+//! The GGUF reader and the forward pass are `no_std` + `alloc`; the `std` feature adds the
+//! file map, threads, the tokenizer, chat templates and the CLI.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+#[cfg(feature = "std")]
+pub mod chat;
+#[cfg(feature = "std")]
+pub mod engine;
+mod error;
+#[cfg(feature = "std")]
+pub mod file;
+pub mod gguf;
+pub mod math;
+pub mod model;
+pub mod parallel;
+#[cfg(feature = "std")]
+pub mod perplexity;
+#[cfg(feature = "std")]
+pub mod sampling;
+pub mod tensor;
+#[cfg(feature = "std")]
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use model::{Config, Logits, Model, State};
+pub use parallel::Pool;

@@ -1,0 +1,401 @@
+//! The `pith` command line.
+
+use clap::{Args, Parser, Subcommand};
+use pith::chat::Message;
+use pith::engine::{Engine, Stop};
+use pith::file::MappedFile;
+use pith::sampling::{Sampler, SamplerConfig};
+use pith::State;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pith", version, about = "On-device inference for compressed language models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a continuation of a prompt, streamed to stdout.
+    Run(RunArgs),
+    /// Chat interactively (or one user turn per line of piped stdin).
+    Chat(ChatArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(TokenizeArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(InspectArgs),
+    /// Perplexity of a text (llama-perplexity's protocol).
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model file (GGUF). Default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing.
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Worker threads (0 = one per core).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Sampling temperature (0 = greedy).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1.0 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back over.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// RNG seed (same seed, same output).
+    #[arg(short = 's', long = "seed", default_value_t = 42)]
+    seed: u64,
+}
+
+impl SampleArgs {
+    fn sampler(&self) -> Result<Sampler, String> {
+        let c = SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        };
+        c.validate()?;
+        Ok(Sampler::new(c))
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text.
+    #[arg(short = 'p', long = "prompt", conflicts_with = "file", required_unless_present = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n: usize,
+    /// Context size in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
+    ctx: usize,
+    #[command(flatten)]
+    sample: SampleArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System prompt.
+    #[arg(long = "system")]
+    system: Option<String>,
+    /// Maximum tokens per reply.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+    n: usize,
+    /// Context size in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
+    ctx: usize,
+    #[command(flatten)]
+    sample: SampleArgs,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(short = 'p', long = "prompt", conflicts_with = "file", required_unless_present = "file")]
+    prompt: Option<String>,
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Treat special-token text (e.g. <|im_start|>) as plain text.
+    #[arg(long = "no-parse-special")]
+    no_parse_special: bool,
+    /// Prepend BOS when the model asks for it.
+    #[arg(long = "add-bos")]
+    add_bos: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// GGUF file.
+    file: PathBuf,
+    /// Print whole arrays instead of their first elements.
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to evaluate.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Chunk (context) size.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    ctx: usize,
+    /// Chunks to evaluate (0 = all).
+    #[arg(long = "chunks", default_value_t = 0)]
+    chunks: usize,
+}
+
+type Res<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Chat(a) => chat(a),
+        Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Perplexity(a) => perplexity(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pith: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn model_path(m: &ModelArgs) -> Res<PathBuf> {
+    match &m.model {
+        Some(p) => Ok(p.clone()),
+        None => pith_models::ensure_default_model().map_err(|e| e.to_string()),
+    }
+}
+
+fn open(m: &ModelArgs) -> Res<MappedFile> {
+    MappedFile::open(model_path(m)?).map_err(|e| e.to_string())
+}
+
+fn read_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Res<String> {
+    match (prompt, file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => {
+            let b = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            String::from_utf8(b).map_err(|e| format!("{}: not valid UTF-8 (byte {})", f.display(), e.utf8_error().valid_up_to()))
+        }
+        (None, None) => Err("give a prompt with -p or -f".into()),
+    }
+}
+
+fn run(a: RunArgs) -> Res<()> {
+    let mut sampler = a.sample.sampler()?;
+    let text = read_text(&a.prompt, &a.file)?;
+    let t0 = std::time::Instant::now();
+    let file = open(&a.model)?;
+    let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
+    let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
+    let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
+    if ids.len() > a.ctx {
+        return Err(format!("the prompt has {} tokens, more than the context of {} (use a larger -c)", ids.len(), a.ctx));
+    }
+    eprintln!("pith: loaded {} in {:.0} ms ({} threads)", file.path().display(), t0.elapsed().as_secs_f64() * 1e3, eng.pool.threads());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut werr = None;
+    let g = eng
+        .generate(&mut state, &mut sampler, &ids, a.n, |s| {
+            if werr.is_none() {
+                if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                    werr = Some(e);
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = werr {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(format!("writing to stdout: {e}"));
+        }
+    }
+    let _ = out.write_all(b"\n").and_then(|_| out.flush());
+    if g.stop == Stop::ContextFull {
+        eprintln!("pith: stopped: the context of {} tokens is full", a.ctx);
+    }
+    report(&g);
+    Ok(())
+}
+
+fn report(g: &pith::engine::Generation) {
+    let pp = g.prompt_tokens as f64 / g.prefill.as_secs_f64().max(1e-9);
+    let tg = g.tokens.len() as f64 / g.decode.as_secs_f64().max(1e-9);
+    eprintln!(
+        "pith: prompt {} tokens in {:.0} ms ({pp:.1} t/s), generated {} tokens in {:.0} ms ({tg:.1} t/s)",
+        g.prompt_tokens,
+        g.prefill.as_secs_f64() * 1e3,
+        g.tokens.len(),
+        g.decode.as_secs_f64() * 1e3
+    );
+}
+
+fn chat(a: ChatArgs) -> Res<()> {
+    let mut sampler = a.sample.sampler()?;
+    let file = open(&a.model)?;
+    let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
+    let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut messages: Vec<Message> = Vec::new();
+    let base = |m: &mut Vec<Message>| {
+        m.clear();
+        if let Some(s) = &a.system {
+            m.push(Message::new("system", s));
+        }
+    };
+    base(&mut messages);
+    // Tokens currently in the KV cache, so each turn only feeds what is new.
+    let mut fed: Vec<u32> = Vec::new();
+    if interactive {
+        eprintln!("pith chat: type a message; /reset starts over, /exit or Ctrl-D quits.");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let line = match lines.next() {
+            None => break,
+            Some(Ok(l)) => l,
+            Some(Err(e)) => return Err(format!("reading stdin: {e}")),
+        };
+        let line = line.trim_end_matches('\r');
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                base(&mut messages);
+                fed.clear();
+                state.reset();
+                sampler.reset();
+                eprintln!("pith: conversation reset");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::new("user", line));
+        let text = eng.template.render(&messages, true).map_err(|e| e.to_string())?;
+        let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
+        // Reuse the cached prefix; feed the rest.
+        let common = fed.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        state.truncate(common);
+        fed.truncate(common);
+        let new = &ids[common..];
+        if state.pos + new.len() > state.n_ctx {
+            messages.pop();
+            eprintln!(
+                "pith: this turn needs {} tokens but the context holds {}; /reset or start with a larger -c",
+                state.pos + new.len(),
+                state.n_ctx
+            );
+            continue;
+        }
+        let stdout = std::io::stdout();
+        let mut reply = String::new();
+        let g = {
+            let mut out = stdout.lock();
+            eng.generate(&mut state, &mut sampler, new, a.n, |s| {
+                reply.push_str(s);
+                let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
+            })
+            .map_err(|e| e.to_string())?
+        };
+        println!();
+        fed.extend_from_slice(new);
+        fed.extend_from_slice(&g.tokens);
+        fed.truncate(state.pos);
+        if g.stop == Stop::ContextFull {
+            eprintln!("pith: the context is full; /reset to continue");
+        }
+        messages.push(Message::new("assistant", &reply));
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Res<()> {
+    let text = read_text(&a.prompt, &a.file)?;
+    let file = open(&a.model)?;
+    let g = file.gguf().map_err(|e| e.to_string())?;
+    let tok = pith::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    if a.add_bos && tok.add_bos() {
+        ids.extend(tok.bos());
+    }
+    ids.extend(tok.encode(&text, !a.no_parse_special).map_err(|e| e.to_string())?);
+    println!("{}", serde_json::to_string(&ids).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Res<()> {
+    let file = MappedFile::open(&a.file).map_err(|e| e.to_string())?;
+    let g = file.gguf().map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "file: {}\nGGUF version {}, {} metadata keys, {} tensors, alignment {}, data at byte {}", a.file.display(), g.version, g.metadata.len(), g.tensors.len(), g.alignment, g.data_offset);
+    let _ = writeln!(out, "\nmetadata:");
+    for (k, v) in &g.metadata {
+        let _ = writeln!(out, "  {k:<45} {}", pith::gguf::display_value(v, if a.full { usize::MAX } else { 8 }));
+    }
+    let _ = writeln!(out, "\ntensors:\n  {:<36} {:<6} {:>24} {:>12} {:>12}", "name", "type", "shape", "bytes", "offset");
+    let mut total = 0u64;
+    let mut by_type = std::collections::BTreeMap::<&str, (usize, u64)>::new();
+    for t in &g.tensors {
+        total += t.data.len() as u64;
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.data.len() as u64;
+        let _ = writeln!(out, "  {:<36} {:<6} {:>24} {:>12} {:>12}", t.name, t.ty.name(), format!("{:?}", t.dims), t.data.len(), t.offset);
+    }
+    let n_el: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
+    let _ = writeln!(out, "\ntotal: {} tensors, {} elements, {:.2} MiB, {:.3} bits per weight", g.tensors.len(), n_el, total as f64 / 1048576.0, total as f64 * 8.0 / n_el.max(1) as f64);
+    for (ty, (n, b)) in by_type {
+        let _ = writeln!(out, "  {ty:<6} {n:>4} tensors {:>10.2} MiB", b as f64 / 1048576.0);
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(())
+}
+
+fn perplexity(a: PerplexityArgs) -> Res<()> {
+    let text = read_text(&None, &Some(a.file.clone()))?;
+    let t0 = std::time::Instant::now();
+    let file = open(&a.model)?;
+    let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
+    let tokens = eng.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
+    let bos = if eng.tokenizer.add_bos() { eng.tokenizer.bos() } else { None };
+    let avail = tokens.len() / a.ctx.max(1);
+    let n = if a.chunks == 0 { avail } else { a.chunks.min(avail) };
+    eprintln!("pith: {} tokens, {} chunks of {} (scoring the second half of each), {} threads; tokenized in {:.1} s", tokens.len(), n, a.ctx, eng.pool.threads(), t0.elapsed().as_secs_f64());
+    let t1 = std::time::Instant::now();
+    let stats = pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, a.ctx, a.chunks, bos, |s| {
+        print!("[{}]{:.4},", s.chunks, s.ppl());
+        let _ = std::io::stdout().flush();
+    })
+    .map_err(|e| e.to_string())?;
+    println!();
+    let secs = t1.elapsed().as_secs_f64();
+    eprintln!("pith: {} chunks in {:.1} s ({:.1} s per chunk, {:.0} tokens/s)", stats.chunks, secs, secs / stats.chunks as f64, (stats.chunks * a.ctx) as f64 / secs);
+    println!("PPL = {:.4} +/- {:.5}", stats.ppl(), stats.ppl_error());
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Scalar math that works with and without `std` (std's versions are faster where available).
+
+#[cfg(feature = "std")]
+mod imp {
+    #[inline]
+    pub fn expf(x: f32) -> f32 {
+        x.exp()
+    }
+    #[inline]
+    pub fn sqrtf(x: f32) -> f32 {
+        x.sqrt()
+    }
+    #[inline]
+    pub fn powf(x: f32, y: f32) -> f32 {
+        x.powf(y)
+    }
+    #[inline]
+    pub fn sin_cos(x: f32) -> (f32, f32) {
+        x.sin_cos()
+    }
+    #[inline]
+    pub fn lnf(x: f64) -> f64 {
+        x.ln()
+    }
+}
+
+#[cfg(not(feature = "std"))]
+mod imp {
+    #[inline]
+    pub fn expf(x: f32) -> f32 {
+        libm::expf(x)
+    }
+    #[inline]
+    pub fn sqrtf(x: f32) -> f32 {
+        libm::sqrtf(x)
+    }
+    #[inline]
+    pub fn powf(x: f32, y: f32) -> f32 {
+        libm::powf(x, y)
+    }
+    #[inline]
+    pub fn sin_cos(x: f32) -> (f32, f32) {
+        libm::sincosf(x)
+    }
+    #[inline]
+    pub fn lnf(x: f64) -> f64 {
+        libm::log(x)
+    }
+}
+
+pub use imp::*;
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// RMSNorm of `x` into `out`, scaled by `w`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    // Sum of squares in f64, as ggml does.
+    let ss = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
+    let scale = 1.0 / sqrtf(ss as f32 + eps);
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * scale * wi;
+    }
+}
+
+/// SiLU(x) = x * sigmoid(x).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(-x))
+}

@@ -1,0 +1,391 @@
+//! The transformer: weights borrowed from a GGUF file, a KV cache, and the forward pass.
+//!
+//! Data flow for a batch of `n` tokens (shapes in comments are row-major, tokens first):
+//! embed → for each layer { RMSNorm → Q,K,V → RoPE → cache → attention → O → +residual →
+//! RMSNorm → gate,up → SwiGLU → down → +residual } → RMSNorm → output → logits.
+
+mod config;
+
+pub use config::{Config, RopeStyle};
+
+use crate::gguf::Gguf;
+use crate::math;
+use crate::parallel::Pool;
+use crate::tensor::{matmul, MatmulScratch, Weight};
+use crate::{Error, Result};
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+use half::f16;
+use pith_kernels::GgmlType;
+
+/// One transformer block's weights.
+pub struct Layer<'a> {
+    pub attn_norm: &'a [f32], // (n_embd)
+    pub wq: Weight<'a>,       // (q_dim, n_embd)
+    pub wk: Weight<'a>,       // (kv_dim, n_embd)
+    pub wv: Weight<'a>,       // (kv_dim, n_embd)
+    pub bq: Option<&'a [f32]>, // (q_dim)
+    pub bk: Option<&'a [f32]>, // (kv_dim)
+    pub bv: Option<&'a [f32]>, // (kv_dim)
+    pub wo: Weight<'a>,       // (n_embd, q_dim)
+    pub ffn_norm: &'a [f32],  // (n_embd)
+    pub w_gate: Weight<'a>,   // (n_ff, n_embd)
+    pub w_up: Weight<'a>,     // (n_ff, n_embd)
+    pub w_down: Weight<'a>,   // (n_embd, n_ff)
+}
+
+/// A loaded model: configuration plus weights that point into the file.
+pub struct Model<'a> {
+    pub config: Config,
+    pub token_embd: Weight<'a>,  // (n_vocab, n_embd)
+    pub layers: Vec<Layer<'a>>,  // (n_layer)
+    pub output_norm: &'a [f32],  // (n_embd)
+    /// The output projection; the embedding matrix itself when the file ties them.
+    pub output: Weight<'a>, // (n_vocab, n_embd)
+}
+
+fn weight<'a>(g: &Gguf<'a>, name: &str, n_rows: usize, n_cols: usize) -> Result<Weight<'a>> {
+    let t = g.tensor(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+    let expected = vec![n_cols as u64, n_rows as u64];
+    if t.dims != expected {
+        return Err(Error::ShapeMismatch { tensor: name.to_string(), expected, found: t.dims.clone() });
+    }
+    if t.ty == GgmlType::Q8_K {
+        return Err(Error::BadTensorType { tensor: name.to_string(), ty: t.ty, why: "an activation-only format" });
+    }
+    Ok(Weight { ty: t.ty, n_rows, n_cols, data: t.data })
+}
+
+fn vector<'a>(g: &Gguf<'a>, name: &str, n: usize) -> Result<Option<&'a [f32]>> {
+    let Some(t) = g.tensor(name) else { return Ok(None) };
+    if t.dims != [n as u64] {
+        return Err(Error::ShapeMismatch { tensor: name.to_string(), expected: vec![n as u64], found: t.dims.clone() });
+    }
+    if t.ty != GgmlType::F32 {
+        return Err(Error::BadTensorType { tensor: name.to_string(), ty: t.ty, why: "norms and biases must be f32" });
+    }
+    bytemuck::try_cast_slice(t.data).map(Some).map_err(|_| Error::Misaligned(name.to_string()))
+}
+
+fn required<'a>(g: &Gguf<'a>, name: &str, n: usize) -> Result<&'a [f32]> {
+    vector(g, name, n)?.ok_or_else(|| Error::MissingTensor(name.to_string()))
+}
+
+impl<'a> Model<'a> {
+    /// Binds the weights of a parsed GGUF file, checking every tensor's shape and type.
+    pub fn from_gguf(g: &Gguf<'a>) -> Result<Self> {
+        let c = Config::from_gguf(g)?;
+        let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let token_embd = weight(g, "token_embd.weight", c.n_vocab, d)?;
+        let output = if g.tensor("output.weight").is_some() {
+            weight(g, "output.weight", c.n_vocab, d)?
+        } else {
+            token_embd
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let n = |s: &str| alloc::format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: required(g, &n("attn_norm.weight"), d)?,
+                wq: weight(g, &n("attn_q.weight"), q, d)?,
+                wk: weight(g, &n("attn_k.weight"), kv, d)?,
+                wv: weight(g, &n("attn_v.weight"), kv, d)?,
+                bq: vector(g, &n("attn_q.bias"), q)?,
+                bk: vector(g, &n("attn_k.bias"), kv)?,
+                bv: vector(g, &n("attn_v.bias"), kv)?,
+                wo: weight(g, &n("attn_output.weight"), d, q)?,
+                ffn_norm: required(g, &n("ffn_norm.weight"), d)?,
+                w_gate: weight(g, &n("ffn_gate.weight"), ff, d)?,
+                w_up: weight(g, &n("ffn_up.weight"), ff, d)?,
+                w_down: weight(g, &n("ffn_down.weight"), d, ff)?,
+            });
+        }
+        let output_norm = required(g, "output_norm.weight", d)?;
+        Ok(Model { config: c, token_embd, layers, output_norm, output })
+    }
+
+    /// Bytes of weights (what a token streams from memory, roughly).
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.token_embd.data.len() + self.output_norm.len() * 4;
+        if !core::ptr::eq(self.output.data, self.token_embd.data) {
+            n += self.output.data.len();
+        }
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                n += w.data.len();
+            }
+        }
+        n
+    }
+}
+
+/// Which positions of a call get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Tokens `start..` of the call (perplexity scores a suffix).
+    From(usize),
+    /// None (filling the cache).
+    None,
+}
+
+/// Per-sequence state: the KV cache, the position, and reusable activation buffers.
+pub struct State {
+    pub n_ctx: usize,
+    /// Tokens already in the cache.
+    pub pos: usize,
+    /// Largest batch processed at once.
+    pub n_batch: usize,
+    k_cache: Vec<f16>, // (n_layer, n_ctx, kv_dim)
+    v_cache: Vec<f16>, // (n_layer, n_ctx, kv_dim)
+    x: Vec<f32>,       // (n, n_embd) residual stream
+    xb: Vec<f32>,      // (n, n_embd) normed input
+    q: Vec<f32>,       // (n, q_dim)
+    k: Vec<f32>,       // (n, kv_dim)
+    v: Vec<f32>,       // (n, kv_dim)
+    att: Vec<f32>,     // (n, q_dim) attention output
+    proj: Vec<f32>,    // (n, n_embd) projection output
+    hb: Vec<f32>,      // (n, n_ff)
+    hb2: Vec<f32>,     // (n, n_ff)
+    logits: Vec<f32>,  // (n_out, n_vocab)
+    rope: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) cos, sin
+    scratch: MatmulScratch,
+}
+
+impl State {
+    /// A fresh state for `model` holding up to `n_ctx` tokens, processing at most `n_batch` at once.
+    pub fn new(model: &Model<'_>, n_ctx: usize, n_batch: usize) -> Result<Self> {
+        let c = &model.config;
+        if n_ctx == 0 {
+            return Err(Error::BadHyperParam { key: "n_ctx".to_string(), reason: "must be at least 1".to_string() });
+        }
+        let cache = c
+            .n_layer
+            .checked_mul(n_ctx)
+            .and_then(|v| v.checked_mul(c.kv_dim()))
+            .ok_or_else(|| Error::BadHyperParam { key: "n_ctx".to_string(), reason: "KV cache size overflows".to_string() })?;
+        // Rotation table: theta = pos * scale * base^(-2i/rope_dim).
+        let half = c.rope_dim / 2;
+        let mut rope = Vec::with_capacity(n_ctx * half);
+        for p in 0..n_ctx {
+            let pos = p as f32 * c.rope_freq_scale;
+            for i in 0..half {
+                let freq = math::powf(c.rope_theta, -2.0 * i as f32 / c.rope_dim as f32);
+                let (s, co) = math::sin_cos(pos * freq);
+                rope.push((co, s));
+            }
+        }
+        Ok(State {
+            n_ctx,
+            pos: 0,
+            n_batch: n_batch.max(1),
+            k_cache: vec![f16::ZERO; cache],
+            v_cache: vec![f16::ZERO; cache],
+            x: Vec::new(),
+            xb: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            att: Vec::new(),
+            proj: Vec::new(),
+            hb: Vec::new(),
+            hb2: Vec::new(),
+            logits: Vec::new(),
+            rope,
+            scratch: MatmulScratch::default(),
+        })
+    }
+
+    /// Forgets every cached token.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Drops cached tokens from position `pos` on.
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+}
+
+impl Model<'_> {
+    /// Runs `tokens` through the model at positions `state.pos..`, appending them to the cache.
+    /// Returns the requested logits, (n_out, n_vocab).
+    pub fn forward<'s>(&self, state: &'s mut State, pool: &Pool, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        let nv = self.config.n_vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= nv) {
+            return Err(Error::BadToken { id, n_vocab: nv });
+        }
+        let needed = state.pos + tokens.len();
+        if needed > state.n_ctx {
+            return Err(Error::ContextOverflow { needed, n_ctx: state.n_ctx });
+        }
+        let start = match want {
+            Logits::Last => tokens.len().saturating_sub(1),
+            Logits::From(s) => s.min(tokens.len()),
+            Logits::None => tokens.len(),
+        };
+        state.logits.clear();
+        let mut done = 0;
+        while done < tokens.len() {
+            let n = state.n_batch.min(tokens.len() - done);
+            let batch = &tokens[done..done + n];
+            // Logits for this batch's tokens at or after `start`.
+            let out_from = start.saturating_sub(done).min(n);
+            self.forward_batch(state, pool, batch, out_from);
+            done += n;
+        }
+        Ok(&state.logits)
+    }
+
+    /// One batch of `n` tokens; logits for batch positions `out_from..n` are appended.
+    fn forward_batch(&self, s: &mut State, pool: &Pool, tokens: &[u32], out_from: usize) {
+        let c = &self.config;
+        let n = tokens.len();
+        let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        for (buf, len) in [
+            (&mut s.x, n * d),
+            (&mut s.xb, n * d),
+            (&mut s.q, n * qd),
+            (&mut s.k, n * kvd),
+            (&mut s.v, n * kvd),
+            (&mut s.att, n * qd),
+            (&mut s.proj, n * d),
+            (&mut s.hb, n * ff),
+            (&mut s.hb2, n * ff),
+        ] {
+            buf.resize(len, 0.0);
+        }
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.token_embd.dequantize_row(tok as usize, &mut s.x[t * d..(t + 1) * d]);
+        }
+        let p0 = s.pos;
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            for t in 0..n {
+                math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.attn_norm, c.rms_eps);
+            }
+            matmul(pool, &mut s.scratch, &l.wq, &s.xb, n, &mut s.q);
+            matmul(pool, &mut s.scratch, &l.wk, &s.xb, n, &mut s.k);
+            matmul(pool, &mut s.scratch, &l.wv, &s.xb, n, &mut s.v);
+            add_bias(&mut s.q, l.bq);
+            add_bias(&mut s.k, l.bk);
+            add_bias(&mut s.v, l.bv);
+            for t in 0..n {
+                let rot = &s.rope[(p0 + t) * (c.rope_dim / 2)..(p0 + t + 1) * (c.rope_dim / 2)];
+                for h in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(c.head_dim) {
+                    apply_rope(h, rot, c.rope_style);
+                }
+                for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(c.head_dim) {
+                    apply_rope(h, rot, c.rope_style);
+                }
+            }
+            let layer_off = li * s.n_ctx * kvd;
+            for t in 0..n {
+                let at = layer_off + (p0 + t) * kvd;
+                for (dst, &src) in s.k_cache[at..at + kvd].iter_mut().zip(&s.k[t * kvd..(t + 1) * kvd]) {
+                    *dst = f16::from_f32(src);
+                }
+                for (dst, &src) in s.v_cache[at..at + kvd].iter_mut().zip(&s.v[t * kvd..(t + 1) * kvd]) {
+                    *dst = f16::from_f32(src);
+                }
+            }
+            let kc = &s.k_cache[layer_off..layer_off + s.n_ctx * kvd];
+            let vc = &s.v_cache[layer_off..layer_off + s.n_ctx * kvd];
+            let q = &s.q;
+            let (hd, group) = (c.head_dim, c.n_head / c.n_head_kv);
+            let scale = 1.0 / math::sqrtf(hd as f32);
+            // One chunk of `att` per (token, head): attention over positions 0..=p0+t.
+            pool.for_each_chunk(&mut s.att, hd, &|i, out: &mut [f32]| {
+                let (t, h) = (i / c.n_head, i % c.n_head);
+                let kvh = h / group;
+                let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                attention_head(qh, kc, vc, kvd, kvh * hd, p0 + t + 1, scale, out);
+            });
+            matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
+            for (x, p) in s.x.iter_mut().zip(&s.proj) {
+                *x += p;
+            }
+            // Feed-forward block (SwiGLU).
+            for t in 0..n {
+                math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.ffn_norm, c.rms_eps);
+            }
+            matmul(pool, &mut s.scratch, &l.w_gate, &s.xb, n, &mut s.hb);
+            matmul(pool, &mut s.scratch, &l.w_up, &s.xb, n, &mut s.hb2);
+            for (g, u) in s.hb.iter_mut().zip(&s.hb2) {
+                *g = math::silu(*g) * u;
+            }
+            matmul(pool, &mut s.scratch, &l.w_down, &s.hb, n, &mut s.proj);
+            for (x, p) in s.x.iter_mut().zip(&s.proj) {
+                *x += p;
+            }
+        }
+        s.pos += n;
+        let n_out = n - out_from;
+        if n_out == 0 {
+            return;
+        }
+        for t in out_from..n {
+            let r = (t - out_from) * d;
+            math::rmsnorm(&mut s.xb[r..r + d], &s.x[t * d..(t + 1) * d], self.output_norm, c.rms_eps);
+        }
+        let base = s.logits.len();
+        s.logits.resize(base + n_out * c.n_vocab, 0.0);
+        matmul(pool, &mut s.scratch, &self.output, &s.xb[..n_out * d], n_out, &mut s.logits[base..]);
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, bi) in row.iter_mut().zip(b) {
+                *v += bi;
+            }
+        }
+    }
+}
+
+/// Rotates one head's vector by the position's angles.
+fn apply_rope(h: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
+    match style {
+        RopeStyle::Normal => {
+            for (pair, &(co, si)) in h.chunks_exact_mut(2).zip(rot) {
+                let (a, b) = (pair[0], pair[1]);
+                pair[0] = a * co - b * si;
+                pair[1] = a * si + b * co;
+            }
+        }
+        RopeStyle::Neox => {
+            let half = rot.len();
+            for (i, &(co, si)) in rot.iter().enumerate() {
+                let (a, b) = (h[i], h[i + half]);
+                h[i] = a * co - b * si;
+                h[i + half] = a * si + b * co;
+            }
+        }
+    }
+}
+
+/// Causal attention of one query head over `n_pos` cached positions.
+#[allow(clippy::too_many_arguments)]
+fn attention_head(q: &[f32], kc: &[f16], vc: &[f16], kvd: usize, off: usize, n_pos: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let mut scores = vec![0.0f32; n_pos];
+    for (p, sc) in scores.iter_mut().enumerate() {
+        let k = &kc[p * kvd + off..p * kvd + off + hd];
+        let mut acc = 0.0f32;
+        for (a, b) in q.iter().zip(k) {
+            acc += a * b.to_f32();
+        }
+        *sc = acc * scale;
+    }
+    math::softmax(&mut scores);
+    out.fill(0.0);
+    for (p, &w) in scores.iter().enumerate() {
+        let v = &vc[p * kvd + off..p * kvd + off + hd];
+        for (o, b) in out.iter_mut().zip(v) {
+            *o += w * b.to_f32();
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Weights borrowed from the file, and the matrix multiply the forward pass is built on.
+
+use crate::parallel::Pool;
+use alloc::vec::Vec;
+use pith_kernels::GgmlType;
+
+/// A 2-D weight matrix, borrowed from the model file (zero copy).
+#[derive(Clone, Copy, Debug)]
+pub struct Weight<'a> {
+    pub ty: GgmlType,
+    /// Rows (output features).
+    pub n_rows: usize,
+    /// Columns (input features): the contiguous dimension, `dims[0]` in GGUF.
+    pub n_cols: usize,
+    /// `n_rows` rows of `ty.row_bytes(n_cols)` bytes each.
+    pub data: &'a [u8],
+}
+
+impl<'a> Weight<'a> {
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.n_rows.max(1)
+    }
+
+    /// The encoded bytes of row `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantizes row `r` into `out` (`n_cols` floats).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        pith_kernels::dequantize_row(self.ty, self.row(r), out);
+    }
+}
+
+/// Rows handled per inner tile: each is dequantized once and reused for every token.
+const TILE_ROWS: usize = 4;
+
+/// Scratch space reused across calls (no allocation in steady state).
+#[derive(Default)]
+pub struct MatmulScratch {
+    /// (n_rows, n_tok): the result before transposition, for batches.
+    out_t: Vec<f32>,
+}
+
+/// `out[t][r] = Σ_c w[r][c] · x[t][c]` — `x`: (n_tok, n_cols), `out`: (n_tok, n_rows).
+///
+/// Rows are split across the pool's threads. For one token the result is written in place;
+/// for a batch each thread fills a (rows, n_tok) tile which is transposed at the end, so the
+/// weights are streamed once per batch, not once per token.
+pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    let (n_rows, n_cols) = (w.n_rows, w.n_cols);
+    assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
+    assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
+    // Enough chunks to balance threads, each a multiple of the tile.
+    let chunk_rows = (n_rows.div_ceil(pool.threads() * 8)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
+    let target: &mut [f32] = if n_tok == 1 {
+        out
+    } else {
+        scratch.out_t.resize(n_rows * n_tok, 0.0);
+        &mut scratch.out_t
+    };
+    pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
+        let r0 = ci * chunk_rows;
+        let rows = chunk.len() / n_tok;
+        matmul_rows_hot_loop(w, x, n_tok, r0, rows, chunk);
+    });
+    if n_tok > 1 {
+        for (r, col) in scratch.out_t.chunks_exact(n_tok).enumerate() {
+            for (t, &v) in col.iter().enumerate() {
+                out[t * n_rows + r] = v;
+            }
+        }
+    }
+}
+
+/// The hot loop: rows `r0..r0+rows` of `w` against all tokens, into `chunk` laid out (rows, n_tok).
+fn matmul_rows_hot_loop(w: &Weight<'_>, x: &[f32], n_tok: usize, r0: usize, rows: usize, chunk: &mut [f32]) {
+    let n_cols = w.n_cols;
+    if n_tok == 1 {
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = pith_kernels::vec_dot_f32(w.ty, w.row(r0 + i), x);
+        }
+        return;
+    }
+    let mut tile = alloc::vec![0.0f32; TILE_ROWS * n_cols];
+    let mut i = 0;
+    while i < rows {
+        let nr = TILE_ROWS.min(rows - i);
+        for j in 0..nr {
+            w.dequantize_row(r0 + i + j, &mut tile[j * n_cols..(j + 1) * n_cols]);
+        }
+        for t in 0..n_tok {
+            let xt = &x[t * n_cols..(t + 1) * n_cols];
+            for j in 0..nr {
+                chunk[(i + j) * n_tok + t] = pith_kernels::dot_f32(&tile[j * n_cols..(j + 1) * n_cols], xt);
+            }
+        }
+        i += nr;
+    }
+}

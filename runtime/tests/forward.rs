@@ -1,0 +1,138 @@
+//! The forward pass against a naive f64 reference, on tiny random models of every weight type.
+
+mod common;
+
+use common::tiny::{build, reference_logits, TinySpec};
+use pith::gguf::Gguf;
+use pith::{Logits, Model, Pool, State};
+use pith_kernels::GgmlType;
+
+/// max |pith − reference| over all logits, relative to the reference's RMS.
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len() as f64).sqrt();
+    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max) / rms
+}
+
+fn tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 31 + 7) % vocab) as u32).collect()
+}
+
+fn check(spec: &TinySpec, bound: f64) {
+    let (bytes, w) = build(spec);
+    let g = Gguf::parse(&bytes).expect("tiny file parses");
+    let model = Model::from_gguf(&g).expect("tiny model binds");
+    let toks = tokens(12, spec.n_vocab);
+    let want = reference_logits(spec, &w, &toks);
+    let nv = spec.n_vocab;
+    for threads in [1, 2] {
+        let pool = Pool::new(threads).unwrap();
+        // Whole prompt in one batch, logits for every position.
+        let mut st = State::new(&model, 32, 64).unwrap();
+        let all = model.forward(&mut st, &pool, &toks, Logits::From(0)).unwrap().to_vec();
+        for (p, row) in want.iter().enumerate() {
+            let e = rel_err(&all[p * nv..(p + 1) * nv], row);
+            assert!(e < bound, "{:?} threads {threads} pos {p}: rel err {e:.2e} ≥ {bound:.0e}", spec.weight_type);
+        }
+        // Token by token through the KV cache: same logits as the batch, to f32 rounding.
+        let mut st = State::new(&model, 32, 64).unwrap();
+        for (p, &t) in toks.iter().enumerate() {
+            let l = model.forward(&mut st, &pool, &[t], Logits::Last).unwrap();
+            let e = rel_err(l, &all[p * nv..(p + 1) * nv].iter().map(|&v| v as f64).collect::<Vec<_>>());
+            assert!(e < 1e-4, "{:?}: incremental vs batch at pos {p}: {e:.2e}", spec.weight_type);
+        }
+        // Small batches (n_batch 5) give the same result as one batch.
+        let mut st = State::new(&model, 32, 5).unwrap();
+        let split = model.forward(&mut st, &pool, &toks, Logits::From(0)).unwrap();
+        let e = rel_err(split, &all.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert!(e < 1e-4, "{:?}: batch of 5 vs one batch: {e:.2e}", spec.weight_type);
+    }
+}
+
+#[test]
+fn f32_weights_match_reference() {
+    // f32 weights: the only differences are f16 KV storage and f32 accumulation.
+    check(&TinySpec::default(), 1e-2);
+}
+
+#[test]
+fn tied_embeddings_and_mqa() {
+    check(&TinySpec { tied: true, n_head_kv: 1, seed: 5, ..Default::default() }, 1e-2);
+}
+
+#[test]
+fn every_block_type_runs_exactly_on_its_dequantized_weights() {
+    // The reference uses the exact dequantized weights, so the bound is the same for every
+    // type: pith computes in f32 on the weights the file holds.
+    for ty in [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        let k = ty.block_size().max(64);
+        let spec = TinySpec { n_embd: k, n_head: 4, n_ff: k, weight_type: ty, seed: ty.id() as u64, ..Default::default() };
+        check(&spec, 1e-2);
+    }
+}
+
+#[test]
+fn context_overflow_and_bad_tokens_are_errors() {
+    let spec = TinySpec::default();
+    let (bytes, _) = build(&spec);
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Model::from_gguf(&g).unwrap();
+    let pool = Pool::single();
+    let mut st = State::new(&model, 8, 8).unwrap();
+    let e = model.forward(&mut st, &pool, &tokens(9, spec.n_vocab), Logits::Last).unwrap_err();
+    assert!(e.to_string().contains("context overflow"), "{e}");
+    assert_eq!(st.pos, 0, "a rejected call leaves the cache as it was");
+    let e = model.forward(&mut st, &pool, &[spec.n_vocab as u32], Logits::Last).unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+}
+
+#[test]
+fn missing_or_wrong_tensors_and_hyper_parameters() {
+    use pith::gguf::writer::OwnedValue;
+    let spec = TinySpec::default();
+    let (bytes, _) = build(&spec);
+    let g = Gguf::parse(&bytes).unwrap();
+    // Rebuild the file with one thing removed or changed at a time.
+    let rebuild = |edit: &dyn Fn(&mut pith::gguf::writer::GgufBuilder)| {
+        let mut b = pith::gguf::writer::GgufBuilder::new();
+        for (k, v) in &g.metadata {
+            b.kv(k, OwnedValue::from_value(v));
+        }
+        for t in &g.tensors {
+            b.tensor(t.name, &t.dims, t.ty, t.data.to_vec());
+        }
+        edit(&mut b);
+        b.to_bytes()
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&mut pith::gguf::writer::GgufBuilder)>)> = vec![
+        ("llama.block_count", Box::new(|b| b.metadata.retain(|(k, _)| k != "llama.block_count"))),
+        ("llama.embedding_length", Box::new(|b| b.metadata.retain(|(k, _)| k != "llama.embedding_length"))),
+        ("general.architecture", Box::new(|b| b.metadata.retain(|(k, _)| k != "general.architecture"))),
+        ("unsupported architecture 'mamba'", Box::new(|b| { b.kv("general.architecture", OwnedValue::String("mamba".into())); })),
+        ("llama.attention.head_count_kv", Box::new(|b| { b.kv("llama.attention.head_count_kv", OwnedValue::U32(3)); })),
+        ("blk.1.ffn_up.weight", Box::new(|b| b.tensors.retain(|t| t.name != "blk.1.ffn_up.weight"))),
+        ("blk.0.attn_q.weight", Box::new(|b| {
+            let t = b.tensors.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+            t.dims = vec![32, 128];
+        })),
+        ("llama.block_count", Box::new(|b| { b.kv("llama.block_count", OwnedValue::String("two".into())); })),
+    ];
+    for (needle, edit) in cases {
+        let bytes = rebuild(&*edit);
+        let g = Gguf::parse(&bytes).unwrap();
+        let e = Model::from_gguf(&g).err().unwrap_or_else(|| panic!("{needle}: model loaded"));
+        assert!(e.to_string().contains(needle), "expected '{needle}' in: {e}");
+    }
+}
