@@ -182,7 +182,7 @@ fn main() -> ExitCode {
 fn model_path(m: &ModelArgs) -> Res<PathBuf> {
     match &m.model {
         Some(p) => Ok(p.clone()),
-        None => pith_models::ensure_default_model().map_err(|e| e.to_string()),
+        None => pith_models::ensure_model(pith_models::default_model()).map_err(|e| e.to_string()),
     }
 }
 

@@ -150,6 +150,8 @@ pub struct State {
     hb: Vec<f32>,      // (n, n_ff)
     hb2: Vec<f32>,     // (n, n_ff)
     logits: Vec<f32>,  // (n_out, n_vocab)
+    kf: Vec<f32>,      // (n_pos, kv_dim) one layer's keys, widened for attention
+    vf: Vec<f32>,      // (n_pos, kv_dim) one layer's values, widened for attention
     rope: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) cos, sin
     scratch: MatmulScratch,
 }
@@ -193,6 +195,8 @@ impl State {
             hb: Vec::new(),
             hb2: Vec::new(),
             logits: Vec::new(),
+            kf: Vec::new(),
+            vf: Vec::new(),
             rope,
             scratch: MatmulScratch::default(),
         })
@@ -284,15 +288,16 @@ impl Model<'_> {
             let layer_off = li * s.n_ctx * kvd;
             for t in 0..n {
                 let at = layer_off + (p0 + t) * kvd;
-                for (dst, &src) in s.k_cache[at..at + kvd].iter_mut().zip(&s.k[t * kvd..(t + 1) * kvd]) {
-                    *dst = f16::from_f32(src);
-                }
-                for (dst, &src) in s.v_cache[at..at + kvd].iter_mut().zip(&s.v[t * kvd..(t + 1) * kvd]) {
-                    *dst = f16::from_f32(src);
-                }
+                narrow(&s.k[t * kvd..(t + 1) * kvd], &mut s.k_cache[at..at + kvd]);
+                narrow(&s.v[t * kvd..(t + 1) * kvd], &mut s.v_cache[at..at + kvd]);
             }
-            let kc = &s.k_cache[layer_off..layer_off + s.n_ctx * kvd];
-            let vc = &s.v_cache[layer_off..layer_off + s.n_ctx * kvd];
+            // Widen this layer's cached keys and values once; every query of the batch reuses them.
+            let n_pos = p0 + n;
+            s.kf.resize(n_pos * kvd, 0.0);
+            s.vf.resize(n_pos * kvd, 0.0);
+            widen(&s.k_cache[layer_off..layer_off + n_pos * kvd], &mut s.kf);
+            widen(&s.v_cache[layer_off..layer_off + n_pos * kvd], &mut s.vf);
+            let (kc, vc) = (&s.kf[..], &s.vf[..]);
             let q = &s.q;
             let (hd, group) = (c.head_dim, c.n_head / c.n_head_kv);
             let scale = 1.0 / math::sqrtf(hd as f32);
@@ -336,6 +341,16 @@ impl Model<'_> {
     }
 }
 
+/// f16 → f32 for a slice.
+fn widen(src: &[f16], dst: &mut [f32]) {
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+}
+
+/// f32 → f16 (round to nearest even) for a slice.
+fn narrow(src: &[f32], dst: &mut [f16]) {
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+}
+
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
     if let Some(b) = b {
         for row in x.chunks_exact_mut(b.len()) {
@@ -369,23 +384,19 @@ fn apply_rope(h: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
 
 /// Causal attention of one query head over `n_pos` cached positions.
 #[allow(clippy::too_many_arguments)]
-fn attention_head(q: &[f32], kc: &[f16], vc: &[f16], kvd: usize, off: usize, n_pos: usize, scale: f32, out: &mut [f32]) {
+fn attention_head(q: &[f32], kc: &[f32], vc: &[f32], kvd: usize, off: usize, n_pos: usize, scale: f32, out: &mut [f32]) {
     let hd = q.len();
     let mut scores = vec![0.0f32; n_pos];
     for (p, sc) in scores.iter_mut().enumerate() {
         let k = &kc[p * kvd + off..p * kvd + off + hd];
-        let mut acc = 0.0f32;
-        for (a, b) in q.iter().zip(k) {
-            acc += a * b.to_f32();
-        }
-        *sc = acc * scale;
+        *sc = pith_kernels::dot_f32(q, k) * scale;
     }
     math::softmax(&mut scores);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         let v = &vc[p * kvd + off..p * kvd + off + hd];
         for (o, b) in out.iter_mut().zip(v) {
-            *o += w * b.to_f32();
+            *o += w * b;
         }
     }
 }
