@@ -36,7 +36,7 @@ impl<'a> Weight<'a> {
 }
 
 /// Rows handled per inner tile: each is dequantized once and reused for every token.
-const TILE_ROWS: usize = 4;
+const TILE_ROWS: usize = 12;
 
 /// Scratch space reused across calls (no allocation in steady state).
 #[derive(Default)]
@@ -85,6 +85,7 @@ fn matmul_rows_hot_loop(w: &Weight<'_>, x: &[f32], n_tok: usize, r0: usize, rows
         }
         return;
     }
+    // Dequantize TILE_ROWS rows once, then multiply them with every token of the batch.
     let mut tile = alloc::vec![0.0f32; TILE_ROWS * n_cols];
     let mut i = 0;
     while i < rows {
@@ -92,12 +93,7 @@ fn matmul_rows_hot_loop(w: &Weight<'_>, x: &[f32], n_tok: usize, r0: usize, rows
         for j in 0..nr {
             w.dequantize_row(r0 + i + j, &mut tile[j * n_cols..(j + 1) * n_cols]);
         }
-        for t in 0..n_tok {
-            let xt = &x[t * n_cols..(t + 1) * n_cols];
-            for j in 0..nr {
-                chunk[(i + j) * n_tok + t] = pith_kernels::dot_f32(&tile[j * n_cols..(j + 1) * n_cols], xt);
-            }
-        }
+        pith_kernels::gemm_f32(&tile[..nr * n_cols], x, n_cols, &mut chunk[i * n_tok..(i + nr) * n_tok]);
         i += nr;
     }
 }

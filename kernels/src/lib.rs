@@ -1,0 +1,58 @@
+//! pith-kernels: GGUF-compatible block formats with a clear scalar reference for each.
+//!
+//! One module per tensor type (`q4_0`, `q4_1`, …, `q2_k`, …, `f16`, `bf16`, `f32`), each
+//! holding the `#[repr(C)]` block struct exactly as ggml lays it out, the reference
+//! quantizer (bit-identical to ggml's `quantize_row_*_ref`), the dequantizer
+//! (bit-identical to ggml's `dequantize_row_*`), the integer dot product against the
+//! 8-bit activation type of [`GgmlType::vec_dot_type`] (`vec_dot_q4_0_q8_0`, …), and a
+//! dot product against f32 activations (`vec_dot_q4_0_f32`, …).
+//!
+//! [`dequantize_row`], [`quantize_row`], [`vec_dot`] and [`vec_dot_f32`] (plus
+//! [`dot_f32`]) are the runtime-facing dispatch: they take raw little-endian
+//! GGUF bytes, check lengths (a mismatch is a caller bug and panics with a message), and
+//! view the bytes as blocks with `bytemuck` — zero-copy when aligned, block-by-block
+//! copies otherwise (see `blocks.rs`).
+//!
+//! `no_std` + `alloc`; float math that `core` lacks (`sqrtf`, `roundf`, `fabsf`) comes
+//! from `libm`.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "pith-kernels reads GGUF's little-endian blocks in place: big-endian targets are not supported"
+);
+
+mod blocks;
+mod dispatch;
+mod kquant;
+#[cfg(test)]
+mod test_util;
+pub mod types;
+
+pub mod bf16;
+pub mod f16;
+pub mod f32;
+#[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
+pub mod gemm;
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_0;
+pub mod q8_1;
+pub mod q8_k;
+
+pub use dispatch::{dequantize_row, quantize_row, vec_dot, vec_dot_f32};
+pub use f32::dot_f32;
+pub use gemm::gemm_f32;
+pub use types::{GgmlType, ALL_TYPES, QK_K};

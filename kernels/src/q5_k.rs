@@ -1,0 +1,156 @@
+//! Q5_K: like Q4_K (super-blocks of 256, 8 sub-blocks of 32 with 6-bit scales and
+//! mins) but with 5-bit quants, the fifth bits stored in `qh`. 5.5 bits/weight.
+
+use crate::f16::f16_to_f32;
+use crate::f32::dot_dequantized;
+use crate::kquant::{get_scale_min_k4, Qkx2Params};
+use crate::q4_k::{dot_scaled_subblocks, fit_subblocks, quantize_scales, requantize};
+use crate::q8_k::BlockQ8K;
+use crate::QK_K;
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// ggml's `block_q5_K` (176 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ5K {
+    /// Super-block scale for the quantized scales.
+    pub d: f16,
+    /// Super-block scale for the quantized mins.
+    pub dmin: f16,
+    /// Eight 6-bit scales and mins, packed as in Q4_K.
+    pub scales: [u8; 12],
+    /// Fifth bits: bit `k` of `qh[l]` belongs to weight `32 k + l`.
+    pub qh: [u8; QK_K / 8],
+    /// Low 4 bits, packed as Q4_K's quants.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(core::mem::size_of::<BlockQ5K>() == 176);
+
+/// Reference quantizer, following ggml's `quantize_row_q5_K_ref` (as Q4_K with
+/// `nmax = 31` and a narrower scale search).
+pub fn quantize_row_q5_k(src: &[f32], dst: &mut [BlockQ5K]) {
+    assert_eq!(
+        src.len(),
+        dst.len() * QK_K,
+        "quantize_row_q5_k: length mismatch"
+    );
+    let params = Qkx2Params {
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: false,
+    };
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
+        let mut l = [0u8; QK_K];
+        let (scales, mins) = fit_subblocks(x, 31, &params, &mut l);
+        quantize_scales(&scales, &mins, &mut y.scales, &mut y.d, &mut y.dmin);
+        requantize(x, &y.scales, y.d, y.dmin, 31, &mut l);
+        y.qh = [0; QK_K / 8];
+        for c in 0..QK_K / 64 {
+            for i in 0..32 {
+                let (l1, l2) = (l[64 * c + i], l[64 * c + 32 + i]);
+                y.qh[i] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
+                y.qs[32 * c + i] = (l1 & 0xf) | ((l2 & 0xf) << 4);
+            }
+        }
+    }
+}
+
+/// The 256 unsigned 5-bit quants of a block, in element order.
+#[inline]
+fn quants(b: &BlockQ5K) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for c in 0..QK_K / 64 {
+        for i in 0..32 {
+            let h1 = ((b.qh[i] >> (2 * c)) & 1) << 4;
+            let h2 = ((b.qh[i] >> (2 * c + 1)) & 1) << 4;
+            q[64 * c + i] = (b.qs[32 * c + i] & 0xf) | h1;
+            q[64 * c + 32 + i] = (b.qs[32 * c + i] >> 4) | h2;
+        }
+    }
+    q
+}
+
+/// Expands one block: `x = (d * sc) * q - (dmin * m)` per sub-block of 32.
+#[inline]
+pub fn dequantize_block_q5_k(b: &BlockQ5K, out: &mut [f32; QK_K]) {
+    let d = f16_to_f32(b.d);
+    let dmin = f16_to_f32(b.dmin);
+    let q = quants(b);
+    for (j, (o, qs)) in out.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+        let (sc, m) = get_scale_min_k4(j, &b.scales);
+        let dl = d * sc as f32;
+        let ml = dmin * m as f32;
+        for (o, &q) in o.iter_mut().zip(qs) {
+            *o = dl * q as f32 - ml;
+        }
+    }
+}
+
+/// Dequantizes a row of blocks.
+pub fn dequantize_row_q5_k(src: &[BlockQ5K], dst: &mut [f32]) {
+    assert_eq!(
+        dst.len(),
+        src.len() * QK_K,
+        "dequantize_row_q5_k: length mismatch"
+    );
+    for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        dequantize_block_q5_k(b, out.try_into().unwrap());
+    }
+}
+
+/// Q5_K · Q8_K: as Q4_K, `dx (d Σ_j sc_j Σ q qx - dmin Σ_j m_j bsums_j)` with the
+/// integer sums computed first.
+pub fn vec_dot_q5_k_q8_k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(w.len(), x.len(), "vec_dot_q5_k_q8_k: block count mismatch");
+    let mut sumf = 0.0f32;
+    for (bw, bx) in w.iter().zip(x) {
+        let (isum, summs) = dot_scaled_subblocks(&quants(bw), &bw.scales, bx);
+        let d = f16_to_f32(bw.d) * bx.d;
+        let dmin = f16_to_f32(bw.dmin) * bx.d;
+        sumf += d * isum as f32 - dmin * summs as f32;
+    }
+    sumf
+}
+
+/// Q5_K weights · f32 activations.
+pub fn vec_dot_q5_k_f32(w: &[BlockQ5K], x: &[f32]) -> f32 {
+    dot_dequantized(w, x, dequantize_block_q5_k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kquant::pack_scale_min_k4;
+    use crate::test_util::*;
+    use crate::GgmlType;
+
+    #[test]
+    fn high_bit_layout() {
+        // Only bit 5 of qh[9] set: weight 32 * 5 + 9 = 169 = 64 * 2 + 32 + 9 gets q = 16.
+        let mut b = BlockQ5K::zeroed();
+        b.qh[9] = 1 << 5;
+        b.scales = pack_scale_min_k4(&[1; 8], &[0; 8]);
+        b.d = f16::ONE;
+        let mut out = [0.0f32; QK_K];
+        dequantize_block_q5_k(&b, &mut out);
+        let nonzero: std::vec::Vec<usize> = (0..QK_K).filter(|&i| out[i] != 0.0).collect();
+        assert_eq!(nonzero, [169]);
+        assert_eq!(out[169], 16.0);
+    }
+
+    #[test]
+    fn roundtrip_gaussian() {
+        // 32 levels per 32 weights with 6-bit scales/mins: Q5_1's ≈ 3.8 %, a bit
+        // better from the fit. Measured 3.62 %.
+        let e = gaussian_roundtrip_error(GgmlType::Q5_K, 64, 1024);
+        assert!(e < 0.043, "rel rmse {e}");
+    }
+
+    #[test]
+    fn vec_dot_paths() {
+        check_vec_dot(GgmlType::Q5_K, &[256, 1024], 0.01);
+        check_vec_dot_f32(GgmlType::Q5_K, &[256, 1024]);
+    }
+}

@@ -1,0 +1,152 @@
+//! Q8_0: blocks of 32 weights as signed 8-bit integers with one f16 scale,
+//! `x ≈ d * q`. Also the activation format of the Q4_0/Q5_0/Q8_0 dot products.
+
+use crate::f16::f16_to_f32;
+use crate::f32::{reduce_lanes, LANES};
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// Elements per Q8_0 block.
+pub const QK8_0: usize = 32;
+
+/// ggml's `block_q8_0` (34 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ8_0 {
+    /// Scale: `amax / 127`.
+    pub d: f16,
+    /// Quants in `[-127, 127]`, element `j` in `qs[j]`.
+    pub qs: [i8; QK8_0],
+}
+const _: () = assert!(core::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(LANES == QK8_0 / 2);
+
+/// Round-to-nearest reference quantizer (ggml's `quantize_row_q8_0_ref`):
+/// `d = amax / 127`, `q = roundf(x / d)` (ties away from zero).
+pub fn quantize_row_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    assert_eq!(
+        src.len(),
+        dst.len() * QK8_0,
+        "quantize_row_q8_0: length mismatch"
+    );
+    for (x, y) in src.chunks_exact(QK8_0).zip(dst.iter_mut()) {
+        let mut amax = 0.0f32;
+        for &v in x {
+            amax = amax.max(libm::fabsf(v));
+        }
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        y.d = f16::from_f32(d);
+        for (q, &v) in y.qs.iter_mut().zip(x) {
+            *q = libm::roundf(v * id) as i8;
+        }
+    }
+}
+
+/// Expands one block: `x[j] = q[j] * d`.
+#[inline]
+pub fn dequantize_block_q8_0(b: &BlockQ8_0, out: &mut [f32; QK8_0]) {
+    let d = f16_to_f32(b.d);
+    for (o, &q) in out.iter_mut().zip(&b.qs) {
+        *o = q as f32 * d;
+    }
+}
+
+/// Dequantizes a row of blocks.
+pub fn dequantize_row_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
+    assert_eq!(
+        dst.len(),
+        src.len() * QK8_0,
+        "dequantize_row_q8_0: length mismatch"
+    );
+    for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK8_0)) {
+        dequantize_block_q8_0(b, out.try_into().unwrap());
+    }
+}
+
+/// Q8_0 · Q8_0: per block `Σ qw * qx` in i32, then scaled by `dw * dx`.
+pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    assert_eq!(w.len(), x.len(), "vec_dot_q8_0_q8_0: block count mismatch");
+    let mut sumf = 0.0f32;
+    for (bw, bx) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for (&a, &b) in bw.qs.iter().zip(&bx.qs) {
+            sumi += a as i32 * b as i32;
+        }
+        sumf += sumi as f32 * (f16_to_f32(bw.d) * f16_to_f32(bx.d));
+    }
+    sumf
+}
+
+/// Q8_0 weights · f32 activations (a hot path of the runtime's forward pass). Per
+/// block, `Σ q x` is accumulated in 16 lanes (elements `k` and `k + 16` share lane `k`)
+/// and then scaled by `d` into the running lane sums, so the int-to-float conversion and
+/// the multiply-adds vectorize (measured ≈ 1.7–4x faster than expanding the block into a
+/// `[f32; 32]` buffer first).
+pub fn vec_dot_q8_0_f32(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+    assert_eq!(
+        w.len() * QK8_0,
+        x.len(),
+        "vec_dot_q8_0_f32: {} blocks vs {} activations",
+        w.len(),
+        x.len()
+    );
+    const H: usize = QK8_0 / 2;
+    let mut acc = [0.0f32; LANES];
+    for (b, xs) in w.iter().zip(x.chunks_exact(QK8_0)) {
+        let d = f16_to_f32(b.d);
+        let (xl, xh) = (&xs[..H], &xs[H..]);
+        let (ql, qh) = (&b.qs[..H], &b.qs[H..]);
+        let mut t = [0.0f32; LANES];
+        for k in 0..H {
+            t[k] = ql[k] as f32 * xl[k] + qh[k] as f32 * xh[k];
+        }
+        for k in 0..LANES {
+            acc[k] += d * t[k];
+        }
+    }
+    reduce_lanes(&acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use crate::GgmlType;
+
+    #[test]
+    fn rounds_ties_away_from_zero() {
+        // amax = 127 -> d = 1, so x/d are the inputs themselves.
+        let mut x = [0.0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 0.5;
+        x[4] = -126.5;
+        let mut b = [BlockQ8_0::zeroed()];
+        quantize_row_q8_0(&x, &mut b);
+        assert_eq!(b[0].d.to_f32(), 1.0);
+        assert_eq!(&b[0].qs[..5], &[127, 3, -3, 1, -127]);
+    }
+
+    #[test]
+    fn zero_block() {
+        let mut b = [BlockQ8_0::zeroed()];
+        quantize_row_q8_0(&[0.0; 32], &mut b);
+        assert_eq!(b[0], BlockQ8_0::zeroed());
+    }
+
+    #[test]
+    fn roundtrip_gaussian() {
+        // d = amax/127 with E[amax] ≈ 2.36σ over 32 samples: uniform rounding error
+        // d/√12 ≈ 0.54 % of σ. Measured 0.535 %.
+        let e = gaussian_roundtrip_error(GgmlType::Q8_0, 64, 1024);
+        assert!(e < 0.0065, "rel rmse {e}");
+    }
+
+    #[test]
+    fn vec_dot_paths() {
+        check_vec_dot(GgmlType::Q8_0, &[32, 96, 1024], 0.01);
+        check_vec_dot_f32(GgmlType::Q8_0, &[32, 96, 1024]);
+    }
+}
