@@ -56,10 +56,7 @@ pub(crate) fn for_blocks_mut<B: Pod>(bytes: &mut [u8], mut f: impl FnMut(usize, 
 /// In the aligned case this is a single call over the whole rows.
 pub(crate) fn dot_blocks<W: Pod, X: Pod>(w: &[u8], x: &[u8], f: impl Fn(&[W], &[X]) -> f32) -> f32 {
     debug_assert_eq!(w.len() / size_of::<W>(), x.len() / size_of::<X>());
-    if let (Ok(wb), Ok(xb)) = (
-        bytemuck::try_cast_slice::<u8, W>(w),
-        bytemuck::try_cast_slice::<u8, X>(x),
-    ) {
+    if let (Ok(wb), Ok(xb)) = (bytemuck::try_cast_slice::<u8, W>(w), bytemuck::try_cast_slice::<u8, X>(x)) {
         return f(wb, xb);
     }
     let mut sum = 0.0f32;
@@ -79,10 +76,8 @@ mod tests {
     #[test]
     fn misaligned_bytes_are_read_blockwise() {
         // 20 blocks at an odd offset: the cast fails, the chunked copy must see them all.
-        let blocks: [BlockQ4_0; 20] = core::array::from_fn(|i| BlockQ4_0 {
-            d: f16::from_f32(i as f32),
-            qs: [i as u8; 16],
-        });
+        let blocks: [BlockQ4_0; 20] =
+            core::array::from_fn(|i| BlockQ4_0 { d: f16::from_f32(i as f32), qs: [i as u8; 16] });
         #[repr(C, align(8))]
         struct Aligned([u8; 20 * 18 + 1]);
         let mut raw = Aligned([0u8; 20 * 18 + 1]);

@@ -11,10 +11,7 @@ use crate::{bf16, f16, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_
 /// whole number of blocks.
 fn row_bytes(ty: GgmlType, n: usize, what: &str) -> usize {
     ty.row_bytes(n).unwrap_or_else(|| {
-        panic!(
-            "{what}: {n} elements is not a whole number of {ty} blocks ({} elements each)",
-            ty.block_size()
-        )
+        panic!("{what}: {n} elements is not a whole number of {ty} blocks ({} elements each)", ty.block_size())
     })
 }
 
@@ -31,9 +28,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     macro_rules! deq {
         ($block:ty, $f:path) => {{
             let per = ty.block_size();
-            for_blocks::<$block>(src, |first, blocks| {
-                $f(blocks, &mut dst[first * per..(first + blocks.len()) * per])
-            })
+            for_blocks::<$block>(src, |first, blocks| $f(blocks, &mut dst[first * per..(first + blocks.len()) * per]))
         }};
     }
     use GgmlType::*;
@@ -59,19 +54,11 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 /// Quantizes src into dst (exactly ty.row_bytes(src.len()) bytes), round-to-nearest reference.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bytes = row_bytes(ty, src.len(), "quantize_row");
-    assert_eq!(
-        dst.len(),
-        bytes,
-        "quantize_row: {} elements of {ty} take {bytes} bytes, got {}",
-        src.len(),
-        dst.len()
-    );
+    assert_eq!(dst.len(), bytes, "quantize_row: {} elements of {ty} take {bytes} bytes, got {}", src.len(), dst.len());
     macro_rules! quant {
         ($block:ty, $f:path) => {{
             let per = ty.block_size();
-            for_blocks_mut::<$block>(dst, |first, blocks| {
-                $f(&src[first * per..(first + blocks.len()) * per], blocks)
-            })
+            for_blocks_mut::<$block>(dst, |first, blocks| $f(&src[first * per..(first + blocks.len()) * per], blocks))
         }};
     }
     use GgmlType::*;
@@ -99,18 +86,8 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
     let xty = ty.vec_dot_type();
     let wbytes = row_bytes(ty, n, "vec_dot");
     let xbytes = row_bytes(xty, n, "vec_dot");
-    assert_eq!(
-        w.len(),
-        wbytes,
-        "vec_dot: {n} weights of {ty} take {wbytes} bytes, got {}",
-        w.len()
-    );
-    assert_eq!(
-        x.len(),
-        xbytes,
-        "vec_dot: {n} activations of {xty} take {xbytes} bytes, got {}",
-        x.len()
-    );
+    assert_eq!(w.len(), wbytes, "vec_dot: {n} weights of {ty} take {wbytes} bytes, got {}", w.len());
+    assert_eq!(x.len(), xbytes, "vec_dot: {n} activations of {xty} take {xbytes} bytes, got {}", x.len());
     macro_rules! dot {
         ($wb:ty, $xb:ty, $f:path) => {
             dot_blocks::<$wb, $xb>(w, x, $f)
@@ -140,19 +117,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub fn vec_dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     let wbytes = row_bytes(ty, n, "vec_dot_f32");
-    assert_eq!(
-        w.len(),
-        wbytes,
-        "vec_dot_f32: {n} weights of {ty} take {wbytes} bytes, got {}",
-        w.len()
-    );
+    assert_eq!(w.len(), wbytes, "vec_dot_f32: {n} weights of {ty} take {wbytes} bytes, got {}", w.len());
     macro_rules! dot {
         ($block:ty, $f:path) => {{
             let per = ty.block_size();
             let mut sum = 0.0f32;
-            for_blocks::<$block>(w, |first, blocks| {
-                sum += $f(blocks, &x[first * per..(first + blocks.len()) * per])
-            });
+            for_blocks::<$block>(w, |first, blocks| sum += $f(blocks, &x[first * per..(first + blocks.len()) * per]));
             sum
         }};
     }
@@ -221,15 +191,9 @@ mod tests {
             // Chunked sums group the blocks differently: equal up to f32 rounding.
             let scale: f32 = d1.iter().zip(&a).map(|(w, x)| (w * x).abs()).sum();
             let (v1, v2) = (vec_dot(ty, n, &wq, &aq), vec_dot(ty, n, wm, xm));
-            assert!(
-                (v1 - v2).abs() <= 1e-5 * scale,
-                "{ty}: vec_dot {v1} vs {v2}"
-            );
+            assert!((v1 - v2).abs() <= 1e-5 * scale, "{ty}: vec_dot {v1} vs {v2}");
             let (f1, f2) = (vec_dot_f32(ty, &wq, &a), vec_dot_f32(ty, wm, &a));
-            assert!(
-                (f1 - f2).abs() <= 1e-5 * scale,
-                "{ty}: vec_dot_f32 {f1} vs {f2}"
-            );
+            assert!((f1 - f2).abs() <= 1e-5 * scale, "{ty}: vec_dot_f32 {f1} vs {f2}");
         }
     }
 

@@ -33,11 +33,7 @@ fn f16_to_f32_soft(h: f16) -> f32 {
     let magic_mask: u32 = 126 << 23;
     let denormalized = f32::from_bits((two_w >> 17) | magic_mask) - 0.5;
     let denorm_cutoff: u32 = 1 << 27;
-    let bits = if two_w < denorm_cutoff {
-        denormalized.to_bits()
-    } else {
-        normalized.to_bits()
-    };
+    let bits = if two_w < denorm_cutoff { denormalized.to_bits() } else { normalized.to_bits() };
     f32::from_bits(sign | bits)
 }
 

@@ -23,13 +23,7 @@ pub fn dequantize_row_f32(src: &[f32], dst: &mut [f32]) {
 /// keep the whole loop in SIMD registers; it also makes the rounding error grow like
 /// `n / LANES` instead of `n`.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "dot_f32: length mismatch ({} vs {})",
-        a.len(),
-        b.len()
-    );
+    assert_eq!(a.len(), b.len(), "dot_f32: length mismatch ({} vs {})", a.len(), b.len());
     let mut acc = [0.0f32; LANES];
     let ca = a.chunks_exact(LANES);
     let cb = b.chunks_exact(LANES);
@@ -66,19 +60,9 @@ pub(crate) fn reduce_lanes(acc: &[f32; LANES]) -> f32 {
 /// f32 activations: each block is expanded into a stack buffer and multiplied into the
 /// lane accumulators. `QK` must be a multiple of [`LANES`].
 #[inline(always)]
-pub(crate) fn dot_dequantized<B, const QK: usize>(
-    w: &[B],
-    x: &[f32],
-    dequant: impl Fn(&B, &mut [f32; QK]),
-) -> f32 {
+pub(crate) fn dot_dequantized<B, const QK: usize>(w: &[B], x: &[f32], dequant: impl Fn(&B, &mut [f32; QK])) -> f32 {
     const { assert!(QK % LANES == 0) };
-    assert_eq!(
-        w.len() * QK,
-        x.len(),
-        "vec_dot_*_f32: {} blocks of {QK} do not match {} activations",
-        w.len(),
-        x.len()
-    );
+    assert_eq!(w.len() * QK, x.len(), "vec_dot_*_f32: {} blocks of {QK} do not match {} activations", w.len(), x.len());
     let mut acc = [0.0f32; LANES];
     let mut buf = [0.0f32; QK];
     for (b, xs) in w.iter().zip(x.chunks_exact(QK)) {
@@ -94,13 +78,7 @@ pub(crate) fn dot_dequantized<B, const QK: usize>(
 /// activations, converting [`LANES`] elements at a time.
 #[inline(always)]
 pub(crate) fn dot_converted<T: Copy>(w: &[T], x: &[f32], conv: impl Fn(T) -> f32) -> f32 {
-    assert_eq!(
-        w.len(),
-        x.len(),
-        "dot: length mismatch ({} vs {})",
-        w.len(),
-        x.len()
-    );
+    assert_eq!(w.len(), x.len(), "dot: length mismatch ({} vs {})", w.len(), x.len());
     let mut acc = [0.0f32; LANES];
     let mut buf = [0.0f32; LANES];
     let cw = w.chunks_exact(LANES);
@@ -136,18 +114,11 @@ mod tests {
             let a = gaussian(&mut rng, n, 1.0);
             let b = gaussian(&mut rng, n, 1.0);
             let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            let abs_sum: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(&x, &y)| (x as f64 * y as f64).abs())
-                .sum();
+            let abs_sum: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum();
             let got = dot_f32(&a, &b) as f64;
             // Chunked f32 summation: error <= ~(n/16 + 4) * eps * Σ|a b|; 1e-5 is loose
             // for n <= 4099 yet ~1e4x below any indexing mistake.
-            assert!(
-                (got - exact).abs() <= 1e-5 * abs_sum + 1e-30,
-                "n={n}: {got} vs {exact}"
-            );
+            assert!((got - exact).abs() <= 1e-5 * abs_sum + 1e-30, "n={n}: {got} vs {exact}");
         }
     }
 

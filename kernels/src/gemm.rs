@@ -2,12 +2,7 @@
 //! kernel of batched (prefill) matmuls: `out[r][t] = Σ_k w[r][k] · x[t][k]`.
 //!
 //! A scalar reference, and an AVX2+FMA micro-kernel (3 rows × 4 tokens per step, 12 vector
-//! accumulators) picked at run time when the CPU has it.
-
-/// Rows per micro-kernel step.
-const MR: usize = 3;
-/// Tokens per micro-kernel step.
-const NR: usize = 4;
+//! accumulators) picked at run time when the CPU has it (`cpufeatures`, no std needed).
 
 /// `out[r * n_tok + t] = Σ_k w[r * k_len + k] · x[t * k_len + k]` for `r < n_rows`, `t < n_tok`.
 pub fn gemm_f32(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
@@ -37,8 +32,12 @@ pub fn gemm_f32_scalar(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
     use core::arch::x86_64::*;
+
+    /// Rows per micro-kernel step.
+    const MR: usize = 3;
+    /// Tokens per micro-kernel step.
+    const NR: usize = 4;
 
     cpufeatures::new!(avx2_fma, "avx2", "fma");
 

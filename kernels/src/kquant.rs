@@ -158,13 +158,7 @@ pub(crate) struct Qkx2Params {
 /// `l` in `[0, nmax]` and `the_min >= 0`, minimizing the weighted error over
 /// `nstep + 1` candidate scales; each candidate's scale and min are refit by weighted
 /// least squares. Returns `(scale, the_min)`.
-pub(crate) fn make_qkx2_quants(
-    nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    l: &mut [u8],
-    p: &Qkx2Params,
-) -> (f32, f32) {
+pub(crate) fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l: &mut [u8], p: &Qkx2Params) -> (f32, f32) {
     let n = x.len();
     debug_assert!(weights.len() == n && l.len() == n && n <= 32);
     let mut laux = [0u8; 32];
@@ -261,10 +255,7 @@ pub(crate) fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -325,11 +316,7 @@ mod tests {
         let lm: [u8; 8] = [63, 0, 31, 16, 15, 1, 62, 33];
         let packed = pack_scale_min_k4(&ls, &lm);
         for j in 0..8 {
-            assert_eq!(
-                get_scale_min_k4(j, &packed),
-                (ls[j], lm[j]),
-                "sub-block {j}"
-            );
+            assert_eq!(get_scale_min_k4(j, &packed), (ls[j], lm[j]), "sub-block {j}");
         }
     }
 
@@ -340,12 +327,7 @@ mod tests {
         let x: [f32; 16] = core::array::from_fn(|i| 0.25 * l_true[i] as f32 - 1.0);
         let w = [1.0f32; 16];
         let mut l = [0u8; 16];
-        let p = Qkx2Params {
-            rmin: -1.0,
-            rdelta: 0.1,
-            nstep: 20,
-            use_mad: false,
-        };
+        let p = Qkx2Params { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
         let (scale, min) = make_qkx2_quants(15, &x, &w, &mut l, &p);
         assert!((scale - 0.25).abs() < 1e-6, "scale {scale}");
         assert!((min - 1.0).abs() < 1e-6, "min {min}");

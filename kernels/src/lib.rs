@@ -23,9 +23,7 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(target_endian = "big")]
-compile_error!(
-    "pith-kernels reads GGUF's little-endian blocks in place: big-endian targets are not supported"
-);
+compile_error!("pith-kernels reads GGUF's little-endian blocks in place: big-endian targets are not supported");
 
 mod blocks;
 mod dispatch;

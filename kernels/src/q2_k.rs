@@ -31,18 +31,9 @@ const _: () = assert!(core::mem::size_of::<BlockQ2K>() == 84);
 /// quantized to 4 bits against their maxima, and the weights are requantized with the
 /// final (rounded) scales.
 pub fn quantize_row_q2_k(src: &[f32], dst: &mut [BlockQ2K]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK_K,
-        "quantize_row_q2_k: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q2_k: length mismatch");
     const Q4SCALE: f32 = 15.0;
-    let params = Qkx2Params {
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: true,
-    };
+    let params = Qkx2Params { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
     for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
         let mut l = [0u8; QK_K];
         let mut scales = [0.0f32; QK_K / 16];
@@ -55,8 +46,7 @@ pub fn quantize_row_q2_k(src: &[f32], dst: &mut [BlockQ2K]) {
             for (w, &v) in weights.iter_mut().zip(xs) {
                 *w = libm::fabsf(v);
             }
-            let (scale, min) =
-                make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &params);
+            let (scale, min) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &params);
             scales[j] = scale;
             mins[j] = min;
             if scale > max_scale {
@@ -138,11 +128,7 @@ pub fn dequantize_block_q2_k(b: &BlockQ2K, out: &mut [f32; QK_K]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q2_k(src: &[BlockQ2K], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK_K,
-        "dequantize_row_q2_k: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK_K, "dequantize_row_q2_k: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
         dequantize_block_q2_k(b, out.try_into().unwrap());
     }

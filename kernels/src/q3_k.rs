@@ -33,11 +33,7 @@ const _: () = assert!(core::mem::size_of::<BlockQ3K>() == 110);
 /// Reads the 6-bit scale `j` (still offset by +32).
 #[inline]
 fn scale6(scales: &[u8; 12], j: usize) -> u8 {
-    let low = if j < 8 {
-        scales[j] & 0xf
-    } else {
-        scales[j - 8] >> 4
-    };
+    let low = if j < 8 { scales[j] & 0xf } else { scales[j - 8] >> 4 };
     low | (((scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)
 }
 
@@ -51,11 +47,7 @@ fn scales(b: &BlockQ3K) -> [i32; 16] {
 /// `make_q3_quants` (iteratively refined, weights `x^2`), quantized to 6 bits against
 /// the one of largest magnitude, then the weights requantized with the rounded scales.
 pub fn quantize_row_q3_k(src: &[f32], dst: &mut [BlockQ3K]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK_K,
-        "quantize_row_q3_k: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q3_k: length mismatch");
     for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
         let mut l = [0i8; QK_K];
         let mut scales = [0.0f32; QK_K / 16];
@@ -108,8 +100,7 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [BlockQ3K]) {
         for h in 0..2 {
             for i in 0..32 {
                 let b = 128 * h + i;
-                y.qs[32 * h + i] =
-                    (l[b] | (l[b + 32] << 2) | (l[b + 64] << 4) | (l[b + 96] << 6)) as u8;
+                y.qs[32 * h + i] = (l[b] | (l[b + 32] << 2) | (l[b + 64] << 4) | (l[b + 96] << 6)) as u8;
             }
         }
     }
@@ -148,11 +139,7 @@ pub fn dequantize_block_q3_k(b: &BlockQ3K, out: &mut [f32; QK_K]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q3_k(src: &[BlockQ3K], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK_K,
-        "dequantize_row_q3_k: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK_K, "dequantize_row_q3_k: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
         dequantize_block_q3_k(b, out.try_into().unwrap());
     }
@@ -210,9 +197,7 @@ mod tests {
         let mut b = BlockQ3K::zeroed();
         b.hmask = [0xff; 32];
         b.hmask[7] &= !(1 << 5);
-        b.scales = [
-            0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0xaa, 0xaa, 0xaa, 0xaa,
-        ];
+        b.scales = [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0xaa, 0xaa, 0xaa, 0xaa];
         b.d = f16::ONE;
         let mut out = [0.0f32; QK_K];
         dequantize_block_q3_k(&b, &mut out);

@@ -27,11 +27,7 @@ const _: () = assert!(LANES == QK4_0 / 2);
 /// Round-to-nearest reference quantizer, exactly ggml's `quantize_row_q4_0_ref`:
 /// `q = min(15, trunc(x / d + 8.5))`.
 pub fn quantize_row_q4_0(src: &[f32], dst: &mut [BlockQ4_0]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK4_0,
-        "quantize_row_q4_0: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK4_0, "quantize_row_q4_0: length mismatch");
     for (x, y) in src.chunks_exact(QK4_0).zip(dst.iter_mut()) {
         let mut amax = 0.0f32;
         let mut max = 0.0f32;
@@ -64,11 +60,7 @@ pub fn dequantize_block_q4_0(b: &BlockQ4_0, out: &mut [f32; QK4_0]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK4_0,
-        "dequantize_row_q4_0: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK4_0, "dequantize_row_q4_0: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
         dequantize_block_q4_0(b, out.try_into().unwrap());
     }
@@ -93,13 +85,7 @@ pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
 /// Q4_0 weights · f32 activations. As for Q8_0: per block, `Σ (q - 8) x` in 16 lanes
 /// (elements `k` and `k + 16` share lane `k`), then scaled by `d` into the running sums.
 pub fn vec_dot_q4_0_f32(w: &[BlockQ4_0], x: &[f32]) -> f32 {
-    assert_eq!(
-        w.len() * QK4_0,
-        x.len(),
-        "vec_dot_q4_0_f32: {} blocks vs {} activations",
-        w.len(),
-        x.len()
-    );
+    assert_eq!(w.len() * QK4_0, x.len(), "vec_dot_q4_0_f32: {} blocks vs {} activations", w.len(), x.len());
     const H: usize = QK4_0 / 2;
     let mut acc = [0.0f32; LANES];
     for (b, xs) in w.iter().zip(x.chunks_exact(QK4_0)) {

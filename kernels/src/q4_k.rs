@@ -4,9 +4,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
-use crate::kquant::{
-    dot_i32, get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, sum_sq, Qkx2Params,
-};
+use crate::kquant::{dot_i32, get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, sum_sq, Qkx2Params};
 use crate::q8_k::BlockQ8K;
 use crate::QK_K;
 use bytemuck::{Pod, Zeroable};
@@ -33,17 +31,8 @@ const _: () = assert!(core::mem::size_of::<BlockQ4K>() == 144);
 /// is fit by `make_qkx2_quants` (weights `rms(x) + |x|`), scales and mins are quantized
 /// to 6 bits against their maxima, then the weights requantized with the rounded values.
 pub fn quantize_row_q4_k(src: &[f32], dst: &mut [BlockQ4K]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK_K,
-        "quantize_row_q4_k: length mismatch"
-    );
-    let params = Qkx2Params {
-        rmin: -1.0,
-        rdelta: 0.1,
-        nstep: 20,
-        use_mad: false,
-    };
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q4_k: length mismatch");
+    let params = Qkx2Params { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
     for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
         let mut l = [0u8; QK_K];
         let (scales, mins) = fit_subblocks(x, 15, &params, &mut l);
@@ -58,12 +47,7 @@ pub fn quantize_row_q4_k(src: &[f32], dst: &mut [BlockQ4K]) {
 }
 
 /// Fits each sub-block of 32 with `make_qkx2_quants` (shared with Q5_K).
-pub(crate) fn fit_subblocks(
-    x: &[f32],
-    nmax: i32,
-    params: &Qkx2Params,
-    l: &mut [u8; QK_K],
-) -> ([f32; 8], [f32; 8]) {
+pub(crate) fn fit_subblocks(x: &[f32], nmax: i32, params: &Qkx2Params, l: &mut [u8; QK_K]) -> ([f32; 8], [f32; 8]) {
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
     for j in 0..QK_K / 32 {
@@ -73,21 +57,14 @@ pub(crate) fn fit_subblocks(
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + libm::fabsf(v);
         }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], params);
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], params);
     }
     (scales, mins)
 }
 
 /// Quantizes the sub-block scales and mins to 6 bits against their maxima (shared
 /// with Q5_K).
-pub(crate) fn quantize_scales(
-    scales: &[f32; 8],
-    mins: &[f32; 8],
-    packed: &mut [u8; 12],
-    d: &mut f16,
-    dmin: &mut f16,
-) {
+pub(crate) fn quantize_scales(scales: &[f32; 8], mins: &[f32; 8], packed: &mut [u8; 12], d: &mut f16, dmin: &mut f16) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for (&s, &m) in scales.iter().zip(mins) {
@@ -98,11 +75,7 @@ pub(crate) fn quantize_scales(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     // ggml stores nearest_int(...) into a uint8_t (wrapping) and then takes min(63, .).
     let ls: [u8; 8] = core::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
@@ -115,14 +88,7 @@ pub(crate) fn quantize_scales(
 /// Requantizes every weight with the final (rounded) sub-block scale and min: `l =
 /// clamp(nearest_int((x + dmin m) / (d sc)), 0, nmax)`. Sub-blocks whose scale rounded
 /// to zero keep the quants of the fit (shared with Q5_K).
-pub(crate) fn requantize(
-    x: &[f32],
-    packed: &[u8; 12],
-    d: f16,
-    dmin: f16,
-    nmax: i32,
-    l: &mut [u8; QK_K],
-) {
+pub(crate) fn requantize(x: &[f32], packed: &[u8; 12], d: f16, dmin: f16, nmax: i32, l: &mut [u8; QK_K]) {
     for j in 0..QK_K / 32 {
         let (sc, m) = get_scale_min_k4(j, packed);
         let dl = f16_to_f32(d) * sc as f32;
@@ -167,11 +133,7 @@ pub fn dequantize_block_q4_k(b: &BlockQ4K, out: &mut [f32; QK_K]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q4_k(src: &[BlockQ4K], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK_K,
-        "dequantize_row_q4_k: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK_K, "dequantize_row_q4_k: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
         dequantize_block_q4_k(b, out.try_into().unwrap());
     }

@@ -28,11 +28,7 @@ const _: () = assert!(core::mem::size_of::<BlockQ5_0>() == 22);
 /// Round-to-nearest reference quantizer, exactly ggml's `quantize_row_q5_0_ref`:
 /// `q = min(31, trunc(x / d + 16.5))`.
 pub fn quantize_row_q5_0(src: &[f32], dst: &mut [BlockQ5_0]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK5_0,
-        "quantize_row_q5_0: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK5_0, "quantize_row_q5_0: length mismatch");
     for (x, y) in src.chunks_exact(QK5_0).zip(dst.iter_mut()) {
         let mut amax = 0.0f32;
         let mut max = 0.0f32;
@@ -82,11 +78,7 @@ pub fn dequantize_block_q5_0(b: &BlockQ5_0, out: &mut [f32; QK5_0]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK5_0,
-        "dequantize_row_q5_0: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK5_0, "dequantize_row_q5_0: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK5_0)) {
         dequantize_block_q5_0(b, out.try_into().unwrap());
     }

@@ -29,11 +29,7 @@ const _: () = assert!(core::mem::size_of::<BlockQ5_1>() == 24);
 /// Round-to-nearest reference quantizer, exactly ggml's `quantize_row_q5_1_ref`:
 /// `q = trunc((x - min) / d + 0.5)`.
 pub fn quantize_row_q5_1(src: &[f32], dst: &mut [BlockQ5_1]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK5_1,
-        "quantize_row_q5_1: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK5_1, "quantize_row_q5_1: length mismatch");
     for (x, y) in src.chunks_exact(QK5_1).zip(dst.iter_mut()) {
         let mut min = f32::MAX;
         let mut max = -f32::MAX;
@@ -89,11 +85,7 @@ pub fn dequantize_block_q5_1(b: &BlockQ5_1, out: &mut [f32; QK5_1]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK5_1,
-        "dequantize_row_q5_1: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK5_1, "dequantize_row_q5_1: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK5_1)) {
         dequantize_block_q5_1(b, out.try_into().unwrap());
     }
@@ -108,8 +100,7 @@ pub fn vec_dot_q5_1_q8_1(w: &[BlockQ5_1], x: &[BlockQ8_1]) -> f32 {
         for (q, &qx) in quants(bw).iter().zip(&bx.qs) {
             sumi += q * qx as i32;
         }
-        sumf += (f16_to_f32(bw.d) * f16_to_f32(bx.d)) * sumi as f32
-            + f16_to_f32(bw.m) * f16_to_f32(bx.s);
+        sumf += (f16_to_f32(bw.d) * f16_to_f32(bx.d)) * sumi as f32 + f16_to_f32(bw.m) * f16_to_f32(bx.s);
     }
     sumf
 }

@@ -30,17 +30,8 @@ const _: () = assert!(core::mem::size_of::<BlockQ5K>() == 176);
 /// Reference quantizer, following ggml's `quantize_row_q5_K_ref` (as Q4_K with
 /// `nmax = 31` and a narrower scale search).
 pub fn quantize_row_q5_k(src: &[f32], dst: &mut [BlockQ5K]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK_K,
-        "quantize_row_q5_k: length mismatch"
-    );
-    let params = Qkx2Params {
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: false,
-    };
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q5_k: length mismatch");
+    let params = Qkx2Params { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false };
     for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
         let mut l = [0u8; QK_K];
         let (scales, mins) = fit_subblocks(x, 31, &params, &mut l);
@@ -90,11 +81,7 @@ pub fn dequantize_block_q5_k(b: &BlockQ5K, out: &mut [f32; QK_K]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q5_k(src: &[BlockQ5K], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK_K,
-        "dequantize_row_q5_k: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK_K, "dequantize_row_q5_k: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
         dequantize_block_q5_k(b, out.try_into().unwrap());
     }

@@ -33,11 +33,7 @@ const _: () = assert!(core::mem::size_of::<BlockQ6K>() == 210);
 /// against the one of largest magnitude, then the weights requantized with the rounded
 /// scales.
 pub fn quantize_row_q6_k(src: &[f32], dst: &mut [BlockQ6K]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK_K,
-        "quantize_row_q6_k: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q6_k: length mismatch");
     for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
         let mut l = [0i8; QK_K];
         let mut scales = [0.0f32; QK_K / 16];
@@ -75,16 +71,10 @@ pub fn quantize_row_q6_k(src: &[f32], dst: &mut [BlockQ6K]) {
         for h in 0..2 {
             for i in 0..32 {
                 let b = 128 * h + i;
-                let q = [
-                    l[b] as u8,
-                    l[b + 32] as u8,
-                    l[b + 64] as u8,
-                    l[b + 96] as u8,
-                ];
+                let q = [l[b] as u8, l[b + 32] as u8, l[b + 64] as u8, l[b + 96] as u8];
                 y.ql[64 * h + i] = (q[0] & 0xf) | ((q[2] & 0xf) << 4);
                 y.ql[64 * h + 32 + i] = (q[1] & 0xf) | ((q[3] & 0xf) << 4);
-                y.qh[32 * h + i] =
-                    (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+                y.qh[32 * h + i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
             }
         }
     }
@@ -122,11 +112,7 @@ pub fn dequantize_block_q6_k(b: &BlockQ6K, out: &mut [f32; QK_K]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q6_k(src: &[BlockQ6K], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK_K,
-        "dequantize_row_q6_k: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK_K, "dequantize_row_q6_k: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
         dequantize_block_q6_k(b, out.try_into().unwrap());
     }

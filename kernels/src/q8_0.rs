@@ -24,11 +24,7 @@ const _: () = assert!(LANES == QK8_0 / 2);
 /// Round-to-nearest reference quantizer (ggml's `quantize_row_q8_0_ref`):
 /// `d = amax / 127`, `q = roundf(x / d)` (ties away from zero).
 pub fn quantize_row_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK8_0,
-        "quantize_row_q8_0: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK8_0, "quantize_row_q8_0: length mismatch");
     for (x, y) in src.chunks_exact(QK8_0).zip(dst.iter_mut()) {
         let mut amax = 0.0f32;
         for &v in x {
@@ -54,11 +50,7 @@ pub fn dequantize_block_q8_0(b: &BlockQ8_0, out: &mut [f32; QK8_0]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK8_0,
-        "dequantize_row_q8_0: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK8_0, "dequantize_row_q8_0: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK8_0)) {
         dequantize_block_q8_0(b, out.try_into().unwrap());
     }
@@ -84,13 +76,7 @@ pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
 /// the multiply-adds vectorize (measured ≈ 1.7–4x faster than expanding the block into a
 /// `[f32; 32]` buffer first).
 pub fn vec_dot_q8_0_f32(w: &[BlockQ8_0], x: &[f32]) -> f32 {
-    assert_eq!(
-        w.len() * QK8_0,
-        x.len(),
-        "vec_dot_q8_0_f32: {} blocks vs {} activations",
-        w.len(),
-        x.len()
-    );
+    assert_eq!(w.len() * QK8_0, x.len(), "vec_dot_q8_0_f32: {} blocks vs {} activations", w.len(), x.len());
     const H: usize = QK8_0 / 2;
     let mut acc = [0.0f32; LANES];
     for (b, xs) in w.iter().zip(x.chunks_exact(QK8_0)) {

@@ -25,11 +25,7 @@ const _: () = assert!(core::mem::size_of::<BlockQ8_1>() == 36);
 
 /// Round-to-nearest reference quantizer (ggml's `quantize_row_q8_1_ref`).
 pub fn quantize_row_q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK8_1,
-        "quantize_row_q8_1: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK8_1, "quantize_row_q8_1: length mismatch");
     for (x, y) in src.chunks_exact(QK8_1).zip(dst.iter_mut()) {
         let mut amax = 0.0f32;
         for &v in x {
@@ -58,11 +54,7 @@ pub fn dequantize_block_q8_1(b: &BlockQ8_1, out: &mut [f32; QK8_1]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q8_1(src: &[BlockQ8_1], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK8_1,
-        "dequantize_row_q8_1: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK8_1, "dequantize_row_q8_1: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK8_1)) {
         dequantize_block_q8_1(b, out.try_into().unwrap());
     }

@@ -27,11 +27,7 @@ const _: () = assert!(core::mem::size_of::<BlockQ8K>() == 292);
 /// An all-zero block gets `d = 0` and zero quants (and, unlike ggml, which leaves them
 /// uninitialized, zero `bsums`).
 pub fn quantize_row_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * QK_K,
-        "quantize_row_q8_k: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q8_k: length mismatch");
     for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
         let mut max = 0.0f32;
         let mut amax = 0.0f32;
@@ -67,11 +63,7 @@ pub fn dequantize_block_q8_k(b: &BlockQ8K, out: &mut [f32; QK_K]) {
 
 /// Dequantizes a row of blocks.
 pub fn dequantize_row_q8_k(src: &[BlockQ8K], dst: &mut [f32]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * QK_K,
-        "dequantize_row_q8_k: length mismatch"
-    );
+    assert_eq!(dst.len(), src.len() * QK_K, "dequantize_row_q8_k: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
         dequantize_block_q8_k(b, out.try_into().unwrap());
     }

@@ -37,11 +37,7 @@ pub fn dequantize(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
 
 /// `sqrt(Σ (x - y)²) / sqrt(Σ x²)`: the round-trip RMSE relative to the data's RMS.
 pub fn rel_rmse(x: &[f32], y: &[f32]) -> f64 {
-    let num: f64 = x
-        .iter()
-        .zip(y)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
+    let num: f64 = x.iter().zip(y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
     let den: f64 = x.iter().map(|&a| (a as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -67,10 +63,7 @@ fn dot64(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn abs_dot64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 * y as f64).abs())
-        .sum()
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum()
 }
 
 fn norm64(a: &[f32]) -> f64 {
@@ -112,17 +105,11 @@ pub fn check_vec_dot(ty: GgmlType, ns: &[usize], bound: f64) -> f64 {
                 }
             }
             let exact = dot64(&wd, &xd);
-            assert!(
-                (got - exact).abs() <= tol,
-                "{ty} n={n}: vec_dot {got} vs Σ w̃x̃ {exact} (tol {tol:.3e})"
-            );
+            assert!((got - exact).abs() <= tol, "{ty} n={n}: vec_dot {got} vs Σ w̃x̃ {exact} (tol {tol:.3e})");
 
             let reference = dot64(&wd, &x);
             let err = (got - reference).abs() / (norm64(&wd) * norm64(&x));
-            assert!(
-                err <= bound,
-                "{ty} n={n}: vec_dot {got} vs f32 dot {reference}: {err:.3e} > {bound}"
-            );
+            assert!(err <= bound, "{ty} n={n}: vec_dot {got} vs f32 dot {reference}: {err:.3e} > {bound}");
             worst = worst.max(err);
         }
     }
@@ -145,10 +132,7 @@ pub fn check_vec_dot_f32(ty: GgmlType, ns: &[usize]) -> f64 {
             let reference = dot64(&wd, &x);
             let scale = abs_dot64(&wd, &x) + 1e-30;
             let err = (got - reference).abs() / scale;
-            assert!(
-                err <= 1e-5,
-                "{ty} n={n}: vec_dot_f32 {got} vs {reference}: {err:.3e}"
-            );
+            assert!(err <= 1e-5, "{ty} n={n}: vec_dot_f32 {got} vs {reference}: {err:.3e}");
             worst = worst.max(err);
         }
     }

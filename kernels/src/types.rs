@@ -140,10 +140,7 @@ impl GgmlType {
 
     /// Parses a type name, case-insensitively (`q4_0`, `Q4_K`, `f16`, ...).
     pub fn from_name(s: &str) -> Option<Self> {
-        ALL_TYPES
-            .iter()
-            .copied()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
+        ALL_TYPES.iter().copied().find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
 

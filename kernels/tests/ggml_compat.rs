@@ -8,22 +8,14 @@ use pith_kernels::{GgmlType, ALL_TYPES};
 use GgmlType::*;
 
 const GGUF_QUANTIZED: [GgmlType; 7] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16, F16];
-const GGML_QUANTIZED: [GgmlType; 12] = [
-    Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
-];
+const GGML_QUANTIZED: [GgmlType; 12] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K];
 const K_QUANTS: [GgmlType; 5] = [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K];
-const RANDOM_BLOCKS: [GgmlType; 11] = [
-    Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16,
-];
+const RANDOM_BLOCKS: [GgmlType; 11] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16];
 
 fn assert_same_bits(ty: GgmlType, what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{ty} {what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            w.to_bits(),
-            "{ty} {what}: element {i}: ours {g:e}, reference {w:e}"
-        );
+        assert_eq!(g.to_bits(), w.to_bits(), "{ty} {what}: element {i}: ours {g:e}, reference {w:e}");
     }
 }
 
@@ -74,12 +66,7 @@ fn dequantize_matches_gguf_py_on_quantized_rows() {
     let n = f.f32s("input/rows").len();
     for ty in GGUF_QUANTIZED {
         let q = f.bytes(&format!("gguf/quant/{ty}"));
-        assert_same_bits(
-            ty,
-            "dequantize vs gguf-py",
-            &dequantize(ty, q, n),
-            &f.f32s(&format!("gguf/dequant/{ty}")),
-        );
+        assert_same_bits(ty, "dequantize vs gguf-py", &dequantize(ty, q, n), &f.f32s(&format!("gguf/dequant/{ty}")));
     }
 }
 
@@ -110,12 +97,7 @@ fn dequantize_matches_gguf_py_on_random_blocks() {
         let q = f.bytes(&format!("random/blocks/{ty}"));
         let n = q.len() / ty.type_size() * ty.block_size();
         let want = f.f32s(&format!("random/dequant/{ty}"));
-        assert_same_bits(
-            ty,
-            "dequantize random blocks vs gguf-py",
-            &dequantize(ty, q, n),
-            &want,
-        );
+        assert_same_bits(ty, "dequantize random blocks vs gguf-py", &dequantize(ty, q, n), &want);
     }
 }
 
@@ -123,11 +105,7 @@ fn dequantize_matches_gguf_py_on_random_blocks() {
 #[test]
 fn dequantize_matches_gguf_py_on_real_rows() {
     let f = Fixtures::load();
-    for tensor in [
-        "blk.0.ffn_down.weight",
-        "blk.5.attn_q.weight",
-        "token_embd.weight",
-    ] {
+    for tensor in ["blk.0.ffn_down.weight", "blk.5.attn_q.weight", "token_embd.weight"] {
         let ty = GgmlType::from_name(f.str(&format!("real/{tensor}/type"))).unwrap();
         let q = f.bytes(&format!("real/{tensor}/raw"));
         let n = q.len() / ty.type_size() * ty.block_size();
@@ -147,11 +125,8 @@ fn vec_dot_on_ggml_blocks() {
     // Activations: the input rows reversed (so weights and activations differ).
     let a: Vec<f32> = x.iter().rev().copied().collect();
     for ty in ALL_TYPES {
-        let wq = if GGML_QUANTIZED.contains(&ty) {
-            f.bytes(&format!("ggml/quant/{ty}")).to_vec()
-        } else {
-            quantize(ty, &x)
-        };
+        let wq =
+            if GGML_QUANTIZED.contains(&ty) { f.bytes(&format!("ggml/quant/{ty}")).to_vec() } else { quantize(ty, &x) };
         let xty = ty.vec_dot_type();
         let aq = quantize(xty, &a);
         let (wd, ad) = (dequantize(ty, &wq, n), dequantize(xty, &aq, n));
@@ -164,9 +139,6 @@ fn vec_dot_on_ggml_blocks() {
             }
         }
         let want = dot64(&wd, &ad);
-        assert!(
-            (got - want).abs() <= tol,
-            "{ty}: vec_dot {got} vs {want} (tol {tol:e})"
-        );
+        assert!((got - want).abs() <= tol, "{ty}: vec_dot {got} vs {want} (tol {tol:e})");
     }
 }

@@ -58,20 +58,13 @@ fn roundtrip_real_rows() {
         if ty == Q4_1 || ty == Q8_0 {
             let native = if ty == Q4_1 { 0..8 } else { 8..12 };
             for x in &rows[native] {
-                assert_eq!(
-                    &dequantize(ty, &quantize(ty, x), x.len()),
-                    x,
-                    "{ty}: native row not reproduced"
-                );
+                assert_eq!(&dequantize(ty, &quantize(ty, x), x.len()), x, "{ty}: native row not reproduced");
             }
         }
         let e = rel_rmse(&all_x, &all_y);
         report += &format!("{ty:>5}: rel RMSE {e:.3e}   ({})\n", groups.join(", "));
         let bound = roundtrip_bound(ty);
-        assert!(
-            e <= bound,
-            "{ty}: real-row round-trip rel RMSE {e:.3e} > {bound}"
-        );
+        assert!(e <= bound, "{ty}: real-row round-trip rel RMSE {e:.3e} > {bound}");
     }
     eprintln!("{report}");
 }
@@ -103,20 +96,14 @@ fn vec_dots_on_real_rows() {
                 }
             }
             let exact = dot64(&wd, &xd);
-            assert!(
-                (got - exact).abs() <= tol,
-                "{ty} row {i}: vec_dot {got} vs Σ w̃x̃ {exact}"
-            );
+            assert!((got - exact).abs() <= tol, "{ty} row {i}: vec_dot {got} vs Σ w̃x̃ {exact}");
             let err = (got - dot64(&wd, x)).abs() / (norm64(&wd) * norm64(x));
             assert!(err <= 0.01, "{ty} row {i}: vec_dot vs f32 dot: {err:.3e}");
             worst_int = worst_int.max(err);
 
             let got = vec_dot_f32(ty, &wq, x) as f64;
             let err = (got - dot64(&wd, x)).abs() / abs_dot64(&wd, x);
-            assert!(
-                err <= 1e-5,
-                "{ty} row {i}: vec_dot_f32 vs dequantize+sum: {err:.3e}"
-            );
+            assert!(err <= 1e-5, "{ty} row {i}: vec_dot_f32 vs dequantize+sum: {err:.3e}");
             worst_f32 = worst_f32.max(err);
         }
         report += &format!(

@@ -28,3 +28,4 @@ pub mod tokenizer;
 pub use error::{Error, Result};
 pub use model::{Config, Logits, Model, State};
 pub use parallel::Pool;
+pub use tensor::Precision;

@@ -39,6 +39,18 @@ struct ModelArgs {
     /// Worker threads (0 = one per core).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
+    /// Matmul arithmetic: f32 (activations in f32 against exactly dequantized weights) or q8
+    /// (activations quantized to 8 bits, integer dot products, as llama.cpp's CPU backend).
+    #[arg(long = "precision", default_value = "f32", value_parser = parse_precision)]
+    precision: pith::Precision,
+}
+
+fn parse_precision(s: &str) -> Result<pith::Precision, String> {
+    match s {
+        "f32" => Ok(pith::Precision::F32),
+        "q8" => Ok(pith::Precision::Q8),
+        _ => Err(format!("'{s}' is not a precision (f32, q8)")),
+    }
 }
 
 #[derive(Args)]
@@ -195,7 +207,8 @@ fn read_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Res<String> {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(f)) => {
             let b = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
-            String::from_utf8(b).map_err(|e| format!("{}: not valid UTF-8 (byte {})", f.display(), e.utf8_error().valid_up_to()))
+            String::from_utf8(b)
+                .map_err(|e| format!("{}: not valid UTF-8 (byte {})", f.display(), e.utf8_error().valid_up_to()))
         }
         (None, None) => Err("give a prompt with -p or -f".into()),
     }
@@ -209,10 +222,20 @@ fn run(a: RunArgs) -> Res<()> {
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
     let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
     let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
+    state.set_precision(a.model.precision);
     if ids.len() > a.ctx {
-        return Err(format!("the prompt has {} tokens, more than the context of {} (use a larger -c)", ids.len(), a.ctx));
+        return Err(format!(
+            "the prompt has {} tokens, more than the context of {} (use a larger -c)",
+            ids.len(),
+            a.ctx
+        ));
     }
-    eprintln!("pith: loaded {} in {:.0} ms ({} threads)", file.path().display(), t0.elapsed().as_secs_f64() * 1e3, eng.pool.threads());
+    eprintln!(
+        "pith: loaded {} in {:.0} ms ({} threads)",
+        file.path().display(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        eng.pool.threads()
+    );
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut werr = None;
@@ -255,6 +278,7 @@ fn chat(a: ChatArgs) -> Res<()> {
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
     let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
+    state.set_precision(a.model.precision);
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<Message> = Vec::new();
     let base = |m: &mut Vec<Message>| {
@@ -353,12 +377,22 @@ fn inspect(a: InspectArgs) -> Res<()> {
     let g = file.gguf().map_err(|e| e.to_string())?;
     let mut out = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(out, "file: {}\nGGUF version {}, {} metadata keys, {} tensors, alignment {}, data at byte {}", a.file.display(), g.version, g.metadata.len(), g.tensors.len(), g.alignment, g.data_offset);
+    let _ = writeln!(
+        out,
+        "file: {}\nGGUF version {}, {} metadata keys, {} tensors, alignment {}, data at byte {}",
+        a.file.display(),
+        g.version,
+        g.metadata.len(),
+        g.tensors.len(),
+        g.alignment,
+        g.data_offset
+    );
     let _ = writeln!(out, "\nmetadata:");
     for (k, v) in &g.metadata {
         let _ = writeln!(out, "  {k:<45} {}", pith::gguf::display_value(v, if a.full { usize::MAX } else { 8 }));
     }
-    let _ = writeln!(out, "\ntensors:\n  {:<36} {:<6} {:>24} {:>12} {:>12}", "name", "type", "shape", "bytes", "offset");
+    let _ =
+        writeln!(out, "\ntensors:\n  {:<36} {:<6} {:>24} {:>12} {:>12}", "name", "type", "shape", "bytes", "offset");
     let mut total = 0u64;
     let mut by_type = std::collections::BTreeMap::<&str, (usize, u64)>::new();
     for t in &g.tensors {
@@ -366,10 +400,25 @@ fn inspect(a: InspectArgs) -> Res<()> {
         let e = by_type.entry(t.ty.name()).or_default();
         e.0 += 1;
         e.1 += t.data.len() as u64;
-        let _ = writeln!(out, "  {:<36} {:<6} {:>24} {:>12} {:>12}", t.name, t.ty.name(), format!("{:?}", t.dims), t.data.len(), t.offset);
+        let _ = writeln!(
+            out,
+            "  {:<36} {:<6} {:>24} {:>12} {:>12}",
+            t.name,
+            t.ty.name(),
+            format!("{:?}", t.dims),
+            t.data.len(),
+            t.offset
+        );
     }
     let n_el: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
-    let _ = writeln!(out, "\ntotal: {} tensors, {} elements, {:.2} MiB, {:.3} bits per weight", g.tensors.len(), n_el, total as f64 / 1048576.0, total as f64 * 8.0 / n_el.max(1) as f64);
+    let _ = writeln!(
+        out,
+        "\ntotal: {} tensors, {} elements, {:.2} MiB, {:.3} bits per weight",
+        g.tensors.len(),
+        n_el,
+        total as f64 / 1048576.0,
+        total as f64 * 8.0 / n_el.max(1) as f64
+    );
     for (ty, (n, b)) in by_type {
         let _ = writeln!(out, "  {ty:<6} {n:>4} tensors {:>10.2} MiB", b as f64 / 1048576.0);
     }
@@ -386,7 +435,14 @@ fn perplexity(a: PerplexityArgs) -> Res<()> {
     let bos = if eng.tokenizer.add_bos() { eng.tokenizer.bos() } else { None };
     let avail = tokens.len() / a.ctx.max(1);
     let n = if a.chunks == 0 { avail } else { a.chunks.min(avail) };
-    eprintln!("pith: {} tokens, {} chunks of {} (scoring the second half of each), {} threads; tokenized in {:.1} s", tokens.len(), n, a.ctx, eng.pool.threads(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "pith: {} tokens, {} chunks of {} (scoring the second half of each), {} threads; tokenized in {:.1} s",
+        tokens.len(),
+        n,
+        a.ctx,
+        eng.pool.threads(),
+        t0.elapsed().as_secs_f64()
+    );
     let t1 = std::time::Instant::now();
     let stats = pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, a.ctx, a.chunks, bos, |s| {
         print!("[{}]{:.4},", s.chunks, s.ppl());
@@ -395,7 +451,13 @@ fn perplexity(a: PerplexityArgs) -> Res<()> {
     .map_err(|e| e.to_string())?;
     println!();
     let secs = t1.elapsed().as_secs_f64();
-    eprintln!("pith: {} chunks in {:.1} s ({:.1} s per chunk, {:.0} tokens/s)", stats.chunks, secs, secs / stats.chunks as f64, (stats.chunks * a.ctx) as f64 / secs);
+    eprintln!(
+        "pith: {} chunks in {:.1} s ({:.1} s per chunk, {:.0} tokens/s)",
+        stats.chunks,
+        secs,
+        secs / stats.chunks as f64,
+        (stats.chunks * a.ctx) as f64 / secs
+    );
     println!("PPL = {:.4} +/- {:.5}", stats.ppl(), stats.ppl_error());
     Ok(())
 }

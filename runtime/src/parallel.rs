@@ -11,11 +11,8 @@ impl Pool {
     /// A pool of `threads` threads (0 = one per available core).
     #[cfg(feature = "std")]
     pub fn new(threads: usize) -> Result<Self, crate::Error> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        } else {
-            threads
-        };
+        let threads =
+            if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
         let pool = if threads > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()

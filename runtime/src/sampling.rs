@@ -182,10 +182,19 @@ mod tests {
     fn same_seed_same_output() {
         let cfg = SamplerConfig { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 42, ..Default::default() };
         let l = logits();
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg.clone()); (0..50).map(|_| s.sample(&l)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg.clone()); (0..50).map(|_| s.sample(&l)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone());
+            (0..50).map(|_| s.sample(&l)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone());
+            (0..50).map(|_| s.sample(&l)).collect()
+        };
         assert_eq!(a, b);
-        let c: Vec<u32> = { let mut s = Sampler::new(SamplerConfig { seed: 43, ..cfg }); (0..50).map(|_| s.sample(&l)).collect() };
+        let c: Vec<u32> = {
+            let mut s = Sampler::new(SamplerConfig { seed: 43, ..cfg });
+            (0..50).map(|_| s.sample(&l)).collect()
+        };
         assert_ne!(a, c, "a different seed should give a different draw");
         // High temperature over 100 tokens: more than a handful of distinct picks.
         let mut d = a.clone();
@@ -200,7 +209,14 @@ mod tests {
         let mut top3: Vec<(usize, f32)> = l.iter().copied().enumerate().collect();
         top3.sort_by(|a, b| b.1.total_cmp(&a.1));
         let allowed: Vec<u32> = top3[..3].iter().map(|e| e.0 as u32).collect();
-        let mut s = Sampler::new(SamplerConfig { temperature: 5.0, top_k: 3, top_p: 1.0, min_p: 0.0, seed: 1, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 5.0,
+            top_k: 3,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 1,
+            ..Default::default()
+        });
         for _ in 0..200 {
             assert!(allowed.contains(&s.sample(&l)));
         }
@@ -211,11 +227,25 @@ mod tests {
         // One dominant token: top-p 0.5 must always pick it.
         let mut l = vec![0.0f32; 50];
         l[7] = 10.0;
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, seed: 3, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            seed: 3,
+            ..Default::default()
+        });
         for _ in 0..100 {
             assert_eq!(s.sample(&l), 7);
         }
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.01, seed: 3, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.01,
+            seed: 3,
+            ..Default::default()
+        });
         for _ in 0..100 {
             assert_eq!(s.sample(&l), 7);
         }

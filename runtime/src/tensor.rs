@@ -38,11 +38,25 @@ impl<'a> Weight<'a> {
 /// Rows handled per inner tile: each is dequantized once and reused for every token.
 const TILE_ROWS: usize = 12;
 
+/// How activations meet the weights in a matmul.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 activations against exactly dequantized weights (the most faithful).
+    #[default]
+    F32,
+    /// Activations quantized once per matmul to the weight type's 8-bit partner (Q8_0, Q8_1,
+    /// Q8_K) and integer dot products, as llama.cpp's CPU backend does.
+    Q8,
+}
+
 /// Scratch space reused across calls (no allocation in steady state).
 #[derive(Default)]
 pub struct MatmulScratch {
+    pub precision: Precision,
     /// (n_rows, n_tok): the result before transposition, for batches.
     out_t: Vec<f32>,
+    /// (n_tok, row bytes of the activation type): quantized activations.
+    xq: Vec<u8>,
 }
 
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` — `x`: (n_tok, n_cols), `out`: (n_tok, n_rows).
@@ -62,11 +76,31 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
         scratch.out_t.resize(n_rows * n_tok, 0.0);
         &mut scratch.out_t
     };
-    pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
-        let r0 = ci * chunk_rows;
-        let rows = chunk.len() / n_tok;
-        matmul_rows_hot_loop(w, x, n_tok, r0, rows, chunk);
-    });
+    let vt = w.ty.vec_dot_type();
+    if scratch.precision == Precision::Q8 && w.ty.is_quantized() && vt.row_bytes(n_cols).is_some() {
+        // Quantize each token's activations once; every row reuses them.
+        let qb = vt.row_bytes(n_cols).unwrap_or(0);
+        scratch.xq.resize(n_tok * qb, 0);
+        for (xt, q) in x.chunks_exact(n_cols).zip(scratch.xq.chunks_exact_mut(qb)) {
+            pith_kernels::quantize_row(vt, xt, q);
+        }
+        let xq = &scratch.xq;
+        pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
+            let r0 = ci * chunk_rows;
+            for (i, out_row) in chunk.chunks_exact_mut(n_tok).enumerate() {
+                let wr = w.row(r0 + i);
+                for (o, q) in out_row.iter_mut().zip(xq.chunks_exact(qb)) {
+                    *o = pith_kernels::vec_dot(w.ty, n_cols, wr, q);
+                }
+            }
+        });
+    } else {
+        pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
+            let r0 = ci * chunk_rows;
+            let rows = chunk.len() / n_tok;
+            matmul_rows_hot_loop(w, x, n_tok, r0, rows, chunk);
+        });
+    }
     if n_tok > 1 {
         for (r, col) in scratch.out_t.chunks_exact(n_tok).enumerate() {
             for (t, &v) in col.iter().enumerate() {

@@ -78,7 +78,8 @@ fn every_block_type_runs_exactly_on_its_dequantized_weights() {
         GgmlType::Q6_K,
     ] {
         let k = ty.block_size().max(64);
-        let spec = TinySpec { n_embd: k, n_head: 4, n_ff: k, weight_type: ty, seed: ty.id() as u64, ..Default::default() };
+        let spec =
+            TinySpec { n_embd: k, n_head: 4, n_ff: k, weight_type: ty, seed: ty.id() as u64, ..Default::default() };
         check(&spec, 1e-2);
     }
 }
@@ -120,14 +121,32 @@ fn missing_or_wrong_tensors_and_hyper_parameters() {
         ("llama.block_count", Box::new(|b| b.metadata.retain(|(k, _)| k != "llama.block_count"))),
         ("llama.embedding_length", Box::new(|b| b.metadata.retain(|(k, _)| k != "llama.embedding_length"))),
         ("general.architecture", Box::new(|b| b.metadata.retain(|(k, _)| k != "general.architecture"))),
-        ("unsupported architecture 'mamba'", Box::new(|b| { b.kv("general.architecture", OwnedValue::String("mamba".into())); })),
-        ("llama.attention.head_count_kv", Box::new(|b| { b.kv("llama.attention.head_count_kv", OwnedValue::U32(3)); })),
+        (
+            "unsupported architecture 'mamba'",
+            Box::new(|b| {
+                b.kv("general.architecture", OwnedValue::String("mamba".into()));
+            }),
+        ),
+        (
+            "llama.attention.head_count_kv",
+            Box::new(|b| {
+                b.kv("llama.attention.head_count_kv", OwnedValue::U32(3));
+            }),
+        ),
         ("blk.1.ffn_up.weight", Box::new(|b| b.tensors.retain(|t| t.name != "blk.1.ffn_up.weight"))),
-        ("blk.0.attn_q.weight", Box::new(|b| {
-            let t = b.tensors.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
-            t.dims = vec![32, 128];
-        })),
-        ("llama.block_count", Box::new(|b| { b.kv("llama.block_count", OwnedValue::String("two".into())); })),
+        (
+            "blk.0.attn_q.weight",
+            Box::new(|b| {
+                let t = b.tensors.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+                t.dims = vec![32, 128];
+            }),
+        ),
+        (
+            "llama.block_count",
+            Box::new(|b| {
+                b.kv("llama.block_count", OwnedValue::String("two".into()));
+            }),
+        ),
     ];
     for (needle, edit) in cases {
         let bytes = rebuild(&*edit);

@@ -46,7 +46,7 @@ fn greedy_generation_matches_llama_cpp() {
     let same = g.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
     eprintln!("greedy: {same}/32 tokens equal to llama.cpp Q4_1; pith: {text:?}");
     assert!(same >= 5, "diverged at token {same}: {:?} vs {:?}", g.tokens, want);
-    assert_eq!(g.tokens.len(), 32);
+    assert!(g.tokens.len() == 32 || g.stop == pith::engine::Stop::EndOfGeneration, "{:?}", g.stop);
 }
 
 #[test]

@@ -14,11 +14,7 @@ static GGML_REF: &[u8] = include_bytes!("../fixtures/ggml_ref.bin");
 /// blk.0.ffn_down.weight, 4..8 blk.5.attn_q.weight, 8..12 token_embd.weight.
 pub static REAL_ROWS: &[u8] = include_bytes!("../fixtures/real_rows.f32");
 pub const REAL_ROW_LEN: usize = 512;
-pub const REAL_GROUPS: [&str; 3] = [
-    "blk.0.ffn_down (Q4_1)",
-    "blk.5.attn_q (Q4_1)",
-    "token_embd (Q8_0)",
-];
+pub const REAL_GROUPS: [&str; 3] = ["blk.0.ffn_down (Q4_1)", "blk.5.attn_q (Q4_1)", "token_embd (Q8_0)"];
 
 impl Fixtures {
     pub fn load() -> Self {
@@ -41,9 +37,7 @@ impl Fixtures {
     }
 
     pub fn bytes(&self, key: &str) -> &'static [u8] {
-        self.0
-            .get(key)
-            .unwrap_or_else(|| panic!("fixture record {key:?} missing"))
+        self.0.get(key).unwrap_or_else(|| panic!("fixture record {key:?} missing"))
     }
 
     pub fn f32s(&self, key: &str) -> Vec<f32> {
@@ -57,16 +51,11 @@ impl Fixtures {
 
 pub fn f32s(b: &[u8]) -> Vec<f32> {
     assert_eq!(b.len() % 4, 0);
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 pub fn real_rows() -> Vec<Vec<f32>> {
-    f32s(REAL_ROWS)
-        .chunks(REAL_ROW_LEN)
-        .map(<[f32]>::to_vec)
-        .collect()
+    f32s(REAL_ROWS).chunks(REAL_ROW_LEN).map(<[f32]>::to_vec).collect()
 }
 
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
@@ -83,11 +72,7 @@ pub fn dequantize(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
 
 /// `sqrt(Σ (x - y)²) / sqrt(Σ x²)`.
 pub fn rel_rmse(x: &[f32], y: &[f32]) -> f64 {
-    let num: f64 = x
-        .iter()
-        .zip(y)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
+    let num: f64 = x.iter().zip(y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
     let den: f64 = x.iter().map(|&a| (a as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -97,10 +82,7 @@ pub fn dot64(a: &[f32], b: &[f32]) -> f64 {
 }
 
 pub fn abs_dot64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 * y as f64).abs())
-        .sum()
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum()
 }
 
 pub fn norm64(a: &[f32]) -> f64 {
@@ -109,7 +91,5 @@ pub fn norm64(a: &[f32]) -> f64 {
 
 /// Index of the first differing `chunk`-sized piece, for readable failure messages.
 pub fn first_diff(a: &[u8], b: &[u8], chunk: usize) -> Option<usize> {
-    a.chunks(chunk)
-        .zip(b.chunks(chunk))
-        .position(|(x, y)| x != y)
+    a.chunks(chunk).zip(b.chunks(chunk)).position(|(x, y)| x != y)
 }

@@ -43,10 +43,6 @@ pub enum GgufError {
 
 impl GgufError {
     pub(crate) fn wrong_type(key: &str, expected: &'static str, v: &Value<'_>) -> Self {
-        GgufError::WrongType {
-            key: key.to_string(),
-            expected,
-            found: alloc::format!("{:?}", v.value_type()),
-        }
+        GgufError::WrongType { key: key.to_string(), expected, found: alloc::format!("{:?}", v.value_type()) }
     }
 }

@@ -110,10 +110,7 @@ impl<'a> Reader<'a> {
         let at = self.pos as u64;
         let len = self.u64(what)?;
         let b = self.bytes(len, what)?;
-        core::str::from_utf8(b).map_err(|_| GgufError::InvalidUtf8 {
-            what: what().0,
-            offset: at,
-        })
+        core::str::from_utf8(b).map_err(|_| GgufError::InvalidUtf8 { what: what().0, offset: at })
     }
 }
 
@@ -153,10 +150,8 @@ impl<'a> Gguf<'a> {
         for i in 0..n_kv {
             let key = r.string(&|| WhatAt(alloc::format!("key of metadata entry {i}")))?;
             let tid = r.u32(&|| WhatAt(alloc::format!("type of metadata key '{key}'")))?;
-            let ty = ValueType::from_id(tid).ok_or_else(|| GgufError::UnknownValueType {
-                key: key.to_string(),
-                id: tid,
-            })?;
+            let ty =
+                ValueType::from_id(tid).ok_or_else(|| GgufError::UnknownValueType { key: key.to_string(), id: tid })?;
             let v = value::read_value(&mut r, ty, key, 0)?;
             if kv_index.insert(key, metadata.len()).is_some() {
                 return Err(GgufError::DuplicateKey(key.to_string()));
@@ -198,18 +193,12 @@ impl<'a> Gguf<'a> {
                 dims.push(r.u64(&tw)?);
             }
             let tid = r.u32(&tw)?;
-            let ty = GgmlType::from_id(tid).ok_or_else(|| GgufError::UnknownTensorType {
-                tensor: name.to_string(),
-                id: tid,
-            })?;
+            let ty = GgmlType::from_id(tid)
+                .ok_or_else(|| GgufError::UnknownTensorType { tensor: name.to_string(), id: tid })?;
             let offset = r.u64(&tw)?;
             let size = tensor_size(name, &dims, ty)?;
             if offset % alignment != 0 {
-                return Err(GgufError::MisalignedTensor {
-                    tensor: name.to_string(),
-                    offset,
-                    alignment,
-                });
+                return Err(GgufError::MisalignedTensor { tensor: name.to_string(), offset, alignment });
             }
             if tensor_index.insert(name, raw.len()).is_some() {
                 return Err(GgufError::DuplicateTensor(name.to_string()));
@@ -246,10 +235,7 @@ impl<'a> Gguf<'a> {
                 }
             })?;
             if t.offset < prev_end {
-                return Err(GgufError::OverlappingTensors {
-                    a: prev_name.to_string(),
-                    b: t.name.to_string(),
-                });
+                return Err(GgufError::OverlappingTensors { a: prev_name.to_string(), b: t.name.to_string() });
             }
             prev_end = end;
             prev_name = t.name;
@@ -337,8 +323,7 @@ impl<'a> Gguf<'a> {
 
     /// `general.architecture`.
     pub fn architecture(&self) -> Result<&'a str, GgufError> {
-        self.get_str("general.architecture")?
-            .ok_or_else(|| GgufError::MissingKey("general.architecture".to_string()))
+        self.get_str("general.architecture")?.ok_or_else(|| GgufError::MissingKey("general.architecture".to_string()))
     }
 }
 
@@ -357,14 +342,9 @@ fn tensor_size(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, GgufError>
     }
     let bs = ty.block_size() as u64;
     if dims[0] % bs != 0 {
-        return Err(bad(alloc::format!(
-            "row length {} is not a multiple of {}'s block size {bs}",
-            dims[0], ty
-        )));
+        return Err(bad(alloc::format!("row length {} is not a multiple of {}'s block size {bs}", dims[0], ty)));
     }
-    (n / bs)
-        .checked_mul(ty.type_size() as u64)
-        .ok_or_else(|| bad(alloc::format!("byte size of {dims:?} overflows")))
+    (n / bs).checked_mul(ty.type_size() as u64).ok_or_else(|| bad(alloc::format!("byte size of {dims:?} overflows")))
 }
 
 #[cfg(test)]

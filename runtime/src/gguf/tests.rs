@@ -21,13 +21,7 @@ fn sample() -> GgufBuilder {
         .kv("i64", OwnedValue::I64(-(1 << 40)))
         .kv("f64", OwnedValue::F64(2.25))
         .kv("strs", OwnedValue::strings(["a", "bc", "ünï"]))
-        .kv(
-            "nested",
-            OwnedValue::Array(
-                ValueType::Array,
-                vec![OwnedValue::i32s([1, 2]), OwnedValue::i32s([3])],
-            ),
-        );
+        .kv("nested", OwnedValue::Array(ValueType::Array, vec![OwnedValue::i32s([1, 2]), OwnedValue::i32s([3])]));
     b.tensor("a", &[32, 2], GgmlType::F32, vec![1u8; 256]);
     b.tensor("b", &[64], GgmlType::Q4_0, vec![2u8; 36]);
     b.tensor("c", &[256, 1], GgmlType::Q6_K, vec![3u8; 210]);
@@ -238,7 +232,8 @@ fn bad_tensors() {
 
 #[test]
 fn errors_name_the_problem() {
-    let e = Raw::header(1, 0).tensor("blk.0.attn_q.weight", &[33], GgmlType::Q4_0.id(), 0).data(64).parse().unwrap_err();
+    let e =
+        Raw::header(1, 0).tensor("blk.0.attn_q.weight", &[33], GgmlType::Q4_0.id(), 0).data(64).parse().unwrap_err();
     let msg: String = alloc::format!("{e}");
     assert!(msg.contains("blk.0.attn_q.weight") && msg.contains("block size"), "{msg}");
 }

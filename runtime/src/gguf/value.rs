@@ -202,12 +202,7 @@ impl<'a> Iterator for ArrayIter<'a> {
 }
 
 /// Reads (and fully validates) one value of type `ty` for metadata key `key`.
-pub(crate) fn read_value<'a>(
-    r: &mut Reader<'a>,
-    ty: ValueType,
-    key: &str,
-    depth: u32,
-) -> Result<Value<'a>, GgufError> {
+pub(crate) fn read_value<'a>(r: &mut Reader<'a>, ty: ValueType, key: &str, depth: u32) -> Result<Value<'a>, GgufError> {
     let w = || WhatAt(alloc::format!("value of metadata key '{key}'"));
     if let Some(n) = ty.fixed_size() {
         let b = r.bytes(n as u64, &w)?;
@@ -246,8 +241,8 @@ pub(crate) fn read_value<'a>(
                 });
             }
             let tid = r.u32(&w)?;
-            let elem_type = ValueType::from_id(tid)
-                .ok_or_else(|| GgufError::UnknownValueType { key: key.to_string(), id: tid })?;
+            let elem_type =
+                ValueType::from_id(tid).ok_or_else(|| GgufError::UnknownValueType { key: key.to_string(), id: tid })?;
             let len = r.u64(&w)?;
             // Every element takes at least one byte (strings and arrays at least 8).
             let min = elem_type.fixed_size().unwrap_or(8) as u64;

