@@ -20,6 +20,15 @@ pub fn gemm_f32(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
     gemm_f32_scalar(w, x, k_len, out);
 }
 
+/// The SIMD path `gemm_f32` takes on this CPU ("avx2+fma" or "scalar").
+pub fn kernel_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        return "avx2+fma";
+    }
+    "scalar"
+}
+
 /// The reference: one dot product per output.
 pub fn gemm_f32_scalar(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
     let n_tok = x.len() / k_len;

@@ -52,5 +52,5 @@ pub mod q8_k;
 
 pub use dispatch::{dequantize_row, quantize_row, vec_dot, vec_dot_f32};
 pub use f32::dot_f32;
-pub use gemm::gemm_f32;
+pub use gemm::{gemm_f32, kernel_path};
 pub use types::{GgmlType, ALL_TYPES, QK_K};

@@ -7,6 +7,8 @@
 extern crate alloc;
 
 #[cfg(feature = "std")]
+pub mod bench;
+#[cfg(feature = "std")]
 pub mod chat;
 #[cfg(feature = "std")]
 pub mod engine;

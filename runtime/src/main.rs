@@ -29,6 +29,36 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Perplexity of a text (llama-perplexity's protocol).
     Perplexity(PerplexityArgs),
+    /// Prompt and generation throughput, peak memory and weight bandwidth.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model file (GGUF). Default: the default model.
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Prompt tokens for the prompt-processing test (0 = skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens for the generation test (0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Thread counts to test, comma-separated.
+    #[arg(short = 't', long = "threads", value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Repetitions per test (the median is reported).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    reps: usize,
+    /// Output format: table or json.
+    #[arg(short = 'o', long = "output", default_value = "table")]
+    output: String,
+    /// Matmul arithmetic (f32 or q8).
+    #[arg(long = "precision", default_value = "f32", value_parser = parse_precision)]
+    precision: pith::Precision,
+    /// Also measure the machine's read bandwidth (STREAM-style) and compare.
+    #[arg(long)]
+    roofline: bool,
 }
 
 #[derive(Args)]
@@ -181,6 +211,7 @@ fn main() -> ExitCode {
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Perplexity(a) => perplexity(a),
+        Cmd::Bench(a) => bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -459,5 +490,81 @@ fn perplexity(a: PerplexityArgs) -> Res<()> {
         (stats.chunks * a.ctx) as f64 / secs
     );
     println!("PPL = {:.4} +/- {:.5}", stats.ppl(), stats.ppl_error());
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Res<()> {
+    use pith::bench::{bench_pp, bench_tg, peak_rss_bytes, read_bandwidth, repeat, BenchResult};
+    if a.output != "table" && a.output != "json" {
+        return Err(format!("-o {}: use table or json", a.output));
+    }
+    if a.threads.is_empty() || a.threads.contains(&0) {
+        return Err("-t: give thread counts of at least 1, e.g. -t 1,2".into());
+    }
+    let file = open(&ModelArgs { model: a.model.clone(), threads: 1, precision: a.precision })?;
+    let g = file.gguf().map_err(|e| e.to_string())?;
+    let model = pith::Model::from_gguf(&g).map_err(|e| file.context(e).to_string())?;
+    let wbytes = model.weight_bytes() as f64;
+    let kernels = pith_kernels::kernel_path().to_string();
+    let precision = format!("{:?}", a.precision).to_lowercase();
+    let mut results = Vec::new();
+    for &t in &a.threads {
+        let pool = pith::Pool::new(t).map_err(|e| e.to_string())?;
+        let mk = |test: String, (med, lo, hi): (f64, f64, f64), gbps: Option<f64>| BenchResult {
+            test,
+            threads: t,
+            tokens_per_second: med,
+            min_tokens_per_second: lo,
+            max_tokens_per_second: hi,
+            repetitions: a.reps.max(1),
+            weight_gb_per_second: gbps,
+            kernels: kernels.clone(),
+            precision: precision.clone(),
+        };
+        if a.n_prompt > 0 {
+            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, a.precision)).map_err(|e| e.to_string())?;
+            results.push(mk(format!("pp{}", a.n_prompt), r, None));
+        }
+        if a.n_gen > 0 {
+            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, a.precision)).map_err(|e| e.to_string())?;
+            results.push(mk(format!("tg{}", a.n_gen), r, Some(r.0 * wbytes / 1e9)));
+        }
+    }
+    let rss = peak_rss_bytes();
+    let bw: Vec<(usize, f64)> = if a.roofline {
+        a.threads
+            .iter()
+            .map(|&t| pith::Pool::new(t).map(|p| (t, read_bandwidth(&p, 256 << 20, 5))).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    if a.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!(
+        "model: {} ({:.1} MB of weights), kernels: {kernels}, precision: {precision}",
+        file.path().display(),
+        wbytes / 1e6
+    );
+    println!("| test | threads | t/s (median) | min–max | weights GB/s |");
+    println!("|---|---|---|---|---|");
+    for r in &results {
+        let gb = r.weight_gb_per_second.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {} | {:.1} | {:.1}–{:.1} | {gb} |",
+            r.test, r.threads, r.tokens_per_second, r.min_tokens_per_second, r.max_tokens_per_second
+        );
+    }
+    if let Some(b) = rss {
+        println!("peak RSS: {:.1} MB", b as f64 / 1e6);
+    }
+    for (t, gbps) in bw {
+        let bound = gbps * 1e9 / wbytes;
+        let tg = results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map(|r| r.tokens_per_second);
+        let frac = tg.map(|v| format!(", tg at {:.0} % of it", 100.0 * v / bound)).unwrap_or_default();
+        println!("read bandwidth, {t} thread(s): {gbps:.1} GB/s → generation bound {bound:.0} t/s{frac}");
+    }
     Ok(())
 }

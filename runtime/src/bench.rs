@@ -1,0 +1,134 @@
+//! `pith bench`: prompt-processing and generation throughput, peak memory, effective weight
+//! bandwidth, and a STREAM-style read-bandwidth probe to put the generation figure next to
+//! the machine's limit.
+
+use crate::model::{Logits, Model, State};
+use crate::parallel::Pool;
+use crate::tensor::Precision;
+use crate::Result;
+use std::time::Instant;
+
+/// One measured test (`pp512`, `tg128`) at one thread count.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub test: String,
+    pub threads: usize,
+    /// Median over repetitions.
+    pub tokens_per_second: f64,
+    pub min_tokens_per_second: f64,
+    pub max_tokens_per_second: f64,
+    pub repetitions: usize,
+    /// Weight bytes streamed per second during generation (tg tests only).
+    pub weight_gb_per_second: Option<f64>,
+    pub kernels: String,
+    pub precision: String,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Deterministic pseudo-random token ids (as llama-bench, content does not matter for speed).
+fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Prompt processing: `n_prompt` tokens in one batch from an empty cache.
+pub fn bench_pp(model: &Model<'_>, pool: &Pool, n_prompt: usize, precision: Precision) -> Result<f64> {
+    let mut st = State::new(model, n_prompt, n_prompt)?;
+    st.set_precision(precision);
+    let toks = tokens(n_prompt, model.config.n_vocab);
+    let t = Instant::now();
+    model.forward(&mut st, pool, &toks, Logits::Last)?;
+    Ok(n_prompt as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Generation: `n_gen` single-token steps from an empty cache.
+pub fn bench_tg(model: &Model<'_>, pool: &Pool, n_gen: usize, precision: Precision) -> Result<f64> {
+    let mut st = State::new(model, n_gen + 1, 1)?;
+    st.set_precision(precision);
+    let toks = tokens(n_gen, model.config.n_vocab);
+    // One warm-up token (page faults, thread start) outside the timing, as llama-bench does.
+    model.forward(&mut st, pool, &toks[..1], Logits::Last)?;
+    st.reset();
+    let t = Instant::now();
+    for &tok in &toks {
+        model.forward(&mut st, pool, &[tok], Logits::Last)?;
+    }
+    Ok(n_gen as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs `f` `reps` times and summarises.
+pub fn repeat(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<(f64, f64, f64)> {
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        v.push(f()?);
+    }
+    let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+    Ok((median(&mut v), lo, hi))
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux; `None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// STREAM-style read bandwidth in GB/s: `threads` threads each sum their share of a
+/// `bytes`-sized buffer, best of `reps` passes.
+pub fn read_bandwidth(pool: &Pool, bytes: usize, reps: usize) -> f64 {
+    let n = bytes / 4;
+    let mut buf = vec![1.0f32; n];
+    // Touch every page before timing.
+    for (i, v) in buf.iter_mut().enumerate() {
+        *v = (i % 7) as f32;
+    }
+    let chunk = n.div_ceil(pool.threads());
+    let mut sums = vec![0.0f32; pool.threads()];
+    let mut best = 0.0f64;
+    for _ in 0..reps.max(1) {
+        let src = &buf;
+        let t = Instant::now();
+        pool.for_each_chunk(&mut sums, 1, &|i, out: &mut [f32]| {
+            let lo = (i * chunk).min(n);
+            let hi = ((i + 1) * chunk).min(n);
+            out[0] = read_hot_loop(&src[lo..hi]);
+        });
+        let secs = t.elapsed().as_secs_f64();
+        best = best.max(bytes as f64 / secs / 1e9);
+    }
+    // Keep the sums alive so the reads are not optimised away.
+    if sums.iter().any(|s| s.is_nan()) {
+        eprintln!("pith: bandwidth probe saw NaN");
+    }
+    best
+}
+
+/// The probe's hot loop: 16 independent accumulators so the adds vectorize.
+fn read_hot_loop(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..16 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
