@@ -159,6 +159,18 @@ pub fn ensure_model(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
     Fetcher::from_env()?.ensure(spec)
 }
 
+/// Environment variable naming a model file to use instead of the default model.
+pub const ENV_MODEL: &str = "PITH_MODEL";
+
+/// The model to use when none is named: the file in `$PITH_MODEL` if set, else the default
+/// model from the cache (fetched and verified first if needed).
+pub fn ensure_default_model() -> Result<PathBuf, FetchError> {
+    match std::env::var_os(ENV_MODEL) {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => ensure_model(crate::registry::default_model()),
+    }
+}
+
 /// What the cache holds for a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheState {

@@ -15,7 +15,8 @@ pub mod fetch;
 pub mod registry;
 
 pub use fetch::{
-    cache_dir, ensure_model, model_path, CacheState, FetchError, Fetcher, DEFAULT_PYTHON, ENV_CACHE_DIR, ENV_PYTHON,
+    cache_dir, ensure_default_model, ensure_model, model_path, CacheState, FetchError, Fetcher, DEFAULT_PYTHON,
+    ENV_CACHE_DIR, ENV_MODEL, ENV_PYTHON,
 };
 pub use registry::{default_model, find_model, known_model_names, ModelSpec, DEFAULT_MODEL_NAME, MODELS};
 

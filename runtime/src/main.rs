@@ -63,7 +63,8 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model file (GGUF). Default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing.
+    /// Model file (GGUF). Default: $PITH_MODEL, else SmolLM2-135M-Instruct Q4_1 (fetched into the
+    /// cache if missing).
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
     /// Worker threads (0 = one per core).
@@ -225,7 +226,7 @@ fn main() -> ExitCode {
 fn model_path(m: &ModelArgs) -> Res<PathBuf> {
     match &m.model {
         Some(p) => Ok(p.clone()),
-        None => pith_models::ensure_model(pith_models::default_model()).map_err(|e| e.to_string()),
+        None => pith_models::ensure_default_model().map_err(|e| e.to_string()),
     }
 }
 

@@ -131,6 +131,8 @@ struct Vocab {
     /// empty slot); a power-of-two size at most half full.
     slots: Vec<u64>,
     hasher: FastHash,
+    /// Some text names two tokens (the later id is the one found).
+    has_duplicates: bool,
 }
 
 impl Vocab {
@@ -141,6 +143,7 @@ impl Vocab {
             ends: Vec::with_capacity(n),
             slots: vec![0; (n.max(1) * 2).next_power_of_two()],
             hasher: FastHash::new(),
+            has_duplicates: false,
         };
         for (i, t) in texts.enumerate() {
             if t.is_empty() {
@@ -155,6 +158,7 @@ impl Vocab {
             }
             let id = (v.ends.len() - 1) as u32;
             let (slot, tag) = v.find_slot(v.text(id));
+            v.has_duplicates |= v.slots[slot] != 0;
             v.slots[slot] = tag | u64::from(id + 1);
         }
         if v.ends.len() != n {
@@ -1235,14 +1239,15 @@ fn build_bpe(g: &Gguf<'_>, vocab: &Vocab, cfg: PreConfig) -> Result<BpeModel, Er
                 // the previous result before hashing.
                 let guess = last.wrapping_add(1);
                 let t = vocab.text(guess);
-                let merged = if t.len() == a.len() + b.len() && t.starts_with(a) && t.ends_with(b) {
-                    guess
-                } else {
-                    joined.clear();
-                    joined.push_str(a);
-                    joined.push_str(b);
-                    vocab.get(&joined).unwrap_or(NONE)
-                };
+                let merged =
+                    if !vocab.has_duplicates && t.len() == a.len() + b.len() && t.starts_with(a) && t.ends_with(b) {
+                        guess
+                    } else {
+                        joined.clear();
+                        joined.push_str(a);
+                        joined.push_str(b);
+                        vocab.get(&joined).unwrap_or(NONE)
+                    };
                 if merged != NONE {
                     last = merged;
                 }

@@ -33,12 +33,14 @@ fn check(spec: &TinySpec, bound: f64) {
             let e = rel_err(&all[p * nv..(p + 1) * nv], row);
             assert!(e < bound, "{:?} threads {threads} pos {p}: rel err {e:.2e} ≥ {bound:.0e}", spec.weight_type);
         }
-        // Token by token through the KV cache: same logits as the batch, to f32 rounding.
+        // Token by token through the KV cache: same logits as the batch up to summation order
+        // (fused dequantize-dot vs dequantize + FMA gemm) and the f16 rounding of K/V that
+        // it can flip; a cache or position bug gives errors of order 1.
         let mut st = State::new(&model, 32, 64).unwrap();
         for (p, &t) in toks.iter().enumerate() {
             let l = model.forward(&mut st, &pool, &[t], Logits::Last).unwrap();
             let e = rel_err(l, &all[p * nv..(p + 1) * nv].iter().map(|&v| v as f64).collect::<Vec<_>>());
-            assert!(e < 1e-4, "{:?}: incremental vs batch at pos {p}: {e:.2e}", spec.weight_type);
+            assert!(e < 1e-3, "{:?}: incremental vs batch at pos {p}: {e:.2e}", spec.weight_type);
         }
         // Small batches (n_batch 5) give the same result as one batch.
         let mut st = State::new(&model, 32, 5).unwrap();
@@ -117,7 +119,8 @@ fn missing_or_wrong_tensors_and_hyper_parameters() {
         edit(&mut b);
         b.to_bytes()
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut pith::gguf::writer::GgufBuilder)>)> = vec![
+    type Edit = Box<dyn Fn(&mut pith::gguf::writer::GgufBuilder)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("llama.block_count", Box::new(|b| b.metadata.retain(|(k, _)| k != "llama.block_count"))),
         ("llama.embedding_length", Box::new(|b| b.metadata.retain(|(k, _)| k != "llama.embedding_length"))),
         ("general.architecture", Box::new(|b| b.metadata.retain(|(k, _)| k != "general.architecture"))),

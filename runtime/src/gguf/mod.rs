@@ -341,7 +341,7 @@ fn tensor_size(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, GgufError>
         return Err(bad(alloc::format!("element count of {dims:?} too large")));
     }
     let bs = ty.block_size() as u64;
-    if dims[0] % bs != 0 {
+    if !dims[0].is_multiple_of(bs) {
         return Err(bad(alloc::format!("row length {} is not a multiple of {}'s block size {bs}", dims[0], ty)));
     }
     (n / bs).checked_mul(ty.type_size() as u64).ok_or_else(|| bad(alloc::format!("byte size of {dims:?} overflows")))
