@@ -80,7 +80,9 @@ impl<'a> Model<'a> {
         let token_embd = weight(g, "token_embd.weight", c.n_vocab, d)?;
         let output =
             if g.tensor("output.weight").is_some() { weight(g, "output.weight", c.n_vocab, d)? } else { token_embd };
-        let mut layers = Vec::with_capacity(c.n_layer);
+        // Layers are pushed as their tensors are found: nothing is sized by `block_count` before
+        // the file has shown it holds that many blocks.
+        let mut layers = Vec::new();
         for i in 0..c.n_layer {
             let n = |s: &str| alloc::format!("blk.{i}.{s}");
             layers.push(Layer {
@@ -163,6 +165,16 @@ impl State {
         let cache = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.kv_dim())).ok_or_else(|| {
             Error::BadHyperParam { key: "n_ctx".to_string(), reason: "KV cache size overflows".to_string() }
         })?;
+        let kv_cache = || -> Result<Vec<f16>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(cache).map_err(|_| Error::BadHyperParam {
+                key: "n_ctx".to_string(),
+                reason: alloc::format!("a KV cache for {n_ctx} tokens ({} bytes) cannot be allocated", cache * 4),
+            })?;
+            v.resize(cache, f16::ZERO);
+            Ok(v)
+        };
+        let (k_cache, v_cache) = (kv_cache()?, kv_cache()?);
         // Rotation table: theta = pos * scale * base^(-2i/rope_dim).
         let half = c.rope_dim / 2;
         let mut rope = Vec::with_capacity(n_ctx * half);
@@ -178,8 +190,8 @@ impl State {
             n_ctx,
             pos: 0,
             n_batch: n_batch.max(1),
-            k_cache: vec![f16::ZERO; cache],
-            v_cache: vec![f16::ZERO; cache],
+            k_cache,
+            v_cache,
             x: Vec::new(),
             xb: Vec::new(),
             q: Vec::new(),
