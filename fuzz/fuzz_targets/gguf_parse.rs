@@ -16,5 +16,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(model) = pith::Model::from_gguf(&g) {
         let _ = model.weight_bytes();
     }
-    let _ = pith::tokenizer::Tokenizer::from_gguf(&g);
+    if let Ok(tok) = pith::tokenizer::Tokenizer::from_gguf(&g) {
+        // A short text touching words, digits, punctuation, whitespace runs, non-ASCII and a
+        // special-token-looking piece.
+        for parse_special in [false, true] {
+            if let Ok(ids) = tok.encode(" Hello, world!  123\n\tÿ日本 <s><|im_start|>", parse_special) {
+                let _ = tok.decode(&ids, parse_special);
+            }
+        }
+    }
 });

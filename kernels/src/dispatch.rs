@@ -4,6 +4,7 @@
 //! `f32` type there.)
 
 use crate::blocks::{dot_blocks, for_blocks, for_blocks_mut};
+use crate::simd::{self, kernel_path, KernelPath};
 use crate::GgmlType;
 use crate::{bf16, f16, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 
@@ -82,7 +83,41 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 }
 
 /// Dot product of n elements: weights `w` in `ty`, activations `x` in `ty.vec_dot_type()`.
+/// Runs on [`kernel_path`].
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
+    vec_dot_with(kernel_path(), ty, n, w, x)
+}
+
+/// [`vec_dot`] on an explicit kernel path (for tests and benchmarks; panics if the CPU
+/// lacks `path`).
+pub fn vec_dot_on(path: KernelPath, ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
+    simd::check_available(path);
+    vec_dot_with(path, ty, n, w, x)
+}
+
+/// Dot product of a weight row in `ty` with f32 activations, dequantizing on the fly (f32
+/// math). Runs on [`kernel_path`].
+pub fn vec_dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    vec_dot_f32_with(kernel_path(), ty, w, x)
+}
+
+/// [`vec_dot_f32`] on an explicit kernel path (for tests and benchmarks; panics if the CPU
+/// lacks `path`).
+pub fn vec_dot_f32_on(path: KernelPath, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    simd::check_available(path);
+    vec_dot_f32_with(path, ty, w, x)
+}
+
+/// `Σ a[i] * b[i]` on [`kernel_path`] (the scalar version is [`crate::f32::dot_f32`]).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    match simd::f32_f32(kernel_path()) {
+        Some(f) => f(a, b),
+        None => crate::f32::dot_f32(a, b),
+    }
+}
+
+/// `path` must be available (the SIMD kernels rely on it).
+fn vec_dot_with(path: KernelPath, ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
     let xty = ty.vec_dot_type();
     let wbytes = row_bytes(ty, n, "vec_dot");
     let xbytes = row_bytes(xty, n, "vec_dot");
@@ -92,17 +127,21 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
         ($wb:ty, $xb:ty, $f:path) => {
             dot_blocks::<$wb, $xb>(w, x, $f)
         };
+        ($wb:ty, $xb:ty, $f:path, $simd:ident) => {{
+            let f: simd::IntDot<$wb, $xb> = simd::$simd(path).unwrap_or($f);
+            dot_blocks::<$wb, $xb>(w, x, f)
+        }};
     }
     use GgmlType::*;
     match ty {
-        F32 => dot!(f32, f32, crate::f32::vec_dot_f32_f32),
+        F32 => dot!(f32, f32, crate::f32::vec_dot_f32_f32, f32_f32),
         F16 => dot!(half::f16, half::f16, f16::vec_dot_f16_f16),
         BF16 => dot!(half::bf16, half::bf16, bf16::vec_dot_bf16_bf16),
-        Q4_0 => dot!(q4_0::BlockQ4_0, q8_0::BlockQ8_0, q4_0::vec_dot_q4_0_q8_0),
-        Q4_1 => dot!(q4_1::BlockQ4_1, q8_1::BlockQ8_1, q4_1::vec_dot_q4_1_q8_1),
+        Q4_0 => dot!(q4_0::BlockQ4_0, q8_0::BlockQ8_0, q4_0::vec_dot_q4_0_q8_0, q4_0_q8_0),
+        Q4_1 => dot!(q4_1::BlockQ4_1, q8_1::BlockQ8_1, q4_1::vec_dot_q4_1_q8_1, q4_1_q8_1),
         Q5_0 => dot!(q5_0::BlockQ5_0, q8_0::BlockQ8_0, q5_0::vec_dot_q5_0_q8_0),
         Q5_1 => dot!(q5_1::BlockQ5_1, q8_1::BlockQ8_1, q5_1::vec_dot_q5_1_q8_1),
-        Q8_0 => dot!(q8_0::BlockQ8_0, q8_0::BlockQ8_0, q8_0::vec_dot_q8_0_q8_0),
+        Q8_0 => dot!(q8_0::BlockQ8_0, q8_0::BlockQ8_0, q8_0::vec_dot_q8_0_q8_0, q8_0_q8_0),
         Q8_1 => dot!(q8_1::BlockQ8_1, q8_1::BlockQ8_1, q8_1::vec_dot_q8_1_q8_1),
         Q2_K => dot!(q2_k::BlockQ2K, q8_k::BlockQ8K, q2_k::vec_dot_q2_k_q8_k),
         Q3_K => dot!(q3_k::BlockQ3K, q8_k::BlockQ8K, q3_k::vec_dot_q3_k_q8_k),
@@ -113,8 +152,8 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
     }
 }
 
-/// Dot product of a weight row in `ty` with f32 activations, dequantizing on the fly (f32 math).
-pub fn vec_dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+/// `path` must be available (the SIMD kernels rely on it).
+fn vec_dot_f32_with(path: KernelPath, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     let wbytes = row_bytes(ty, n, "vec_dot_f32");
     assert_eq!(w.len(), wbytes, "vec_dot_f32: {n} weights of {ty} take {wbytes} bytes, got {}", w.len());
@@ -125,23 +164,27 @@ pub fn vec_dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
             for_blocks::<$block>(w, |first, blocks| sum += $f(blocks, &x[first * per..(first + blocks.len()) * per]));
             sum
         }};
+        ($block:ty, $f:path, $simd:ident) => {{
+            let f: simd::F32Dot<$block> = simd::$simd(path).unwrap_or($f);
+            dot!($block, f)
+        }};
     }
     use GgmlType::*;
     match ty {
-        F32 => dot!(f32, crate::f32::dot_f32),
-        F16 => dot!(half::f16, f16::vec_dot_f16_f32),
+        F32 => dot!(f32, crate::f32::dot_f32, f32_f32),
+        F16 => dot!(half::f16, f16::vec_dot_f16_f32, f16_f32),
         BF16 => dot!(half::bf16, bf16::vec_dot_bf16_f32),
-        Q4_0 => dot!(q4_0::BlockQ4_0, q4_0::vec_dot_q4_0_f32),
-        Q4_1 => dot!(q4_1::BlockQ4_1, q4_1::vec_dot_q4_1_f32),
-        Q5_0 => dot!(q5_0::BlockQ5_0, q5_0::vec_dot_q5_0_f32),
+        Q4_0 => dot!(q4_0::BlockQ4_0, q4_0::vec_dot_q4_0_f32, q4_0_f32),
+        Q4_1 => dot!(q4_1::BlockQ4_1, q4_1::vec_dot_q4_1_f32, q4_1_f32),
+        Q5_0 => dot!(q5_0::BlockQ5_0, q5_0::vec_dot_q5_0_f32, q5_0_f32),
         Q5_1 => dot!(q5_1::BlockQ5_1, q5_1::vec_dot_q5_1_f32),
-        Q8_0 => dot!(q8_0::BlockQ8_0, q8_0::vec_dot_q8_0_f32),
+        Q8_0 => dot!(q8_0::BlockQ8_0, q8_0::vec_dot_q8_0_f32, q8_0_f32),
         Q8_1 => dot!(q8_1::BlockQ8_1, q8_1::vec_dot_q8_1_f32),
         Q2_K => dot!(q2_k::BlockQ2K, q2_k::vec_dot_q2_k_f32),
         Q3_K => dot!(q3_k::BlockQ3K, q3_k::vec_dot_q3_k_f32),
-        Q4_K => dot!(q4_k::BlockQ4K, q4_k::vec_dot_q4_k_f32),
+        Q4_K => dot!(q4_k::BlockQ4K, q4_k::vec_dot_q4_k_f32, q4_k_f32),
         Q5_K => dot!(q5_k::BlockQ5K, q5_k::vec_dot_q5_k_f32),
-        Q6_K => dot!(q6_k::BlockQ6K, q6_k::vec_dot_q6_k_f32),
+        Q6_K => dot!(q6_k::BlockQ6K, q6_k::vec_dot_q6_k_f32, q6_k_f32),
         Q8_K => dot!(q8_k::BlockQ8K, q8_k::vec_dot_q8_k_f32),
     }
 }

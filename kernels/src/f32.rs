@@ -61,7 +61,7 @@ pub(crate) fn reduce_lanes(acc: &[f32; LANES]) -> f32 {
 /// lane accumulators. `QK` must be a multiple of [`LANES`].
 #[inline(always)]
 pub(crate) fn dot_dequantized<B, const QK: usize>(w: &[B], x: &[f32], dequant: impl Fn(&B, &mut [f32; QK])) -> f32 {
-    const { assert!(QK % LANES == 0) };
+    const { assert!(QK.is_multiple_of(LANES)) };
     assert_eq!(w.len() * QK, x.len(), "vec_dot_*_f32: {} blocks of {QK} do not match {} activations", w.len(), x.len());
     let mut acc = [0.0f32; LANES];
     let mut buf = [0.0f32; QK];

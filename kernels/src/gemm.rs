@@ -2,7 +2,11 @@
 //! kernel of batched (prefill) matmuls: `out[r][t] = Σ_k w[r][k] · x[t][k]`.
 //!
 //! A scalar reference, and an AVX2+FMA micro-kernel (3 rows × 4 tokens per step, 12 vector
-//! accumulators) picked at run time when the CPU has it (`cpufeatures`, no std needed).
+//! accumulators) used when [`kernel_path`](crate::kernel_path) is `Avx2` or `Avx512`
+//! (`KernelPath::Scalar`, e.g. forced with `set_kernel_path`, takes the scalar branch).
+
+#[cfg(target_arch = "x86_64")]
+use crate::KernelPath;
 
 /// `out[r * n_tok + t] = Σ_k w[r * k_len + k] · x[t * k_len + k]` for `r < n_rows`, `t < n_tok`.
 pub fn gemm_f32(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
@@ -12,7 +16,10 @@ pub fn gemm_f32(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
     let (n_rows, n_tok) = (w.len() / k_len, x.len() / k_len);
     assert_eq!(out.len(), n_rows * n_tok, "gemm_f32: output shape");
     #[cfg(target_arch = "x86_64")]
-    if k_len % 8 == 0 && x86::has_avx2_fma() {
+    if k_len.is_multiple_of(8)
+        && matches!(crate::kernel_path(), KernelPath::Avx2 | KernelPath::Avx512)
+        && x86::has_avx2_fma()
+    {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above); shapes were checked.
         unsafe { x86::gemm_f32_avx2(w, x, k_len, n_rows, n_tok, out) };
         return;
@@ -20,21 +27,12 @@ pub fn gemm_f32(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
     gemm_f32_scalar(w, x, k_len, out);
 }
 
-/// The SIMD path `gemm_f32` takes on this CPU ("avx2+fma" or "scalar").
-pub fn kernel_path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2_fma() {
-        return "avx2+fma";
-    }
-    "scalar"
-}
-
 /// The reference: one dot product per output.
 pub fn gemm_f32_scalar(w: &[f32], x: &[f32], k_len: usize, out: &mut [f32]) {
     let n_tok = x.len() / k_len;
     for (r, wr) in w.chunks_exact(k_len).enumerate() {
         for (t, xt) in x.chunks_exact(k_len).enumerate() {
-            out[r * n_tok + t] = crate::dot_f32(wr, xt);
+            out[r * n_tok + t] = crate::f32::dot_f32(wr, xt);
         }
     }
 }

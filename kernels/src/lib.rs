@@ -13,6 +13,10 @@
 //! view the bytes as blocks with `bytemuck` — zero-copy when aligned, block-by-block
 //! copies otherwise (see `blocks.rs`).
 //!
+//! The dispatch functions (and [`gemm_f32`]) run SIMD kernels chosen at run time (AVX2,
+//! AVX-512, NEON, NEON dotprod; see [`KernelPath`], [`kernel_path`], [`set_kernel_path`]),
+//! tested against the scalar code of the per-type modules, which stays the oracle.
+//!
 //! `no_std` + `alloc`; float math that `core` lacks (`sqrtf`, `roundf`, `fabsf`) comes
 //! from `libm`.
 #![no_std]
@@ -49,8 +53,13 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
+#[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
+mod simd;
 
-pub use dispatch::{dequantize_row, quantize_row, vec_dot, vec_dot_f32};
-pub use f32::dot_f32;
-pub use gemm::{gemm_f32, kernel_path};
+pub use dispatch::{dequantize_row, dot_f32, quantize_row, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on};
+pub use gemm::gemm_f32;
+pub use simd::{
+    available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,
+    KernelPath,
+};
 pub use types::{GgmlType, ALL_TYPES, QK_K};

@@ -206,14 +206,14 @@ type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let r = match cli.cmd {
+    let r = select_kernels().and_then(|()| match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Chat(a) => chat(a),
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Perplexity(a) => perplexity(a),
         Cmd::Bench(a) => bench(a),
-    };
+    });
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -221,6 +221,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Honours `PITH_KERNELS=scalar|avx2|avx512|neon|neon-dotprod` (default: the best the CPU has).
+fn select_kernels() -> Res<()> {
+    let Ok(v) = std::env::var("PITH_KERNELS") else { return Ok(()) };
+    let p: pith_kernels::KernelPath = v.parse().map_err(|e| format!("PITH_KERNELS={v}: {e}"))?;
+    pith_kernels::set_kernel_path(p).map_err(|e| format!("PITH_KERNELS={v}: {e}"))
 }
 
 fn model_path(m: &ModelArgs) -> Res<PathBuf> {

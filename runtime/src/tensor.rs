@@ -68,8 +68,13 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     let (n_rows, n_cols) = (w.n_rows, w.n_cols);
     assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
     assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
-    // Enough chunks to balance threads, each a multiple of the tile.
-    let chunk_rows = (n_rows.div_ceil(pool.threads() * 8)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
+    // Batches: enough chunks to balance threads, each a multiple of the tile. One token: one
+    // chunk per thread, since each task's work is small next to the cost of handing it out.
+    let chunk_rows = if n_tok == 1 {
+        n_rows.div_ceil(pool.threads())
+    } else {
+        (n_rows.div_ceil(pool.threads() * 8)).next_multiple_of(TILE_ROWS).max(TILE_ROWS)
+    };
     let target: &mut [f32] = if n_tok == 1 {
         out
     } else {
