@@ -404,48 +404,64 @@ pub(super) fn q4_bytes(qs: &[u8; 16]) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_q8_0_impl(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_q8_0_q8_0: block count mismatch");
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
-        prefetch(bw);
-        let p = _mm256_cvtepi32_ps(dot_i8(ld32b(&bw.qs), ld32b(&bx.qs)));
-        let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
-        acc[i & 1] = _mm256_fmadd_ps(dd, p, acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+/// The integer dots of the 32-element formats, shared by the AVX2 and AVX-512 modules: each
+/// instantiation supplies its target features and its two byte-dot primitives, `dot_i8`
+/// (signed × signed) and `dot_u8i8` (unsigned × signed), both giving eight i32 sums of four.
+macro_rules! int_dots {
+    ($feat:literal) => {
+        #[target_feature(enable = $feat)]
+        fn q8_0_q8_0_impl(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+            assert_eq!(w.len(), x.len(), "vec_dot_q8_0_q8_0: block count mismatch");
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
+                prefetch(bw);
+                let p = _mm256_cvtepi32_ps(dot_i8(ld32b(&bw.qs), ld32b(&bx.qs)));
+                let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
+                acc[i & 1] = _mm256_fmadd_ps(dd, p, acc[i & 1]);
+            }
+            hsum(_mm256_add_ps(acc[0], acc[1]))
+        }
+
+        #[target_feature(enable = $feat)]
+        fn q4_0_q8_0_impl(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+            assert_eq!(w.len(), x.len(), "vec_dot_q4_0_q8_0: block count mismatch");
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let c8 = _mm256_set1_epi8(8);
+            for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
+                prefetch(bw);
+                let q = _mm256_sub_epi8(q4_bytes(&bw.qs), c8);
+                let p = _mm256_cvtepi32_ps(dot_i8(q, ld32b(&bx.qs)));
+                let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
+                acc[i & 1] = _mm256_fmadd_ps(dd, p, acc[i & 1]);
+            }
+            hsum(_mm256_add_ps(acc[0], acc[1]))
+        }
+
+        /// Q4_1 · Q8_1: unsigned nibbles straight into the u8 × i8 dot; the offset term `m s`
+        /// is summed in two scalar chains.
+        #[target_feature(enable = $feat)]
+        fn q4_1_q8_1_impl(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+            assert_eq!(w.len(), x.len(), "vec_dot_q4_1_q8_1: block count mismatch");
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut ms = [0.0f32; 2];
+            for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
+                prefetch(bw);
+                let p = dot_u8i8(q4_bytes(&bw.qs), ld32b(&bx.qs));
+                let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
+                acc[i & 1] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc[i & 1]);
+                ms[i & 1] += f16f(bw.m) * f16f(bx.s);
+            }
+            hsum(_mm256_add_ps(acc[0], acc[1])) + (ms[0] + ms[1])
+        }
+    };
+}
+pub(super) use int_dots;
+
+/// Eight i32 sums of four `u·x` products each (`u` unsigned bytes, `x` signed).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_u8i8(u: __m256i, x: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_q8_0_impl(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_q4_0_q8_0: block count mismatch");
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let c8 = _mm256_set1_epi8(8);
-    for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
-        prefetch(bw);
-        let q = _mm256_sub_epi8(q4_bytes(&bw.qs), c8);
-        let p = _mm256_cvtepi32_ps(dot_i8(q, ld32b(&bx.qs)));
-        let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
-        acc[i & 1] = _mm256_fmadd_ps(dd, p, acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
-}
-
-/// Q4_1 · Q8_1: unsigned nibbles straight into `maddubs`; the offset term `m s` is summed
-/// in two scalar chains.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_q8_1_impl(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_q4_1_q8_1: block count mismatch");
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut ms = [0.0f32; 2];
-    let ones = _mm256_set1_epi16(1);
-    for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
-        prefetch(bw);
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q4_bytes(&bw.qs), ld32b(&bx.qs)), ones);
-        let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
-        acc[i & 1] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc[i & 1]);
-        ms[i & 1] += f16f(bw.m) * f16f(bx.s);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + (ms[0] + ms[1])
-}
+int_dots!("avx2,fma,f16c");

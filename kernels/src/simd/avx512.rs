@@ -188,45 +188,11 @@ fn dot_i8(w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q8_0_q8_0_impl(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_q8_0_q8_0: block count mismatch");
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
-        prefetch(bw);
-        let p = _mm256_cvtepi32_ps(dot_i8(ld32b(&bw.qs), ld32b(&bx.qs)));
-        let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
-        acc[i & 1] = _mm256_fmadd_ps(dd, p, acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+/// Eight i32 sums of four `u·x` products each (`u` unsigned bytes, `x` signed), with VNNI.
+#[inline]
+#[target_feature(enable = "avx512vnni,avx512vl,avx2")]
+fn dot_u8i8(u: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_0_q8_0_impl(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_q4_0_q8_0: block count mismatch");
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let c8 = _mm256_set1_epi8(8);
-    for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
-        prefetch(bw);
-        let q = _mm256_sub_epi8(q4_bytes(&bw.qs), c8);
-        let p = _mm256_cvtepi32_ps(dot_i8(q, ld32b(&bx.qs)));
-        let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
-        acc[i & 1] = _mm256_fmadd_ps(dd, p, acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_1_q8_1_impl(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_q4_1_q8_1: block count mismatch");
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut ms = [0.0f32; 2];
-    for (i, (bw, bx)) in w.iter().zip(x).enumerate() {
-        prefetch(bw);
-        let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q4_bytes(&bw.qs), ld32b(&bx.qs));
-        let dd = _mm256_mul_ps(f16x8(bw.d), f16x8(bx.d));
-        acc[i & 1] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc[i & 1]);
-        ms[i & 1] += f16f(bw.m) * f16f(bx.s);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + (ms[0] + ms[1])
-}
+super::avx2::int_dots!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
