@@ -115,6 +115,51 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     }
 }
 
+/// Several matmuls on the same input: `outs[i] = x · ws[i]ᵀ`.
+///
+/// For one token with f32 precision, all rows of all weights are shared out in a single
+/// parallel region (per-token work is small, so the number of hand-offs to the threads is what
+/// limits decoding); otherwise each weight is its own [`matmul`].
+pub fn matmul_many(
+    pool: &Pool,
+    scratch: &mut MatmulScratch,
+    ws: &[&Weight<'_>],
+    x: &[f32],
+    n_tok: usize,
+    outs: &mut [&mut [f32]],
+) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
+    if n_tok != 1 || scratch.precision != Precision::F32 || pool.threads() == 1 {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul(pool, scratch, w, x, n_tok, out);
+        }
+        return;
+    }
+    let total: usize = ws.iter().map(|w| w.n_rows).sum();
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.n_cols, x.len(), "matmul_many: activation shape");
+        assert_eq!(out.len(), w.n_rows, "matmul_many: output shape");
+    }
+    scratch.out_t.resize(total, 0.0);
+    let chunk_rows = total.div_ceil(pool.threads());
+    pool.for_each_chunk(&mut scratch.out_t, chunk_rows, &|ci, chunk: &mut [f32]| {
+        // Global row g → (weight, local row); the weights' rows are laid end to end.
+        let (mut wi, mut base) = (0, 0);
+        for (g, o) in (ci * chunk_rows..).zip(chunk.iter_mut()) {
+            while g >= base + ws[wi].n_rows {
+                base += ws[wi].n_rows;
+                wi += 1;
+            }
+            *o = pith_kernels::vec_dot_f32(ws[wi].ty, ws[wi].row(g - base), x);
+        }
+    });
+    let mut at = 0;
+    for out in outs.iter_mut() {
+        out.copy_from_slice(&scratch.out_t[at..at + out.len()]);
+        at += out.len();
+    }
+}
+
 /// The hot loop: rows `r0..r0+rows` of `w` against all tokens, into `chunk` laid out (rows, n_tok).
 fn matmul_rows_hot_loop(w: &Weight<'_>, x: &[f32], n_tok: usize, r0: usize, rows: usize, chunk: &mut [f32]) {
     let n_cols = w.n_cols;

@@ -11,7 +11,7 @@ pub use config::{Config, RopeStyle};
 use crate::gguf::Gguf;
 use crate::math;
 use crate::parallel::Pool;
-use crate::tensor::{matmul, MatmulScratch, Precision, Weight};
+use crate::tensor::{matmul, matmul_many, MatmulScratch, Precision, Weight};
 use crate::{Error, Result};
 use alloc::string::ToString;
 use alloc::vec;
@@ -282,9 +282,7 @@ impl Model<'_> {
             for t in 0..n {
                 math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.attn_norm, c.rms_eps);
             }
-            matmul(pool, &mut s.scratch, &l.wq, &s.xb, n, &mut s.q);
-            matmul(pool, &mut s.scratch, &l.wk, &s.xb, n, &mut s.k);
-            matmul(pool, &mut s.scratch, &l.wv, &s.xb, n, &mut s.v);
+            matmul_many(pool, &mut s.scratch, &[&l.wq, &l.wk, &l.wv], &s.xb, n, &mut [&mut s.q, &mut s.k, &mut s.v]);
             add_bias(&mut s.q, l.bq);
             add_bias(&mut s.k, l.bk);
             add_bias(&mut s.v, l.bv);
@@ -313,8 +311,11 @@ impl Model<'_> {
             let q = &s.q;
             let (hd, group) = (c.head_dim, c.n_head / c.n_head_kv);
             let scale = 1.0 / math::sqrtf(hd as f32);
-            // One chunk of `att` per (token, head): attention over positions 0..=p0+t.
-            pool.for_each_chunk(&mut s.att, hd, &|i, out: &mut [f32]| {
+            // One chunk of `att` per (token, head): attention over positions 0..=p0+t. A single
+            // token's heads over a short context are less work than handing them to threads.
+            let single = Pool::single();
+            let att_pool = if n == 1 && n_pos < 256 { &single } else { pool };
+            att_pool.for_each_chunk(&mut s.att, hd, &|i, out: &mut [f32]| {
                 let (t, h) = (i / c.n_head, i % c.n_head);
                 let kvh = h / group;
                 let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
@@ -328,8 +329,7 @@ impl Model<'_> {
             for t in 0..n {
                 math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.ffn_norm, c.rms_eps);
             }
-            matmul(pool, &mut s.scratch, &l.w_gate, &s.xb, n, &mut s.hb);
-            matmul(pool, &mut s.scratch, &l.w_up, &s.xb, n, &mut s.hb2);
+            matmul_many(pool, &mut s.scratch, &[&l.w_gate, &l.w_up], &s.xb, n, &mut [&mut s.hb, &mut s.hb2]);
             for (g, u) in s.hb.iter_mut().zip(&s.hb2) {
                 *g = math::silu(*g) * u;
             }
