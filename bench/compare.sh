@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 : "${LLAMA_BENCH:?set LLAMA_BENCH to a llama-bench binary (this script never fetches or builds llama.cpp)}"
-MODEL=${1:-$(cargo run --release -q -p pith-models --bin pith-fetch)}
+MODEL=${1:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
 THREADS=${2:-1,2}
 ROUNDS=${3:-3}
 cargo build --release -q -p pith --bin pith

@@ -18,7 +18,7 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 cargo build --release -q -p pith --bin pith
 PITH=target/release/pith
-MODEL=$(cargo run --release -q -p pith-models --bin pith-fetch)
+MODEL=$(cargo run --release -q -p pith-fetch --bin pith-fetch)
 fail=0
 
 echo "== greedy: pith run -p 'The capital of France is' -n 32 --temp 0 -c 512"

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-test-vectors.sh
-cargo run --release -q -p pith-models --bin pith-fetch
+cargo run --release -q -p pith-fetch --bin pith-fetch
 cargo test --workspace --release "$@"

@@ -233,7 +233,7 @@ fn select_kernels() -> Res<()> {
 fn model_path(m: &ModelArgs) -> Res<PathBuf> {
     match &m.model {
         Some(p) => Ok(p.clone()),
-        None => pith_models::ensure_default_model().map_err(|e| e.to_string()),
+        None => pith_fetch::ensure_default_model().map_err(|e| e.to_string()),
     }
 }
 

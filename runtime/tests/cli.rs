@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn model() -> PathBuf {
-    pith_models::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
+    pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
 }
 
 fn pith(args: &[&str], stdin: Option<&[u8]>) -> Output {

@@ -28,13 +28,13 @@ use pith::file::MappedFile;
 use pith::gguf::{Gguf, Value, ValueType};
 use serde_json::Value as Json;
 
-/// The real model: `$PITH_TEST_MODEL`, else the default model from the pith-models cache
+/// The real model: `$PITH_TEST_MODEL`, else the default model from the pith-fetch cache
 /// (fetched on first use).
 fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PITH_TEST_MODEL") {
         return p.into();
     }
-    pith_models::ensure_model(pith_models::default_model()).expect("fetch the default model (or set PITH_TEST_MODEL)")
+    pith_fetch::ensure_model(pith_fetch::default_model()).expect("fetch the default model (or set PITH_TEST_MODEL)")
 }
 
 /// Decodes the file with gguf-rs, reading every array in full (`max_array_size = u64::MAX`).

@@ -15,7 +15,7 @@ use pith::tokenizer::{StreamDecoder, Tokenizer};
 
 /// The SmolLM2 model file.
 fn model_path() -> PathBuf {
-    pith_models::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
+    pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
 }
 
 /// Where `scripts/fetch-test-vectors.sh` puts llama.cpp's vocab test files by default.

