@@ -1789,6 +1789,20 @@ impl Cutter<'_> {
         self.prev = end;
         len
     }
+    /// The alternatives every splitter ends with, after `nws` whitespace characters at `pos`:
+    /// `\s+(?!\S)` (all but the last space when more text follows), then `\s+`, then any single
+    /// character. Cuts the piece and returns the new position.
+    fn cut_spaces_or_char(&mut self, pos: usize, nws: usize) -> usize {
+        let end = if nws > 1 && self.cpt(pos + nws) != OUT_OF_RANGE {
+            pos + nws - 1
+        } else if nws > 0 {
+            pos + nws
+        } else {
+            pos + 1
+        };
+        self.cut(end);
+        end
+    }
 }
 
 fn is(c: u32, ch: char) -> bool {
@@ -1863,18 +1877,7 @@ fn split_gpt2(cs: &Chars, offsets: &[usize]) -> Vec<usize> {
             while k.flags(pos + nws) & F_SPACE != 0 {
                 nws += 1;
             }
-            if nws > 1 && k.cpt(pos + nws) != OUT_OF_RANGE {
-                pos += nws - 1;
-                k.cut(pos);
-                continue;
-            }
-            if nws > 0 {
-                pos += nws;
-                k.cut(pos);
-                continue;
-            }
-            pos += 1;
-            k.cut(pos);
+            pos = k.cut_spaces_or_char(pos, nws);
         }
     }
     out
@@ -1979,20 +1982,7 @@ fn split_llama3(cs: &Chars, offsets: &[usize], digits: Digits, marks: bool) -> V
                 k.cut(pos);
                 continue;
             }
-            // \s+(?!\S)
-            if nws > 1 && k.cpt(pos + nws) != OUT_OF_RANGE {
-                pos += nws - 1;
-                k.cut(pos);
-                continue;
-            }
-            // \s+
-            if nws > 0 {
-                pos += nws;
-                k.cut(pos);
-                continue;
-            }
-            pos += 1;
-            k.cut(pos);
+            pos = k.cut_spaces_or_char(pos, nws);
         }
     }
     out
