@@ -37,25 +37,7 @@ fn bf16_to_f32(x: bf16) -> f32 {
 
 /// BF16 · BF16: both widened to f32, products accumulated in f32 lanes.
 pub fn vec_dot_bf16_bf16(w: &[bf16], x: &[bf16]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_bf16_bf16: length mismatch");
-    let mut acc = [0.0f32; crate::f32::LANES];
-    let mut bw = [0.0f32; crate::f32::LANES];
-    let mut bx = [0.0f32; crate::f32::LANES];
-    let cw = w.chunks_exact(crate::f32::LANES);
-    let cx = x.chunks_exact(crate::f32::LANES);
-    let (tw, tx) = (cw.remainder(), cx.remainder());
-    for (ww, xx) in cw.zip(cx) {
-        for k in 0..crate::f32::LANES {
-            bw[k] = bf16_to_f32(ww[k]);
-            bx[k] = bf16_to_f32(xx[k]);
-        }
-        crate::f32::fma_lanes(&mut acc, &bw, &bx);
-    }
-    let mut tail = 0.0f32;
-    for (&a, &b) in tw.iter().zip(tx) {
-        tail += bf16_to_f32(a) * bf16_to_f32(b);
-    }
-    crate::f32::reduce_lanes(&acc) + tail
+    crate::f32::dot_both_converted(w, x, bf16_to_f32)
 }
 
 /// BF16 weights · f32 activations.

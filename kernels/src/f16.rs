@@ -57,25 +57,7 @@ pub fn dequantize_row_f16(src: &[f16], dst: &mut [f32]) {
 /// F16 · F16 (the activation type of F16 weights is F16): both widened to f32, products
 /// accumulated in f32 lanes.
 pub fn vec_dot_f16_f16(w: &[f16], x: &[f16]) -> f32 {
-    assert_eq!(w.len(), x.len(), "vec_dot_f16_f16: length mismatch");
-    let mut acc = [0.0f32; crate::f32::LANES];
-    let mut bw = [0.0f32; crate::f32::LANES];
-    let mut bx = [0.0f32; crate::f32::LANES];
-    let cw = w.chunks_exact(crate::f32::LANES);
-    let cx = x.chunks_exact(crate::f32::LANES);
-    let (tw, tx) = (cw.remainder(), cx.remainder());
-    for (ww, xx) in cw.zip(cx) {
-        for k in 0..crate::f32::LANES {
-            bw[k] = f16_to_f32(ww[k]);
-            bx[k] = f16_to_f32(xx[k]);
-        }
-        crate::f32::fma_lanes(&mut acc, &bw, &bx);
-    }
-    let mut tail = 0.0f32;
-    for (&a, &b) in tw.iter().zip(tx) {
-        tail += f16_to_f32(a) * f16_to_f32(b);
-    }
-    crate::f32::reduce_lanes(&acc) + tail
+    crate::f32::dot_both_converted(w, x, f16_to_f32)
 }
 
 /// F16 weights · f32 activations.

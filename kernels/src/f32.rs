@@ -97,6 +97,30 @@ pub(crate) fn dot_converted<T: Copy>(w: &[T], x: &[f32], conv: impl Fn(T) -> f32
     reduce_lanes(&acc) + tail
 }
 
+/// Dot product of two rows stored in the same 16-bit float format, both widened with `conv`
+/// (the `vec_dot` of F16 and BF16, whose activation type is their own).
+pub(crate) fn dot_both_converted<T: Copy>(w: &[T], x: &[T], conv: impl Fn(T) -> f32) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot: length mismatch ({} vs {})", w.len(), x.len());
+    let mut acc = [0.0f32; LANES];
+    let mut bw = [0.0f32; LANES];
+    let mut bx = [0.0f32; LANES];
+    let cw = w.chunks_exact(LANES);
+    let cx = x.chunks_exact(LANES);
+    let (tw, tx) = (cw.remainder(), cx.remainder());
+    for (ww, xx) in cw.zip(cx) {
+        for k in 0..LANES {
+            bw[k] = conv(ww[k]);
+            bx[k] = conv(xx[k]);
+        }
+        fma_lanes(&mut acc, &bw, &bx);
+    }
+    let mut tail = 0.0f32;
+    for (&a, &b) in tw.iter().zip(tx) {
+        tail += conv(a) * conv(b);
+    }
+    reduce_lanes(&acc) + tail
+}
+
 /// F32 · F32 (the `vec_dot` for F32 weights, whose activation type is F32).
 pub fn vec_dot_f32_f32(w: &[f32], x: &[f32]) -> f32 {
     dot_f32(w, x)
