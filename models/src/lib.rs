@@ -2,5 +2,23 @@
 //! crate beside it (re-exported here) so that the runtime can depend on fetching while this
 //! crate, home of the compression tool (`pith-compress`), depends on the runtime's GGUF reader,
 //! kernels and forward pass.
+//!
+//! The compression tool's modules:
+//! - [`quantize`]: `dequantize` and `quantize` (type mixes, overrides, fallbacks, metadata);
+//! - [`imatrix`]: calibration statistics gathered by running the runtime over text;
+//! - [`gptq`]: error-compensating quantization with the calibration second moments;
+//! - [`eval`]: perplexity and KL divergence against a base model, and [`plot`] for the SVG;
+//! - [`output`]: atomic output files.
 
 pub use pith_fetch::*;
+
+pub mod error;
+pub mod eval;
+pub mod gptq;
+pub mod imatrix;
+pub mod output;
+pub mod plot;
+pub mod progress;
+pub mod quantize;
+
+pub use error::{CompressError, Result};

@@ -156,6 +156,59 @@ impl GgufBuilder {
 
     /// The whole file.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.write_with(|b| {
+            out.extend_from_slice(b);
+            Ok::<(), core::convert::Infallible>(())
+        });
+        out
+    }
+
+    /// Total size of the file in bytes.
+    pub fn file_size(&self) -> u64 {
+        let mut n = 0u64;
+        let _ = self.write_header_with(|b| {
+            n += b.len() as u64;
+            Ok::<(), core::convert::Infallible>(())
+        });
+        n + self.data_size()
+    }
+
+    /// Bytes of the data section (tensors with their padding, the last one unpadded).
+    fn data_size(&self) -> u64 {
+        let align = self.alignment();
+        let mut offset = 0u64;
+        let mut end = 0u64;
+        for t in &self.tensors {
+            end = offset + t.data.len() as u64;
+            offset = end.div_ceil(align) * align;
+        }
+        end
+    }
+
+    /// Streams the file to `sink` piece by piece (header, then each tensor's bytes with its
+    /// padding), so large files need not be assembled in memory.
+    pub fn write_with<E>(&self, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let align = self.alignment();
+        self.write_header_with(&mut sink)?;
+        let zeros = [0u8; 64];
+        let mut pos = 0u64;
+        for t in &self.tensors {
+            let aligned = pos.div_ceil(align) * align;
+            let mut pad = aligned - pos;
+            while pad > 0 {
+                let k = pad.min(zeros.len() as u64);
+                sink(&zeros[..k as usize])?;
+                pad -= k;
+            }
+            sink(&t.data)?;
+            pos = aligned + t.data.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Header, metadata and tensor infos, padded to the alignment.
+    fn write_header_with<E>(&self, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let align = self.alignment();
         let mut out = Vec::new();
         out.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
@@ -168,7 +221,6 @@ impl GgufBuilder {
             v.write_payload(&mut out);
         }
         let mut offset = 0u64;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             write_str(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
@@ -177,19 +229,10 @@ impl GgufBuilder {
             }
             out.extend_from_slice(&(t.ty as u32).to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
             offset = (offset + t.data.len() as u64).div_ceil(align) * align;
         }
-        let pad = |out: &mut Vec<u8>| {
-            let n = (out.len() as u64).div_ceil(align) * align;
-            out.resize(n as usize, 0);
-        };
-        pad(&mut out);
-        let data_start = out.len() as u64;
-        for (t, off) in self.tensors.iter().zip(offsets) {
-            out.resize((data_start + off) as usize, 0);
-            out.extend_from_slice(&t.data);
-        }
-        out
+        let n = (out.len() as u64).div_ceil(align) * align;
+        out.resize(n as usize, 0);
+        sink(&out)
     }
 }

@@ -119,6 +119,50 @@ impl<'a> Model<'a> {
     }
 }
 
+/// Where a matmul input is observed by [`Model::forward_observed`]: each site is the shared
+/// input of the weights named beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// Normed residual into `attn_q`, `attn_k`, `attn_v`.
+    AttnIn,
+    /// Attention output into `attn_output`.
+    AttnOut,
+    /// Normed residual into `ffn_gate`, `ffn_up`.
+    FfnIn,
+    /// SwiGLU output into `ffn_down`.
+    FfnDown,
+    /// Final normed residual into the output projection (layer `None`).
+    Output,
+}
+
+impl Site {
+    /// The weights (GGUF names without the `blk.N.` prefix) fed by this site.
+    pub fn weights(self) -> &'static [&'static str] {
+        match self {
+            Site::AttnIn => &["attn_q.weight", "attn_k.weight", "attn_v.weight"],
+            Site::AttnOut => &["attn_output.weight"],
+            Site::FfnIn => &["ffn_gate.weight", "ffn_up.weight"],
+            Site::FfnDown => &["ffn_down.weight"],
+            Site::Output => &["output.weight"],
+        }
+    }
+}
+
+/// Sees the input of every matmul of a forward pass (calibration statistics).
+pub trait Observer {
+    /// `x`: (n_tok, n_in) rows, the input of the weights at `site` in `layer` (`None` for
+    /// the output projection).
+    fn matmul_input(&mut self, layer: Option<usize>, site: Site, x: &[f32], n_tok: usize);
+}
+
+/// An [`Observer`] that ignores everything.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    #[inline]
+    fn matmul_input(&mut self, _: Option<usize>, _: Site, _: &[f32], _: usize) {}
+}
+
 /// Which positions of a call get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -229,6 +273,18 @@ impl Model<'_> {
     /// Runs `tokens` through the model at positions `state.pos..`, appending them to the cache.
     /// Returns the requested logits, (n_out, n_vocab).
     pub fn forward<'s>(&self, state: &'s mut State, pool: &Pool, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        self.forward_observed(state, pool, tokens, want, &mut NoObserver)
+    }
+
+    /// [`Model::forward`], showing every matmul input to `obs`.
+    pub fn forward_observed<'s>(
+        &self,
+        state: &'s mut State,
+        pool: &Pool,
+        tokens: &[u32],
+        want: Logits,
+        obs: &mut dyn Observer,
+    ) -> Result<&'s [f32]> {
         let nv = self.config.n_vocab;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= nv) {
             return Err(Error::BadToken { id, n_vocab: nv });
@@ -249,14 +305,14 @@ impl Model<'_> {
             let batch = &tokens[done..done + n];
             // Logits for this batch's tokens at or after `start`.
             let out_from = start.saturating_sub(done).min(n);
-            self.forward_batch(state, pool, batch, out_from);
+            self.forward_batch(state, pool, batch, out_from, obs);
             done += n;
         }
         Ok(&state.logits)
     }
 
     /// One batch of `n` tokens; logits for batch positions `out_from..n` are appended.
-    fn forward_batch(&self, s: &mut State, pool: &Pool, tokens: &[u32], out_from: usize) {
+    fn forward_batch(&self, s: &mut State, pool: &Pool, tokens: &[u32], out_from: usize, obs: &mut dyn Observer) {
         let c = &self.config;
         let n = tokens.len();
         let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
@@ -282,6 +338,7 @@ impl Model<'_> {
             for t in 0..n {
                 math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.attn_norm, c.rms_eps);
             }
+            obs.matmul_input(Some(li), Site::AttnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.wq, &l.wk, &l.wv], &s.xb, n, &mut [&mut s.q, &mut s.k, &mut s.v]);
             add_bias(&mut s.q, l.bq);
             add_bias(&mut s.k, l.bk);
@@ -321,6 +378,7 @@ impl Model<'_> {
                 let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
                 attention_head(qh, kc, vc, kvd, kvh * hd, p0 + t + 1, scale, out);
             });
+            obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
@@ -329,10 +387,12 @@ impl Model<'_> {
             for t in 0..n {
                 math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.ffn_norm, c.rms_eps);
             }
+            obs.matmul_input(Some(li), Site::FfnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.w_gate, &l.w_up], &s.xb, n, &mut [&mut s.hb, &mut s.hb2]);
             for (g, u) in s.hb.iter_mut().zip(&s.hb2) {
                 *g = math::silu(*g) * u;
             }
+            obs.matmul_input(Some(li), Site::FfnDown, &s.hb, n);
             matmul(pool, &mut s.scratch, &l.w_down, &s.hb, n, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
@@ -347,6 +407,7 @@ impl Model<'_> {
             let r = (t - out_from) * d;
             math::rmsnorm(&mut s.xb[r..r + d], &s.x[t * d..(t + 1) * d], self.output_norm, c.rms_eps);
         }
+        obs.matmul_input(None, Site::Output, &s.xb[..n_out * d], n_out);
         let base = s.logits.len();
         s.logits.resize(base + n_out * c.n_vocab, 0.0);
         matmul(pool, &mut s.scratch, &self.output, &s.xb[..n_out * d], n_out, &mut s.logits[base..]);

@@ -1,0 +1,40 @@
+//! The compression tool's error: every failure names the file, tensor or option at fault.
+
+use std::path::PathBuf;
+
+/// Errors of `pith-compress`.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    /// A file could not be read, mapped or parsed (the runtime's error, which names the file).
+    #[error("{0}")]
+    Runtime(#[from] pith::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} exists; pass --force to overwrite it")]
+    OutputExists(PathBuf),
+    #[error("{0} is the input file; the input is never modified")]
+    OutputIsInput(PathBuf),
+    #[error("unknown type '{0}' (known: {1})")]
+    UnknownType(String, String),
+    #[error("{0}")]
+    BadOption(String),
+    #[error("tensor {tensor}: {why}")]
+    Tensor { tensor: String, why: String },
+    #[error("calibration text {path}: {why}")]
+    Calibration { path: PathBuf, why: String },
+    #[error("imatrix {path}: {why}")]
+    Imatrix { path: PathBuf, why: String },
+}
+
+pub type Result<T, E = CompressError> = std::result::Result<T, E>;
+
+impl CompressError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CompressError::Io { path: path.into(), source }
+    }
+}

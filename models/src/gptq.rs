@@ -1,0 +1,1 @@
+//! Error-compensating quantization (GPTQ-style).

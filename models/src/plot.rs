@@ -1,0 +1,1 @@
+//! SVG plot of file size against KL divergence.
