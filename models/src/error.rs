@@ -28,6 +28,12 @@ pub enum CompressError {
     Calibration { path: PathBuf, why: String },
     #[error("imatrix {path}: {why}")]
     Imatrix { path: PathBuf, why: String },
+    /// The text `pith-compress eval` scores is unusable (empty, not UTF-8, too short).
+    #[error("evaluation text {path}: {why}")]
+    EvalText { path: PathBuf, why: String },
+    /// A model cannot be compared with the base (vocabulary), or failed to run; names the model.
+    #[error("{model}: {why}")]
+    EvalModel { model: String, why: String },
 }
 
 pub type Result<T, E = CompressError> = std::result::Result<T, E>;

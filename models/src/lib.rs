@@ -16,6 +16,7 @@ pub mod error;
 pub mod eval;
 pub mod gptq;
 pub mod imatrix;
+mod kq;
 pub mod output;
 pub mod plot;
 pub mod progress;

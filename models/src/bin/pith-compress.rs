@@ -11,6 +11,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Dequantize every weight matrix to f32 (exact), f16 or bf16.
+    Dequantize(pith_models::quantize::DequantizeArgs),
+    /// Quantize to a type or a mix, optionally with an importance matrix and error compensation.
+    Quantize(pith_models::quantize::QuantizeArgs),
+    /// Run a model over calibration text and save per-layer input statistics.
+    Imatrix(pith_models::imatrix::ImatrixArgs),
     /// Perplexity and KL divergence of one or more models against a base model.
     Eval(pith_models::eval::EvalArgs),
 }
@@ -18,6 +24,9 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
+        Cmd::Dequantize(a) => pith_models::quantize::run_dequantize(&a),
+        Cmd::Quantize(a) => pith_models::quantize::run_quantize(&a),
+        Cmd::Imatrix(a) => pith_models::imatrix::run(&a),
         Cmd::Eval(a) => pith_models::eval::run(&a),
     };
     if let Err(e) = r {

@@ -1,0 +1,338 @@
+//! `pith-compress eval` on tiny synthetic models written by the test: a model against itself,
+//! quantized copies, the report, the plot, and every bad input.
+
+use pith::engine::Engine;
+use pith::file::MappedFile;
+use pith::gguf::writer::{GgufBuilder, OwnedValue};
+use pith_kernels::GgmlType;
+use pith_models::eval::{self, EvalArgs, OutputFormat};
+use std::path::{Path, PathBuf};
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+const WORDS: [&str; 12] = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "big", "red", "hat"];
+
+/// An SPM vocabulary (adds BOS): <unk> <s> </s>, 256 byte tokens, ▁, the letters, the words
+/// (with ▁), then `extra` unused tokens.
+fn vocab(extra: usize) -> Vec<String> {
+    let mut t: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    t.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+    t.push("▁".into());
+    t.extend(('a'..='z').map(|c| c.to_string()));
+    t.extend(WORDS.iter().map(|w| format!("▁{w}")));
+    t.extend((0..extra).map(|i| format!("extra{i}")));
+    t
+}
+
+/// A tiny llama GGUF with a tokenizer: weights drawn from `seed` (the same values for every
+/// `weight_type`, which only changes how they are stored).
+fn tiny_gguf(weight_type: GgmlType, extra_tokens: usize, seed: u64) -> Vec<u8> {
+    let toks = vocab(extra_tokens);
+    let nv = toks.len();
+    let types: Vec<i32> = (0..nv)
+        .map(|i| match i {
+            0 => 2,
+            1 | 2 => 3,
+            3..=258 => 6,
+            _ => 1,
+        })
+        .collect();
+    let scores: Vec<f32> = (0..nv).map(|i| if i >= 259 { -(toks[i].chars().count() as f32) } else { 0.0 }).collect();
+    let (d, layers, heads, heads_kv, ff) = (64usize, 2usize, 4usize, 2usize, 128usize);
+    let kv = heads_kv * d / heads;
+    let mut b = GgufBuilder::new();
+    b.kv("general.architecture", OwnedValue::String("llama".into()))
+        .kv("general.name", OwnedValue::String("tiny".into()))
+        .kv("llama.embedding_length", OwnedValue::U32(d as u32))
+        .kv("llama.block_count", OwnedValue::U32(layers as u32))
+        .kv("llama.attention.head_count", OwnedValue::U32(heads as u32))
+        .kv("llama.attention.head_count_kv", OwnedValue::U32(heads_kv as u32))
+        .kv("llama.feed_forward_length", OwnedValue::U32(ff as u32))
+        .kv("llama.context_length", OwnedValue::U32(256))
+        .kv("llama.rope.freq_base", OwnedValue::F32(10000.0))
+        .kv("llama.attention.layer_norm_rms_epsilon", OwnedValue::F32(1e-5))
+        .kv("tokenizer.ggml.model", OwnedValue::String("llama".into()))
+        .kv("tokenizer.ggml.tokens", OwnedValue::strings(toks))
+        .kv("tokenizer.ggml.scores", OwnedValue::f32s(scores))
+        .kv("tokenizer.ggml.token_type", OwnedValue::i32s(types));
+    let mut rng = Rng(seed);
+    let mut mat = |b: &mut GgufBuilder, name: &str, rows: usize, cols: usize, ty: GgmlType, scale: f32| {
+        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * scale).collect();
+        let rb = ty.row_bytes(cols).expect("row fits the block size");
+        let mut data = vec![0u8; rb * rows];
+        for r in 0..rows {
+            pith_kernels::quantize_row(ty, &vals[r * cols..(r + 1) * cols], &mut data[r * rb..(r + 1) * rb]);
+        }
+        let dims: Vec<u64> = if rows == 1 { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
+        b.tensor(name, &dims, ty, data);
+    };
+    let wt = weight_type;
+    mat(&mut b, "token_embd.weight", nv, d, wt, 1.0);
+    for l in 0..layers {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        mat(&mut b, &n("attn_norm.weight"), 1, d, GgmlType::F32, 1.0);
+        mat(&mut b, &n("attn_q.weight"), d, d, wt, 0.3);
+        mat(&mut b, &n("attn_k.weight"), kv, d, wt, 0.3);
+        mat(&mut b, &n("attn_v.weight"), kv, d, wt, 0.3);
+        mat(&mut b, &n("attn_output.weight"), d, d, wt, 0.2);
+        mat(&mut b, &n("ffn_norm.weight"), 1, d, GgmlType::F32, 1.0);
+        mat(&mut b, &n("ffn_gate.weight"), ff, d, wt, 0.2);
+        mat(&mut b, &n("ffn_up.weight"), ff, d, wt, 0.2);
+        mat(&mut b, &n("ffn_down.weight"), d, ff, wt, 0.2);
+    }
+    mat(&mut b, "output_norm.weight", 1, d, GgmlType::F32, 1.0);
+    mat(&mut b, "output.weight", nv, d, wt, 0.5);
+    b.to_bytes()
+}
+
+/// Pseudo-random sentences of WORDS and odd letters.
+fn text(n_words: usize) -> String {
+    let mut rng = Rng(42);
+    let mut s = String::new();
+    for i in 0..n_words {
+        let r = rng.next_u64() as usize;
+        if r % 7 == 0 {
+            s.push_str(&format!("x{}q", (b'a' + (r / 7 % 26) as u8) as char));
+        } else {
+            s.push_str(WORDS[r / 7 % WORDS.len()]);
+        }
+        s.push(if i % 11 == 10 { '\n' } else { ' ' });
+    }
+    s
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Files { dir: tempfile::tempdir().unwrap() }
+    }
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn args(models: &[&Path], base: &Path, file: &Path, ctx: usize) -> EvalArgs {
+    EvalArgs {
+        models: models.iter().map(|p| p.to_path_buf()).collect(),
+        base: base.to_path_buf(),
+        file: file.to_path_buf(),
+        ctx,
+        chunks: 0,
+        threads: 1,
+        plot: None,
+        force: false,
+        output: OutputFormat::Table,
+    }
+}
+
+fn err(a: &EvalArgs) -> String {
+    match eval::run(a) {
+        Ok(()) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const CTX: usize = 32;
+
+#[test]
+fn a_model_against_itself_has_zero_kld_and_pith_perplexitys_ppl() {
+    let f = Files::new();
+    let p = f.write("base.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let (fa, fb) = (MappedFile::open(&p).unwrap(), MappedFile::open(&p).unwrap());
+    for threads in [1, 2] {
+        let base = Engine::load(&fa, threads).unwrap();
+        let same = Engine::load(&fb, threads).unwrap();
+        let tokens = base.tokenizer.encode(&text(400), false).unwrap();
+        assert!(tokens.len() >= 4 * CTX, "{} tokens", tokens.len());
+        assert!(base.tokenizer.add_bos());
+        let mut calls = 0;
+        let ev = eval::evaluate(&base, &[("self", &same)], &tokens, CTX, 3, |e| {
+            calls += 1;
+            assert_eq!(e.base.chunks, calls);
+            assert_eq!(e.models[0].ppl.chunks, calls);
+        })
+        .unwrap();
+        assert_eq!((calls, ev.n_chunks), (3, 3));
+        let m = &ev.models[0];
+        let scored = 3 * (CTX - 1 - CTX / 2);
+        assert_eq!(m.count(), scored);
+        assert!(m.kld.iter().all(|k| k.abs() <= 1e-9), "{:?}", m.kld);
+        assert_eq!(m.mean_kld().0, 0.0);
+        assert_eq!(m.same_top, scored);
+        assert_eq!(m.ln_ppl_ratio().0, 0.0);
+        // `pith perplexity`'s own function on the same tokens.
+        let bos = if base.tokenizer.add_bos() { base.tokenizer.bos() } else { None };
+        let want = pith::perplexity::perplexity(&base.model, &base.pool, &tokens, CTX, 3, bos, |_| {}).unwrap();
+        assert_eq!(ev.base, want);
+        assert_eq!(m.ppl, want);
+        assert!(want.ppl() > 1.0 && want.ppl().is_finite());
+    }
+}
+
+#[test]
+fn quantized_copies_diverge_in_order_of_precision() {
+    let f = Files::new();
+    let base_p = f.write("base.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let q8_p = f.write("tiny-q8_0.gguf", &tiny_gguf(GgmlType::Q8_0, 0, 1));
+    let q4_p = f.write("tiny-q4_0.gguf", &tiny_gguf(GgmlType::Q4_0, 0, 1));
+    let other_p = f.write("other.gguf", &tiny_gguf(GgmlType::F32, 0, 2));
+    let files: Vec<MappedFile> =
+        [&base_p, &q8_p, &q4_p, &other_p].iter().map(|p| MappedFile::open(p).unwrap()).collect();
+    let e: Vec<Engine> = files.iter().map(|f| Engine::load(f, 2).unwrap()).collect();
+    let tokens = e[0].tokenizer.encode(&text(400), false).unwrap();
+    let ev = eval::evaluate(&e[0], &[("q8", &e[1]), ("q4", &e[2]), ("other", &e[3])], &tokens, CTX, 0, |_| {}).unwrap();
+    assert_eq!(ev.n_chunks, tokens.len() / CTX);
+    let k: Vec<f64> = ev.models.iter().map(|m| m.mean_kld().0).collect();
+    assert!(0.0 < k[0] && k[0] < k[1] && k[1] < k[2], "mean KLDs {k:?}");
+    assert!(ev.models.iter().all(|m| m.kld.iter().all(|&v| v >= -1e-12 && v.is_finite())));
+    let top: Vec<f64> = ev.models.iter().map(|m| m.same_top_fraction().0).collect();
+    assert!(top[0] > top[2] && top[2] < 0.9, "same top {top:?}");
+    // Each model's PPL is the runtime's perplexity of that model on the same tokens.
+    let bos = e[0].tokenizer.bos();
+    for (m, eng) in ev.models.iter().zip(&e[1..]) {
+        let want = pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, CTX, 0, bos, |_| {}).unwrap();
+        assert_eq!(m.ppl, want, "{}", m.name);
+        assert!(m.ppl.ppl() != ev.base.ppl());
+        assert!((m.ln_ppl_ratio().0 - (m.ppl.ppl() / ev.base.ppl()).ln()).abs() < 1e-9);
+    }
+    // Sizes and bits per weight.
+    let info = |i: usize| eval::FileInfo::of(files[i].bytes().len() as u64, &e[i].gguf);
+    let (b, q8, q4) = (info(0), info(1), info(2));
+    assert!(b.bytes > q8.bytes && q8.bytes > q4.bytes);
+    assert!(b.bits_per_weight() > 31.0 && b.bits_per_weight() <= 32.0, "{}", b.bits_per_weight());
+    assert!((q8.bits_per_weight() - 8.5).abs() < 0.3, "{}", q8.bits_per_weight()); // norms are f32
+    assert!((q4.bits_per_weight() - 4.5).abs() < 0.3, "{}", q4.bits_per_weight());
+}
+
+#[test]
+fn run_prints_and_plots_and_refuses_to_overwrite() {
+    let f = Files::new();
+    let base = f.write("base-f32.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let q8 = f.write("tiny-q8_0.gguf", &tiny_gguf(GgmlType::Q8_0, 0, 1));
+    let q4 = f.write("tiny-q4_0.gguf", &tiny_gguf(GgmlType::Q4_0, 0, 1));
+    let txt = f.write("text.txt", text(300).as_bytes());
+    let svg = f.path("plot.svg");
+    let mut a = args(&[&q8, &q4], &base, &txt, CTX);
+    a.chunks = 2;
+    a.plot = Some(svg.clone());
+    a.output = OutputFormat::Json;
+    eval::run(&a).unwrap();
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    for want in [">tiny-q8_0<", ">tiny-q4_0<", "base-f32", "File size vs KL divergence", "file size (MiB)"] {
+        assert!(s.contains(want), "plot lacks {want}");
+    }
+    assert_eq!(s.matches("<circle").count(), 2);
+    // The plot exists now: refused without --force (before any work), replaced with it.
+    let e = err(&a);
+    assert!(e.contains("plot.svg") && e.contains("--force"), "{e}");
+    a.force = true;
+    a.output = OutputFormat::Table;
+    eval::run(&a).unwrap();
+    // Never over an input.
+    let mut a2 = args(&[&q8], &base, &txt, CTX);
+    a2.plot = Some(q8.clone());
+    a2.force = true;
+    assert!(err(&a2).contains("input"));
+}
+
+#[test]
+fn bad_inputs_give_errors_naming_the_problem() {
+    let f = Files::new();
+    let base = f.write("base.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let txt = f.write("text.txt", text(300).as_bytes());
+    // A model that does not exist, or is not GGUF: the file is named.
+    let missing = f.path("missing.gguf");
+    let e = err(&args(&[&missing], &base, &txt, CTX));
+    assert!(e.contains("missing.gguf"), "{e}");
+    let junk = f.write("junk.gguf", b"this is not a GGUF file at all, just text");
+    let e = err(&args(&[&junk], &base, &txt, CTX));
+    assert!(e.contains("junk.gguf"), "{e}");
+    let e = err(&args(&[&base], &junk, &txt, CTX));
+    assert!(e.contains("junk.gguf"), "{e}");
+    let empty_model = f.write("empty.gguf", b"");
+    assert!(err(&args(&[&empty_model], &base, &txt, CTX)).contains("empty.gguf"));
+    // Text: missing, empty, not UTF-8, shorter than one chunk.
+    let e = err(&args(&[&base], &base, &f.path("nope.txt"), CTX));
+    assert!(e.contains("nope.txt"), "{e}");
+    let empty = f.write("empty.txt", b"");
+    let e = err(&args(&[&base], &base, &empty, CTX));
+    assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
+    let bin = f.write("bin.txt", &[b'a', 0xff, 0xfe]);
+    assert!(err(&args(&[&base], &base, &bin, CTX)).contains("UTF-8"));
+    let short = f.write("short.txt", b"the cat sat");
+    let e = err(&args(&[&base], &base, &short, CTX));
+    assert!(e.contains("short.txt") && e.contains("fewer than one chunk"), "{e}");
+    // Context too small.
+    let e = err(&args(&[&base], &base, &txt, 3));
+    assert!(e.contains("-c 3") && e.contains("at least 4"), "{e}");
+    // A different vocabulary: the model is named.
+    let wide = f.write("wide-vocab.gguf", &tiny_gguf(GgmlType::F32, 5, 1));
+    let e = err(&args(&[&wide], &base, &txt, CTX));
+    assert!(e.contains("wide-vocab.gguf") && e.contains("vocabulary"), "{e}");
+    // And through the library function.
+    let (fb, fw) = (MappedFile::open(&base).unwrap(), MappedFile::open(&wide).unwrap());
+    let (eb, ew) = (Engine::load(&fb, 1).unwrap(), Engine::load(&fw, 1).unwrap());
+    let e = eval::evaluate(&eb, &[("wide", &ew)], &[1; 64], CTX, 0, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("wide") && e.contains("vocabulary"), "{e}");
+    let e = eval::evaluate(&eb, &[("self", &eb)], &[1; 10], CTX, 0, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("fewer than one chunk"), "{e}");
+    let e = eval::evaluate(&eb, &[("self", &eb)], &[1; 64], 2, 0, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("-c 2"), "{e}");
+}
+
+#[test]
+fn the_binary_prints_json_rows() {
+    let f = Files::new();
+    let base = f.write("base.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let q4 = f.write("tiny-q4_0.gguf", &tiny_gguf(GgmlType::Q4_0, 0, 1));
+    let txt = f.write("text.txt", text(300).as_bytes());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pith-compress"))
+        .args(["eval", "-m", &s(&q4), "-m", &s(&base), "--base", &s(&base), "-f", &s(&txt), "-c", "32"])
+        .args(["--chunks", "2", "-t", "1", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = j.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!((rows[0]["role"].as_str(), rows[0]["name"].as_str()), (Some("base"), Some("base")));
+    assert_eq!(rows[1]["name"], "tiny-q4_0");
+    assert!(rows[1]["kld_mean"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows[2]["kld_mean"].as_f64(), Some(0.0));
+    assert_eq!(rows[2]["same_top_percent"].as_f64(), Some(100.0));
+    assert_eq!(rows[2]["ppl"], rows[0]["ppl"]);
+    assert_eq!(rows[1]["chunks"], 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[2/2]") && stderr.contains("per chunk"), "{stderr}");
+    // A bad option is an error with a non-zero exit status, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pith-compress"))
+        .args(["eval", "-m", &s(&q4), "--base", &s(&base), "-f", &s(&txt), "-c", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-c 2"));
+}
