@@ -13,6 +13,8 @@ pub struct AtomicOutput {
     dest: PathBuf,
     tmp: PathBuf,
     file: Option<BufWriter<File>>,
+    /// Set once the temporary file has been renamed into place.
+    committed: bool,
 }
 
 impl AtomicOutput {
@@ -27,7 +29,12 @@ impl AtomicOutput {
             dest.file_name().ok_or_else(|| CompressError::BadOption(format!("{}: not a file name", dest.display())))?;
         let tmp = dir.join(format!(".{}.pith-tmp-{}", name.to_string_lossy(), std::process::id()));
         let file = File::create(&tmp).map_err(|e| CompressError::io(&tmp, e))?;
-        Ok(AtomicOutput { dest: dest.to_path_buf(), tmp, file: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(AtomicOutput {
+            dest: dest.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            committed: false,
+        })
     }
 
     /// Appends bytes.
@@ -43,13 +50,16 @@ impl AtomicOutput {
         file.sync_all().map_err(|e| CompressError::io(&self.dest, e))?;
         drop(file);
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| CompressError::io(&self.dest, e))?;
+        self.committed = true;
         Ok(())
     }
 }
 
 impl Drop for AtomicOutput {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        // Close first (a failing flush is moot: the file is going away), then remove it.
+        drop(self.file.take());
+        if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

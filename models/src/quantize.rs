@@ -211,25 +211,23 @@ fn scheme_type(scheme: Scheme, name: &str, tied_output: bool, n_layer: usize, pu
     }
 }
 
-/// A type whose blocks fit rows of `n_cols`, in llama.cpp's fallback order.
-fn fallback(ty: GgmlType, n_cols: usize) -> GgmlType {
+/// A type whose blocks fit rows of `n_cols`, in llama.cpp's fallback order (K-quants, whose
+/// blocks hold 256, fall back to 32-element types of about as many bits), or `None` when no
+/// quantized type fits. Float types always fit.
+fn fallback(ty: GgmlType, n_cols: usize) -> Option<GgmlType> {
     use GgmlType::*;
     let fits = |t: GgmlType| n_cols.is_multiple_of(t.block_size());
     if fits(ty) {
-        return ty;
+        return Some(ty);
     }
     let next = match ty {
         Q2_K | Q3_K => Q4_0,
         Q4_K => Q5_0,
         Q5_K => Q5_1,
         Q6_K => Q8_0,
-        _ => F16,
+        _ => return None,
     };
-    if fits(next) {
-        next
-    } else {
-        F16
-    }
+    fits(next).then_some(next)
 }
 
 /// Decides every tensor's type.
@@ -253,7 +251,17 @@ pub fn plan(g: &Gguf<'_>, scheme: Scheme, overrides: &[Override], pure: bool) ->
             to = o.ty;
             note = Some(format!("--tensor-type {}={}", o.pattern, o.ty));
         }
-        let fb = fallback(to, t.n_cols());
+        let Some(fb) = fallback(to, t.n_cols()) else {
+            return Err(CompressError::Tensor {
+                tensor: t.name.into(),
+                why: format!(
+                    "rows of {} elements fit no quantized type (their blocks hold 32 or 256); \
+                     keep it in a float type with --tensor-type {}=f16",
+                    t.n_cols(),
+                    t.name
+                ),
+            });
+        };
         if fb != to {
             note = Some(format!(
                 "rows of {} are not a whole number of {to} blocks ({}); using {fb}",
@@ -261,12 +269,6 @@ pub fn plan(g: &Gguf<'_>, scheme: Scheme, overrides: &[Override], pure: bool) ->
                 to.block_size()
             ));
             to = fb;
-        }
-        if !t.n_cols().is_multiple_of(to.block_size()) {
-            return Err(CompressError::Tensor {
-                tensor: t.name.into(),
-                why: format!("no type fits rows of {} elements", t.n_cols()),
-            });
         }
         out.push(TensorPlan { name: t.name.into(), from: t.ty, to, note });
     }
@@ -689,12 +691,14 @@ mod tests {
     #[test]
     fn fallbacks_follow_llama_cpp() {
         use GgmlType::*;
-        assert_eq!(fallback(Q4_K, 576), Q5_0);
-        assert_eq!(fallback(Q5_K, 576), Q5_1);
-        assert_eq!(fallback(Q6_K, 576), Q8_0);
-        assert_eq!(fallback(Q3_K, 576), Q4_0);
-        assert_eq!(fallback(Q4_K, 1536), Q4_K);
-        assert_eq!(fallback(Q4_0, 48), F16);
+        assert_eq!(fallback(Q4_K, 576), Some(Q5_0));
+        assert_eq!(fallback(Q5_K, 576), Some(Q5_1));
+        assert_eq!(fallback(Q6_K, 576), Some(Q8_0));
+        assert_eq!(fallback(Q3_K, 576), Some(Q4_0));
+        assert_eq!(fallback(Q4_K, 1536), Some(Q4_K));
+        assert_eq!(fallback(Q4_0, 48), None);
+        assert_eq!(fallback(Q4_K, 48), None);
+        assert_eq!(fallback(F16, 48), Some(F16));
     }
 
     #[test]
