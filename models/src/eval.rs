@@ -29,6 +29,7 @@ use pith::{Logits, State};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Output format of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -158,7 +159,7 @@ pub fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
     match n {
         0 => 0.0,
-        _ if n % 2 == 0 => 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]),
+        _ if n.is_multiple_of(2) => 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]),
         _ => sorted[n / 2],
     }
 }
@@ -268,6 +269,9 @@ pub struct Evaluation {
     /// The base's NLL of the text's next tokens.
     pub base: PerplexityStats,
     pub models: Vec<ModelEval>,
+    /// Wall time in forward passes (base and models) and in comparing distributions.
+    pub forward_seconds: f64,
+    pub compare_seconds: f64,
 }
 
 /// Per-token comparison of one scored position.
@@ -348,6 +352,7 @@ pub fn evaluate(
         n_chunks,
         base: PerplexityStats::default(),
         models: models.iter().map(|(n, _)| ModelEval::new(n)).collect(),
+        ..Default::default()
     };
     for e in &mut ev.models {
         e.kld.reserve(n_chunks * n_scored);
@@ -364,11 +369,14 @@ pub fn evaluate(
         }
 
         base_state.reset();
+        let t = Instant::now();
         let logits = base
             .model
             .forward(&mut base_state, &base.pool, &chunk, Logits::From(first))
             .map_err(|e| model_err("base", e))?;
         base_logits.copy_from_slice(&logits[..n_scored * nv]);
+        ev.forward_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let bl = &base_logits;
         let per = rows_per(base.pool.threads());
         base.pool.for_each_chunk(&mut base_norms, per, &|i, out| {
@@ -386,11 +394,15 @@ pub fn evaluate(
             base_nll.push(v);
         }
         ev.base.chunks = c + 1;
+        ev.compare_seconds += t.elapsed().as_secs_f64();
 
-        for (((name, m), state), acc) in models.iter().zip(&mut states).zip(&mut ev.models) {
+        for (((name, m), state), acc) in models.iter().zip(&mut states).zip(ev.models.iter_mut()) {
             state.reset();
+            let t = Instant::now();
             let ml = m.model.forward(state, &m.pool, &chunk, Logits::From(first)).map_err(|e| model_err(name, e))?;
             let ml = &ml[..n_scored * nv];
+            ev.forward_seconds += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let bn = &base_norms;
             let per = rows_per(m.pool.threads());
             m.pool.for_each_chunk(&mut cmp, per, &|i, out| {
@@ -418,6 +430,7 @@ pub fn evaluate(
                 acc.same_top += t.same_top as usize;
             }
             acc.ppl.chunks = c + 1;
+            ev.compare_seconds += t.elapsed().as_secs_f64();
         }
         on_chunk(&ev);
     }
@@ -618,7 +631,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         output::check_output(p, a.force, &inputs)?;
     }
     let text = read_text(&a.file)?;
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let base_file = MappedFile::open(&a.base)?;
     let files = a.models.iter().map(MappedFile::open).collect::<Result<Vec<_>, _>>()?;
     let base = Engine::load(&base_file, a.threads)?;
@@ -651,7 +664,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     );
 
     let pb = crate::progress::bar(n_chunks as u64, "eval");
-    let t1 = std::time::Instant::now();
+    let t1 = Instant::now();
     let ev = evaluate(&base, &models, &tokens, a.ctx, a.chunks, |ev| {
         let mut line = format!("[{}/{}] base PPL {:.4}", ev.base.chunks, ev.n_chunks, ev.base.ppl());
         for m in &ev.models {
@@ -673,12 +686,15 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let secs = t1.elapsed().as_secs_f64();
+    let per = |x: f64| x / ev.base.chunks.max(1) as f64;
     eprintln!(
-        "pith-compress: {} chunks in {:.1} s ({:.2} s per chunk for {} forward passes)",
+        "pith-compress: {} chunks in {:.1} s: {:.2} s per chunk ({:.2} s in {} forward passes, {:.2} s comparing)",
         ev.base.chunks,
         secs,
-        secs / ev.base.chunks.max(1) as f64,
-        1 + models.len()
+        per(secs),
+        per(ev.forward_seconds),
+        1 + models.len(),
+        per(ev.compare_seconds)
     );
 
     let base_info = FileInfo::of(base_file.bytes().len() as u64, &base.gguf);

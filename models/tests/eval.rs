@@ -105,7 +105,7 @@ fn text(n_words: usize) -> String {
     let mut s = String::new();
     for i in 0..n_words {
         let r = rng.next_u64() as usize;
-        if r % 7 == 0 {
+        if r.is_multiple_of(7) {
             s.push_str(&format!("x{}q", (b'a' + (r / 7 % 26) as u8) as char));
         } else {
             s.push_str(WORDS[r / 7 % WORDS.len()]);
