@@ -7,11 +7,19 @@
 //! 8-bit activation type of [`GgmlType::vec_dot_type`] (`vec_dot_q4_0_q8_0`, …), and a
 //! dot product against f32 activations (`vec_dot_q4_0_f32`, …).
 //!
-//! [`dequantize_row`], [`quantize_row`], [`vec_dot`] and [`vec_dot_f32`] (plus
-//! [`dot_f32`]) are the runtime-facing dispatch: they take raw little-endian
-//! GGUF bytes, check lengths (a mismatch is a caller bug and panics with a message), and
-//! view the bytes as blocks with `bytemuck` — zero-copy when aligned, block-by-block
-//! copies otherwise (see `blocks.rs`).
+//! Each weight block type (Q4_0 … Q8_0, Q2_K … Q6_K) also has an importance-aware
+//! quantizer, `quantize_row_<t>_weighted`, minimizing `Σ importance[i] (x[i] - x̂[i])²`
+//! over the block's stored parameters and codes (the search is in `weighted.rs`), and a
+//! "block grid" view for error-compensating quantization: `block_grid_<t>` (the affine grid
+//! `scale[i] * q + offset[i]` each element's stored parameters allow), `block_codes_<t>` and
+//! `set_block_codes_<t>` (read / write the codes alone).
+//!
+//! [`dequantize_row`], [`quantize_row`], [`quantize_row_weighted`], [`vec_dot`] and
+//! [`vec_dot_f32`] (plus [`dot_f32`]), and per block [`block_grid`], [`block_codes`] and
+//! [`set_block_codes`], are the runtime-facing dispatch: they take raw little-endian GGUF
+//! bytes, check lengths (a mismatch is a caller bug and panics with a message), and view
+//! the bytes as blocks with `bytemuck` — zero-copy when aligned, block-by-block copies
+//! otherwise (see `blocks.rs`).
 //!
 //! The dispatch functions (and [`gemm_f32`]) run SIMD kernels chosen at run time (AVX2,
 //! AVX-512, NEON, NEON dotprod; see [`KernelPath`], [`kernel_path`], [`set_kernel_path`]),
@@ -35,6 +43,7 @@ mod kquant;
 #[cfg(test)]
 mod test_util;
 pub mod types;
+mod weighted;
 
 pub mod bf16;
 pub mod f16;
@@ -56,7 +65,10 @@ pub mod q8_k;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 mod simd;
 
-pub use dispatch::{dequantize_row, dot_f32, quantize_row, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on};
+pub use dispatch::{
+    block_codes, block_grid, dequantize_row, dot_f32, has_block_grid, quantize_row, quantize_row_weighted,
+    set_block_codes, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on,
+};
 pub use gemm::gemm_f32;
 pub use simd::{
     available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,

@@ -6,6 +6,7 @@ use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::kquant::{dot_i32, make_qkx2_quants, nearest_int, Qkx2Params};
 use crate::q8_k::BlockQ8K;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
 use crate::QK_K;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -134,6 +135,76 @@ pub fn dequantize_row_q2_k(src: &[BlockQ2K], dst: &mut [f32]) {
     }
 }
 
+/// Shape and search windows of the weighted quantizer.
+const WEIGHTED: KSpec = KSpec {
+    sub: 16,
+    q: (0, 3),
+    sc: (0, 15),
+    m_max: 15,
+    sub_k: (2.0, 6.5),
+    phases: &[0.0],
+    sc_k: (0.5, 1.3),
+    refine: 2,
+};
+
+/// Importance-weighted quantizer: per super-block the f16 `d`, `dmin`, the 4-bit sub-block
+/// scales and mins, and the codes minimizing `Σ importance[i] (x[i] - x̂[i])²`. Each
+/// sub-block of 16 is fit by a least-squares search over every code vector in a window of
+/// scales; `d` and `dmin` come from the same search over the sub-block scales and mins
+/// (weighted by their sensitivity); every sub-block then takes the integer scale and min
+/// whose re-rounded codes give the lowest error, alternating with least-squares refits of
+/// `d`, `dmin` (see `weighted.rs`). Never worse than [`quantize_row_q2_k`] on a block.
+pub fn quantize_row_q2_k_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ2K]) {
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q2_k_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q2_k_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK_K).zip(importance.chunks_exact(QK_K)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK_K];
+        block_weights(imp, &mut w);
+        let k = quantize_k(&WEIGHTED, x, &w);
+        let mut ours = BlockQ2K::zeroed();
+        ours.d = k.d;
+        ours.dmin = k.dmin;
+        for (s, (&sc, &m)) in ours.scales.iter_mut().zip(k.sc.iter().zip(&k.m)) {
+            *s = sc as u8 | ((m as u8) << 4);
+        }
+        set_block_codes_q2_k(&mut ours, &k.q);
+        let mut reference = BlockQ2K::zeroed();
+        quantize_row_q2_k(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q2_k);
+    }
+}
+
+/// The block's grid: in sub-block `j` (16 elements), `scale = d * sc_j` and
+/// `offset = -(dmin * m_j)`, `q` in `(0, 3)`. `scale * q + offset` is exactly
+/// [`dequantize_block_q2_k`]'s `(d * sc) * q - (dmin * m)`.
+pub fn block_grid_q2_k(b: &BlockQ2K, scale: &mut [f32; QK_K], offset: &mut [f32; QK_K]) -> (i32, i32) {
+    let d = f16_to_f32(b.d);
+    let dmin = f16_to_f32(b.dmin);
+    for (j, (s, o)) in scale.chunks_exact_mut(16).zip(offset.chunks_exact_mut(16)).enumerate() {
+        s.fill(d * (b.scales[j] & 0xf) as f32);
+        o.fill(-(dmin * (b.scales[j] >> 4) as f32));
+    }
+    (0, 3)
+}
+
+/// The stored codes (`0..=3`) in element order.
+pub fn block_codes_q2_k(b: &BlockQ2K, codes: &mut [i32; QK_K]) {
+    for (c, q) in codes.iter_mut().zip(quants(b)) {
+        *c = q as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `0..=3`; panics otherwise), keeping the scales.
+pub fn set_block_codes_q2_k(b: &mut BlockQ2K, codes: &[i32; QK_K]) {
+    check_codes("set_block_codes_q2_k", codes, 0, 3);
+    for h in 0..2 {
+        for i in 0..32 {
+            let e = 128 * h + i;
+            b.qs[32 * h + i] = (codes[e] | (codes[e + 32] << 2) | (codes[e + 64] << 4) | (codes[e + 96] << 6)) as u8;
+        }
+    }
+}
+
 /// Q2_K · Q8_K. Per block, in integers: `isum = Σ_j sc_j Σ_{i in j} q_i qx_i` and the
 /// min term `summs = Σ_j m_j bsums_j` (Q8_K's `bsums` are exactly the per-16 sums the
 /// mins multiply); then `dx (d isum - dmin summs)`.
@@ -202,5 +273,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q2_K, &[256, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q2_K, &[256, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q2_k on 32 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.7753, log-normal
+        // importance (exp(1.5 z)) 0.4268.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q2_K, 32, 1024);
+        assert!(uniform < 0.79 && weighted < 0.48, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q2_K);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q2_K);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q2_K, 1.0);
     }
 }

@@ -6,6 +6,7 @@ use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::kquant::{dot_i32, make_q3_quants, nearest_int};
 use crate::q8_k::BlockQ8K;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
 use crate::QK_K;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -145,6 +146,97 @@ pub fn dequantize_row_q3_k(src: &[BlockQ3K], dst: &mut [f32]) {
     }
 }
 
+/// Packs sixteen 6-bit scales (stored values, `sc + 32`) as [`scale6`] reads them.
+fn pack_scales(ls: &[u8; 16]) -> [u8; 12] {
+    let mut packed = [0u8; 12];
+    for (j, &l) in ls.iter().enumerate() {
+        if j < 8 {
+            packed[j] |= l & 0xf;
+        } else {
+            packed[j - 8] |= (l & 0xf) << 4;
+        }
+        packed[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
+    }
+    packed
+}
+
+/// Shape and search windows of the weighted quantizer.
+const WEIGHTED: KSpec = KSpec {
+    sub: 16,
+    q: (-4, 3),
+    sc: (-32, 31),
+    m_max: 0,
+    sub_k: (2.0, 10.0),
+    phases: &[0.0],
+    sc_k: (0.5, 1.3),
+    refine: 2,
+};
+
+/// Importance-weighted quantizer: per super-block the f16 `d`, the signed 6-bit sub-block
+/// scales and the codes minimizing `Σ importance[i] (x[i] - x̂[i])²`. Each sub-block of 16
+/// is fit by a least-squares search over every code vector in a window of scales (both
+/// signs of its scale); `d` comes from the same search over the sub-block scales (weighted
+/// by `Σ w q²`); every sub-block then takes the integer scale whose re-rounded codes give
+/// the lowest error, alternating with least-squares refits of `d` (see `weighted.rs`).
+/// Never worse than [`quantize_row_q3_k`] on a block.
+pub fn quantize_row_q3_k_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ3K]) {
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q3_k_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q3_k_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK_K).zip(importance.chunks_exact(QK_K)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK_K];
+        block_weights(imp, &mut w);
+        let k = quantize_k(&WEIGHTED, x, &w);
+        let mut ours = BlockQ3K::zeroed();
+        ours.d = k.d;
+        ours.scales = pack_scales(&core::array::from_fn(|j| (k.sc[j] + 32) as u8));
+        set_block_codes_q3_k(&mut ours, &k.q);
+        let mut reference = BlockQ3K::zeroed();
+        quantize_row_q3_k(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q3_k);
+    }
+}
+
+/// The block's grid: in sub-block `j` (16 elements), `scale = d * (sc_j - 32)`, `offset = 0`,
+/// `q` in `(-4, 3)`. `scale * q + offset` equals [`dequantize_block_q3_k`]'s
+/// `(d * (sc - 32)) * q` (a zero may differ in sign).
+pub fn block_grid_q3_k(b: &BlockQ3K, scale: &mut [f32; QK_K], offset: &mut [f32; QK_K]) -> (i32, i32) {
+    let d = f16_to_f32(b.d);
+    for (s, sc) in scale.chunks_exact_mut(16).zip(scales(b)) {
+        s.fill(d * sc as f32);
+    }
+    offset.fill(0.0);
+    (-4, 3)
+}
+
+/// The stored codes (`-4..=3`) in element order.
+pub fn block_codes_q3_k(b: &BlockQ3K, codes: &mut [i32; QK_K]) {
+    for (c, q) in codes.iter_mut().zip(quants(b)) {
+        *c = q as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `-4..=3`; panics otherwise), keeping the scales.
+pub fn set_block_codes_q3_k(b: &mut BlockQ3K, codes: &[i32; QK_K]) {
+    check_codes("set_block_codes_q3_k", codes, -4, 3);
+    b.hmask = [0; QK_K / 8];
+    let mut low = [0u8; QK_K];
+    for (e, &c) in codes.iter().enumerate() {
+        // High bit set: the quant is the low bits (0..=3); clear: low bits - 4.
+        if c >= 0 {
+            b.hmask[e % 32] |= 1 << (e / 32);
+            low[e] = c as u8;
+        } else {
+            low[e] = (c + 4) as u8;
+        }
+    }
+    for h in 0..2 {
+        for i in 0..32 {
+            let e = 128 * h + i;
+            b.qs[32 * h + i] = low[e] | (low[e + 32] << 2) | (low[e + 64] << 4) | (low[e + 96] << 6);
+        }
+    }
+}
+
 /// Q3_K · Q8_K: per block `isum = Σ_j (sc_j - 32) Σ_{i in j} q_i qx_i` in i32, then
 /// `d dx isum`.
 pub fn vec_dot_q3_k_q8_k(w: &[BlockQ3K], x: &[BlockQ8K]) -> f32 {
@@ -188,6 +280,9 @@ mod tests {
         for (j, &ls) in want.iter().enumerate() {
             assert_eq!(scale6(&packed, j), ls, "scale {j}");
         }
+        // The weighted quantizer's packer agrees with the reference's.
+        assert_eq!(pack_scales(&want), packed);
+        assert_eq!(pack_scales(&[63; 16]), [0xff; 12]);
     }
 
     #[test]
@@ -229,5 +324,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q3_K, &[256, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q3_K, &[256, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q3_k on 32 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.9022, log-normal
+        // importance (exp(1.5 z)) 0.5771.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q3_K, 32, 1024);
+        assert!(uniform < 0.92 && weighted < 0.63, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q3_K);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q3_K);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q3_K, 1.0);
     }
 }

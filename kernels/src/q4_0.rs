@@ -4,6 +4,7 @@
 use crate::f16::f16_to_f32;
 use crate::f32::{reduce_lanes, LANES};
 use crate::q8_0::BlockQ8_0;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_sym, Search};
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -63,6 +64,59 @@ pub fn dequantize_row_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK4_0, "dequantize_row_q4_0: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
         dequantize_block_q4_0(b, out.try_into().unwrap());
+    }
+}
+
+/// Search effort of the weighted quantizer (see `weighted.rs`).
+const WEIGHTED: Search = Search { k: (5.0, 15.5), phases: &[0.0], keep: 1, refits: 1 };
+
+/// Importance-weighted quantizer: per block, the f16 scale `d` (either sign) and codes
+/// minimizing `Σ importance[i] (x[i] - x̂[i])²`. Every code vector `round(x / d)` over a
+/// wide window of `d` is visited and refit by weighted least squares; the best fits are
+/// rounded to f16 (trying the neighbours too), the codes re-rounded with the stored scale,
+/// and the scale refit while that helps (see `weighted.rs`). A block keeps the
+/// [`quantize_row_q4_0`] result when that is at least as good under its importance, so it
+/// is never worse. Importance: one value `>= 0` per element; all-zero blocks are uniform.
+pub fn quantize_row_q4_0_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ4_0]) {
+    assert_eq!(src.len(), dst.len() * QK4_0, "quantize_row_q4_0_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q4_0_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK4_0).zip(importance.chunks_exact(QK4_0)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK4_0];
+        block_weights(imp, &mut w);
+        let mut s = [0i32; QK4_0];
+        let d = quantize_sym(x, &w, -8, 7, &WEIGHTED, &mut s);
+        let mut ours = BlockQ4_0 { d, qs: [0; QK4_0 / 2] };
+        set_block_codes_q4_0(&mut ours, &s.map(|v| v + 8));
+        let mut reference = BlockQ4_0::zeroed();
+        quantize_row_q4_0(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q4_0);
+    }
+}
+
+/// The block's grid: element `i` can be `scale[i] * q + offset[i]` for `q` in the returned
+/// `(0, 15)` (the stored nibble), with `scale = d` and `offset = -8 d`. For a stored `q`,
+/// `scale * q + offset` equals [`dequantize_block_q4_0`]'s `(q - 8) * d` (both are exact
+/// for finite `d`; a zero may differ in sign).
+pub fn block_grid_q4_0(b: &BlockQ4_0, scale: &mut [f32; QK4_0], offset: &mut [f32; QK4_0]) -> (i32, i32) {
+    let d = f16_to_f32(b.d);
+    scale.fill(d);
+    offset.fill(-8.0 * d);
+    (0, 15)
+}
+
+/// The stored codes (nibbles, `0..=15`) in element order.
+pub fn block_codes_q4_0(b: &BlockQ4_0, codes: &mut [i32; QK4_0]) {
+    for j in 0..QK4_0 / 2 {
+        codes[j] = (b.qs[j] & 0x0f) as i32;
+        codes[j + QK4_0 / 2] = (b.qs[j] >> 4) as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `0..=15`; panics otherwise), keeping `d`.
+pub fn set_block_codes_q4_0(b: &mut BlockQ4_0, codes: &[i32; QK4_0]) {
+    check_codes("set_block_codes_q4_0", codes, 0, 15);
+    for j in 0..QK4_0 / 2 {
+        b.qs[j] = codes[j] as u8 | ((codes[j + QK4_0 / 2] as u8) << 4);
     }
 }
 
@@ -152,5 +206,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q4_0, &[32, 96, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q4_0, &[32, 96, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q4_0 on 64 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.8851, log-normal
+        // importance (exp(1.5 z)) 0.6203.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q4_0, 64, 1024);
+        assert!(uniform < 0.9 && weighted < 0.67, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q4_0);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q4_0);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q4_0, 1.0);
     }
 }

@@ -4,6 +4,7 @@
 use crate::f16::f16_to_f32;
 use crate::f32::{reduce_lanes, LANES};
 use crate::q8_1::BlockQ8_1;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_affine, Search};
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -68,6 +69,55 @@ pub fn dequantize_row_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK4_1, "dequantize_row_q4_1: length mismatch");
     for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK4_1)) {
         dequantize_block_q4_1(b, out.try_into().unwrap());
+    }
+}
+
+/// Search effort of the weighted quantizer (see `weighted.rs`).
+const WEIGHTED: Search = Search { k: (9.0, 21.0), phases: &[0.0, 0.5], keep: 2, refits: 2 };
+
+/// Importance-weighted quantizer: per block the f16 scale `d`, f16 offset `m` and codes
+/// minimizing `Σ importance[i] (x[i] - x̂[i])²`. Code vectors `round((x - min) / d + φ)`
+/// over a window of `d` (two phases `φ`) are each refit by weighted least squares for
+/// `(d, m)`; the best fits are rounded to f16 (with neighbours), the codes re-rounded with
+/// the stored values, and `(d, m)` refit while that helps (see `weighted.rs`). Never worse
+/// than [`quantize_row_q4_1`] on a block.
+pub fn quantize_row_q4_1_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ4_1]) {
+    assert_eq!(src.len(), dst.len() * QK4_1, "quantize_row_q4_1_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q4_1_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK4_1).zip(importance.chunks_exact(QK4_1)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK4_1];
+        block_weights(imp, &mut w);
+        let mut q = [0i32; QK4_1];
+        let (d, m) = quantize_affine(x, &w, 15, &WEIGHTED, &mut q);
+        let mut ours = BlockQ4_1 { d, m, qs: [0; QK4_1 / 2] };
+        set_block_codes_q4_1(&mut ours, &q);
+        let mut reference = BlockQ4_1::zeroed();
+        quantize_row_q4_1(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q4_1);
+    }
+}
+
+/// The block's grid: `scale = d`, `offset = m`, `q` in `(0, 15)`. `scale * q + offset` is
+/// exactly [`dequantize_block_q4_1`]'s `q * d + m`.
+pub fn block_grid_q4_1(b: &BlockQ4_1, scale: &mut [f32; QK4_1], offset: &mut [f32; QK4_1]) -> (i32, i32) {
+    scale.fill(f16_to_f32(b.d));
+    offset.fill(f16_to_f32(b.m));
+    (0, 15)
+}
+
+/// The stored codes (`0..=15`) in element order.
+pub fn block_codes_q4_1(b: &BlockQ4_1, codes: &mut [i32; QK4_1]) {
+    for j in 0..QK4_1 / 2 {
+        codes[j] = (b.qs[j] & 0x0f) as i32;
+        codes[j + QK4_1 / 2] = (b.qs[j] >> 4) as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `0..=15`; panics otherwise), keeping `d`, `m`.
+pub fn set_block_codes_q4_1(b: &mut BlockQ4_1, codes: &[i32; QK4_1]) {
+    check_codes("set_block_codes_q4_1", codes, 0, 15);
+    for j in 0..QK4_1 / 2 {
+        b.qs[j] = codes[j] as u8 | ((codes[j + QK4_1 / 2] as u8) << 4);
     }
 }
 
@@ -147,5 +197,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q4_1, &[32, 96, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q4_1, &[32, 96, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q4_1 on 64 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.7767, log-normal
+        // importance (exp(1.5 z)) 0.4797.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q4_1, 64, 1024);
+        assert!(uniform < 0.79 && weighted < 0.53, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q4_1);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q4_1);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q4_1, 1.0);
     }
 }

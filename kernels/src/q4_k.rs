@@ -6,6 +6,7 @@ use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::kquant::{dot_i32, get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, sum_sq, Qkx2Params};
 use crate::q8_k::BlockQ8K;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
 use crate::QK_K;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -139,6 +140,86 @@ pub fn dequantize_row_q4_k(src: &[BlockQ4K], dst: &mut [f32]) {
     }
 }
 
+/// Shape and search windows of the weighted quantizer.
+const WEIGHTED: KSpec = KSpec {
+    sub: 32,
+    q: (0, 15),
+    sc: (0, 63),
+    m_max: 63,
+    sub_k: (9.5, 21.5),
+    phases: &[0.0],
+    sc_k: (0.5, 1.3),
+    refine: 2,
+};
+
+/// The sub-block scales and mins of a weighted fit, packed (shared with Q5_K).
+pub(crate) fn pack_weighted_scales(sc: &[i32; 16], m: &[i32; 16]) -> [u8; 12] {
+    pack_scale_min_k4(&core::array::from_fn(|j| sc[j] as u8), &core::array::from_fn(|j| m[j] as u8))
+}
+
+/// Importance-weighted quantizer: per super-block the f16 `d`, `dmin`, the 6-bit sub-block
+/// scales and mins, and the codes minimizing `Σ importance[i] (x[i] - x̂[i])²`. Each
+/// sub-block of 32 is fit by a least-squares search over every code vector in a window of
+/// scales; `d` and `dmin` come from the same search over the sub-block scales and mins
+/// (weighted by their sensitivity, as ggml's `make_qp_quants`); every sub-block then takes
+/// the integer scale and min whose re-rounded codes give the lowest error, alternating with
+/// least-squares refits of `d`, `dmin` (see `weighted.rs`). Never worse than
+/// [`quantize_row_q4_k`] on a block.
+pub fn quantize_row_q4_k_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ4K]) {
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q4_k_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q4_k_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK_K).zip(importance.chunks_exact(QK_K)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK_K];
+        block_weights(imp, &mut w);
+        let k = quantize_k(&WEIGHTED, x, &w);
+        let mut ours = BlockQ4K::zeroed();
+        ours.d = k.d;
+        ours.dmin = k.dmin;
+        ours.scales = pack_weighted_scales(&k.sc, &k.m);
+        set_block_codes_q4_k(&mut ours, &k.q);
+        let mut reference = BlockQ4K::zeroed();
+        quantize_row_q4_k(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q4_k);
+    }
+}
+
+/// Per-element grid of the Q4_K/Q5_K layout: sub-block `j` (32 elements) has
+/// `scale = d * sc_j`, `offset = -(dmin * m_j)`.
+pub(crate) fn grid_k4(d: f16, dmin: f16, packed: &[u8; 12], scale: &mut [f32; QK_K], offset: &mut [f32; QK_K]) {
+    let d = f16_to_f32(d);
+    let dmin = f16_to_f32(dmin);
+    for (j, (s, o)) in scale.chunks_exact_mut(32).zip(offset.chunks_exact_mut(32)).enumerate() {
+        let (sc, m) = get_scale_min_k4(j, packed);
+        s.fill(d * sc as f32);
+        o.fill(-(dmin * m as f32));
+    }
+}
+
+/// The block's grid: in sub-block `j` (32 elements), `scale = d * sc_j` and
+/// `offset = -(dmin * m_j)`, `q` in `(0, 15)`. `scale * q + offset` is exactly
+/// [`dequantize_block_q4_k`]'s `(d * sc) * q - (dmin * m)`.
+pub fn block_grid_q4_k(b: &BlockQ4K, scale: &mut [f32; QK_K], offset: &mut [f32; QK_K]) -> (i32, i32) {
+    grid_k4(b.d, b.dmin, &b.scales, scale, offset);
+    (0, 15)
+}
+
+/// The stored codes (`0..=15`) in element order.
+pub fn block_codes_q4_k(b: &BlockQ4K, codes: &mut [i32; QK_K]) {
+    for (c, q) in codes.iter_mut().zip(quants(b)) {
+        *c = q as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `0..=15`; panics otherwise), keeping the scales.
+pub fn set_block_codes_q4_k(b: &mut BlockQ4K, codes: &[i32; QK_K]) {
+    check_codes("set_block_codes_q4_k", codes, 0, 15);
+    for c in 0..QK_K / 64 {
+        for i in 0..32 {
+            b.qs[32 * c + i] = codes[64 * c + i] as u8 | ((codes[64 * c + 32 + i] as u8) << 4);
+        }
+    }
+}
+
 /// Integer part of the Q4_K/Q5_K dots: `(Σ_j sc_j Σ_{i in j} q_i qx_i, Σ_g m_{g/2} bsums_g)`.
 #[inline]
 pub(crate) fn dot_scaled_subblocks(q: &[u8; QK_K], packed: &[u8; 12], x: &BlockQ8K) -> (i32, i32) {
@@ -210,5 +291,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q4_K, &[256, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q4_K, &[256, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q4_k on 32 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.9431, log-normal
+        // importance (exp(1.5 z)) 0.5921.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q4_K, 32, 1024);
+        assert!(uniform < 0.96 && weighted < 0.64, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q4_K);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q4_K);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q4_K, 1.0);
     }
 }

@@ -5,6 +5,7 @@
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::q8_0::BlockQ8_0;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_sym, Search};
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -84,6 +85,57 @@ pub fn dequantize_row_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
     }
 }
 
+/// Search effort of the weighted quantizer (see `weighted.rs`).
+const WEIGHTED: Search = Search { k: (9.5, 25.0), phases: &[0.0], keep: 1, refits: 1 };
+
+/// Importance-weighted quantizer: as [`crate::q4_0::quantize_row_q4_0_weighted`] with 32
+/// levels — per block the f16 scale (either sign) and codes minimizing
+/// `Σ importance[i] (x[i] - x̂[i])²`, never worse than [`quantize_row_q5_0`] on a block.
+pub fn quantize_row_q5_0_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ5_0]) {
+    assert_eq!(src.len(), dst.len() * QK5_0, "quantize_row_q5_0_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q5_0_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK5_0).zip(importance.chunks_exact(QK5_0)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK5_0];
+        block_weights(imp, &mut w);
+        let mut s = [0i32; QK5_0];
+        let d = quantize_sym(x, &w, -16, 15, &WEIGHTED, &mut s);
+        let mut ours = BlockQ5_0 { d, qh: [0; 4], qs: [0; QK5_0 / 2] };
+        set_block_codes_q5_0(&mut ours, &s.map(|v| v + 16));
+        let mut reference = BlockQ5_0::zeroed();
+        quantize_row_q5_0(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q5_0);
+    }
+}
+
+/// The block's grid: `scale = d`, `offset = -16 d`, `q` in `(0, 31)` (the stored 5-bit
+/// value). `scale * q + offset` equals [`dequantize_block_q5_0`]'s `(q - 16) * d` (both
+/// exact for finite `d`; a zero may differ in sign).
+pub fn block_grid_q5_0(b: &BlockQ5_0, scale: &mut [f32; QK5_0], offset: &mut [f32; QK5_0]) -> (i32, i32) {
+    let d = f16_to_f32(b.d);
+    scale.fill(d);
+    offset.fill(-16.0 * d);
+    (0, 31)
+}
+
+/// The stored codes (`0..=31`) in element order.
+pub fn block_codes_q5_0(b: &BlockQ5_0, codes: &mut [i32; QK5_0]) {
+    for (c, q) in codes.iter_mut().zip(quants(b)) {
+        *c = q + 16;
+    }
+}
+
+/// Stores `codes` (element order, each in `0..=31`; panics otherwise), keeping `d`.
+pub fn set_block_codes_q5_0(b: &mut BlockQ5_0, codes: &[i32; QK5_0]) {
+    check_codes("set_block_codes_q5_0", codes, 0, 31);
+    let mut qh = 0u32;
+    for j in 0..QK5_0 / 2 {
+        let (q0, q1) = (codes[j] as u32, codes[j + QK5_0 / 2] as u32);
+        b.qs[j] = ((q0 & 0x0f) | ((q1 & 0x0f) << 4)) as u8;
+        qh |= ((q0 >> 4) << j) | ((q1 >> 4) << (j + QK5_0 / 2));
+    }
+    b.qh = qh.to_le_bytes();
+}
+
 /// Q5_0 · Q8_0: per block `Σ (qw - 16) * qx` in i32, then scaled by `dw * dx`.
 pub fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
     assert_eq!(w.len(), x.len(), "vec_dot_q5_0_q8_0: block count mismatch");
@@ -143,5 +195,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q5_0, &[32, 96, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q5_0, &[32, 96, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q5_0 on 64 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.8768, log-normal
+        // importance (exp(1.5 z)) 0.6069.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q5_0, 64, 1024);
+        assert!(uniform < 0.89 && weighted < 0.66, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q5_0);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q5_0);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q5_0, 1.0);
     }
 }

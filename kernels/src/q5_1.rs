@@ -4,6 +4,7 @@
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::q8_1::BlockQ8_1;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_affine, Search};
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -91,6 +92,53 @@ pub fn dequantize_row_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
     }
 }
 
+/// Search effort of the weighted quantizer (see `weighted.rs`).
+const WEIGHTED: Search = Search { k: (18.0, 38.0), phases: &[0.0, 0.5], keep: 2, refits: 2 };
+
+/// Importance-weighted quantizer: as [`crate::q4_1::quantize_row_q4_1_weighted`] with 32
+/// levels — per block the f16 `(d, m)` and codes minimizing
+/// `Σ importance[i] (x[i] - x̂[i])²`, never worse than [`quantize_row_q5_1`] on a block.
+pub fn quantize_row_q5_1_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ5_1]) {
+    assert_eq!(src.len(), dst.len() * QK5_1, "quantize_row_q5_1_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q5_1_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK5_1).zip(importance.chunks_exact(QK5_1)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK5_1];
+        block_weights(imp, &mut w);
+        let mut q = [0i32; QK5_1];
+        let (d, m) = quantize_affine(x, &w, 31, &WEIGHTED, &mut q);
+        let mut ours = BlockQ5_1 { d, m, qh: [0; 4], qs: [0; QK5_1 / 2] };
+        set_block_codes_q5_1(&mut ours, &q);
+        let mut reference = BlockQ5_1::zeroed();
+        quantize_row_q5_1(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q5_1);
+    }
+}
+
+/// The block's grid: `scale = d`, `offset = m`, `q` in `(0, 31)`. `scale * q + offset` is
+/// exactly [`dequantize_block_q5_1`]'s `q * d + m`.
+pub fn block_grid_q5_1(b: &BlockQ5_1, scale: &mut [f32; QK5_1], offset: &mut [f32; QK5_1]) -> (i32, i32) {
+    scale.fill(f16_to_f32(b.d));
+    offset.fill(f16_to_f32(b.m));
+    (0, 31)
+}
+
+/// The stored codes (`0..=31`) in element order.
+pub fn block_codes_q5_1(b: &BlockQ5_1, codes: &mut [i32; QK5_1]) {
+    *codes = quants(b);
+}
+
+/// Stores `codes` (element order, each in `0..=31`; panics otherwise), keeping `d`, `m`.
+pub fn set_block_codes_q5_1(b: &mut BlockQ5_1, codes: &[i32; QK5_1]) {
+    check_codes("set_block_codes_q5_1", codes, 0, 31);
+    let mut qh = 0u32;
+    for j in 0..QK5_1 / 2 {
+        let (q0, q1) = (codes[j] as u32, codes[j + QK5_1 / 2] as u32);
+        b.qs[j] = ((q0 & 0x0f) | ((q1 & 0x0f) << 4)) as u8;
+        qh |= ((q0 >> 4) << j) | ((q1 >> 4) << (j + QK5_1 / 2));
+    }
+    b.qh = qh.to_le_bytes();
+}
+
 /// Q5_1 · Q8_1: per block `Σ qw * qx` in i32, then `dw dx Σ + m s`.
 pub fn vec_dot_q5_1_q8_1(w: &[BlockQ5_1], x: &[BlockQ8_1]) -> f32 {
     assert_eq!(w.len(), x.len(), "vec_dot_q5_1_q8_1: block count mismatch");
@@ -140,5 +188,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q5_1, &[32, 96, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q5_1, &[32, 96, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q5_1 on 64 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.7558, log-normal
+        // importance (exp(1.5 z)) 0.4511.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q5_1, 64, 1024);
+        assert!(uniform < 0.77 && weighted < 0.5, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q5_1);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q5_1);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q5_1, 1.0);
     }
 }

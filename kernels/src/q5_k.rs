@@ -4,8 +4,9 @@
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::kquant::{get_scale_min_k4, Qkx2Params};
-use crate::q4_k::{dot_scaled_subblocks, fit_subblocks, quantize_scales, requantize};
+use crate::q4_k::{dot_scaled_subblocks, fit_subblocks, grid_k4, pack_weighted_scales, quantize_scales, requantize};
 use crate::q8_k::BlockQ8K;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
 use crate::QK_K;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -87,6 +88,68 @@ pub fn dequantize_row_q5_k(src: &[BlockQ5K], dst: &mut [f32]) {
     }
 }
 
+/// Shape and search windows of the weighted quantizer.
+const WEIGHTED: KSpec = KSpec {
+    sub: 32,
+    q: (0, 31),
+    sc: (0, 63),
+    m_max: 63,
+    sub_k: (19.0, 38.0),
+    phases: &[0.0],
+    sc_k: (0.5, 1.3),
+    refine: 2,
+};
+
+/// Importance-weighted quantizer: as [`crate::q4_k::quantize_row_q4_k_weighted`] with
+/// 5-bit codes — per super-block the f16 `d`, `dmin`, 6-bit sub-block scales and mins and
+/// the codes minimizing `Σ importance[i] (x[i] - x̂[i])²`. Never worse than
+/// [`quantize_row_q5_k`] on a block.
+pub fn quantize_row_q5_k_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ5K]) {
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q5_k_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q5_k_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK_K).zip(importance.chunks_exact(QK_K)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK_K];
+        block_weights(imp, &mut w);
+        let k = quantize_k(&WEIGHTED, x, &w);
+        let mut ours = BlockQ5K::zeroed();
+        ours.d = k.d;
+        ours.dmin = k.dmin;
+        ours.scales = pack_weighted_scales(&k.sc, &k.m);
+        set_block_codes_q5_k(&mut ours, &k.q);
+        let mut reference = BlockQ5K::zeroed();
+        quantize_row_q5_k(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q5_k);
+    }
+}
+
+/// The block's grid: in sub-block `j` (32 elements), `scale = d * sc_j` and
+/// `offset = -(dmin * m_j)`, `q` in `(0, 31)`. `scale * q + offset` is exactly
+/// [`dequantize_block_q5_k`]'s `(d * sc) * q - (dmin * m)`.
+pub fn block_grid_q5_k(b: &BlockQ5K, scale: &mut [f32; QK_K], offset: &mut [f32; QK_K]) -> (i32, i32) {
+    grid_k4(b.d, b.dmin, &b.scales, scale, offset);
+    (0, 31)
+}
+
+/// The stored codes (`0..=31`) in element order.
+pub fn block_codes_q5_k(b: &BlockQ5K, codes: &mut [i32; QK_K]) {
+    for (c, q) in codes.iter_mut().zip(quants(b)) {
+        *c = q as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `0..=31`; panics otherwise), keeping the scales.
+pub fn set_block_codes_q5_k(b: &mut BlockQ5K, codes: &[i32; QK_K]) {
+    check_codes("set_block_codes_q5_k", codes, 0, 31);
+    b.qh = [0; QK_K / 8];
+    for c in 0..QK_K / 64 {
+        for i in 0..32 {
+            let (l1, l2) = (codes[64 * c + i] as u8, codes[64 * c + 32 + i] as u8);
+            b.qh[i] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
+            b.qs[32 * c + i] = (l1 & 0xf) | ((l2 & 0xf) << 4);
+        }
+    }
+}
+
 /// Q5_K · Q8_K: as Q4_K, `dx (d Σ_j sc_j Σ q qx - dmin Σ_j m_j bsums_j)` with the
 /// integer sums computed first.
 pub fn vec_dot_q5_k_q8_k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
@@ -139,5 +202,30 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q5_K, &[256, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q5_K, &[256, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q5_k on 32 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.8727, log-normal
+        // importance (exp(1.5 z)) 0.5514.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q5_K, 32, 1024);
+        assert!(uniform < 0.89 && weighted < 0.6, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q5_K);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q5_K);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        // Measured: 63 of 64 blocks.
+        check_grid_data_is_reproduced(GgmlType::Q5_K, 0.95);
     }
 }

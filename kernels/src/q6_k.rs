@@ -6,6 +6,7 @@ use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
 use crate::kquant::{dot_i32, make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use crate::q8_k::BlockQ8K;
+use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
 use crate::QK_K;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -118,6 +119,78 @@ pub fn dequantize_row_q6_k(src: &[BlockQ6K], dst: &mut [f32]) {
     }
 }
 
+/// Shape and search windows of the weighted quantizer.
+const WEIGHTED: KSpec = KSpec {
+    sub: 16,
+    q: (-32, 31),
+    sc: (-128, 127),
+    m_max: 0,
+    sub_k: (17.0, 38.0),
+    phases: &[0.0],
+    sc_k: (0.6, 1.2),
+    refine: 2,
+};
+
+/// Importance-weighted quantizer: per super-block the f16 `d`, the signed 8-bit sub-block
+/// scales and the codes minimizing `Σ importance[i] (x[i] - x̂[i])²`. Each sub-block of 16
+/// is fit by a least-squares search over every code vector in a window of scales (both
+/// signs); `d` comes from the same search over the sub-block scales (weighted by `Σ w q²`);
+/// every sub-block then takes the integer scale whose re-rounded codes give the lowest
+/// error, alternating with least-squares refits of `d` (see `weighted.rs`). Never worse
+/// than [`quantize_row_q6_k`] on a block.
+pub fn quantize_row_q6_k_weighted(src: &[f32], importance: &[f32], dst: &mut [BlockQ6K]) {
+    assert_eq!(src.len(), dst.len() * QK_K, "quantize_row_q6_k_weighted: length mismatch");
+    assert_eq!(importance.len(), src.len(), "quantize_row_q6_k_weighted: importance length mismatch");
+    for ((x, imp), y) in src.chunks_exact(QK_K).zip(importance.chunks_exact(QK_K)).zip(dst.iter_mut()) {
+        let mut w = [0.0f32; QK_K];
+        block_weights(imp, &mut w);
+        let k = quantize_k(&WEIGHTED, x, &w);
+        let mut ours = BlockQ6K::zeroed();
+        ours.d = k.d;
+        for (s, &sc) in ours.scales.iter_mut().zip(&k.sc) {
+            *s = sc as i8;
+        }
+        set_block_codes_q6_k(&mut ours, &k.q);
+        let mut reference = BlockQ6K::zeroed();
+        quantize_row_q6_k(x, core::slice::from_mut(&mut reference));
+        *y = pick_block(x, &w, ours, reference, dequantize_block_q6_k);
+    }
+}
+
+/// The block's grid: in sub-block `j` (16 elements), `scale = d * sc_j`, `offset = 0`,
+/// `q` in `(-32, 31)`. `scale * q + offset` equals [`dequantize_block_q6_k`]'s
+/// `(d * sc) * q` (a zero may differ in sign).
+pub fn block_grid_q6_k(b: &BlockQ6K, scale: &mut [f32; QK_K], offset: &mut [f32; QK_K]) -> (i32, i32) {
+    let d = f16_to_f32(b.d);
+    for (s, &sc) in scale.chunks_exact_mut(16).zip(&b.scales) {
+        s.fill(d * sc as f32);
+    }
+    offset.fill(0.0);
+    (-32, 31)
+}
+
+/// The stored codes (`-32..=31`) in element order.
+pub fn block_codes_q6_k(b: &BlockQ6K, codes: &mut [i32; QK_K]) {
+    for (c, q) in codes.iter_mut().zip(quants(b)) {
+        *c = q as i32;
+    }
+}
+
+/// Stores `codes` (element order, each in `-32..=31`; panics otherwise), keeping the
+/// scales.
+pub fn set_block_codes_q6_k(b: &mut BlockQ6K, codes: &[i32; QK_K]) {
+    check_codes("set_block_codes_q6_k", codes, -32, 31);
+    for h in 0..2 {
+        for i in 0..32 {
+            let e = 128 * h + i;
+            let q = [codes[e], codes[e + 32], codes[e + 64], codes[e + 96]].map(|c| (c + 32) as u8);
+            b.ql[64 * h + i] = (q[0] & 0xf) | ((q[2] & 0xf) << 4);
+            b.ql[64 * h + 32 + i] = (q[1] & 0xf) | ((q[3] & 0xf) << 4);
+            b.qh[32 * h + i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+        }
+    }
+}
+
 /// Q6_K · Q8_K: per block `isum = Σ_j sc_j Σ_{i in j} q_i qx_i` in i32, then
 /// `d dx isum`.
 pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
@@ -181,5 +254,29 @@ mod tests {
     fn vec_dot_paths() {
         check_vec_dot(GgmlType::Q6_K, &[256, 1024], 0.01);
         check_vec_dot_f32(GgmlType::Q6_K, &[256, 1024]);
+    }
+
+    #[test]
+    fn weighted_beats_reference() {
+        // Squared error relative to quantize_row_q6_k on 32 x 1024 N(0, 1) values (block by
+        // block never worse; checked inside). Measured: uniform importance 0.8467, log-normal
+        // importance (exp(1.5 z)) 0.5151.
+        let (uniform, weighted) = weighted_vs_reference(GgmlType::Q6_K, 32, 1024);
+        assert!(uniform < 0.86 && weighted < 0.56, "uniform {uniform}, weighted {weighted}");
+    }
+
+    #[test]
+    fn weighted_edge_cases() {
+        check_weighted_edge_cases(GgmlType::Q6_K);
+    }
+
+    #[test]
+    fn block_grid_contract() {
+        check_block_grid(GgmlType::Q6_K);
+    }
+
+    #[test]
+    fn grid_data_is_reproduced() {
+        check_grid_data_is_reproduced(GgmlType::Q6_K, 1.0);
     }
 }

@@ -12,7 +12,7 @@
 //! Block formats fix their parameters (scales, mins) per block: when the first column of a
 //! block is reached, the block's parameters are chosen by the importance-weighted quantizer
 //! from the current (already compensated) values, and its columns are then rounded one at a
-//! time on that block's grid (`crate::kq::block_grid`). Rows are independent, so they are
+//! time on that block's grid (`pith_kernels::block_grid`). Rows are independent, so they are
 //! spread over threads.
 
 use crate::error::{CompressError, Result};
@@ -187,8 +187,8 @@ fn quantize_row_compensated(
     for (b, block) in dst.chunks_exact_mut(bb).enumerate() {
         let c0 = b * bs;
         // Parameters from the current, compensated values of this block.
-        crate::kq::quantize_row_weighted(ty, &w[c0..c0 + bs], &importance[c0..c0 + bs], block);
-        let (qmin, qmax) = crate::kq::block_grid(ty, block, scale, offset);
+        pith_kernels::quantize_row_weighted(ty, &w[c0..c0 + bs], &importance[c0..c0 + bs], block);
+        let (qmin, qmax) = pith_kernels::block_grid(ty, block, scale, offset);
         for j in 0..bs {
             let i = c0 + j;
             let q = if scale[j] != 0.0 {
@@ -207,7 +207,7 @@ fn quantize_row_compensated(
                 }
             }
         }
-        crate::kq::set_block_codes(ty, block, codes);
+        pith_kernels::set_block_codes(ty, block, codes);
     }
 }
 

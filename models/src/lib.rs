@@ -16,7 +16,6 @@ pub mod error;
 pub mod eval;
 pub mod gptq;
 pub mod imatrix;
-mod kq;
 pub mod output;
 pub mod plot;
 pub mod progress;

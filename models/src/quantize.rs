@@ -364,7 +364,7 @@ fn convert(
     }
     let mut out = vec![0u8; t.n_rows() * rb];
     out.par_chunks_mut(rb).zip(rows.par_chunks(n)).for_each(|(d, s)| {
-        crate::kq::quantize_row_weighted(to, s, &importance, d);
+        pith_kernels::quantize_row_weighted(to, s, &importance, d);
         on_rows(1);
     });
     Ok((out, Method::Imatrix))
