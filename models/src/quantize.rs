@@ -114,7 +114,7 @@ pub fn parse_type(s: &str) -> Result<GgmlType> {
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third
 /// layer in between, get the larger type in the mixes.
 pub fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// A `--tensor-type PATTERN=TYPE` override. `PATTERN` matches a tensor name as a glob when it

@@ -35,7 +35,7 @@ fn model(n_embd: usize, n_vocab: usize) -> Vec<u8> {
 
 /// Arguments of any string-like types, as owned OS strings.
 macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$(std::ffi::OsString::from($a.clone())),*] };
+    ($($a:expr),* $(,)?) => { [$(std::ffi::OsString::from($a.clone())),*] };
 }
 
 fn run(args: &[std::ffi::OsString]) -> (bool, String) {
@@ -105,12 +105,12 @@ fn bad_inputs_are_named_and_leave_nothing_behind() {
     let good = d.put("good.gguf", &model(64, 40));
     let not_gguf = d.put("notes.gguf", b"this is not a model\n");
     let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
-        (args!["quantize", not_gguf, d.p("o1.gguf"), "--type", "q4_0"], "notes.gguf"),
-        (args!["quantize", good, d.p("o2.gguf"), "--type", "q4_2"], "unknown type 'q4_2'"),
-        (args!["quantize", good, d.p("o3.gguf"), "--type", "q4_0", "--tensor-type", "attn_q"], "PATTERN=TYPE"),
-        (args!["quantize", good, d.p("o4.gguf"), "--type", "q4_0", "--gptq"], "--gptq needs --imatrix"),
-        (args!["dequantize", good, d.p("o5.gguf"), "--type", "q4_0"], "f32, f16 or bf16"),
-        (args!["quantize", d.p("missing.gguf"), d.p("o6.gguf"), "--type", "q4_0"], "missing.gguf"),
+        (args!["quantize", not_gguf, d.p("o1.gguf"), "--type", "q4_0"].to_vec(), "notes.gguf"),
+        (args!["quantize", good, d.p("o2.gguf"), "--type", "q4_2"].to_vec(), "unknown type 'q4_2'"),
+        (args!["quantize", good, d.p("o3.gguf"), "--type", "q4_0", "--tensor-type", "attn_q"].to_vec(), "PATTERN=TYPE"),
+        (args!["quantize", good, d.p("o4.gguf"), "--type", "q4_0", "--gptq"].to_vec(), "--gptq needs --imatrix"),
+        (args!["dequantize", good, d.p("o5.gguf"), "--type", "q4_0"].to_vec(), "f32, f16 or bf16"),
+        (args!["quantize", d.p("missing.gguf"), d.p("o6.gguf"), "--type", "q4_0"].to_vec(), "missing.gguf"),
     ];
     for (args, want) in cases {
         let (ok, err) = run(&args);
