@@ -70,6 +70,11 @@ pub struct EvalArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Arithmetic of the evaluated models: `f32` (exactly dequantized weights, f32
+    /// activations) or `q8` (activations quantized to 8 bits and integer dots, as
+    /// llama.cpp's CPU backend computes; use it to compare with llama-perplexity).
+    #[arg(long, value_parser = ["f32", "q8"], default_value = "f32")]
+    pub precision: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,6 +333,19 @@ pub fn evaluate(
     tokens: &[u32],
     n_ctx: usize,
     max_chunks: usize,
+    on_chunk: impl FnMut(&Evaluation),
+) -> Result<Evaluation> {
+    evaluate_with(base, models, tokens, n_ctx, max_chunks, pith::Precision::F32, on_chunk)
+}
+
+/// [`evaluate`], running the models (not the base) with `precision`.
+pub fn evaluate_with(
+    base: &Engine<'_>,
+    models: &[(&str, &Engine<'_>)],
+    tokens: &[u32],
+    n_ctx: usize,
+    max_chunks: usize,
+    precision: pith::Precision,
     mut on_chunk: impl FnMut(&Evaluation),
 ) -> Result<Evaluation> {
     check_vocab(base, models)?;
@@ -342,7 +360,9 @@ pub fn evaluate(
     let mut base_state = State::new(&base.model, n_ctx, n_ctx).map_err(|e| model_err("base", e))?;
     let mut states = Vec::with_capacity(models.len());
     for (name, m) in models {
-        states.push(State::new(&m.model, n_ctx, n_ctx).map_err(|e| model_err(name, e))?);
+        let mut st = State::new(&m.model, n_ctx, n_ctx).map_err(|e| model_err(name, e))?;
+        st.set_precision(precision);
+        states.push(st);
     }
     let mut base_logits = vec![0f32; n_scored * nv];
     let mut base_norms = vec![RowNorm::default(); n_scored];
@@ -665,7 +685,8 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 
     let pb = crate::progress::bar(n_chunks as u64, "eval");
     let t1 = Instant::now();
-    let ev = evaluate(&base, &models, &tokens, a.ctx, a.chunks, |ev| {
+    let precision = if a.precision == "q8" { pith::Precision::Q8 } else { pith::Precision::F32 };
+    let ev = evaluate_with(&base, &models, &tokens, a.ctx, a.chunks, precision, |ev| {
         let mut line = format!("[{}/{}] base PPL {:.4}", ev.base.chunks, ev.n_chunks, ev.base.ppl());
         for m in &ev.models {
             let _ = write!(

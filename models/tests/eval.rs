@@ -144,6 +144,7 @@ fn args(models: &[&Path], base: &Path, file: &Path, ctx: usize) -> EvalArgs {
         plot: None,
         force: false,
         output: OutputFormat::Table,
+        precision: "f32".into(),
     }
 }
 
