@@ -282,8 +282,9 @@ pub fn load(path: &Path) -> Result<Imatrix> {
         if !(count.is_finite() && count >= 1.0) || sum2.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return Err(bad(format!("{w}: counts or sums are not finite and non-negative")));
         }
-        let key = site_key(w, g.tensor("output.weight").is_none() && w == "token_embd.weight")
-            .unwrap_or_else(|| w.to_string());
+        // An imatrix file holds no model tensors: statistics stored under `token_embd.weight`
+        // can only come from the embedding used as the (tied) output matmul.
+        let key = site_key(w, true).unwrap_or_else(|| w.to_string());
         im.weights.insert(w.to_string(), key.clone());
         if im.sites.contains_key(&key) {
             continue;
