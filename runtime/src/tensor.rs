@@ -181,3 +181,65 @@ fn matmul_rows_hot_loop(w: &Weight<'_>, x: &[f32], n_tok: usize, r0: usize, rows
         i += nr;
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+
+    /// A pseudo-random `n_rows × n_cols` weight of type `ty`, encoded.
+    fn weight_bytes(ty: GgmlType, n_rows: usize, n_cols: usize, seed: u32) -> Vec<u8> {
+        let rb = ty.row_bytes(n_cols).unwrap();
+        let mut data = vec![0u8; n_rows * rb];
+        let mut s = seed;
+        let mut row = vec![0.0f32; n_cols];
+        for r in 0..n_rows {
+            for v in row.iter_mut() {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *v = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            }
+            pith_kernels::quantize_row(ty, &row, &mut data[r * rb..(r + 1) * rb]);
+        }
+        data
+    }
+
+    /// Every thread count gives bit-identical results: each row is computed the same way
+    /// whichever thread takes it.
+    #[test]
+    fn matmuls_are_identical_for_every_thread_count() {
+        let n_cols = 64;
+        let ty = GgmlType::Q4_1;
+        let shapes = [37usize, 8, 100];
+        let bytes: Vec<Vec<u8>> =
+            shapes.iter().enumerate().map(|(i, &n)| weight_bytes(ty, n, n_cols, i as u32)).collect();
+        let ws: Vec<Weight<'_>> =
+            shapes.iter().zip(&bytes).map(|(&n_rows, data)| Weight { ty, n_rows, n_cols, data }).collect();
+        let pools = [Pool::single(), Pool::new(2).unwrap(), Pool::new(3).unwrap()];
+        for precision in [Precision::F32, Precision::Q8] {
+            for n_tok in [1, 5, 30] {
+                let x: Vec<f32> = (0..n_tok * n_cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+                let results: Vec<Vec<Vec<f32>>> = pools
+                    .iter()
+                    .map(|pool| {
+                        let mut scratch = MatmulScratch { precision, ..Default::default() };
+                        let mut one = vec![0.0f32; n_tok * ws[2].n_rows];
+                        matmul(pool, &mut scratch, &ws[2], &x, n_tok, &mut one);
+                        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; n_tok * w.n_rows]).collect();
+                        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                        matmul_many(pool, &mut scratch, &ws.iter().collect::<Vec<_>>(), &x, n_tok, &mut refs);
+                        outs.push(one);
+                        outs
+                    })
+                    .collect();
+                for (pool, r) in pools.iter().zip(&results).skip(1) {
+                    for (a, b) in r.iter().zip(&results[0]) {
+                        let (a, b): (Vec<u32>, Vec<u32>) =
+                            (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());
+                        assert_eq!(a, b, "{precision:?}, {n_tok} tokens, {} threads", pool.threads());
+                    }
+                }
+                // matmul_many agrees with a separate matmul of the same weight.
+                assert_eq!(results[0][2], results[0][3], "{precision:?}, {n_tok} tokens: matmul_many vs matmul");
+            }
+        }
+    }
+}
