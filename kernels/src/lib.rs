@@ -50,6 +50,8 @@ pub mod f16;
 pub mod f32;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 pub mod gemm;
+#[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
+pub mod gemm_q8;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -70,6 +72,7 @@ pub use dispatch::{
     set_block_codes, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on,
 };
 pub use gemm::gemm_f32;
+pub use gemm_q8::{gemm_q8, gemm_q8_on, gemm_q8_supported, ActsQ8, PackedTile, GEMM_Q8_ROWS};
 pub use simd::{
     available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,
     KernelPath,

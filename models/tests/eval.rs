@@ -185,7 +185,14 @@ fn a_model_against_itself_has_zero_kld_and_pith_perplexitys_ppl() {
         assert_eq!(m.ln_ppl_ratio().0, 0.0);
         // `pith perplexity`'s own function on the same tokens.
         let bos = if base.tokenizer.add_bos() { base.tokenizer.bos() } else { None };
-        let want = pith::perplexity::perplexity(&base.model, &base.pool, &tokens, CTX, 3, bos, |_| {}).unwrap();
+        let want = pith::perplexity::perplexity(
+            &base.model,
+            &base.pool,
+            &tokens,
+            pith::perplexity::PerplexityParams { n_ctx: CTX, max_chunks: 3, bos, precision: pith::Precision::F32 },
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(ev.base, want);
         assert_eq!(m.ppl, want);
         assert!(want.ppl() > 1.0 && want.ppl().is_finite());
@@ -213,7 +220,14 @@ fn quantized_copies_diverge_in_order_of_precision() {
     // Each model's PPL is the runtime's perplexity of that model on the same tokens.
     let bos = e[0].tokenizer.bos();
     for (m, eng) in ev.models.iter().zip(&e[1..]) {
-        let want = pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, CTX, 0, bos, |_| {}).unwrap();
+        let want = pith::perplexity::perplexity(
+            &eng.model,
+            &eng.pool,
+            &tokens,
+            pith::perplexity::PerplexityParams { n_ctx: CTX, max_chunks: 0, bos, precision: pith::Precision::F32 },
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(m.ppl, want, "{}", m.name);
         assert!(m.ppl.ppl() != ev.base.ppl());
         assert!((m.ln_ppl_ratio().0 - (m.ppl.ppl() / ev.base.ppl()).ln()).abs() < 1e-9);

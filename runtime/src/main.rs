@@ -483,10 +483,16 @@ fn perplexity(a: PerplexityArgs) -> Res<()> {
         t0.elapsed().as_secs_f64()
     );
     let t1 = std::time::Instant::now();
-    let stats = pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, a.ctx, a.chunks, bos, |s| {
-        print!("[{}]{:.4},", s.chunks, s.ppl());
-        let _ = std::io::stdout().flush();
-    })
+    let stats = pith::perplexity::perplexity(
+        &eng.model,
+        &eng.pool,
+        &tokens,
+        pith::perplexity::PerplexityParams { n_ctx: a.ctx, max_chunks: a.chunks, bos, precision: a.model.precision },
+        |s| {
+            print!("[{}]{:.4},", s.chunks, s.ppl());
+            let _ = std::io::stdout().flush();
+        },
+    )
     .map_err(|e| e.to_string())?;
     println!();
     let secs = t1.elapsed().as_secs_f64();

@@ -7,7 +7,7 @@
 
 use crate::model::{Logits, Model, State};
 use crate::parallel::Pool;
-use crate::{Error, Result};
+use crate::{Error, Precision, Result};
 
 /// Running and final figures.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -49,16 +49,28 @@ pub fn nll(logits: &[f32], tok: u32) -> f64 {
     -((logits[tok as usize] - max) as f64 - sum.ln())
 }
 
+/// How [`perplexity`] cuts and evaluates the text.
+#[derive(Clone, Copy, Debug)]
+pub struct PerplexityParams {
+    /// Chunk (context) size.
+    pub n_ctx: usize,
+    /// Chunks to evaluate (0 = all).
+    pub max_chunks: usize,
+    /// Replaces each chunk's first token when the model wants a BOS.
+    pub bos: Option<u32>,
+    /// Matmul arithmetic.
+    pub precision: Precision,
+}
+
 /// Evaluates up to `max_chunks` chunks (0 = all) of `tokens`, calling `on_chunk` after each.
 pub fn perplexity(
     model: &Model<'_>,
     pool: &Pool,
     tokens: &[u32],
-    n_ctx: usize,
-    max_chunks: usize,
-    bos: Option<u32>,
+    params: PerplexityParams,
     mut on_chunk: impl FnMut(&PerplexityStats),
 ) -> Result<PerplexityStats> {
+    let PerplexityParams { n_ctx, max_chunks, bos, precision } = params;
     if n_ctx < 4 {
         return Err(Error::BadHyperParam { key: "ctx".into(), reason: format!("{n_ctx} is too small for perplexity") });
     }
@@ -73,6 +85,7 @@ pub fn perplexity(
     let n_vocab = model.config.n_vocab;
     let first = n_ctx / 2;
     let mut state = State::new(model, n_ctx, n_ctx)?;
+    state.set_precision(precision);
     let mut stats = PerplexityStats::default();
     let mut chunk = vec![0u32; n_ctx];
     for c in 0..n_chunks {

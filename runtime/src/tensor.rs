@@ -57,7 +57,51 @@ pub struct MatmulScratch {
     out_t: Vec<f32>,
     /// (n_tok, row bytes of the activation type): quantized activations.
     xq: Vec<u8>,
+    /// Batches with `Precision::Q8`: activations quantized for the integer gemm.
+    acts: pith_kernels::ActsQ8,
 }
+
+/// Whether a batch of `n_tok` tokens against `w` takes the integer gemm.
+fn takes_gemm_q8(precision: Precision, w: &Weight<'_>, n_tok: usize) -> bool {
+    n_tok > 1 && precision == Precision::Q8 && pith_kernels::gemm_q8_supported(w.ty, w.n_cols)
+}
+
+/// A batch through the integer gemm: `acts` (n_tok, n_cols) quantized, `out` (n_tok, n_rows).
+/// Rows are split across threads in multiples of the 16-row tile; each thread packs its tiles
+/// and writes its rows of every token's output in place.
+fn matmul_gemm_q8(pool: &Pool, acts: &pith_kernels::ActsQ8, w: &Weight<'_>, out: &mut [f32]) {
+    let (n_rows, n_tok) = (w.n_rows, acts.n_tok());
+    assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
+    let rb = w.row_bytes();
+    let chunk_rows = n_rows.div_ceil(pool.threads() * 4).next_multiple_of(GEMM_ROWS).max(GEMM_ROWS);
+    // parts[c][t]: chunk c's rows of token t's output.
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..n_rows.div_ceil(chunk_rows)).map(|_| Vec::with_capacity(n_tok)).collect();
+    for mut rest in out.chunks_exact_mut(n_rows) {
+        for part in parts.iter_mut() {
+            let (mine, tail) = rest.split_at_mut(chunk_rows.min(rest.len()));
+            part.push(mine);
+            rest = tail;
+        }
+    }
+    pool.for_each_chunk(&mut parts, 1, &|ci, part: &mut [Vec<&mut [f32]>]| {
+        let r0 = ci * chunk_rows;
+        let rows = part[0][0].len();
+        let mut tile = pith_kernels::PackedTile::default();
+        pith_kernels::gemm_q8(w.ty, &w.data[r0 * rb..(r0 + rows) * rb], rows, acts, &mut part[0], &mut tile);
+    });
+}
+
+/// `out[t * n_rows + r] = out_t[r * n_tok + t]`.
+fn transpose_into(out_t: &[f32], n_tok: usize, out: &mut [f32]) {
+    let n_rows = out_t.len() / n_tok;
+    for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
+        for (t, &v) in col.iter().enumerate() {
+            out[t * n_rows + r] = v;
+        }
+    }
+}
+
+const GEMM_ROWS: usize = pith_kernels::GEMM_Q8_ROWS;
 
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` — `x`: (n_tok, n_cols), `out`: (n_tok, n_rows).
 ///
@@ -68,6 +112,11 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     let (n_rows, n_cols) = (w.n_rows, w.n_cols);
     assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
     assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
+    if takes_gemm_q8(scratch.precision, w, n_tok) {
+        scratch.acts.quantize(x, n_cols);
+        matmul_gemm_q8(pool, &scratch.acts, w, out);
+        return;
+    }
     // Batches: enough chunks to balance threads, each a multiple of the tile. One token: one
     // chunk per thread, since each task's work is small next to the cost of handing it out.
     let chunk_rows = if n_tok == 1 {
@@ -107,11 +156,7 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
         });
     }
     if n_tok > 1 {
-        for (r, col) in scratch.out_t.chunks_exact(n_tok).enumerate() {
-            for (t, &v) in col.iter().enumerate() {
-                out[t * n_rows + r] = v;
-            }
-        }
+        transpose_into(&scratch.out_t, n_tok, out);
     }
 }
 
@@ -129,6 +174,14 @@ pub fn matmul_many(
     outs: &mut [&mut [f32]],
 ) {
     assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
+    if ws.iter().all(|w| takes_gemm_q8(scratch.precision, w, n_tok) && w.n_cols == ws[0].n_cols) {
+        // One quantization of the shared input for every weight.
+        scratch.acts.quantize(x, ws[0].n_cols);
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul_gemm_q8(pool, &scratch.acts, w, out);
+        }
+        return;
+    }
     if n_tok != 1 || scratch.precision != Precision::F32 || pool.threads() == 1 {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul(pool, scratch, w, x, n_tok, out);

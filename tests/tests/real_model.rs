@@ -55,10 +55,37 @@ fn perplexity_first_chunks_match_f16_reference() {
     let eng = Engine::load(&file, 2).unwrap();
     let tokens = eng.tokenizer.encode(&text, false).unwrap();
     let mut got = Vec::new();
-    pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, 512, 2, None, |s| got.push(s.ppl())).unwrap();
+    pith::perplexity::perplexity(
+        &eng.model,
+        &eng.pool,
+        &tokens,
+        pith::perplexity::PerplexityParams { n_ctx: 512, max_chunks: 2, bos: None, precision: pith::Precision::F32 },
+        |s| got.push(s.ppl()),
+    )
+    .unwrap();
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
         let rel = (g - w).abs() / w;
         eprintln!("chunk {}: pith {g:.4}, llama.cpp F16 {w:.4} ({:.3} %)", k + 1, rel * 100.0);
+        assert!(rel < 0.005, "chunk {}: {g} vs {w}", k + 1);
+    }
+}
+
+#[test]
+fn perplexity_q8_first_chunks_match_llama_cpp_q4_1() {
+    // llama.cpp's running PPL on the Q4_1 file after chunks 1 and 2, with its activations
+    // quantized to 8 bits as pith's `--precision q8` (the integer gemm) does.
+    let want = [12.8254, 21.6163];
+    let text = std::fs::read_to_string(fixture("wikitext-2-raw-test.head16k.txt")).unwrap();
+    let file = MappedFile::open(model_path()).unwrap();
+    let eng = Engine::load(&file, 2).unwrap();
+    let tokens = eng.tokenizer.encode(&text, false).unwrap();
+    let params =
+        pith::perplexity::PerplexityParams { n_ctx: 512, max_chunks: 2, bos: None, precision: pith::Precision::Q8 };
+    let mut got = Vec::new();
+    pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, params, |s| got.push(s.ppl())).unwrap();
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        let rel = (g - w).abs() / w;
+        eprintln!("chunk {}: pith q8 {g:.4}, llama.cpp Q4_1 {w:.4} ({:.3} %)", k + 1, rel * 100.0);
         assert!(rel < 0.005, "chunk {}: {g} vs {w}", k + 1);
     }
 }

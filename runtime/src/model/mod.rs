@@ -4,6 +4,7 @@
 //! embed → for each layer { RMSNorm → Q,K,V → RoPE → cache → attention → O → +residual →
 //! RMSNorm → gate,up → SwiGLU → down → +residual } → RMSNorm → output → logits.
 
+mod attention;
 mod config;
 
 pub use config::{Config, RopeStyle};
@@ -195,6 +196,7 @@ pub struct State {
     logits: Vec<f32>,      // (n_out, n_vocab)
     kf: Vec<f32>,          // (n_pos, kv_dim) one layer's keys, widened for attention
     vf: Vec<f32>,          // (n_pos, kv_dim) one layer's values, widened for attention
+    att_tmp: Vec<f32>,     // (n_head, n_batch rounded up, head_dim) batch attention by head
     rope: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) cos, sin
     scratch: MatmulScratch,
 }
@@ -248,6 +250,7 @@ impl State {
             logits: Vec::new(),
             kf: Vec::new(),
             vf: Vec::new(),
+            att_tmp: Vec::new(),
             rope,
             scratch: MatmulScratch::default(),
         })
@@ -368,16 +371,19 @@ impl Model<'_> {
             let q = &s.q;
             let (hd, group) = (c.head_dim, c.n_head / c.n_head_kv);
             let scale = 1.0 / math::sqrtf(hd as f32);
-            // One chunk of `att` per (token, head): attention over positions 0..=p0+t. A single
-            // token's heads over a short context are less work than handing them to threads.
-            let single = Pool::single();
-            let att_pool = if n == 1 && n_pos < 256 { &single } else { pool };
-            att_pool.for_each_chunk(&mut s.att, hd, &|i, out: &mut [f32]| {
-                let (t, h) = (i / c.n_head, i % c.n_head);
-                let kvh = h / group;
-                let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                attention_head(qh, kc, vc, kvd, kvh * hd, p0 + t + 1, scale, out);
-            });
+            if n > 1 {
+                let shape = attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n, scale };
+                attention::attention_batch(pool, &shape, q, kc, vc, &mut s.att, &mut s.att_tmp);
+            } else {
+                // One chunk of `att` per head. A single token's heads over a short context are
+                // less work than handing them to threads.
+                let single = Pool::single();
+                let att_pool = if n_pos < 256 { &single } else { pool };
+                att_pool.for_each_chunk(&mut s.att, hd, &|h, out: &mut [f32]| {
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    attention_head(qh, kc, vc, kvd, (h / group) * hd, p0 + 1, scale, out);
+                });
+            }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
