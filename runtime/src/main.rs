@@ -53,8 +53,8 @@ struct BenchArgs {
     /// Output format: table or json.
     #[arg(short = 'o', long = "output", default_value = "table")]
     output: String,
-    /// Matmul arithmetic (f32 or q8).
-    #[arg(long = "precision", default_value = "f32", value_parser = parse_precision)]
+    /// Matmul arithmetic: q8 (8-bit activations, integer dot products: the fast path) or f32.
+    #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
     /// Also measure the machine's read bandwidth (STREAM-style) and compare.
     #[arg(long)]
@@ -70,9 +70,10 @@ struct ModelArgs {
     /// Worker threads (0 = one per core).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
-    /// Matmul arithmetic: f32 (activations in f32 against exactly dequantized weights) or q8
-    /// (activations quantized to 8 bits, integer dot products, as llama.cpp's CPU backend).
-    #[arg(long = "precision", default_value = "f32", value_parser = parse_precision)]
+    /// Matmul arithmetic: q8 (activations quantized to 8 bits, integer dot products, as
+    /// llama.cpp's CPU backend: the fast path) or f32 (f32 activations against exactly
+    /// dequantized weights).
+    #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
 }
 

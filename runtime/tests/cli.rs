@@ -137,7 +137,13 @@ fn inspect_lists_metadata_and_tensors() {
 fn chat_takes_one_turn_per_line_and_resets() {
     let m = model();
     let input = b"What is the capital of France?\nAnd of Italy?\n/reset\nWhat is the capital of France?\n";
-    let o = pith(&["chat", "-m", m.to_str().unwrap(), "--temp", "0", "-n", "24", "-c", "512"], Some(input));
+    // f32 arithmetic: with the chat template, SmolLM2's first reply token is a near tie (" The"
+    // 25.32 vs " L" 25.24 in f32) that 8-bit activations flip; this test is about turns and
+    // resets, not arithmetic.
+    let o = pith(
+        &["chat", "-m", m.to_str().unwrap(), "--temp", "0", "-n", "24", "-c", "512", "--precision", "f32"],
+        Some(input),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     let replies: Vec<&str> = out.split('\n').filter(|l| !l.trim().is_empty()).collect();
