@@ -24,7 +24,7 @@ use crate::plot;
 use pith::engine::Engine;
 use pith::file::MappedFile;
 use pith::gguf::Gguf;
-use pith::perplexity::PerplexityStats;
+use pith::perplexity::{LogSoftmaxRow, PerplexityStats};
 use pith::{Logits, State};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -80,45 +80,9 @@ pub struct EvalArgs {
 // ---------------------------------------------------------------------------------------------
 // Pure helpers
 
-/// The log-softmax normalisation of one logit row: `log p(v) = (l[v] − max) − log_sum`, computed
-/// as `pith::perplexity::nll` does (max in f32, Σ exp in f64), so NLLs agree with it exactly.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct RowNorm {
-    pub max: f32,
-    pub log_sum: f64,
-    /// The first index of the largest logit (top-1 token).
-    pub argmax: usize,
-}
-
-impl RowNorm {
-    pub fn of(logits: &[f32]) -> RowNorm {
-        let mut max = f32::NEG_INFINITY;
-        let mut argmax = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            if l > max {
-                max = l;
-                argmax = i;
-            }
-        }
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        RowNorm { max, log_sum: sum.ln(), argmax }
-    }
-
-    /// log p of a logit of this row.
-    #[inline]
-    pub fn log_p(&self, logit: f32) -> f64 {
-        (logit - self.max) as f64 - self.log_sum
-    }
-}
-
-/// −log p(tok) of a row.
-pub fn nll(logits: &[f32], norm: &RowNorm, tok: u32) -> f64 {
-    -norm.log_p(logits[tok as usize])
-}
-
 /// KL(p ‖ q) = Σ p (log p − log q) of two logit rows of the same length, in f64. Terms with
 /// p = 0 contribute nothing; q = 0 where p > 0 gives +∞.
-pub fn kld_normed(p_logits: &[f32], p: &RowNorm, q_logits: &[f32], q: &RowNorm) -> f64 {
+pub fn kld_normed(p_logits: &[f32], p: &LogSoftmaxRow, q_logits: &[f32], q: &LogSoftmaxRow) -> f64 {
     let mut s = 0.0f64;
     for (&a, &b) in p_logits.iter().zip(q_logits) {
         let lp = p.log_p(a);
@@ -132,12 +96,12 @@ pub fn kld_normed(p_logits: &[f32], p: &RowNorm, q_logits: &[f32], q: &RowNorm) 
 
 /// KL(p ‖ q) of two logit rows (softmax of each).
 pub fn kld(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    kld_normed(p_logits, &RowNorm::of(p_logits), q_logits, &RowNorm::of(q_logits))
+    kld_normed(p_logits, &LogSoftmaxRow::of(p_logits), q_logits, &LogSoftmaxRow::of(q_logits))
 }
 
 /// Whether two rows have the same top-1 token (first index of the maximum).
 pub fn same_top1(a: &[f32], b: &[f32]) -> bool {
-    RowNorm::of(a).argmax == RowNorm::of(b).argmax
+    LogSoftmaxRow::of(a).argmax == LogSoftmaxRow::of(b).argmax
 }
 
 /// llama-perplexity's percentile of sorted values: linear interpolation at `fraction × (n − 1)`
@@ -300,13 +264,11 @@ pub fn check_ctx(n_ctx: usize) -> Result<()> {
 /// The number of chunks of `n_ctx` to evaluate among `n_tokens` (`max_chunks` 0 = all).
 pub fn chunk_count(n_tokens: usize, n_ctx: usize, max_chunks: usize) -> Result<usize> {
     check_ctx(n_ctx)?;
-    let available = n_tokens / n_ctx;
-    if available == 0 {
-        return Err(CompressError::BadOption(format!(
+    pith::perplexity::chunk_count(n_tokens, n_ctx, max_chunks).ok_or_else(|| {
+        CompressError::BadOption(format!(
             "the text has {n_tokens} tokens, fewer than one chunk of {n_ctx} (-c); give a longer text or a smaller -c"
-        )));
-    }
-    Ok(if max_chunks == 0 { available } else { max_chunks.min(available) })
+        ))
+    })
 }
 
 /// Checks that every model has the base's vocabulary size.
@@ -358,6 +320,8 @@ pub fn evaluate_with(
         |name: &str, e: pith::Error| CompressError::EvalModel { model: name.to_string(), why: e.to_string() };
 
     let mut base_state = State::new(&base.model, n_ctx, n_ctx).map_err(|e| model_err("base", e))?;
+    // The base is the reference: always exact f32 arithmetic, whatever `--precision` the models get.
+    base_state.set_precision(pith::Precision::F32);
     let mut states = Vec::with_capacity(models.len());
     for (name, m) in models {
         let mut st = State::new(&m.model, n_ctx, n_ctx).map_err(|e| model_err(name, e))?;
@@ -365,7 +329,7 @@ pub fn evaluate_with(
         states.push(st);
     }
     let mut base_logits = vec![0f32; n_scored * nv];
-    let mut base_norms = vec![RowNorm::default(); n_scored];
+    let mut base_norms = vec![LogSoftmaxRow::default(); n_scored];
     let mut cmp = vec![TokenCmp::default(); n_scored];
     let mut ev = Evaluation {
         n_ctx,
@@ -402,12 +366,12 @@ pub fn evaluate_with(
         base.pool.for_each_chunk(&mut base_norms, per, &|i, out| {
             for (k, o) in out.iter_mut().enumerate() {
                 let r = i * per + k;
-                *o = RowNorm::of(&bl[r * nv..(r + 1) * nv]);
+                *o = LogSoftmaxRow::of(&bl[r * nv..(r + 1) * nv]);
             }
         });
         let mut base_nll = Vec::with_capacity(n_scored);
         for (r, norm) in base_norms.iter().enumerate() {
-            let v = nll(&base_logits[r * nv..(r + 1) * nv], norm, next[r]);
+            let v = norm.nll(&base_logits[r * nv..(r + 1) * nv], next[r]);
             ev.base.nll += v;
             ev.base.nll2 += v * v;
             ev.base.count += 1;
@@ -429,9 +393,9 @@ pub fn evaluate_with(
                 for (k, o) in out.iter_mut().enumerate() {
                     let r = i * per + k;
                     let (pb, qm) = (&bl[r * nv..(r + 1) * nv], &ml[r * nv..(r + 1) * nv]);
-                    let qn = RowNorm::of(qm);
+                    let qn = LogSoftmaxRow::of(qm);
                     *o = TokenCmp {
-                        nll: nll(qm, &qn, next[r]),
+                        nll: qn.nll(qm, next[r]),
                         kld: kld_normed(pb, &bn[r], qm, &qn),
                         same_top: bn[r].argmax == qn.argmax,
                     };
@@ -817,15 +781,15 @@ mod tests {
         assert!(same_top1(&[0.0, 5.0, 1.0], &[-3.0, 0.5, 0.4]));
         assert!(!same_top1(&[0.0, 5.0, 1.0], &[0.0, 1.0, 5.0]));
         // Ties go to the first index.
-        assert_eq!(RowNorm::of(&[2.0, 7.0, 7.0]).argmax, 1);
+        assert_eq!(LogSoftmaxRow::of(&[2.0, 7.0, 7.0]).argmax, 1);
         // NLL agrees with the runtime's exactly.
         let r = rows(3, 300);
-        let n = RowNorm::of(&r);
+        let n = LogSoftmaxRow::of(&r);
         for tok in [0u32, 17, 299] {
-            assert_eq!(nll(&r, &n, tok), pith::perplexity::nll(&r, tok));
+            assert_eq!(n.nll(&r, tok), pith::perplexity::nll(&r, tok));
         }
-        let n2 = RowNorm::of(&[0.0, 0.0]);
-        assert!((nll(&[0.0, 0.0], &n2, 1) - 2f64.ln()).abs() < 1e-15);
+        let n2 = LogSoftmaxRow::of(&[0.0, 0.0]);
+        assert!((n2.nll(&[0.0, 0.0], 1) - 2f64.ln()).abs() < 1e-15);
     }
 
     #[test]

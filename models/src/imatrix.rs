@@ -168,14 +168,12 @@ pub fn collect(
     if n_ctx < 2 {
         return Err(CompressError::BadOption(format!("-c {n_ctx}: a chunk needs at least 2 tokens")));
     }
-    let available = tokens.len() / n_ctx;
-    if available == 0 {
-        return Err(CompressError::BadOption(format!(
+    let n_chunks = pith::perplexity::chunk_count(tokens.len(), n_ctx, max_chunks).ok_or_else(|| {
+        CompressError::BadOption(format!(
             "the calibration text has {} tokens, fewer than one chunk of {n_ctx} (use a smaller -c or more text)",
             tokens.len()
-        )));
-    }
-    let n_chunks = if max_chunks == 0 { available } else { max_chunks.min(available) };
+        ))
+    })?;
     let model = &engine.model;
     let bos = if engine.tokenizer.add_bos() { engine.tokenizer.bos() } else { None };
     let mut state = State::new(model, n_ctx, n_ctx)?;
@@ -337,8 +335,7 @@ pub fn run(a: &ImatrixArgs) -> Result<()> {
     let file = pith::file::MappedFile::open(&a.model)?;
     let engine = Engine::load(&file, a.threads)?;
     let tokens = engine.tokenizer.encode(&text, false)?;
-    let available = tokens.len() / a.ctx.max(1);
-    let n = if a.chunks == 0 { available } else { a.chunks.min(available) };
+    let n = pith::perplexity::chunk_count(tokens.len(), a.ctx.max(1), a.chunks).unwrap_or(0);
     eprintln!(
         "imatrix: {} tokens of calibration text, {n} chunks of {}{}",
         tokens.len(),

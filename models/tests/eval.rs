@@ -3,100 +3,27 @@
 
 use pith::engine::Engine;
 use pith::file::MappedFile;
-use pith::gguf::writer::{GgufBuilder, OwnedValue};
+use pith::testing::{build, spm_vocab, Rng, TinySpec};
 use pith_kernels::GgmlType;
 use pith_models::eval::{self, EvalArgs, OutputFormat};
 use std::path::{Path, PathBuf};
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
 const WORDS: [&str; 12] = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "big", "red", "hat"];
 
-/// An SPM vocabulary (adds BOS): <unk> <s> </s>, 256 byte tokens, ▁, the letters, the words
-/// (with ▁), then `extra` unused tokens.
-fn vocab(extra: usize) -> Vec<String> {
-    let mut t: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
-    t.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
-    t.push("▁".into());
-    t.extend(('a'..='z').map(|c| c.to_string()));
-    t.extend(WORDS.iter().map(|w| format!("▁{w}")));
-    t.extend((0..extra).map(|i| format!("extra{i}")));
-    t
-}
-
-/// A tiny llama GGUF with a tokenizer: weights drawn from `seed` (the same values for every
-/// `weight_type`, which only changes how they are stored).
+/// A tiny llama GGUF with an SPM tokenizer over WORDS plus `extra_tokens` unused tokens:
+/// weights drawn from `seed` (the same values for every `weight_type`, which only changes how
+/// they are stored, the token embedding's included).
 fn tiny_gguf(weight_type: GgmlType, extra_tokens: usize, seed: u64) -> Vec<u8> {
-    let toks = vocab(extra_tokens);
-    let nv = toks.len();
-    let types: Vec<i32> = (0..nv)
-        .map(|i| match i {
-            0 => 2,
-            1 | 2 => 3,
-            3..=258 => 6,
-            _ => 1,
-        })
-        .collect();
-    let scores: Vec<f32> = (0..nv).map(|i| if i >= 259 { -(toks[i].chars().count() as f32) } else { 0.0 }).collect();
-    let (d, layers, heads, heads_kv, ff) = (64usize, 2usize, 4usize, 2usize, 128usize);
-    let kv = heads_kv * d / heads;
-    let mut b = GgufBuilder::new();
-    b.kv("general.architecture", OwnedValue::String("llama".into()))
-        .kv("general.name", OwnedValue::String("tiny".into()))
-        .kv("llama.embedding_length", OwnedValue::U32(d as u32))
-        .kv("llama.block_count", OwnedValue::U32(layers as u32))
-        .kv("llama.attention.head_count", OwnedValue::U32(heads as u32))
-        .kv("llama.attention.head_count_kv", OwnedValue::U32(heads_kv as u32))
-        .kv("llama.feed_forward_length", OwnedValue::U32(ff as u32))
-        .kv("llama.context_length", OwnedValue::U32(256))
-        .kv("llama.rope.freq_base", OwnedValue::F32(10000.0))
-        .kv("llama.attention.layer_norm_rms_epsilon", OwnedValue::F32(1e-5))
-        .kv("tokenizer.ggml.model", OwnedValue::String("llama".into()))
-        .kv("tokenizer.ggml.tokens", OwnedValue::strings(toks))
-        .kv("tokenizer.ggml.scores", OwnedValue::f32s(scores))
-        .kv("tokenizer.ggml.token_type", OwnedValue::i32s(types));
-    let mut rng = Rng(seed);
-    let mut mat = |b: &mut GgufBuilder, name: &str, rows: usize, cols: usize, ty: GgmlType, scale: f32| {
-        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * scale).collect();
-        let rb = ty.row_bytes(cols).expect("row fits the block size");
-        let mut data = vec![0u8; rb * rows];
-        for r in 0..rows {
-            pith_kernels::quantize_row(ty, &vals[r * cols..(r + 1) * cols], &mut data[r * rb..(r + 1) * rb]);
-        }
-        let dims: Vec<u64> = if rows == 1 { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
-        b.tensor(name, &dims, ty, data);
+    let vocab = spm_vocab(&WORDS, extra_tokens);
+    let spec = TinySpec {
+        n_vocab: vocab.len(),
+        weight_type,
+        embd_type: Some(weight_type),
+        seed,
+        vocab: Some(vocab),
+        ..Default::default()
     };
-    let wt = weight_type;
-    mat(&mut b, "token_embd.weight", nv, d, wt, 1.0);
-    for l in 0..layers {
-        let n = |s: &str| format!("blk.{l}.{s}");
-        mat(&mut b, &n("attn_norm.weight"), 1, d, GgmlType::F32, 1.0);
-        mat(&mut b, &n("attn_q.weight"), d, d, wt, 0.3);
-        mat(&mut b, &n("attn_k.weight"), kv, d, wt, 0.3);
-        mat(&mut b, &n("attn_v.weight"), kv, d, wt, 0.3);
-        mat(&mut b, &n("attn_output.weight"), d, d, wt, 0.2);
-        mat(&mut b, &n("ffn_norm.weight"), 1, d, GgmlType::F32, 1.0);
-        mat(&mut b, &n("ffn_gate.weight"), ff, d, wt, 0.2);
-        mat(&mut b, &n("ffn_up.weight"), ff, d, wt, 0.2);
-        mat(&mut b, &n("ffn_down.weight"), d, ff, wt, 0.2);
-    }
-    mat(&mut b, "output_norm.weight", 1, d, GgmlType::F32, 1.0);
-    mat(&mut b, "output.weight", nv, d, wt, 0.5);
-    b.to_bytes()
+    build(&spec).0
 }
 
 /// Pseudo-random sentences of WORDS and odd letters.

@@ -24,6 +24,8 @@ pub mod perplexity;
 #[cfg(feature = "std")]
 pub mod sampling;
 pub mod tensor;
+#[cfg(feature = "test-util")]
+pub mod testing;
 #[cfg(feature = "std")]
 pub mod tokenizer;
 

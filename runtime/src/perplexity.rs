@@ -42,11 +42,54 @@ impl PerplexityStats {
     }
 }
 
+/// The log-softmax of one logit row, from one pass over it: `log p(v) = (l[v] − max) − log_sum`,
+/// the maximum in f32 and Σ exp in f64. `pith perplexity`'s NLL ([`nll`]) and `pith-compress
+/// eval`'s NLL and KL divergence all come from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LogSoftmaxRow {
+    pub max: f32,
+    pub log_sum: f64,
+    /// The first index of the largest logit (top-1 token).
+    pub argmax: usize,
+}
+
+impl LogSoftmaxRow {
+    pub fn of(logits: &[f32]) -> LogSoftmaxRow {
+        let mut max = f32::NEG_INFINITY;
+        let mut argmax = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > max {
+                max = l;
+                argmax = i;
+            }
+        }
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        LogSoftmaxRow { max, log_sum: sum.ln(), argmax }
+    }
+
+    /// log p of a logit of this row.
+    #[inline]
+    pub fn log_p(&self, logit: f32) -> f64 {
+        (logit - self.max) as f64 - self.log_sum
+    }
+
+    /// −log p(tok), `logits` being the row this was computed from.
+    #[inline]
+    pub fn nll(&self, logits: &[f32], tok: u32) -> f64 {
+        -self.log_p(logits[tok as usize])
+    }
+}
+
 /// −log softmax(logits)[tok], accumulated in f64.
 pub fn nll(logits: &[f32], tok: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    -((logits[tok as usize] - max) as f64 - sum.ln())
+    LogSoftmaxRow::of(logits).nll(logits, tok)
+}
+
+/// The number of whole chunks of `n_ctx` tokens to evaluate among `n_tokens`: every one
+/// (`max_chunks` 0) or at most `max_chunks`; `None` when not even one fits (or `n_ctx` is 0).
+pub fn chunk_count(n_tokens: usize, n_ctx: usize, max_chunks: usize) -> Option<usize> {
+    let available = n_tokens.checked_div(n_ctx).filter(|&n| n > 0)?;
+    Some(if max_chunks == 0 { available } else { max_chunks.min(available) })
 }
 
 /// How [`perplexity`] cuts and evaluates the text.
@@ -74,14 +117,10 @@ pub fn perplexity(
     if n_ctx < 4 {
         return Err(Error::BadHyperParam { key: "ctx".into(), reason: format!("{n_ctx} is too small for perplexity") });
     }
-    let available = tokens.len() / n_ctx;
-    if available == 0 {
-        return Err(Error::BadHyperParam {
-            key: "ctx".into(),
-            reason: format!("the text has {} tokens, fewer than one chunk of {n_ctx}", tokens.len()),
-        });
-    }
-    let n_chunks = if max_chunks == 0 { available } else { max_chunks.min(available) };
+    let n_chunks = chunk_count(tokens.len(), n_ctx, max_chunks).ok_or_else(|| Error::BadHyperParam {
+        key: "ctx".into(),
+        reason: format!("the text has {} tokens, fewer than one chunk of {n_ctx}", tokens.len()),
+    })?;
     let n_vocab = model.config.n_vocab;
     let first = n_ctx / 2;
     let mut state = State::new(model, n_ctx, n_ctx)?;
@@ -107,4 +146,34 @@ pub fn perplexity(
         on_chunk(&stats);
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_count_takes_whole_chunks() {
+        assert_eq!(chunk_count(100, 10, 0), Some(10));
+        assert_eq!(chunk_count(105, 10, 3), Some(3));
+        assert_eq!(chunk_count(100, 10, 50), Some(10));
+        assert_eq!(chunk_count(9, 10, 0), None);
+        assert_eq!(chunk_count(9, 0, 0), None);
+    }
+
+    #[test]
+    fn log_softmax_row_and_nll() {
+        // p = (1/4, 3/4, 0).
+        let l = [0.0f32, 3f32.ln(), f32::NEG_INFINITY];
+        let n = LogSoftmaxRow::of(&l);
+        assert_eq!(n.argmax, 1);
+        assert!((n.nll(&l, 0) - 4f64.ln()).abs() < 1e-7, "{}", n.nll(&l, 0));
+        assert!((n.log_p(l[1]) - 0.75f64.ln()).abs() < 1e-7);
+        assert_eq!(n.nll(&l, 2), f64::INFINITY);
+        for tok in 0..3 {
+            assert_eq!(nll(&l, tok), n.nll(&l, tok));
+        }
+        // Ties go to the first index.
+        assert_eq!(LogSoftmaxRow::of(&[2.0, 7.0, 7.0]).argmax, 1);
+    }
 }

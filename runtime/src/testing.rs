@@ -1,9 +1,11 @@
-//! Tiny llama-architecture GGUF files with random weights, written by the test itself, and a
-//! naive f64 reference forward pass to check pith's against.
-#![allow(dead_code)]
+//! Fixtures for the workspace's test suites (the `test-util` feature, which only
+//! dev-dependencies turn on): tiny llama-architecture GGUF files with random weights and,
+//! optionally, an SPM tokenizer, written by the test itself, and a naive f64 reference forward
+//! pass to check pith's against.
 
-use pith::gguf::writer::{GgufBuilder, OwnedValue};
+use crate::gguf::writer::{GgufBuilder, OwnedValue};
 use pith_kernels::GgmlType;
+use std::collections::HashMap;
 
 pub struct TinySpec {
     pub n_vocab: usize,
@@ -13,8 +15,14 @@ pub struct TinySpec {
     pub n_head_kv: usize,
     pub n_ff: usize,
     pub weight_type: GgmlType,
+    /// The token embedding's type; `None`: Q8_0 when `weight_type` is quantized, else
+    /// `weight_type`.
+    pub embd_type: Option<GgmlType>,
     pub tied: bool,
     pub seed: u64,
+    /// A tokenizer (`tokenizer.ggml.*`, SPM) over these tokens, laid out as [`spm_vocab`] makes
+    /// them; `n_vocab` must be their number.
+    pub vocab: Option<Vec<String>>,
 }
 
 impl Default for TinySpec {
@@ -27,8 +35,10 @@ impl Default for TinySpec {
             n_head_kv: 2,
             n_ff: 128,
             weight_type: GgmlType::F32,
+            embd_type: None,
             tied: false,
             seed: 1,
+            vocab: None,
         }
     }
 }
@@ -49,9 +59,21 @@ impl Rng {
     }
 }
 
+/// An SPM vocabulary (the model adds BOS): <unk> <s> </s>, 256 byte tokens, ▁, the letters,
+/// `words` (with ▁), then `extra` unused tokens.
+pub fn spm_vocab(words: &[&str], extra: usize) -> Vec<String> {
+    let mut t: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    t.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+    t.push("▁".into());
+    t.extend(('a'..='z').map(|c| c.to_string()));
+    t.extend(words.iter().map(|w| format!("▁{w}")));
+    t.extend((0..extra).map(|i| format!("extra{i}")));
+    t
+}
+
 /// Dequantized (exact) weights as the file holds them, for the reference.
 pub struct RefWeights {
-    pub tensors: std::collections::HashMap<String, Vec<f32>>,
+    pub tensors: HashMap<String, Vec<f32>>,
 }
 
 /// Builds the GGUF bytes and the reference copy of the weights.
@@ -70,6 +92,23 @@ pub fn build(spec: &TinySpec) -> (Vec<u8>, RefWeights) {
         .kv("llama.context_length", OwnedValue::U32(256))
         .kv("llama.rope.freq_base", OwnedValue::F32(10000.0))
         .kv("llama.attention.layer_norm_rms_epsilon", OwnedValue::F32(1e-5));
+    if let Some(toks) = &spec.vocab {
+        assert_eq!(toks.len(), spec.n_vocab, "n_vocab is the tokenizer's");
+        let types: Vec<i32> = (0..toks.len())
+            .map(|i| match i {
+                0 => 2,
+                1 | 2 => 3,
+                3..=258 => 6,
+                _ => 1,
+            })
+            .collect();
+        let scores: Vec<f32> =
+            toks.iter().enumerate().map(|(i, t)| if i >= 259 { -(t.chars().count() as f32) } else { 0.0 }).collect();
+        b.kv("tokenizer.ggml.model", OwnedValue::String("llama".into()))
+            .kv("tokenizer.ggml.tokens", OwnedValue::strings(toks.iter().cloned()))
+            .kv("tokenizer.ggml.scores", OwnedValue::f32s(scores))
+            .kv("tokenizer.ggml.token_type", OwnedValue::i32s(types));
+    }
     let mut refw = RefWeights { tensors: Default::default() };
     let mut mat = |b: &mut GgufBuilder, name: &str, rows: usize, cols: usize, ty: GgmlType, scale: f32| {
         let vals: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * scale).collect();
@@ -85,8 +124,9 @@ pub fn build(spec: &TinySpec) -> (Vec<u8>, RefWeights) {
         refw.tensors.insert(name.to_string(), deq);
     };
     let wt = spec.weight_type;
+    let et = spec.embd_type.unwrap_or(if wt.is_quantized() { GgmlType::Q8_0 } else { wt });
     // Embeddings are large-ish in magnitude so the residual stream is not dominated by noise.
-    mat(&mut b, "token_embd.weight", spec.n_vocab, d, if wt.is_quantized() { GgmlType::Q8_0 } else { wt }, 1.0);
+    mat(&mut b, "token_embd.weight", spec.n_vocab, d, et, 1.0);
     for l in 0..spec.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}");
         mat(&mut b, &n("attn_norm.weight"), 1, d, GgmlType::F32, 1.0);
