@@ -312,7 +312,111 @@ pub fn gemm_q8_16xn_scalar(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usiz
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActsQ8, PackedTile, GEMM_Q8_ROWS, NT, QA};
+
+    /// How far ahead (bytes) the decode kernels prefetch weights.
+    const PREFETCH: usize = 4096;
     use core::arch::x86_64::*;
+
+    /// [`super::gemv_q8`] on AVX-512 VNNI: two blocks per 512-bit step.
+    pub(super) fn gemv_q8_avx512(ty: crate::GgmlType, w: &[u8], rb: usize, x: &super::VecQ8, out: &mut [f32]) {
+        assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+        let nb = x.k / QA;
+        assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
+        assert!(x.q.len() == x.k && x.neg8.len() == x.k / 4 && x.dl.len() == x.k / 4 && x.dsl.len() == x.k / 4);
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+            // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `row` holds `nb`
+            // blocks of `ty` and `x` the per-lane arrays of `nb` blocks (asserted above).
+            let mut v = unsafe {
+                match ty {
+                    crate::GgmlType::Q4_0 => gemv_row_q4::<true>(row, nb, x),
+                    crate::GgmlType::Q4_1 => gemv_row_q4::<false>(row, nb, x),
+                    _ => gemv_row_q8_0(row, nb, x),
+                }
+            };
+            if nb % 2 == 1 {
+                v += super::gemv_block_scalar(ty, row, nb - 1, x);
+            }
+            *o = v;
+        }
+    }
+
+    /// The f16 scales of blocks at `a` and `b`, widened: lanes 0..8 from `a`, 8..16 from `b`.
+    ///
+    /// # Safety
+    /// AVX-512 F; two readable bytes at each pointer.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+    unsafe fn f16_pair(a: *const u8, b: *const u8) -> __m512 {
+        let (ha, hb) = (a.cast::<i16>().read_unaligned(), b.cast::<i16>().read_unaligned());
+        _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(hb), _mm_set1_epi16(ha)))
+    }
+
+    /// The hot loop of a Q4_0 (`OFFSET8`) or Q4_1 row: blocks `2p, 2p + 1` per step.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/VNNI; `row` holds `nb` blocks (18 or 20 bytes), `x` `nb` blocks' lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+    unsafe fn gemv_row_q4<const OFFSET8: bool>(row: &[u8], nb: usize, x: &super::VecQ8) -> f32 {
+        let bs = if OFFSET8 { 18 } else { 20 };
+        let m4 = _mm256_set1_epi8(0x0f);
+        let (mut acc, mut acc_m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for p in 0..nb / 2 {
+            // SAFETY: blocks 2p and 2p + 1 lie inside `row`; lanes 16p..16p + 16 and codes
+            // 64p..64p + 64 inside `x`'s arrays.
+            let a = row.as_ptr().add(2 * p * bs);
+            let b = a.add(bs);
+            // Weights stream from memory once: ask for them well ahead (past the row's end is
+            // the next row; a prefetch never faults).
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH).cast());
+            let qa = _mm_loadu_si128(a.add(bs - 16).cast());
+            let qb = _mm_loadu_si128(b.add(bs - 16).cast());
+            let q = _mm256_set_m128i(qb, qa);
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            // [A lo, B lo, A hi, B hi] → [A lo, A hi, B lo, B hi]: each block's elements in order.
+            let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            let z = _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z);
+            let xq = _mm512_loadu_si512(x.q.as_ptr().add(64 * p).cast());
+            let init =
+                if OFFSET8 { _mm512_loadu_si512(x.neg8.as_ptr().add(16 * p).cast()) } else { _mm512_setzero_si512() };
+            let dot = _mm512_dpbusd_epi32(init, z, xq);
+            let dl = _mm512_loadu_ps(x.dl.as_ptr().add(16 * p));
+            let dw = f16_pair(a, b);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dl), acc);
+            if !OFFSET8 {
+                let mw = f16_pair(a.add(2), b.add(2));
+                acc_m = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.dsl.as_ptr().add(16 * p)), acc_m);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_m))
+    }
+
+    /// The hot loop of a Q8_0 row: codes stored as `q + 128` (an xor), the offset folded into
+    /// the accumulator.
+    ///
+    /// # Safety
+    /// As [`gemv_row_q4`], with 34-byte blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+    unsafe fn gemv_row_q8_0(row: &[u8], nb: usize, x: &super::VecQ8) -> f32 {
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = _mm512_setzero_ps();
+        for p in 0..nb / 2 {
+            // SAFETY: as in gemv_row_q4.
+            let a = row.as_ptr().add(2 * p * 34);
+            let b = a.add(34);
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH + 64).cast());
+            let wa = _mm256_loadu_si256(a.add(2).cast());
+            let wb = _mm256_loadu_si256(b.add(2).cast());
+            let u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
+            let xq = _mm512_loadu_si512(x.q.as_ptr().add(64 * p).cast());
+            let init = _mm512_loadu_si512(x.neg128.as_ptr().add(16 * p).cast());
+            let dot = _mm512_dpbusd_epi32(init, u, xq);
+            let dl = _mm512_loadu_ps(x.dl.as_ptr().add(16 * p));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(f16_pair(a, b), dl), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
 
     /// [`super::quantize_acts_scalar`], 32 elements per step; the same operations in the same
     /// order, so the same bits.
@@ -642,11 +746,160 @@ mod tests {
         }
     }
 
+    /// The decode kernels against the scalar reference (exact integer sums; f32 scaling order
+    /// differs) and against `vec_dot` on the same codes (same products, ggml's activation
+    /// format): bound 1e-5 of Σ|terms| plus the activation rounding for the latter.
+    #[test]
+    fn gemv_paths_match_the_scalar_reference() {
+        let mut rng = rng(9);
+        for path in crate::available_kernel_paths() {
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+                for (n_rows, k) in [(7, 576), (3, 32), (5, 1536), (2, 96)] {
+                    let w = weights(ty, n_rows, k, &mut rng);
+                    let x = acts(1, k, &mut rng);
+                    let mut v = VecQ8::default();
+                    v.quantize(&x);
+                    let (mut want, mut got) = (vec![0.0f32; n_rows], vec![0.0f32; n_rows]);
+                    gemv_q8_on(KernelPath::Scalar, ty, &w, n_rows, &v, &mut want);
+                    gemv_q8_on(path, ty, &w, n_rows, &v, &mut got);
+                    let rb = ty.row_bytes(k).unwrap();
+                    let mut wr = vec![0.0f32; k];
+                    for r in 0..n_rows {
+                        crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
+                        let mag: f32 = wr.iter().zip(&x).map(|(p, q)| (p * q).abs()).sum();
+                        let exact: f32 = wr.iter().zip(&x).map(|(p, q)| p * q).sum();
+                        assert!(
+                            (got[r] - want[r]).abs() <= 1e-5 * mag + 1e-6,
+                            "{path} {ty} {k} row {r}: {} vs {}",
+                            got[r],
+                            want[r]
+                        );
+                        let round: f32 = wr.iter().enumerate().map(|(c, p)| p.abs() * v.dl[c / 4] * 0.5).sum();
+                        assert!(
+                            (want[r] - exact).abs() <= round + 1e-5 * mag,
+                            "{ty} {k} row {r}: {} vs exact {exact}",
+                            want[r]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_shapes_are_refused() {
         assert!(!gemm_q8_supported(GgmlType::Q4_K, 128));
         assert!(!gemm_q8_supported(GgmlType::F16, 256));
         assert!(!gemm_q8_supported(GgmlType::Q4_0, 48));
         assert!(gemm_q8_supported(GgmlType::Q4_0, 64));
+    }
+}
+
+/// One token's activations quantized for [`gemv_q8`] (decode): the codes of [`ActsQ8`] plus,
+/// per 4 consecutive codes (one i32 lane of a `vpdpbusd`), their scale and sum, so the hot loop
+/// needs no per-block activation work: `dl` the block scale, `s4` the code sum, `dsl = dl · s4`.
+#[derive(Clone, Debug, Default)]
+pub struct VecQ8 {
+    k: usize,
+    /// (k): codes.
+    q: Vec<i8>,
+    /// (k / 4): `-8 · Σ` of each 4 codes (the Q4_0 offset, folded into the accumulator).
+    neg8: Vec<i32>,
+    /// (k / 4): `-128 · Σ` of each 4 codes (the offset of Q8_0 codes stored as `q + 128`).
+    neg128: Vec<i32>,
+    /// (k / 4): the scale of the block holding each 4 codes.
+    dl: Vec<f32>,
+    /// (k / 4): `dl · Σ` of each 4 codes.
+    dsl: Vec<f32>,
+}
+
+impl VecQ8 {
+    /// Quantizes one token (`x.len()` a multiple of 32) exactly as [`ActsQ8::quantize`] does.
+    pub fn quantize(&mut self, x: &[f32]) {
+        let k = x.len();
+        assert!(k > 0 && k.is_multiple_of(QA), "VecQ8: length {k} is not a positive multiple of 32");
+        let (mut d, mut ds16, mut ds32) =
+            (alloc::vec![0.0f32; k / QA], alloc::vec![0.0f32; k / 16], alloc::vec![0.0f32; k / QA]);
+        self.q.resize(k, 0);
+        quantize_acts_scalar(x, &mut self.q, &mut d, &mut ds16, &mut ds32);
+        self.k = k;
+        self.neg8.clear();
+        self.neg128.clear();
+        self.dl.clear();
+        self.dsl.clear();
+        for (l, c) in self.q.chunks_exact(4).enumerate() {
+            let s: i32 = c.iter().map(|&v| v as i32).sum();
+            let dx = d[l * 4 / QA];
+            self.neg8.push(-8 * s);
+            self.neg128.push(-128 * s);
+            self.dl.push(dx);
+            self.dsl.push(dx * s as f32);
+        }
+    }
+
+    /// Elements.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// Whether [`gemv_q8`] has a kernel for `ty` (others: `vec_dot` per row).
+pub const fn gemv_q8_supported(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// `out[r] = Σ_c w[r][c] · x[c]` for the `n_rows` rows of `w` (Q4_0, Q4_1 or Q8_0) against one
+/// quantized token, on [`kernel_path`](crate::kernel_path): the decode matmul, rows looped
+/// inside the kernel.
+pub fn gemv_q8(ty: GgmlType, w: &[u8], n_rows: usize, x: &VecQ8, out: &mut [f32]) {
+    gemv_q8_with(crate::kernel_path(), ty, w, n_rows, x, out)
+}
+
+/// [`gemv_q8`] on an explicit kernel path (panics if the CPU lacks it).
+pub fn gemv_q8_on(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(path.is_available(), "gemv_q8_on: kernel path {path} is not available here");
+    gemv_q8_with(path, ty, w, n_rows, x, out)
+}
+
+fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(gemv_q8_supported(ty), "gemv_q8: no kernel for {ty}");
+    let rb = ty.row_bytes(x.k).unwrap_or(0);
+    assert_eq!(w.len(), n_rows * rb, "gemv_q8: {} bytes for {n_rows} rows of {rb}", w.len());
+    assert_eq!(out.len(), n_rows, "gemv_q8: output length");
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => x86::gemv_q8_avx512(ty, w, rb, x, out),
+        _ => {
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+                *o = (0..x.k / QA).map(|b| gemv_block_scalar(ty, row, b, x)).sum();
+            }
+        }
+    }
+}
+
+/// The reference for one block `b` of a row: the exact integer dot, then the scales.
+fn gemv_block_scalar(ty: GgmlType, row: &[u8], b: usize, x: &VecQ8) -> f32 {
+    let q = &x.q[b * QA..(b + 1) * QA];
+    let dx = x.dl[b * 8];
+    let sum: i32 = q.iter().map(|&v| v as i32).sum();
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let blk = &row[b * ty.type_size()..(b + 1) * ty.type_size()];
+            let qs = &blk[blk.len() - 16..];
+            let mut dot = 0i32;
+            for j in 0..16 {
+                dot += (qs[j] & 0x0f) as i32 * q[j] as i32 + (qs[j] >> 4) as i32 * q[j + 16] as i32;
+            }
+            if ty == GgmlType::Q4_0 {
+                f16_at(blk, 0) * dx * (dot - 8 * sum) as f32
+            } else {
+                f16_at(blk, 0) * dx * dot as f32 + f16_at(blk, 2) * dx * sum as f32
+            }
+        }
+        _ => {
+            let blk = &row[b * 34..(b + 1) * 34];
+            let dot: i32 = blk[2..].iter().zip(q).map(|(&w, &v)| w as i8 as i32 * v as i32).sum();
+            f16_at(blk, 0) * dx * dot as f32
+        }
     }
 }

@@ -72,7 +72,10 @@ pub use dispatch::{
     set_block_codes, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on,
 };
 pub use gemm::gemm_f32;
-pub use gemm_q8::{gemm_q8, gemm_q8_on, gemm_q8_supported, ActsQ8, PackedTile, GEMM_Q8_ROWS};
+pub use gemm_q8::{
+    gemm_q8, gemm_q8_on, gemm_q8_supported, gemv_q8, gemv_q8_on, gemv_q8_supported, ActsQ8, PackedTile, VecQ8,
+    GEMM_Q8_ROWS,
+};
 pub use simd::{
     available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,
     KernelPath,

@@ -63,6 +63,8 @@ pub struct MatmulScratch {
     xq: Vec<u8>,
     /// Batches with `Precision::Q8`: activations quantized for the integer gemm.
     acts: pith_kernels::ActsQ8,
+    /// One token with `Precision::Q8`: activations quantized for the decode kernels.
+    vq: pith_kernels::VecQ8,
 }
 
 /// Whether a batch of `n_tok` tokens against `w` takes the integer gemm.
@@ -119,6 +121,10 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     if takes_gemm_q8(scratch.precision, w, n_tok) {
         scratch.acts.quantize(x, n_cols);
         matmul_gemm_q8(pool, &scratch.acts, w, out);
+        return;
+    }
+    if n_tok == 1 {
+        matmul_one_token(pool, scratch, &[w], x, &mut [out]);
         return;
     }
     // Batches: enough chunks to balance threads, each a multiple of the tile. One token: one
@@ -188,24 +194,37 @@ pub fn matmul_many(
         }
         return;
     }
-    if n_tok != 1 || pool.threads() == 1 {
+    if n_tok != 1 {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul(pool, scratch, w, x, n_tok, out);
         }
         return;
     }
+    matmul_one_token(pool, scratch, ws, x, outs);
+}
+
+/// One token against several weights in one parallel region: the weights' rows are laid end
+/// to end and cut into one chunk per thread. Under `Precision::Q8` the input is quantized once
+/// for the decode kernels (`gemv_q8`: Q4_0, Q4_1, Q8_0) and once per other activation type
+/// (`vec_dot` per row); f32 weights and `Precision::F32` use `vec_dot_f32`.
+fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>], x: &[f32], outs: &mut [&mut [f32]]) {
     let total: usize = ws.iter().map(|w| w.n_rows).sum();
     for (w, out) in ws.iter().zip(outs.iter()) {
-        assert_eq!(w.n_cols, x.len(), "matmul_many: activation shape");
-        assert_eq!(out.len(), w.n_rows, "matmul_many: output shape");
+        assert_eq!(w.n_cols, x.len(), "matmul: activation shape");
+        assert_eq!(out.len(), w.n_rows, "matmul: output shape");
     }
-    // Under Q8, the input quantized once per activation type the weights need (at most a few).
+    let q8 = scratch.precision == Precision::Q8;
+    let gemv = |w: &Weight<'_>| q8 && pith_kernels::gemv_q8_supported(w.ty) && w.n_cols.is_multiple_of(32);
+    // The input quantized once per activation type the other weights need (at most a few).
     let mut xq: [Option<(GgmlType, usize)>; 4] = [None; 4];
-    if scratch.precision == Precision::Q8 {
-        scratch.xq.clear();
-        for w in ws {
+    scratch.xq.clear();
+    if q8 {
+        if ws.iter().any(|w| gemv(w)) {
+            scratch.vq.quantize(x);
+        }
+        for w in ws.iter().filter(|w| !gemv(w) && w.ty.is_quantized()) {
             let vt = w.ty.vec_dot_type();
-            let Some(qb) = vt.row_bytes(w.n_cols).filter(|_| w.ty.is_quantized()) else { continue };
+            let Some(qb) = vt.row_bytes(w.n_cols) else { continue };
             if xq.iter().flatten().any(|&(t, _)| t == vt) {
                 continue;
             }
@@ -216,31 +235,48 @@ pub fn matmul_many(
             *slot = Some((vt, at));
         }
     }
-    let xq_all = &scratch.xq;
+    let (xq_all, vq) = (&scratch.xq, &scratch.vq);
     let quantized = |w: &Weight<'_>| -> Option<&[u8]> {
         let vt = w.ty.vec_dot_type();
         let (_, at) = xq.iter().flatten().find(|&&(t, _)| t == vt && w.ty.is_quantized())?;
         Some(&xq_all[*at..*at + vt.row_bytes(w.n_cols)?])
     };
-    scratch.out_t.resize(total, 0.0);
+    let single = ws.len() == 1;
     let chunk_rows = total.div_ceil(pool.threads());
-    pool.for_each_chunk(&mut scratch.out_t, chunk_rows, &|ci, chunk: &mut [f32]| {
-        // Global row g → (weight, local row); the weights' rows are laid end to end.
-        let (mut wi, mut base) = (0, 0);
-        let mut xw = quantized(ws[0]);
-        for (g, o) in (ci * chunk_rows..).zip(chunk.iter_mut()) {
+    let run = |ci: usize, chunk: &mut [f32]| {
+        // Global row g → (weight, local row), one contiguous run of rows per weight.
+        let (mut wi, mut base, mut done) = (0, 0, 0);
+        while done < chunk.len() {
+            let g = ci * chunk_rows + done;
             while g >= base + ws[wi].n_rows {
                 base += ws[wi].n_rows;
                 wi += 1;
-                xw = quantized(ws[wi]);
             }
-            let w = ws[wi];
-            *o = match xw {
-                Some(q) => pith_kernels::vec_dot(w.ty, w.n_cols, w.row(g - base), q),
-                None => pith_kernels::vec_dot_f32(w.ty, w.row(g - base), x),
-            };
+            let (w, r0) = (ws[wi], g - base);
+            let n = (w.n_rows - r0).min(chunk.len() - done);
+            let o = &mut chunk[done..done + n];
+            if gemv(w) {
+                let rb = w.row_bytes();
+                pith_kernels::gemv_q8(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, vq, o);
+            } else if let Some(q) = quantized(w) {
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = pith_kernels::vec_dot(w.ty, w.n_cols, w.row(r0 + i), q);
+                }
+            } else {
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = pith_kernels::vec_dot_f32(w.ty, w.row(r0 + i), x);
+                }
+            }
+            done += n;
         }
-    });
+    };
+    if single {
+        // One weight: its output is the chunked buffer itself.
+        pool.for_each_chunk(outs[0], chunk_rows, &run);
+        return;
+    }
+    scratch.out_t.resize(total, 0.0);
+    pool.for_each_chunk(&mut scratch.out_t, chunk_rows, &run);
     let mut at = 0;
     for out in outs.iter_mut() {
         out.copy_from_slice(&scratch.out_t[at..at + out.len()]);
