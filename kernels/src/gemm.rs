@@ -46,6 +46,72 @@ mod x86 {
     /// Tokens per micro-kernel step.
     const NR: usize = 4;
 
+    /// # Safety
+    /// The CPU must support AVX-512 F; shapes as checked by `gemm_f32_nn`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_f32_nn_avx512(a: super::Mat<'_>, b: super::Mat<'_>, out: &mut [f32], ldo: usize) {
+        let mut i = 0;
+        while i < a.rows {
+            let mr = (a.rows - i).min(4);
+            match mr {
+                4 => gemm_nn_rows::<4>(a, b, out, ldo, i),
+                3 => gemm_nn_rows::<3>(a, b, out, ldo, i),
+                2 => gemm_nn_rows::<2>(a, b, out, ldo, i),
+                _ => gemm_nn_rows::<1>(a, b, out, ldo, i),
+            }
+            i += mr;
+        }
+    }
+
+    /// Rows `i..i + MR` of the output, 32 columns per step (masked at the right edge).
+    ///
+    /// # Safety
+    /// AVX-512 F; rows `i..i + MR` exist; shapes as checked by `gemm_f32_nn`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gemm_nn_rows<const MR: usize>(
+        a: super::Mat<'_>,
+        b: super::Mat<'_>,
+        out: &mut [f32],
+        ldo: usize,
+        i: usize,
+    ) {
+        let n = b.cols;
+        let mut j = 0;
+        while j < n {
+            let left = n - j;
+            let m0: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+            let m1: __mmask16 = if left >= 32 {
+                0xffff
+            } else if left > 16 {
+                (1u16 << (left - 16)) - 1
+            } else {
+                0
+            };
+            // The hot loop: MR rows × 32 columns, one row of B per step.
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for p in 0..a.cols {
+                // SAFETY: row p < b.rows; masked-off lanes are not accessed, the rest lie in
+                // columns j..n of the row.
+                let bp = b.data.as_ptr().add(p * b.stride + j);
+                let b0 = _mm512_maskz_loadu_ps(m0, bp);
+                let b1 = _mm512_maskz_loadu_ps(m1, bp.wrapping_add(16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: row i + r < a.rows, column p < a.cols.
+                    let av = _mm512_set1_ps(*a.data.get_unchecked((i + r) * a.stride + p));
+                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                // SAFETY: row i + r of the output, columns j..n (masked).
+                let op = out.as_mut_ptr().add((i + r) * ldo + j);
+                _mm512_mask_storeu_ps(op, m0, acc[0]);
+                _mm512_mask_storeu_ps(op.wrapping_add(16), m1, acc[1]);
+            }
+            j += 32;
+        }
+    }
+
     cpufeatures::new!(avx2_fma, "avx2", "fma");
 
     pub fn has_avx2_fma() -> bool {
@@ -138,6 +204,28 @@ mod tests {
     }
 
     #[test]
+    fn nn_dispatched_matches_scalar_on_every_edge_shape() {
+        for (m, n, k) in [(1, 1, 1), (4, 32, 64), (7, 45, 64), (33, 64, 100), (5, 16, 3), (2, 70, 512)] {
+            // Strided views: a inside rows of k + 3, b inside rows of n + 5.
+            let (sa, sb, so) = (k + 3, n + 5, n + 2);
+            let a = data(m * sa, 3);
+            let b = data(k * sb, 4);
+            let (mut x, mut y) = (alloc::vec![7.0; m * so], alloc::vec![7.0; m * so]);
+            let am = Mat { data: &a, rows: m, cols: k, stride: sa };
+            let bm = Mat { data: &b, rows: k, cols: n, stride: sb };
+            gemm_f32_nn(am, bm, &mut x, so);
+            gemm_f32_nn_scalar(am, bm, &mut y, so);
+            for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+                // Same order of summation per element (FMA vs mul+add): k · ε · max|a·b|.
+                let bound = k as f32 * f32::EPSILON * 0.25 * 2.0;
+                assert!((p - q).abs() <= bound, "{m}x{n}x{k} at {i}: {p} vs {q}");
+            }
+            // Padding between rows is left alone.
+            assert!(x.chunks_exact(so).all(|r| r[n..].iter().all(|&v| v == 7.0)));
+        }
+    }
+
+    #[test]
     fn dispatched_matches_scalar_on_every_edge_shape() {
         for (rows, toks, k) in [(1, 1, 8), (3, 4, 64), (7, 9, 576), (5, 2, 40), (4, 13, 1536), (2, 3, 7)] {
             let w = data(rows * k, 1);
@@ -150,6 +238,61 @@ mod tests {
                 // Different summation order: bound by k · ε · max|w·x| (entries are in ±0.5).
                 let bound = k as f32 * f32::EPSILON * 0.25 * 4.0;
                 assert!((p - q).abs() <= bound, "{rows}x{toks}x{k} at {i}: {p} vs {q}");
+            }
+        }
+    }
+}
+
+/// A row-major f32 matrix view: element `(i, j)` at `data[i * stride + j]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl Mat<'_> {
+    fn check(&self, what: &str) {
+        assert!(
+            self.cols <= self.stride || self.rows <= 1,
+            "gemm_f32_nn: {what} stride {} < cols {}",
+            self.stride,
+            self.cols
+        );
+        let need = if self.rows == 0 { 0 } else { (self.rows - 1) * self.stride + self.cols };
+        assert!(self.data.len() >= need, "gemm_f32_nn: {what} needs {need} values, has {}", self.data.len());
+    }
+}
+
+/// `out[i * ldo + j] = Σ_p a(i, p) · b(p, j)`: matrix × matrix with B not transposed (attention's
+/// scores against transposed keys, and its weights against the values as they are cached).
+pub fn gemm_f32_nn(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+    assert_eq!(a.cols, b.rows, "gemm_f32_nn: inner dimensions {} vs {}", a.cols, b.rows);
+    a.check("a");
+    b.check("b");
+    assert!(b.cols <= ldo || a.rows <= 1, "gemm_f32_nn: output stride {ldo} < {} columns", b.cols);
+    let need = if a.rows == 0 { 0 } else { (a.rows - 1) * ldo + b.cols };
+    assert!(out.len() >= need, "gemm_f32_nn: output needs {need} values, has {}", out.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel_path() == KernelPath::Avx512 {
+        // SAFETY: AVX-512 F is available (the Avx512 path is selected only then); every
+        // shape was checked above.
+        unsafe { x86::gemm_f32_nn_avx512(a, b, out, ldo) };
+        return;
+    }
+    gemm_f32_nn_scalar(a, b, out, ldo);
+}
+
+/// The reference for [`gemm_f32_nn`].
+pub fn gemm_f32_nn_scalar(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+    for i in 0..a.rows {
+        let o = &mut out[i * ldo..i * ldo + b.cols];
+        o.fill(0.0);
+        for p in 0..a.cols {
+            let av = a.data[i * a.stride + p];
+            for (x, &bv) in o.iter_mut().zip(&b.data[p * b.stride..p * b.stride + b.cols]) {
+                *x += av * bv;
             }
         }
     }

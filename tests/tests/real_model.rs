@@ -71,23 +71,23 @@ fn perplexity_first_chunks_match_f16_reference() {
 }
 
 #[test]
-fn perplexity_q8_first_chunks_match_llama_cpp_q4_1() {
-    // llama.cpp's running PPL on the Q4_1 file after chunks 1 and 2, with its activations
-    // quantized to 8 bits as pith's `--precision q8` (the integer gemm) does.
-    let want = [12.8254, 21.6163];
-    let text = std::fs::read_to_string(fixture("wikitext-2-raw-test.head16k.txt")).unwrap();
+fn perplexity_q8_ten_chunks_match_llama_cpp_q4_1() {
+    // llama.cpp's running PPL on the Q4_1 file after 10 chunks, with its activations quantized
+    // to 8 bits as pith's default precision (q8) does. Over one chunk, 8-bit rounding noise moves
+    // PPL by up to ~1 % (a near-tie between rounding directions flips with any change in
+    // summation order), so the comparison is over 10 chunks (2,560 scored tokens).
+    let want = 26.7896;
+    let text = std::fs::read_to_string(fixture("wikitext-2-raw-test.head48k.txt")).unwrap();
     let file = MappedFile::open(model_path()).unwrap();
     let eng = Engine::load(&file, 2).unwrap();
     let tokens = eng.tokenizer.encode(&text, false).unwrap();
     let params =
-        pith::perplexity::PerplexityParams { n_ctx: 512, max_chunks: 2, bos: None, precision: pith::Precision::Q8 };
-    let mut got = Vec::new();
-    pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, params, |s| got.push(s.ppl())).unwrap();
-    for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        let rel = (g - w).abs() / w;
-        eprintln!("chunk {}: pith q8 {g:.4}, llama.cpp Q4_1 {w:.4} ({:.3} %)", k + 1, rel * 100.0);
-        assert!(rel < 0.005, "chunk {}: {g} vs {w}", k + 1);
-    }
+        pith::perplexity::PerplexityParams { n_ctx: 512, max_chunks: 10, bos: None, precision: pith::Precision::Q8 };
+    let s = pith::perplexity::perplexity(&eng.model, &eng.pool, &tokens, params, |_| {}).unwrap();
+    assert_eq!(s.chunks, 10, "the fixture holds 10 chunks");
+    let rel = (s.ppl() - want).abs() / want;
+    eprintln!("10 chunks: pith q8 {:.4}, llama.cpp Q4_1 {want:.4} ({:.3} %)", s.ppl(), rel * 100.0);
+    assert!(rel < 0.005, "{} vs {want}", s.ppl());
 }
 
 #[test]

@@ -6,6 +6,7 @@ use crate::math;
 use crate::parallel::Pool;
 use alloc::vec;
 use alloc::vec::Vec;
+use pith_kernels::Mat;
 
 /// Queries per block: each block reads the keys and values it needs once.
 const QBLOCK: usize = 32;
@@ -42,42 +43,39 @@ pub(super) fn attention_batch(
     assert_eq!(q.len(), n * qd, "attention: query shape");
     assert_eq!(att.len(), n * qd, "attention: output shape");
     assert!(kc.len() >= (sh.p0 + n) * kvd && vc.len() >= (sh.p0 + n) * kvd, "attention: cache shape");
-    // tmp: (n_head, n_qb, QBLOCK, hd); one chunk per (head, query block).
-    tmp.resize(sh.n_head * n_qb * QBLOCK * hd, 0.0);
-    pool.for_each_chunk(tmp, QBLOCK * hd, &|i, out: &mut [f32]| {
+    // Keys transposed once per KV head: kt (n_head_kv, hd, n_pos), so scores are a plain
+    // matrix product; queries and values are read in place through strided views.
+    let n_pos = sh.p0 + n;
+    tmp.resize(sh.n_head * n_qb * QBLOCK * hd + sh.n_head_kv * hd * n_pos, 0.0);
+    let (out_all, kt) = tmp.split_at_mut(sh.n_head * n_qb * QBLOCK * hd);
+    for (pos, row) in kc.chunks_exact(kvd).take(n_pos).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            kt[c * n_pos + pos] = v;
+        }
+    }
+    let kt = &*kt;
+    // out_all: (n_head, n_qb, QBLOCK, hd); one chunk per (head, query block).
+    pool.for_each_chunk(out_all, QBLOCK * hd, &|i, out: &mut [f32]| {
         let (h, qb) = (i / n_qb, i % n_qb);
-        let (t0, kvo) = (qb * QBLOCK, (h / group) * hd);
+        let (t0, kvh) = (qb * QBLOCK, h / group);
         let nq = QBLOCK.min(n - t0);
         // Keys 0..n_keys serve every query of the block; the last ones are masked per query.
         let n_keys = sh.p0 + t0 + nq;
-        let nk8 = n_keys.next_multiple_of(8);
-        let mut qb_rows = vec![0.0f32; nq * hd]; // (nq, hd)
-        for (r, dst) in qb_rows.chunks_exact_mut(hd).enumerate() {
-            let at = (t0 + r) * qd + h * hd;
-            dst.copy_from_slice(&q[at..at + hd]);
-        }
-        let mut k_rows = vec![0.0f32; n_keys * hd]; // (n_keys, hd)
-        for (p, dst) in k_rows.chunks_exact_mut(hd).enumerate() {
-            dst.copy_from_slice(&kc[p * kvd + kvo..p * kvd + kvo + hd]);
-        }
-        let mut scores = vec![0.0f32; nq * n_keys]; // (nq, n_keys)
-        pith_kernels::gemm_f32(&qb_rows, &k_rows, hd, &mut scores);
-        // Masked softmax into p (nq, nk8), zero beyond each query's own position.
-        let mut p = vec![0.0f32; nq * nk8];
-        for (r, (s, pr)) in scores.chunks_exact(n_keys).zip(p.chunks_exact_mut(nk8)).enumerate() {
+        let q_rows = Mat { data: &q[t0 * qd + h * hd..], rows: nq, cols: hd, stride: qd };
+        let k_t = Mat { data: &kt[kvh * hd * n_pos..], rows: hd, cols: n_keys, stride: n_pos };
+        let mut p = vec![0.0f32; nq * n_keys]; // (nq, n_keys): scores, then weights
+        pith_kernels::gemm_f32_nn(q_rows, k_t, &mut p, n_keys);
+        for (r, pr) in p.chunks_exact_mut(n_keys).enumerate() {
             let len = sh.p0 + t0 + r + 1;
-            for (d, &v) in pr[..len].iter_mut().zip(&s[..len]) {
-                *d = v * sh.scale;
+            for v in pr[..len].iter_mut() {
+                *v *= sh.scale;
             }
             math::softmax(&mut pr[..len]);
+            pr[len..].fill(0.0);
         }
-        let mut v_t = vec![0.0f32; hd * nk8]; // (hd, nk8): values transposed, zero-padded
-        for pos in 0..n_keys {
-            for (d, &v) in vc[pos * kvd + kvo..pos * kvd + kvo + hd].iter().enumerate() {
-                v_t[d * nk8 + pos] = v;
-            }
-        }
-        pith_kernels::gemm_f32(&p, &v_t, nk8, &mut out[..nq * hd]);
+        let p = Mat { data: &p, rows: nq, cols: n_keys, stride: n_keys };
+        let v = Mat { data: &vc[kvh * hd..], rows: n_keys, cols: hd, stride: kvd };
+        pith_kernels::gemm_f32_nn(p, v, &mut out[..nq * hd], hd);
     });
     for h in 0..sh.n_head {
         for t in 0..n {
