@@ -359,6 +359,8 @@ mod x86 {
     unsafe fn gemv_row_q4<const OFFSET8: bool>(row: &[u8], nb: usize, x: &super::VecQ8) -> f32 {
         let bs = if OFFSET8 { 18 } else { 20 };
         let m4 = _mm256_set1_epi8(0x0f);
+        let idx_d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        let idx_m = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
         let (mut acc, mut acc_m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for p in 0..nb / 2 {
             // SAFETY: blocks 2p and 2p + 1 lie inside `row`; lanes 16p..16p + 16 and codes
@@ -381,10 +383,19 @@ mod x86 {
                 if OFFSET8 { _mm512_loadu_si512(x.neg8.as_ptr().add(16 * p).cast()) } else { _mm512_setzero_si512() };
             let dot = _mm512_dpbusd_epi32(init, z, xq);
             let dl = _mm512_loadu_ps(x.dl.as_ptr().add(16 * p));
-            let dw = f16_pair(a, b);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dl), acc);
-            if !OFFSET8 {
-                let mw = f16_pair(a.add(2), b.add(2));
+            if OFFSET8 {
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(f16_pair(a, b), dl), acc);
+            } else {
+                // d and m of both blocks in one conversion: [dA, mA, dB, mB], then spread.
+                let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(
+                    0,
+                    0,
+                    b.cast::<i32>().read_unaligned(),
+                    a.cast::<i32>().read_unaligned(),
+                )));
+                let dw = _mm512_permutexvar_ps(idx_d, dm);
+                let mw = _mm512_permutexvar_ps(idx_m, dm);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dl), acc);
                 acc_m = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.dsl.as_ptr().add(16 * p)), acc_m);
             }
         }
