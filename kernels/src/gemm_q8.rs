@@ -320,9 +320,11 @@ mod x86 {
     /// [`super::gemv_q8`] on AVX-512 VNNI: two blocks per 512-bit step.
     pub(super) fn gemv_q8_avx512(ty: crate::GgmlType, w: &[u8], rb: usize, x: &super::VecQ8, out: &mut [f32]) {
         assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
-        let nb = x.k / QA;
+        let nb = x.k() / QA;
         assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
-        assert!(x.q.len() == x.k && x.neg8.len() == x.k / 4 && x.dl.len() == x.k / 4 && x.dsl.len() == x.k / 4);
+        assert!(
+            x.acts.q.len() == x.k() && x.neg8.len() == x.k() / 4 && x.dl.len() == x.k() / 4 && x.dsl.len() == x.k() / 4
+        );
         for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
             // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `row` holds `nb`
             // blocks of `ty` and `x` the per-lane arrays of `nb` blocks (asserted above).
@@ -378,7 +380,7 @@ mod x86 {
             // [A lo, B lo, A hi, B hi] → [A lo, A hi, B lo, B hi]: each block's elements in order.
             let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             let z = _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z);
-            let xq = _mm512_loadu_si512(x.q.as_ptr().add(64 * p).cast());
+            let xq = _mm512_loadu_si512(x.acts.q.as_ptr().add(64 * p).cast());
             let init =
                 if OFFSET8 { _mm512_loadu_si512(x.neg8.as_ptr().add(16 * p).cast()) } else { _mm512_setzero_si512() };
             let dot = _mm512_dpbusd_epi32(init, z, xq);
@@ -420,7 +422,7 @@ mod x86 {
             let wa = _mm256_loadu_si256(a.add(2).cast());
             let wb = _mm256_loadu_si256(b.add(2).cast());
             let u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
-            let xq = _mm512_loadu_si512(x.q.as_ptr().add(64 * p).cast());
+            let xq = _mm512_loadu_si512(x.acts.q.as_ptr().add(64 * p).cast());
             let init = _mm512_loadu_si512(x.neg128.as_ptr().add(16 * p).cast());
             let dot = _mm512_dpbusd_epi32(init, u, xq);
             let dl = _mm512_loadu_ps(x.dl.as_ptr().add(16 * p));
@@ -590,23 +592,15 @@ mod tests {
         (0..n_tok * k).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
     }
 
-    const TYPES: [GgmlType; 10] = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ];
+    /// Every type with a block grid: every type the gemm takes.
+    fn grid_types() -> impl Iterator<Item = GgmlType> {
+        crate::ALL_TYPES.into_iter().filter(|&t| crate::has_block_grid(t))
+    }
 
     #[test]
     fn packed_tile_holds_the_dequantized_weights() {
         let mut rng = rng(7);
-        for ty in TYPES {
+        for ty in grid_types() {
             let k = 512;
             let w = weights(ty, 5, k, &mut rng);
             let mut tile = PackedTile::default();
@@ -685,7 +679,7 @@ mod tests {
     #[test]
     fn scalar_reference_matches_f32_within_the_activation_rounding() {
         let mut rng = rng(11);
-        for ty in TYPES {
+        for ty in grid_types() {
             let (n_rows, n_tok, k) = (19, 5, 512);
             let w = weights(ty, n_rows, k, &mut rng);
             let x = acts(n_tok, k, &mut rng);
@@ -728,7 +722,7 @@ mod tests {
     fn simd_paths_match_the_scalar_reference() {
         let mut rng = rng(5);
         for path in crate::available_kernel_paths() {
-            for ty in TYPES {
+            for ty in grid_types() {
                 for (n_rows, n_tok, k) in [(16, 12, 256), (35, 29, 512), (3, 1, 256), (16, 17, 1536)] {
                     let w = weights(ty, n_rows, k, &mut rng);
                     let x = acts(n_tok, k, &mut rng);
@@ -811,9 +805,8 @@ mod tests {
 /// needs no per-block activation work: `dl` the block scale, `s4` the code sum, `dsl = dl · s4`.
 #[derive(Clone, Debug, Default)]
 pub struct VecQ8 {
-    k: usize,
-    /// (k): codes.
-    q: Vec<i8>,
+    /// The token quantized by [`ActsQ8::quantize`]; its codes `acts.q` feed the hot loop.
+    acts: ActsQ8,
     /// (k / 4): `-8 · Σ` of each 4 codes (the Q4_0 offset, folded into the accumulator).
     neg8: Vec<i32>,
     /// (k / 4): `-128 · Σ` of each 4 codes (the offset of Q8_0 codes stored as `q + 128`).
@@ -829,16 +822,14 @@ impl VecQ8 {
     pub fn quantize(&mut self, x: &[f32]) {
         let k = x.len();
         assert!(k > 0 && k.is_multiple_of(QA), "VecQ8: length {k} is not a positive multiple of 32");
-        let (mut d, mut ds16, mut ds32) =
-            (alloc::vec![0.0f32; k / QA], alloc::vec![0.0f32; k / 16], alloc::vec![0.0f32; k / QA]);
-        self.q.resize(k, 0);
-        quantize_acts_scalar(x, &mut self.q, &mut d, &mut ds16, &mut ds32);
-        self.k = k;
+        // The gemm's quantizer on one token, into reused buffers (no allocation per call).
+        self.acts.quantize(x, k);
+        let (q, d) = (&self.acts.q, &self.acts.d);
         self.neg8.clear();
         self.neg128.clear();
         self.dl.clear();
         self.dsl.clear();
-        for (l, c) in self.q.chunks_exact(4).enumerate() {
+        for (l, c) in q.chunks_exact(4).enumerate() {
             let s: i32 = c.iter().map(|&v| v as i32).sum();
             let dx = d[l * 4 / QA];
             self.neg8.push(-8 * s);
@@ -850,7 +841,7 @@ impl VecQ8 {
 
     /// Elements.
     pub fn k(&self) -> usize {
-        self.k
+        self.acts.k
     }
 }
 
@@ -874,7 +865,7 @@ pub fn gemv_q8_on(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &V
 
 fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &VecQ8, out: &mut [f32]) {
     assert!(gemv_q8_supported(ty), "gemv_q8: no kernel for {ty}");
-    let rb = ty.row_bytes(x.k).unwrap_or(0);
+    let rb = ty.row_bytes(x.k()).unwrap_or(0);
     assert_eq!(w.len(), n_rows * rb, "gemv_q8: {} bytes for {n_rows} rows of {rb}", w.len());
     assert_eq!(out.len(), n_rows, "gemv_q8: output length");
     match path {
@@ -882,7 +873,7 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
         KernelPath::Avx512 => x86::gemv_q8_avx512(ty, w, rb, x, out),
         _ => {
             for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-                *o = (0..x.k / QA).map(|b| gemv_block_scalar(ty, row, b, x)).sum();
+                *o = (0..x.k() / QA).map(|b| gemv_block_scalar(ty, row, b, x)).sum();
             }
         }
     }
@@ -890,7 +881,7 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
 
 /// The reference for one block `b` of a row: the exact integer dot, then the scales.
 fn gemv_block_scalar(ty: GgmlType, row: &[u8], b: usize, x: &VecQ8) -> f32 {
-    let q = &x.q[b * QA..(b + 1) * QA];
+    let q = &x.acts.q[b * QA..(b + 1) * QA];
     let dx = x.dl[b * 8];
     let sum: i32 = q.iter().map(|&v| v as i32).sum();
     match ty {

@@ -111,9 +111,10 @@ const GEMM_ROWS: usize = pith_kernels::GEMM_Q8_ROWS;
 
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` — `x`: (n_tok, n_cols), `out`: (n_tok, n_rows).
 ///
-/// Rows are split across the pool's threads. For one token the result is written in place;
-/// for a batch each thread fills a (rows, n_tok) tile which is transposed at the end, so the
-/// weights are streamed once per batch, not once per token.
+/// Rows are split across the pool's threads. One token: see [`matmul_many`]. A batch under
+/// `Precision::Q8` runs the integer gemm, which writes in place; otherwise each thread fills a
+/// (rows, n_tok) tile which is transposed at the end. Either way the weights are streamed once
+/// per batch, not once per token.
 pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     let (n_rows, n_cols) = (w.n_rows, w.n_cols);
     assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
@@ -127,19 +128,11 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
         matmul_one_token(pool, scratch, &[w], x, &mut [out]);
         return;
     }
-    // Batches: enough chunks to balance threads, each a multiple of the tile. One token: one
-    // chunk per thread, since each task's work is small next to the cost of handing it out.
-    let chunk_rows = if n_tok == 1 {
-        n_rows.div_ceil(pool.threads())
-    } else {
-        (n_rows.div_ceil(pool.threads() * 8)).next_multiple_of(TILE_ROWS).max(TILE_ROWS)
-    };
-    let target: &mut [f32] = if n_tok == 1 {
-        out
-    } else {
-        scratch.out_t.resize(n_rows * n_tok, 0.0);
-        &mut scratch.out_t
-    };
+    // A batch: enough chunks to balance threads, each a multiple of the tile, filling a
+    // (n_rows, n_tok) buffer transposed at the end.
+    let chunk_rows = (n_rows.div_ceil(pool.threads() * 8)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
+    scratch.out_t.resize(n_rows * n_tok, 0.0);
+    let target = &mut scratch.out_t;
     let vt = w.ty.vec_dot_type();
     if scratch.precision == Precision::Q8 && w.ty.is_quantized() && vt.row_bytes(n_cols).is_some() {
         // Quantize each token's activations once; every row reuses them.
@@ -165,9 +158,7 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
             matmul_rows_hot_loop(w, x, n_tok, r0, rows, chunk);
         });
     }
-    if n_tok > 1 {
-        transpose_into(&scratch.out_t, n_tok, out);
-    }
+    transpose_into(&scratch.out_t, n_tok, out);
 }
 
 /// Several matmuls on the same input: `outs[i] = x · ws[i]ᵀ`.
@@ -287,12 +278,6 @@ fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>]
 /// The hot loop: rows `r0..r0+rows` of `w` against all tokens, into `chunk` laid out (rows, n_tok).
 fn matmul_rows_hot_loop(w: &Weight<'_>, x: &[f32], n_tok: usize, r0: usize, rows: usize, chunk: &mut [f32]) {
     let n_cols = w.n_cols;
-    if n_tok == 1 {
-        for (i, o) in chunk.iter_mut().enumerate() {
-            *o = pith_kernels::vec_dot_f32(w.ty, w.row(r0 + i), x);
-        }
-        return;
-    }
     // Dequantize TILE_ROWS rows once, then multiply them with every token of the batch.
     let mut tile = alloc::vec![0.0f32; TILE_ROWS * n_cols];
     let mut i = 0;
