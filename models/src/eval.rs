@@ -345,12 +345,8 @@ pub fn evaluate_with(
     let rows_per = |threads: usize| n_scored.div_ceil(threads.max(1)).max(1);
 
     for c in 0..n_chunks {
-        let real = &tokens[c * n_ctx..(c + 1) * n_ctx];
+        let real = pith::perplexity::fill_chunk(&mut chunk, tokens, c, bos);
         let next = &real[first + 1..];
-        chunk.copy_from_slice(real);
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
 
         base_state.reset();
         let t = Instant::now();

@@ -180,10 +180,7 @@ pub fn collect(
     let mut col = Collector { sites: BTreeMap::new(), hessian, xt: Vec::new(), prod: Vec::new() };
     let mut chunk = vec![0u32; n_ctx];
     for c in 0..n_chunks {
-        chunk.copy_from_slice(&tokens[c * n_ctx..(c + 1) * n_ctx]);
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
+        pith::perplexity::fill_chunk(&mut chunk, tokens, c, bos);
         state.reset();
         model.forward_observed(&mut state, &engine.pool, &chunk, Logits::From(0), &mut col)?;
         on_chunk(c + 1, n_chunks);

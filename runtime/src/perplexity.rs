@@ -85,6 +85,19 @@ pub fn nll(logits: &[f32], tok: u32) -> f64 {
     LogSoftmaxRow::of(logits).nll(logits, tok)
 }
 
+/// Fills `chunk` with chunk `c` of `tokens` (chunks of `chunk.len()` tokens), its first token
+/// replaced by `bos` when the model wants one (llama-perplexity's protocol), and returns the
+/// chunk's real tokens.
+pub fn fill_chunk<'t>(chunk: &mut [u32], tokens: &'t [u32], c: usize, bos: Option<u32>) -> &'t [u32] {
+    let n = chunk.len();
+    let real = &tokens[c * n..(c + 1) * n];
+    chunk.copy_from_slice(real);
+    if let (Some(b), Some(first)) = (bos, chunk.first_mut()) {
+        *first = b;
+    }
+    real
+}
+
 /// The number of whole chunks of `n_ctx` tokens to evaluate among `n_tokens`: every one
 /// (`max_chunks` 0) or at most `max_chunks`; `None` when not even one fits (or `n_ctx` is 0).
 pub fn chunk_count(n_tokens: usize, n_ctx: usize, max_chunks: usize) -> Option<usize> {
@@ -128,13 +141,9 @@ pub fn perplexity(
     let mut stats = PerplexityStats::default();
     let mut chunk = vec![0u32; n_ctx];
     for c in 0..n_chunks {
-        chunk.copy_from_slice(&tokens[c * n_ctx..(c + 1) * n_ctx]);
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
+        let real = fill_chunk(&mut chunk, tokens, c, bos);
         state.reset();
         let logits = model.forward(&mut state, pool, &chunk, Logits::From(first))?;
-        let real = &tokens[c * n_ctx..(c + 1) * n_ctx];
         for j in first..n_ctx - 1 {
             let row = &logits[(j - first) * n_vocab..(j - first + 1) * n_vocab];
             let v = nll(row, real[j + 1]);
