@@ -53,19 +53,33 @@ impl ActsQ8 {
     pub fn quantize(&mut self, x: &[f32], k: usize) {
         assert!(k > 0 && k.is_multiple_of(QA), "ActsQ8: row length {k} is not a positive multiple of 32");
         assert!(x.len().is_multiple_of(k), "ActsQ8: {} values are not whole rows of {k}", x.len());
-        let n_tok = x.len() / k;
+        self.reset(x.len() / k, k);
+        quantize_acts(x, &mut self.q, &mut self.d, &mut self.ds16, &mut self.ds32);
+    }
+
+    /// Sizes the buffers for `n_tok` tokens of `k` elements (`k` a positive multiple of 32),
+    /// to be filled through [`parts_mut`](Self::parts_mut).
+    pub fn reset(&mut self, n_tok: usize, k: usize) {
+        assert!(k > 0 && k.is_multiple_of(QA), "ActsQ8: row length {k} is not a positive multiple of 32");
         self.n_tok = n_tok;
         self.k = k;
         self.q.resize(n_tok * k, 0);
         self.d.resize(n_tok * k / QA, 0.0);
         self.ds16.resize(n_tok * k / 16, 0.0);
         self.ds32.resize(n_tok * k / QA, 0.0);
-        #[cfg(target_arch = "x86_64")]
-        if crate::kernel_path() == KernelPath::Avx512 {
-            x86::quantize_acts_avx512(x, &mut self.q, &mut self.d, &mut self.ds16, &mut self.ds32);
-            return;
-        }
-        quantize_acts_scalar(x, &mut self.q, &mut self.d, &mut self.ds16, &mut self.ds32);
+    }
+
+    /// The tokens split into parts of `per` tokens (the last may be shorter), each quantized on
+    /// its own by [`ActsQ8Part::quantize`] — e.g. on different threads. Same bits as
+    /// [`quantize`](Self::quantize).
+    pub fn parts_mut(&mut self, per: usize) -> Vec<ActsQ8Part<'_>> {
+        assert!(per > 0, "ActsQ8: parts of 0 tokens");
+        let k = self.k;
+        let q = self.q.chunks_mut(per * k);
+        let d = self.d.chunks_mut(per * k / QA);
+        let ds16 = self.ds16.chunks_mut(per * k / 16);
+        let ds32 = self.ds32.chunks_mut(per * k / QA);
+        q.zip(d).zip(ds16.zip(ds32)).map(|((q, d), (ds16, ds32))| ActsQ8Part { k, q, d, ds16, ds32 }).collect()
     }
 
     /// Tokens held.
@@ -86,6 +100,39 @@ impl ActsQ8 {
             &self.ds32
         }
     }
+}
+
+/// Some consecutive tokens of an [`ActsQ8`], quantized on their own.
+#[derive(Debug)]
+pub struct ActsQ8Part<'a> {
+    k: usize,
+    q: &'a mut [i8],
+    d: &'a mut [f32],
+    ds16: &'a mut [f32],
+    ds32: &'a mut [f32],
+}
+
+impl ActsQ8Part<'_> {
+    /// Tokens in this part.
+    pub fn n_tok(&self) -> usize {
+        self.q.len() / self.k
+    }
+
+    /// Quantizes this part's tokens from `x` (`n_tok() · k` values).
+    pub fn quantize(&mut self, x: &[f32]) {
+        assert_eq!(x.len(), self.q.len(), "ActsQ8Part: {} values for {} tokens of {}", x.len(), self.n_tok(), self.k);
+        quantize_acts(x, self.q, self.d, self.ds16, self.ds32);
+    }
+}
+
+/// The activation quantizer on [`kernel_path`](crate::kernel_path).
+fn quantize_acts(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel_path() == KernelPath::Avx512 {
+        x86::quantize_acts_avx512(x, q, d, ds16, ds32);
+        return;
+    }
+    quantize_acts_scalar(x, q, d, ds16, ds32);
 }
 
 /// The reference activation quantizer: per 32 elements `d = amax / 127`, `q = round(x · (1/d))`
@@ -505,7 +552,11 @@ mod x86 {
                 }
             }
             for (o, col) in out[t..t + nt].iter_mut().zip(&res) {
-                o[r0..r0 + nr].copy_from_slice(&col[..nr]);
+                match <&mut [f32; GEMM_Q8_ROWS]>::try_from(&mut o[r0..r0 + nr]) {
+                    // A whole tile: a fixed-size copy (inlined, not a `memmove` call).
+                    Ok(dst) => *dst = *col,
+                    Err(_) => o[r0..r0 + nr].copy_from_slice(&col[..nr]),
+                }
             }
             t += nt;
         }
@@ -671,6 +722,24 @@ mod tests {
         // All-zero and tiny rows quantize to zeros without NaN.
         a.quantize(&[0.0; 32], 32);
         assert!(a.q.iter().all(|&q| q == 0) && a.d[0] == 0.0);
+    }
+
+    #[test]
+    fn parts_quantize_to_the_same_bits_as_the_whole() {
+        let mut rng = rng(4);
+        let x = acts(11, 64, &mut rng);
+        let mut whole = ActsQ8::default();
+        whole.quantize(&x, 64);
+        let mut split = ActsQ8::default();
+        split.reset(11, 64);
+        let mut t0 = 0;
+        for mut part in split.parts_mut(3) {
+            let n = part.n_tok();
+            part.quantize(&x[t0 * 64..(t0 + n) * 64]);
+            t0 += n;
+        }
+        assert_eq!(t0, 11);
+        assert_eq!((&whole.q, &whole.d, &whole.ds16, &whole.ds32), (&split.q, &split.d, &split.ds16, &split.ds32));
     }
 
     /// The scalar reference against f32 arithmetic on the dequantized weights: the only error

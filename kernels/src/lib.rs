@@ -66,6 +66,8 @@ pub mod q8_1;
 pub mod q8_k;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 mod simd;
+#[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
+pub mod vmath;
 
 pub use dispatch::{
     block_codes, block_grid, dequantize_row, dot_f32, has_block_grid, quantize_row, quantize_row_weighted,
@@ -73,11 +75,12 @@ pub use dispatch::{
 };
 pub use gemm::{gemm_f32, gemm_f32_nn, Mat};
 pub use gemm_q8::{
-    gemm_q8, gemm_q8_on, gemm_q8_supported, gemv_q8, gemv_q8_on, gemv_q8_supported, ActsQ8, PackedTile, VecQ8,
-    GEMM_Q8_ROWS,
+    gemm_q8, gemm_q8_on, gemm_q8_supported, gemv_q8, gemv_q8_on, gemv_q8_supported, ActsQ8, ActsQ8Part, PackedTile,
+    VecQ8, GEMM_Q8_ROWS,
 };
 pub use simd::{
     available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,
     KernelPath,
 };
 pub use types::{GgmlType, ALL_TYPES, QK_K};
+pub use vmath::{silu_mul, softmax_scaled};

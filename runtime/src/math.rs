@@ -50,20 +50,6 @@ mod imp {
 
 pub use imp::*;
 
-/// In-place softmax.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = expf(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
 /// RMSNorm of `x` into `out`, scaled by `w`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     // Sum of squares in f64, as ggml does.
@@ -72,10 +58,4 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         *o = xi * scale * wi;
     }
-}
-
-/// SiLU(x) = x * sigmoid(x).
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + expf(-x))
 }

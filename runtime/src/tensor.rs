@@ -72,6 +72,21 @@ fn takes_gemm_q8(precision: Precision, w: &Weight<'_>, n_tok: usize) -> bool {
     n_tok > 1 && precision == Precision::Q8 && pith_kernels::gemm_q8_supported(w.ty, w.n_cols)
 }
 
+/// Quantizes a batch's activations `x` (n_tok, k) for the integer gemm, the tokens shared out
+/// over the pool (the same bits as one `ActsQ8::quantize`).
+fn quantize_batch(pool: &Pool, acts: &mut pith_kernels::ActsQ8, x: &[f32], k: usize) {
+    assert!(k > 0 && x.len().is_multiple_of(k), "matmul: {} activations are not whole rows of {k}", x.len());
+    let n_tok = x.len() / k;
+    let per = n_tok.div_ceil(pool.threads() * 2).max(1);
+    acts.reset(n_tok, k);
+    let mut parts = acts.parts_mut(per);
+    pool.for_each_chunk(&mut parts, 1, &|i, part: &mut [pith_kernels::ActsQ8Part<'_>]| {
+        let t0 = i * per;
+        let n = part[0].n_tok();
+        part[0].quantize(&x[t0 * k..(t0 + n) * k]);
+    });
+}
+
 /// A batch through the integer gemm: `acts` (n_tok, n_cols) quantized, `out` (n_tok, n_rows).
 /// Rows are split across threads in multiples of the 16-row tile; each thread packs its tiles
 /// and writes its rows of every token's output in place.
@@ -120,7 +135,7 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
     assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
     if takes_gemm_q8(scratch.precision, w, n_tok) {
-        scratch.acts.quantize(x, n_cols);
+        quantize_batch(pool, &mut scratch.acts, x, n_cols);
         matmul_gemm_q8(pool, &scratch.acts, w, out);
         return;
     }
@@ -179,7 +194,7 @@ pub fn matmul_many(
     assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
     if ws.iter().all(|w| takes_gemm_q8(scratch.precision, w, n_tok) && w.n_cols == ws[0].n_cols) {
         // One quantization of the shared input for every weight.
-        scratch.acts.quantize(x, ws[0].n_cols);
+        quantize_batch(pool, &mut scratch.acts, x, ws[0].n_cols);
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_gemm_q8(pool, &scratch.acts, w, out);
         }

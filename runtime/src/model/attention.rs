@@ -2,7 +2,6 @@
 //! (head, block of queries) on the kernels' f32 gemm: scores `Q Kᵀ`, a masked softmax per
 //! query, then `P V`. Decoding (one query) uses the per-head loop in the parent module.
 
-use crate::math;
 use crate::parallel::Pool;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -67,10 +66,7 @@ pub(super) fn attention_batch(
         pith_kernels::gemm_f32_nn(q_rows, k_t, &mut p, n_keys);
         for (r, pr) in p.chunks_exact_mut(n_keys).enumerate() {
             let len = sh.p0 + t0 + r + 1;
-            for v in pr[..len].iter_mut() {
-                *v *= sh.scale;
-            }
-            math::softmax(&mut pr[..len]);
+            pith_kernels::softmax_scaled(&mut pr[..len], sh.scale);
             pr[len..].fill(0.0);
         }
         let p = Mat { data: &p, rows: nq, cols: n_keys, stride: n_keys };

@@ -337,24 +337,30 @@ impl Model<'_> {
         }
         let p0 = s.pos;
         for (li, l) in self.layers.iter().enumerate() {
-            // Attention block.
-            for t in 0..n {
-                math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.attn_norm, c.rms_eps);
+            // Attention block. The elementwise work between matmuls is shared out over whole
+            // tokens of the batch (run inline for a single token).
+            if li == 0 {
+                let (x, norm, eps) = (&s.x, l.attn_norm, c.rms_eps);
+                per_token(pool, n, &mut s.xb, d, &|t0, xb| {
+                    for (t, o) in xb.chunks_exact_mut(d).enumerate() {
+                        math::rmsnorm(o, &x[(t0 + t) * d..(t0 + t + 1) * d], norm, eps);
+                    }
+                });
             }
             obs.matmul_input(Some(li), Site::AttnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.wq, &l.wk, &l.wv], &s.xb, n, &mut [&mut s.q, &mut s.k, &mut s.v]);
-            add_bias(&mut s.q, l.bq);
-            add_bias(&mut s.k, l.bk);
             add_bias(&mut s.v, l.bv);
-            for t in 0..n {
-                let rot = &s.rope[(p0 + t) * (c.rope_dim / 2)..(p0 + t + 1) * (c.rope_dim / 2)];
-                for h in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(c.head_dim) {
-                    apply_rope(h, rot, c.rope_style);
+            let (rope, rd, style, hd) = (&s.rope, c.rope_dim / 2, c.rope_style, c.head_dim);
+            per_token2(pool, n, (&mut s.q, qd), (&mut s.k, kvd), &|t0, q, k| {
+                add_bias(q, l.bq);
+                add_bias(k, l.bk);
+                for (t, (qt, kt)) in q.chunks_exact_mut(qd).zip(k.chunks_exact_mut(kvd)).enumerate() {
+                    let rot = &rope[(p0 + t0 + t) * rd..(p0 + t0 + t + 1) * rd];
+                    for h in qt.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+                        apply_rope(h, rot, style);
+                    }
                 }
-                for h in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(c.head_dim) {
-                    apply_rope(h, rot, c.rope_style);
-                }
-            }
+            });
             let layer_off = li * s.n_ctx * kvd;
             for t in 0..n {
                 let at = layer_off + (p0 + t) * kvd;
@@ -369,7 +375,7 @@ impl Model<'_> {
             widen(&s.v_cache[layer_off..layer_off + n_pos * kvd], &mut s.vf);
             let (kc, vc) = (&s.kf[..], &s.vf[..]);
             let q = &s.q;
-            let (hd, group) = (c.head_dim, c.n_head / c.n_head_kv);
+            let group = c.n_head / c.n_head_kv;
             let scale = 1.0 / math::sqrtf(hd as f32);
             if n > 1 {
                 let shape = attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n, scale };
@@ -386,23 +392,35 @@ impl Model<'_> {
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
-            for (x, p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            // Residual, then the feed-forward block's norm.
+            let (proj, norm, eps) = (&s.proj, l.ffn_norm, c.rms_eps);
+            per_token2(pool, n, (&mut s.x, d), (&mut s.xb, d), &|t0, x, xb| {
+                for (v, p) in x.iter_mut().zip(&proj[t0 * d..]) {
+                    *v += p;
+                }
+                for (o, xt) in xb.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    math::rmsnorm(o, xt, norm, eps);
+                }
+            });
             // Feed-forward block (SwiGLU).
-            for t in 0..n {
-                math::rmsnorm(&mut s.xb[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], l.ffn_norm, c.rms_eps);
-            }
             obs.matmul_input(Some(li), Site::FfnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.w_gate, &l.w_up], &s.xb, n, &mut [&mut s.hb, &mut s.hb2]);
-            for (g, u) in s.hb.iter_mut().zip(&s.hb2) {
-                *g = math::silu(*g) * u;
-            }
+            let up = &s.hb2;
+            per_token(pool, n, &mut s.hb, ff, &|t0, g| pith_kernels::silu_mul(g, &up[t0 * ff..t0 * ff + g.len()]));
             obs.matmul_input(Some(li), Site::FfnDown, &s.hb, n);
             matmul(pool, &mut s.scratch, &l.w_down, &s.hb, n, &mut s.proj);
-            for (x, p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            // Residual, then the next layer's attention norm.
+            let (proj, next) = (&s.proj, self.layers.get(li + 1).map(|nl| nl.attn_norm));
+            per_token2(pool, n, (&mut s.x, d), (&mut s.xb, d), &|t0, x, xb| {
+                for (v, p) in x.iter_mut().zip(&proj[t0 * d..]) {
+                    *v += p;
+                }
+                if let Some(norm) = next {
+                    for (o, xt) in xb.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        math::rmsnorm(o, xt, norm, eps);
+                    }
+                }
+            });
         }
         s.pos += n;
         let n_out = n - out_from;
@@ -417,6 +435,46 @@ impl Model<'_> {
         let base = s.logits.len();
         s.logits.resize(base + n_out * c.n_vocab, 0.0);
         matmul(pool, &mut s.scratch, &self.output, &s.xb[..n_out * d], n_out, &mut s.logits[base..]);
+    }
+}
+
+/// Tokens per chunk of a token-parallel region, or `None` to run inline: a batch too small
+/// to pay for handing work to the threads.
+fn token_chunk(pool: &Pool, n: usize) -> Option<usize> {
+    (pool.threads() > 1 && n >= 4).then(|| n.div_ceil(pool.threads() * 2))
+}
+
+/// `f(t0, rows)` over chunks of whole tokens of `a` (`width` values per token, `n` tokens),
+/// shared out over the pool.
+fn per_token(pool: &Pool, n: usize, a: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let a = &mut a[..n * width];
+    match token_chunk(pool, n) {
+        None => f(0, a),
+        Some(per) => pool.for_each_chunk(a, per * width, &|i, rows: &mut [f32]| f(i * per, rows)),
+    }
+}
+
+/// The work of [`per_token2`]: `(t0, a_rows, b_rows)`.
+type TokenRows2<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
+
+/// `f(t0, a_rows, b_rows)` over matching chunks of whole tokens of two arrays (`(array, width)`).
+fn per_token2(
+    pool: &Pool,
+    n: usize,
+    (a, wa): (&mut [f32], usize),
+    (b, wb): (&mut [f32], usize),
+    f: &TokenRows2<'_>,
+) {
+    let (a, b) = (&mut a[..n * wa], &mut b[..n * wb]);
+    match token_chunk(pool, n) {
+        None => f(0, a, b),
+        Some(per) => {
+            let mut parts: Vec<(&mut [f32], &mut [f32])> = a.chunks_mut(per * wa).zip(b.chunks_mut(per * wb)).collect();
+            pool.for_each_chunk(&mut parts, 1, &|i, p: &mut [(&mut [f32], &mut [f32])]| {
+                let (x, y) = &mut p[0];
+                f(i * per, x, y)
+            });
+        }
     }
 }
 
@@ -477,9 +535,9 @@ fn attention_head(
     let mut scores = vec![0.0f32; n_pos];
     for (p, sc) in scores.iter_mut().enumerate() {
         let k = &kc[p * kvd + off..p * kvd + off + hd];
-        *sc = pith_kernels::dot_f32(q, k) * scale;
+        *sc = pith_kernels::dot_f32(q, k);
     }
-    math::softmax(&mut scores);
+    pith_kernels::softmax_scaled(&mut scores, scale);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         let v = &vc[p * kvd + off..p * kvd + off + hd];
