@@ -77,6 +77,30 @@ pub fn silu_mul_scalar(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// `Σ x`, read at the widest vector width the kernel path has, with independent accumulators
+/// so that only the memory system limits it: the hot loop of `pith bench --roofline`'s
+/// bandwidth probe. The summation order differs between paths.
+pub fn sum_f32(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel_path() == KernelPath::Avx512 {
+        return x86::sum_f32_avx512(x);
+    }
+    sum_f32_scalar(x)
+}
+
+/// The reference for [`sum_f32`]: 16 accumulators, which LLVM vectorizes for the baseline ISA.
+pub fn sum_f32_scalar(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..16 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use core::arch::x86_64::*;
@@ -139,6 +163,28 @@ mod x86 {
     /// Lanes `0..len` set (`len ≤ 16`).
     fn mask16(len: usize) -> __mmask16 {
         ((1u32 << len) - 1) as __mmask16
+    }
+
+    pub(super) fn sum_f32_avx512(x: &[f32]) -> f32 {
+        assert!(crate::KernelPath::Avx512.is_available(), "sum_f32: AVX-512 is not available");
+        let cut = x.len() / 64 * 64;
+        // SAFETY: AVX-512 F is available (asserted above); whole 64-float steps inside `x`.
+        let body = unsafe { sum_f32_avx512_impl(&x[..cut]) };
+        body + x[cut..].iter().sum::<f32>()
+    }
+
+    /// # Safety
+    /// AVX-512 F; `x.len()` a multiple of 64.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_f32_avx512_impl(x: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for c in x.chunks_exact(64) {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `c` is 64 floats.
+                *a = _mm512_add_ps(*a, _mm512_loadu_ps(c.as_ptr().add(16 * k)));
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
     }
 
     pub(super) fn softmax_scaled_avx512(x: &mut [f32], scale: f32) {
@@ -337,6 +383,16 @@ mod tests {
             let mut one = [-1e30f32];
             softmax_scaled_on(path, &mut one, 1.0);
             assert_eq!(one, [1.0]);
+        }
+    }
+
+    #[test]
+    fn sum_matches_the_reference() {
+        let x: Vec<f32> = (0..1000).map(|i| (i % 13) as f32 - 6.0).collect();
+        for len in [0, 5, 64, 130, 1000] {
+            let want: f32 = x[..len].iter().sum();
+            assert_eq!(sum_f32_scalar(&x[..len]), want);
+            assert_eq!(sum_f32(&x[..len]), want, "len {len}");
         }
     }
 

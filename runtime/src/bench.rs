@@ -108,7 +108,7 @@ pub fn read_bandwidth(pool: &Pool, bytes: usize, reps: usize) -> f64 {
         pool.for_each_chunk(&mut sums, 1, &|i, out: &mut [f32]| {
             let lo = (i * chunk).min(n);
             let hi = ((i + 1) * chunk).min(n);
-            out[0] = read_hot_loop(&src[lo..hi]);
+            out[0] = pith_kernels::vmath::sum_f32(&src[lo..hi]);
         });
         let secs = t.elapsed().as_secs_f64();
         best = best.max(bytes as f64 / secs / 1e9);
@@ -118,17 +118,4 @@ pub fn read_bandwidth(pool: &Pool, bytes: usize, reps: usize) -> f64 {
         eprintln!("pith: bandwidth probe saw NaN");
     }
     best
-}
-
-/// The probe's hot loop: 16 independent accumulators so the adds vectorize.
-fn read_hot_loop(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for k in 0..16 {
-            acc[k] += c[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

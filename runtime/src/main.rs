@@ -56,7 +56,8 @@ struct BenchArgs {
     /// Matmul arithmetic: q8 (8-bit activations, integer dot products: the fast path) or f32.
     #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
-    /// Also measure the machine's read bandwidth (STREAM-style) and compare.
+    /// Also measure the machine's read bandwidth (STREAM-style, a 256 MB buffer and a weights-sized
+    /// one) and put the generation figures next to the bounds it implies.
     #[arg(long)]
     roofline: bool,
 }
@@ -546,14 +547,19 @@ fn bench(a: BenchArgs) -> Res<()> {
         }
     }
     let rss = peak_rss_bytes();
-    let bw: Vec<(usize, f64)> = if a.roofline {
-        a.threads
-            .iter()
-            .map(|&t| pith::Pool::new(t).map(|p| (t, read_bandwidth(&p, 256 << 20, 5))).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
+    // Two working sets: 256 MB (larger than most last-level caches; the usual STREAM-style
+    // figure) and the weights' own size, which is what generation streams per token (a model
+    // smaller than the last-level cache is partly served from it).
+    let sizes = [(256usize << 20, "256 MB buffer"), (model.weight_bytes(), "weights-sized buffer")];
+    let mut bw: Vec<(usize, &str, usize, f64)> = Vec::new();
+    if a.roofline {
+        for &t in &a.threads {
+            let pool = pith::Pool::new(t).map_err(|e| e.to_string())?;
+            for &(bytes, what) in &sizes {
+                bw.push((t, what, bytes, read_bandwidth(&pool, bytes, 7)));
+            }
+        }
+    }
     if a.output == "json" {
         println!("{}", serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?);
         return Ok(());
@@ -575,11 +581,14 @@ fn bench(a: BenchArgs) -> Res<()> {
     if let Some(b) = rss {
         println!("peak RSS: {:.1} MB", b as f64 / 1e6);
     }
-    for (t, gbps) in bw {
+    for (t, what, bytes, gbps) in bw {
         let bound = gbps * 1e9 / wbytes;
         let tg = results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map(|r| r.tokens_per_second);
         let frac = tg.map(|v| format!(", tg at {:.0} % of it", 100.0 * v / bound)).unwrap_or_default();
-        println!("read bandwidth, {t} thread(s): {gbps:.1} GB/s → generation bound {bound:.0} t/s{frac}");
+        println!(
+            "read bandwidth, {t} thread(s), {what} ({:.0} MB): {gbps:.1} GB/s → generation bound {bound:.0} t/s{frac}",
+            bytes as f64 / 1e6
+        );
     }
     Ok(())
 }
