@@ -458,13 +458,7 @@ fn per_token(pool: &Pool, n: usize, a: &mut [f32], width: usize, f: &(dyn Fn(usi
 type TokenRows2<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
 
 /// `f(t0, a_rows, b_rows)` over matching chunks of whole tokens of two arrays (`(array, width)`).
-fn per_token2(
-    pool: &Pool,
-    n: usize,
-    (a, wa): (&mut [f32], usize),
-    (b, wb): (&mut [f32], usize),
-    f: &TokenRows2<'_>,
-) {
+fn per_token2(pool: &Pool, n: usize, (a, wa): (&mut [f32], usize), (b, wb): (&mut [f32], usize), f: &TokenRows2<'_>) {
     let (a, b) = (&mut a[..n * wa], &mut b[..n * wb]);
     match token_chunk(pool, n) {
         None => f(0, a, b),
