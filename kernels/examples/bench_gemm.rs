@@ -7,9 +7,14 @@
 //! ```
 //!
 //! GMAC/s counts one multiply-accumulate per weight per token, packing and activation
-//! quantization included. Numbers only — nothing is asserted.
+//! quantization included. The decode kernel `gemv_q8` (one token) is timed too, in GB/s of
+//! weights, on the output matrix's shape (49152 × 576: larger than L2, streamed). Numbers
+//! only — nothing is asserted.
 
-use pith_kernels::{available_kernel_paths, gemm_q8_on, quantize_row, ActsQ8, GgmlType, PackedTile};
+use pith_kernels::{
+    available_kernel_paths, gemm_q8_on, gemv_q8_on, gemv_q8_supported, quantize_row, ActsQ8, GgmlType, PackedTile,
+    VecQ8,
+};
 use std::time::Instant;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -60,6 +65,31 @@ fn main() {
                     best * 1e3
                 );
             }
+        }
+    }
+    for &ty in &types {
+        if !gemv_q8_supported(ty) {
+            continue;
+        }
+        let (rows, k) = (49152usize, 576usize);
+        let rb = ty.row_bytes(k).expect("shape");
+        let wf = data(rows * k, 5);
+        let mut w = vec![0u8; rows * rb];
+        for r in 0..rows {
+            quantize_row(ty, &wf[r * k..(r + 1) * k], &mut w[r * rb..(r + 1) * rb]);
+        }
+        let mut v = VecQ8::default();
+        v.quantize(&data(k, 9));
+        let mut out = vec![0.0f32; rows];
+        for path in available_kernel_paths() {
+            let mut best = f64::INFINITY;
+            for _ in 0..7 {
+                let t = Instant::now();
+                gemv_q8_on(path, ty, &w, rows, &v, &mut out);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gbs = w.len() as f64 / best / 1e9;
+            println!("{ty:>5} gemv {rows}x{k} {path:<8} {:8.3} ms  {gbs:6.1} GB/s", best * 1e3);
         }
     }
 }

@@ -132,6 +132,11 @@ fn quantize_acts(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32:
         x86::quantize_acts_avx512(x, q, d, ds16, ds32);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel_path() == KernelPath::Avx2 {
+        avx2::quantize_acts_avx2(x, q, d, ds16, ds32);
+        return;
+    }
     quantize_acts_scalar(x, q, d, ds16, ds32);
 }
 
@@ -326,6 +331,8 @@ fn gemm_q8_with(
         match path {
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx512 => x86::gemm_q8_16xn_avx512(tile, acts, r0, nr, out),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => avx2::gemm_q8_16xn_avx2(tile, acts, r0, nr, out),
             _ => gemm_q8_16xn_scalar(tile, acts, r0, nr, out),
         }
         r0 += nr;
@@ -357,126 +364,16 @@ pub fn gemm_q8_16xn_scalar(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usiz
 }
 
 #[cfg(target_arch = "x86_64")]
+#[path = "gemm_q8_avx2.rs"]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[path = "gemv_avx512.rs"]
+mod gemv_avx512;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActsQ8, PackedTile, GEMM_Q8_ROWS, NT, QA};
-
-    /// How far ahead (bytes) the decode kernels prefetch weights.
-    const PREFETCH: usize = 4096;
     use core::arch::x86_64::*;
-
-    /// [`super::gemv_q8`] on AVX-512 VNNI: two blocks per 512-bit step.
-    pub(super) fn gemv_q8_avx512(ty: crate::GgmlType, w: &[u8], rb: usize, x: &super::VecQ8, out: &mut [f32]) {
-        assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
-        let nb = x.k() / QA;
-        assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
-        assert!(
-            x.acts.q.len() == x.k() && x.neg8.len() == x.k() / 4 && x.dl.len() == x.k() / 4 && x.dsl.len() == x.k() / 4
-        );
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-            // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `row` holds `nb`
-            // blocks of `ty` and `x` the per-lane arrays of `nb` blocks (asserted above).
-            let mut v = unsafe {
-                match ty {
-                    crate::GgmlType::Q4_0 => gemv_row_q4::<true>(row, nb, x),
-                    crate::GgmlType::Q4_1 => gemv_row_q4::<false>(row, nb, x),
-                    _ => gemv_row_q8_0(row, nb, x),
-                }
-            };
-            if nb % 2 == 1 {
-                v += super::gemv_block_scalar(ty, row, nb - 1, x);
-            }
-            *o = v;
-        }
-    }
-
-    /// The f16 scales of blocks at `a` and `b`, widened: lanes 0..8 from `a`, 8..16 from `b`.
-    ///
-    /// # Safety
-    /// AVX-512 F; two readable bytes at each pointer.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
-    unsafe fn f16_pair(a: *const u8, b: *const u8) -> __m512 {
-        let (ha, hb) = (a.cast::<i16>().read_unaligned(), b.cast::<i16>().read_unaligned());
-        _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(hb), _mm_set1_epi16(ha)))
-    }
-
-    /// The hot loop of a Q4_0 (`OFFSET8`) or Q4_1 row: blocks `2p, 2p + 1` per step.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL/VNNI; `row` holds `nb` blocks (18 or 20 bytes), `x` `nb` blocks' lanes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
-    unsafe fn gemv_row_q4<const OFFSET8: bool>(row: &[u8], nb: usize, x: &super::VecQ8) -> f32 {
-        let bs = if OFFSET8 { 18 } else { 20 };
-        let m4 = _mm256_set1_epi8(0x0f);
-        let idx_d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-        let idx_m = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
-        let (mut acc, mut acc_m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for p in 0..nb / 2 {
-            // SAFETY: blocks 2p and 2p + 1 lie inside `row`; lanes 16p..16p + 16 and codes
-            // 64p..64p + 64 inside `x`'s arrays.
-            let a = row.as_ptr().add(2 * p * bs);
-            let b = a.add(bs);
-            // Weights stream from memory once: ask for them well ahead (past the row's end is
-            // the next row; a prefetch never faults).
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH).cast());
-            let qa = _mm_loadu_si128(a.add(bs - 16).cast());
-            let qb = _mm_loadu_si128(b.add(bs - 16).cast());
-            let q = _mm256_set_m128i(qb, qa);
-            let lo = _mm256_and_si256(q, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            // [A lo, B lo, A hi, B hi] → [A lo, A hi, B lo, B hi]: each block's elements in order.
-            let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            let z = _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z);
-            let xq = _mm512_loadu_si512(x.acts.q.as_ptr().add(64 * p).cast());
-            let init =
-                if OFFSET8 { _mm512_loadu_si512(x.neg8.as_ptr().add(16 * p).cast()) } else { _mm512_setzero_si512() };
-            let dot = _mm512_dpbusd_epi32(init, z, xq);
-            let dl = _mm512_loadu_ps(x.dl.as_ptr().add(16 * p));
-            if OFFSET8 {
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(f16_pair(a, b), dl), acc);
-            } else {
-                // d and m of both blocks in one conversion: [dA, mA, dB, mB], then spread.
-                let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(
-                    0,
-                    0,
-                    b.cast::<i32>().read_unaligned(),
-                    a.cast::<i32>().read_unaligned(),
-                )));
-                let dw = _mm512_permutexvar_ps(idx_d, dm);
-                let mw = _mm512_permutexvar_ps(idx_m, dm);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dl), acc);
-                acc_m = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.dsl.as_ptr().add(16 * p)), acc_m);
-            }
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_m))
-    }
-
-    /// The hot loop of a Q8_0 row: codes stored as `q + 128` (an xor), the offset folded into
-    /// the accumulator.
-    ///
-    /// # Safety
-    /// As [`gemv_row_q4`], with 34-byte blocks.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
-    unsafe fn gemv_row_q8_0(row: &[u8], nb: usize, x: &super::VecQ8) -> f32 {
-        let flip = _mm512_set1_epi8(-128);
-        let mut acc = _mm512_setzero_ps();
-        for p in 0..nb / 2 {
-            // SAFETY: as in gemv_row_q4.
-            let a = row.as_ptr().add(2 * p * 34);
-            let b = a.add(34);
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH + 64).cast());
-            let wa = _mm256_loadu_si256(a.add(2).cast());
-            let wb = _mm256_loadu_si256(b.add(2).cast());
-            let u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
-            let xq = _mm512_loadu_si512(x.acts.q.as_ptr().add(64 * p).cast());
-            let init = _mm512_loadu_si512(x.neg128.as_ptr().add(16 * p).cast());
-            let dot = _mm512_dpbusd_epi32(init, u, xq);
-            let dl = _mm512_loadu_ps(x.dl.as_ptr().add(16 * p));
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(f16_pair(a, b), dl), acc);
-        }
-        _mm512_reduce_add_ps(acc)
-    }
 
     /// [`super::quantize_acts_scalar`], 32 elements per step; the same operations in the same
     /// order, so the same bits.
@@ -884,6 +781,17 @@ pub struct VecQ8 {
     dl: Vec<f32>,
     /// (k / 4): `dl · Σ` of each 4 codes.
     dsl: Vec<f32>,
+    /// The layout of the 4-blocks-per-step Q4 kernels, in groups of 4 blocks (the last one
+    /// zero-padded): (groups, 4 blocks, 16): codes 0..16 of each block…
+    lo4: Vec<i8>,
+    /// … and codes 16..32.
+    hi4: Vec<i8>,
+    /// (groups, 16 lanes): `-8 ·` the sum of lane `i`'s 8 codes (4 in `lo4`, 4 in `hi4`).
+    n8g: Vec<i32>,
+    /// (groups, 16 lanes): the scale of lane `i`'s block (block `i / 4` of the group).
+    dg: Vec<f32>,
+    /// (groups, 16 lanes): that scale times the sum of lane `i`'s 8 codes.
+    dsg: Vec<f32>,
 }
 
 impl VecQ8 {
@@ -905,6 +813,29 @@ impl VecQ8 {
             self.neg128.push(-128 * s);
             self.dl.push(dx);
             self.dsl.push(dx * s as f32);
+        }
+        let ng = (k / QA).div_ceil(4);
+        for v in [&mut self.lo4, &mut self.hi4] {
+            v.clear();
+            v.resize(ng * 64, 0);
+        }
+        for v in [&mut self.dg, &mut self.dsg] {
+            v.clear();
+            v.resize(ng * 16, 0.0);
+        }
+        self.n8g.clear();
+        self.n8g.resize(ng * 16, 0);
+        for (b, qb) in q.chunks_exact(QA).enumerate() {
+            self.lo4[b * 16..b * 16 + 16].copy_from_slice(&qb[..16]);
+            self.hi4[b * 16..b * 16 + 16].copy_from_slice(&qb[16..]);
+            for m in 0..4 {
+                let s: i32 =
+                    qb[4 * m..4 * m + 4].iter().chain(&qb[16 + 4 * m..16 + 4 * m + 4]).map(|&v| v as i32).sum();
+                let lane = b * 4 + m;
+                self.n8g[lane] = -8 * s;
+                self.dg[lane] = d[b];
+                self.dsg[lane] = d[b] * s as f32;
+            }
         }
     }
 
@@ -939,7 +870,13 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
     assert_eq!(out.len(), n_rows, "gemv_q8: output length");
     match path {
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512 => x86::gemv_q8_avx512(ty, w, rb, x, out),
+        KernelPath::Avx512 => match ty {
+            GgmlType::Q4_0 => gemv_avx512::gemv_q4_avx512::<false>(w, rb, x, out),
+            GgmlType::Q4_1 => gemv_avx512::gemv_q4_avx512::<true>(w, rb, x, out),
+            _ => gemv_avx512::gemv_q8_0_avx512(w, rb, x, out),
+        },
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => avx2::gemv_q8_avx2(ty, w, rb, x, out),
         _ => {
             for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
                 *o = (0..x.k() / QA).map(|b| gemv_block_scalar(ty, row, b, x)).sum();

@@ -1,0 +1,250 @@
+//! Decode kernels (matrix × one quantized token) on AVX-512 VNNI, four rows at a time: the rows
+//! share every activation load and are reduced together at the end.
+//!
+//! Q4_0 / Q4_1: four blocks (128 weights) per step.
+//! A Q4 block stores element `j` in the low nibble of byte `j` and element `j + 16` in the high
+//! nibble. The four blocks' 64 nibble bytes go into one vector as they are (one 16-byte piece
+//! per block), so lane `i` holds bytes `4(i % 4)..` of block `i / 4`: masking gives the low
+//! nibbles, a shift the high ones, and the activations are laid out to match once per token
+//! ([`super::VecQ8`]'s `lo4` / `hi4`: each block's codes 0..16 and 16..32). Two `vpdpbusd` per
+//! step, no byte shuffles; the block scales come from one 16-bit permute of the step's first
+//! 64 bytes. The Q4_0 offset (−8) starts the integer accumulator (`n8g`); the Q4_1 offset `m`
+//! meets `dx · Σq` (`dsg`) in a second float accumulator.
+//!
+//! Q8_0: two blocks (64 weights) per step, codes flipped to `q + 128` (an xor) for the unsigned
+//! operand and `-128 · Σq` (`neg128`) starting the accumulator; both scales from one 16-bit
+//! permute of the step's first 64 bytes (a 68-byte pair, so never past the row).
+
+use super::{VecQ8, QA};
+use core::arch::x86_64::*;
+
+/// How far ahead (bytes) each row's weights are prefetched.
+const PREFETCH: usize = 2048;
+
+/// `out[r] = row r · x` for Q4_0 (`Q41 = false`, 18-byte blocks) or Q4_1 (20-byte blocks).
+pub(super) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    let bs = if Q41 { 20 } else { 18 };
+    let nb = x.k() / QA;
+    let ng = nb.div_ceil(4);
+    assert!(rb == nb * bs && w.len() == out.len() * rb, "gemv_q8: shapes");
+    assert!(x.lo4.len() == ng * 64 && x.hi4.len() == ng * 64 && x.n8g.len() == ng * 16, "gemv_q8: activations");
+    assert!(x.dg.len() == ng * 16 && x.dsg.len() == ng * 16, "gemv_q8: activations");
+    let mut r = 0;
+    while r < out.len() {
+        let n = (out.len() - r).min(4);
+        let rows = &w[r * rb..(r + n) * rb];
+        // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `n` rows of
+        // `nb` blocks, `x` the grouped activations of `ng` groups (asserted above).
+        let v = unsafe {
+            match n {
+                4 => gemv_q4_rows::<4, Q41>(rows, rb, nb, x),
+                3 => gemv_q4_rows::<3, Q41>(rows, rb, nb, x),
+                2 => gemv_q4_rows::<2, Q41>(rows, rb, nb, x),
+                _ => gemv_q4_rows::<1, Q41>(rows, rb, nb, x),
+            }
+        };
+        out[r..r + n].copy_from_slice(&v[..n]);
+        r += n;
+    }
+}
+
+/// The hot loop: `R` consecutive rows (`rb` bytes apart) against every group of 4 blocks; the
+/// last group may hold fewer blocks (masked loads, zero-padded activations).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` blocks; `x`'s grouped arrays hold
+/// `nb.div_ceil(4)` groups.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+unsafe fn gemv_q4_rows<const R: usize, const Q41: bool>(rows: &[u8], rb: usize, nb: usize, x: &VecQ8) -> [f32; 4] {
+    let bs = if Q41 { 20 } else { 18 };
+    let qs_at = if Q41 { 4 } else { 2 };
+    let m4 = _mm512_set1_epi8(0x0f);
+    // f16 words of the step's first 64 bytes → per-lane scale (low 256 bits) and, for Q4_1,
+    // offset (high 256 bits): block b's d is word b·bs/2, its m the next word.
+    let h = (bs / 2) as i16;
+    let idx = _mm512_set_epi16(
+        3 * h + 1,
+        3 * h + 1,
+        3 * h + 1,
+        3 * h + 1,
+        2 * h + 1,
+        2 * h + 1,
+        2 * h + 1,
+        2 * h + 1,
+        h + 1,
+        h + 1,
+        h + 1,
+        h + 1,
+        1,
+        1,
+        1,
+        1,
+        3 * h,
+        3 * h,
+        3 * h,
+        3 * h,
+        2 * h,
+        2 * h,
+        2 * h,
+        2 * h,
+        h,
+        h,
+        h,
+        h,
+        0,
+        0,
+        0,
+        0,
+    );
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_m = [_mm512_setzero_ps(); R];
+    let base = rows.as_ptr();
+    for g in 0..nb.div_ceil(4) {
+        let nbk = (nb - 4 * g).min(4);
+        // SAFETY: group g's 16 lanes / 64 codes lie inside the grouped arrays.
+        let xlo = _mm512_loadu_si512(x.lo4.as_ptr().add(64 * g).cast());
+        let xhi = _mm512_loadu_si512(x.hi4.as_ptr().add(64 * g).cast());
+        let init = if Q41 { _mm512_setzero_si512() } else { _mm512_loadu_si512(x.n8g.as_ptr().add(16 * g).cast()) };
+        let dx = _mm512_loadu_ps(x.dg.as_ptr().add(16 * g));
+        for (i, (acc, acc_m)) in acc.iter_mut().zip(acc_m.iter_mut()).enumerate() {
+            // SAFETY: row i's group g starts inside `rows`; a full group's 4·bs ≥ 64 bytes are all
+            // inside the row, a short group is read only through byte masks of its own blocks.
+            let p = base.add(i * rb + 4 * g * bs);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64).cast());
+            let (wq, win) = if nbk == 4 {
+                let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
+                let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
+                let w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * bs + qs_at).cast()));
+                let w = _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * bs + qs_at).cast()));
+                (w, _mm512_loadu_si512(p.cast()))
+            } else {
+                let mut w = _mm512_setzero_si512();
+                for b in 0..nbk {
+                    // Block b's 16 bytes into lanes 4b..4b + 4.
+                    let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(b * bs + qs_at).cast()));
+                    w = _mm512_mask_mov_epi32(w, 0xf << (4 * b), piece);
+                }
+                let bytes = nbk * bs;
+                let mask: u64 = if bytes >= 64 { u64::MAX } else { (1u64 << bytes) - 1 };
+                (w, _mm512_maskz_loadu_epi8(mask, p.cast()))
+            };
+            let lo = _mm512_and_si512(wq, m4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(wq), m4);
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
+            let dm = _mm512_permutexvar_epi16(idx, win);
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
+            if Q41 {
+                let mw = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dm));
+                *acc_m = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.dsg.as_ptr().add(16 * g)), *acc_m);
+            }
+        }
+    }
+    let mut sums = [_mm512_setzero_ps(); 4];
+    for (s, (&a, &am)) in sums.iter_mut().zip(acc.iter().zip(&acc_m)) {
+        *s = if Q41 { _mm512_add_ps(a, am) } else { a };
+    }
+    reduce4(sums)
+}
+
+/// `out[r] = row r · x` for Q8_0 rows (34-byte blocks).
+pub(super) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    let nb = x.k() / QA;
+    assert!(rb == nb * 34 && w.len() == out.len() * rb, "gemv_q8: shapes");
+    let k = x.k();
+    assert!(x.acts.q.len() == k && x.neg128.len() == k / 4 && x.dl.len() == k / 4, "gemv_q8: activations");
+    let mut r = 0;
+    while r < out.len() {
+        let n = (out.len() - r).min(4);
+        let rows = &w[r * rb..(r + n) * rb];
+        // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `n` rows of
+        // `nb` blocks, `x` the per-lane arrays of `nb` blocks (asserted above).
+        let v = unsafe {
+            match n {
+                4 => gemv_q8_0_rows::<4>(rows, rb, nb, x),
+                3 => gemv_q8_0_rows::<3>(rows, rb, nb, x),
+                2 => gemv_q8_0_rows::<2>(rows, rb, nb, x),
+                _ => gemv_q8_0_rows::<1>(rows, rb, nb, x),
+            }
+        };
+        out[r..r + n].copy_from_slice(&v[..n]);
+        r += n;
+    }
+}
+
+/// The hot loop of Q8_0: `R` consecutive rows against every pair of blocks; an odd last block
+/// goes through lane masks.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` 34-byte blocks; `x`'s codes and per-lane
+/// arrays hold `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+unsafe fn gemv_q8_0_rows<const R: usize>(rows: &[u8], rb: usize, nb: usize, x: &VecQ8) -> [f32; 4] {
+    let flip = _mm512_set1_epi8(-128);
+    // Word 0: block a's d; word 17 (byte 34): block b's d.
+    let idx = _mm512_set_epi16(
+        17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0,
+    );
+    let mut acc = [_mm512_setzero_ps(); R];
+    let base = rows.as_ptr();
+    for pr in 0..nb.div_ceil(2) {
+        let pair = pr * 2 + 1 < nb;
+        let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
+        // SAFETY: lanes 16pr.. of the per-lane arrays and codes 64pr.. belong to blocks 2pr and,
+        // when `pair`, 2pr + 1: the masks keep an odd last block's reads inside the arrays.
+        let xq = _mm512_maskz_loadu_epi32(lanes, x.acts.q.as_ptr().add(64 * pr).cast());
+        let init = _mm512_maskz_loadu_epi32(lanes, x.neg128.as_ptr().add(16 * pr));
+        let dx = _mm512_maskz_loadu_ps(lanes, x.dl.as_ptr().add(16 * pr));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row i's blocks 2pr (and 2pr + 1 when `pair`) lie inside `rows`; a pair's
+            // first 64 bytes are inside it, a lone block is read through byte masks.
+            let p = base.add(i * rb + 2 * pr * 34);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64).cast());
+            let (wa, wb, win) = if pair {
+                (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_loadu_si256(p.add(36).cast()),
+                    _mm512_loadu_si512(p.cast()),
+                )
+            } else {
+                (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_setzero_si256(),
+                    _mm512_maskz_loadu_epi8((1u64 << 34) - 1, p.cast()),
+                )
+            };
+            let u = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb), flip);
+            let dot = _mm512_dpbusd_epi32(init, u, xq);
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, win)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
+        }
+    }
+    let mut sums = [_mm512_setzero_ps(); 4];
+    sums[..R].copy_from_slice(&acc);
+    reduce4(sums)
+}
+
+/// The horizontal sums of four vectors.
+///
+/// # Safety
+/// AVX-512 F, AVX.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn reduce4(v: [__m512; 4]) -> [f32; 4] {
+    let half = |a: __m512| {
+        let lo = _mm512_castps512_ps256(a);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+        _mm256_add_ps(lo, hi)
+    };
+    let (h0, h1, h2, h3) = (half(v[0]), half(v[1]), half(v[2]), half(v[3]));
+    let s = _mm256_hadd_ps(_mm256_hadd_ps(h0, h1), _mm256_hadd_ps(h2, h3));
+    let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let mut out = [0.0f32; 4];
+    // SAFETY: `out` is 4 writable floats.
+    _mm_storeu_ps(out.as_mut_ptr(), r);
+    out
+}
