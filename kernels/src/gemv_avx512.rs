@@ -18,8 +18,10 @@
 use super::{VecQ8, QA};
 use core::arch::x86_64::*;
 
-/// How far ahead (bytes) each row's weights are prefetched.
-const PREFETCH: usize = 2048;
+/// How far ahead each row's weights are prefetched: the same place `PREFETCH_ROWS` rows on (the
+/// rows of the next call but one; four rows are read side by side, so a distance within the
+/// row would fall into rows already being read).
+const PREFETCH_ROWS: usize = 16;
 
 /// `out[r] = row r · x` for Q4_0 (`Q41 = false`, 18-byte blocks) or Q4_1 (20-byte blocks).
 pub(super) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
@@ -111,8 +113,8 @@ unsafe fn gemv_q4_rows<const R: usize, const Q41: bool>(rows: &[u8], rb: usize, 
             // SAFETY: row i's group g starts inside `rows`; a full group's 4·bs ≥ 64 bytes are all
             // inside the row, a short group is read only through byte masks of its own blocks.
             let p = base.add(i * rb + 4 * g * bs);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
             let (wq, win) = if nbk == 4 {
                 let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
                 let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
@@ -202,8 +204,8 @@ unsafe fn gemv_q8_0_rows<const R: usize>(rows: &[u8], rb: usize, nb: usize, x: &
             // SAFETY: row i's blocks 2pr (and 2pr + 1 when `pair`) lie inside `rows`; a pair's
             // first 64 bytes are inside it, a lone block is read through byte masks.
             let p = base.add(i * rb + 2 * pr * 34);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
             let (wa, wb, win) = if pair {
                 (
                     _mm256_loadu_si256(p.add(2).cast()),
