@@ -333,6 +333,10 @@ fn gemm_q8_with(
             KernelPath::Avx512 => x86::gemm_q8_16xn_avx512(tile, acts, r0, nr, out),
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx2 => avx2::gemm_q8_16xn_avx2(tile, acts, r0, nr, out),
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm => {
+                neon::gemm_q8_16xn(path, tile, acts, r0, nr, out)
+            }
             _ => gemm_q8_16xn_scalar(tile, acts, r0, nr, out),
         }
         r0 += nr;
@@ -369,6 +373,10 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[path = "gemv_avx512.rs"]
 mod gemv_avx512;
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[path = "gemm_q8_neon.rs"]
+mod neon;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -877,6 +885,8 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
         },
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 => avx2::gemv_q8_avx2(ty, w, rb, x, out),
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm => neon::gemv_q8(path, ty, w, rb, x, out),
         _ => {
             for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
                 *o = (0..x.k() / QA).map(|b| gemv_block_scalar(ty, row, b, x)).sum();

@@ -19,7 +19,7 @@ use super::{VecQ8, QA};
 use core::arch::x86_64::*;
 
 /// How far ahead each row's weights are prefetched: the same place `PREFETCH_ROWS` rows on (the
-/// rows of the next call but one; four rows are read side by side, so a distance within the
+/// rows of the fourth call on; four rows are read side by side, so a distance within the
 /// row would fall into rows already being read).
 const PREFETCH_ROWS: usize = 16;
 

@@ -225,7 +225,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Honours `PITH_KERNELS=scalar|avx2|avx512|neon|neon-dotprod` (default: the best the CPU has).
+/// Honours `PITH_KERNELS=scalar|avx2|avx512|neon|neon-dotprod|neon-i8mm` (default: the best the CPU has).
 fn select_kernels() -> Res<()> {
     let Ok(v) = std::env::var("PITH_KERNELS") else { return Ok(()) };
     let p: pith_kernels::KernelPath = v.parse().map_err(|e| format!("PITH_KERNELS={v}: {e}"))?;

@@ -6,7 +6,9 @@
 //! [`dot_f32`](crate::dot_f32), [`gemm_f32`](crate::gemm_f32)) use: the best one this CPU
 //! supports (detected once), unless [`set_kernel_path`] forced another. A block type
 //! without a kernel on the selected path uses the next path down (AVX-512 → AVX2,
-//! NEON dotprod → NEON), and finally the scalar reference.
+//! NEON i8mm → NEON dotprod → NEON), and finally the scalar reference. The integer matrix
+//! kernels ([`gemm_q8`](crate::gemm_q8), [`gemv_q8`](crate::gemv_q8)) dispatch on the same
+//! paths, with their own kernels for each NEON path (`usmmla` on NEON i8mm).
 //!
 //! Detection needs no `std`:
 //! * x86-64: CPUID through `cpufeatures` (which also checks that the OS saves the
@@ -16,7 +18,10 @@
 //!   detected on Linux/Android from `getauxval(AT_HWCAP)` (`HWCAP_ASIMDDP`, via `libc`;
 //!   `cpufeatures` 0.2 only detects aes/sha2/sha3/sm4/dit on AArch64). Elsewhere (Apple,
 //!   bare metal) it is taken from the compile-time `cfg(target_feature = "dotprod")`,
-//!   which Apple targets enable by default.
+//!   which Apple targets enable by default. The 8-bit integer matrix multiply extension
+//!   (`usmmla`/`smmla`, FEAT_I8MM) likewise: `getauxval(AT_HWCAP2)` (`HWCAP2_I8MM`) on
+//!   Linux/Android, else `cfg(target_feature = "i8mm")`; the `neon-i8mm` path also
+//!   requires dotprod, whose kernels it falls back to.
 //! * Other targets (e.g. Cortex-M `thumbv7em`): only [`KernelPath::Scalar`]; the SIMD
 //!   modules are not compiled.
 
@@ -58,15 +63,26 @@ pub enum KernelPath {
     /// AArch64 NEON plus the dot-product extension (`sdot`, FEAT_DotProd: Cortex-A55/A76
     /// and later, Apple M1 and later).
     NeonDotprod,
+    /// AArch64 NEON dotprod plus the 8-bit integer matrix multiply extension (`usmmla`,
+    /// FEAT_I8MM: Armv8.6-A, e.g. Cortex-A510/A710/X2, Neoverse V1/N2, Apple M2 and later).
+    /// Only the prefill gemm has `usmmla` kernels; everything else runs `NeonDotprod`'s.
+    NeonI8mm,
 }
 
 impl KernelPath {
     /// Every path, from the most portable to the most specialized.
-    pub const ALL: [KernelPath; 5] =
-        [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon, KernelPath::NeonDotprod];
+    pub const ALL: [KernelPath; 6] = [
+        KernelPath::Scalar,
+        KernelPath::Avx2,
+        KernelPath::Avx512,
+        KernelPath::Neon,
+        KernelPath::NeonDotprod,
+        KernelPath::NeonI8mm,
+    ];
 
     /// The name used by [`Display`](fmt::Display), [`FromStr`] and the runtime's
-    /// `PITH_KERNELS` variable: `scalar`, `avx2`, `avx512`, `neon`, `neon-dotprod`.
+    /// `PITH_KERNELS` variable: `scalar`, `avx2`, `avx512`, `neon`, `neon-dotprod`,
+    /// `neon-i8mm`.
     pub const fn name(self) -> &'static str {
         match self {
             KernelPath::Scalar => "scalar",
@@ -74,16 +90,20 @@ impl KernelPath {
             KernelPath::Avx512 => "avx512",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
+            KernelPath::NeonI8mm => "neon-i8mm",
         }
     }
 
-    /// Parses a [`name`](Self::name) (ASCII case-insensitive; `_` for `-`, and `dotprod`,
-    /// are accepted too).
+    /// Parses a [`name`](Self::name) (ASCII case-insensitive; `_` for `-`, and `dotprod`
+    /// and `i8mm`, are accepted too).
     pub fn from_name(s: &str) -> Option<Self> {
         let s = s.trim();
         let is = |n: &str| s.len() == n.len() && s.bytes().zip(n.bytes()).all(|(a, b)| a.to_ascii_lowercase() == b);
         if is("neon_dotprod") || is("dotprod") {
             return Some(KernelPath::NeonDotprod);
+        }
+        if is("neon_i8mm") || is("i8mm") {
+            return Some(KernelPath::NeonI8mm);
         }
         KernelPath::ALL.into_iter().find(|p| is(p.name()))
     }
@@ -101,6 +121,7 @@ impl KernelPath {
             KernelPath::Avx512 => "kernel path avx512: this CPU/build lacks x86-64 AVX-512 F/BW/VL/VNNI (or AVX2)",
             KernelPath::Neon => "kernel path neon: this CPU/build is not AArch64 with NEON",
             KernelPath::NeonDotprod => "kernel path neon-dotprod: this CPU/build lacks AArch64 NEON dotprod (sdot)",
+            KernelPath::NeonI8mm => "kernel path neon-i8mm: this CPU/build lacks AArch64 NEON i8mm (usmmla) or dotprod",
         }
     }
 
@@ -122,7 +143,7 @@ impl fmt::Display for KernelPath {
 impl FromStr for KernelPath {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        KernelPath::from_name(s).ok_or("unknown kernel path: use scalar, avx2, avx512, neon or neon-dotprod")
+        KernelPath::from_name(s).ok_or("unknown kernel path: use scalar, avx2, avx512, neon, neon-dotprod or neon-i8mm")
     }
 }
 
@@ -150,6 +171,9 @@ fn available_mask() -> u8 {
         m |= 1 << KernelPath::Neon.index();
         if detect::dotprod() {
             m |= 1 << KernelPath::NeonDotprod.index();
+            if detect::i8mm() {
+                m |= 1 << KernelPath::NeonI8mm.index();
+            }
         }
     }
     AVAILABLE.store(m, Ordering::Relaxed);
@@ -297,6 +321,27 @@ mod detect {
             cfg!(all(target_arch = "aarch64", target_feature = "neon", target_feature = "dotprod"))
         }
     }
+
+    /// The AArch64 8-bit integer matrix multiply extension (`usmmla`/`smmla`, FEAT_I8MM).
+    pub fn i8mm() -> bool {
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", any(target_os = "linux", target_os = "android")))]
+        {
+            // Linux's arch/arm64/include/uapi/asm/hwcap.h (libc 0.2 only defines it for Android).
+            const HWCAP2_I8MM: libc::c_ulong = 1 << 13;
+            // SAFETY: getauxval only reads the process's auxiliary vector; an absent
+            // AT_HWCAP2 (kernels before 3.x) reads as 0, i.e. "no features".
+            let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+            cfg!(target_feature = "i8mm") || hwcap2 & HWCAP2_I8MM != 0
+        }
+        #[cfg(not(all(
+            target_arch = "aarch64",
+            target_feature = "neon",
+            any(target_os = "linux", target_os = "android")
+        )))]
+        {
+            cfg!(all(target_arch = "aarch64", target_feature = "neon", target_feature = "i8mm"))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -310,7 +355,8 @@ pub(crate) type F32Dot<B> = fn(&[B], &[f32]) -> f32;
 pub(crate) type IntDot<W, X> = fn(&[W], &[X]) -> f32;
 
 /// Defines a selector `$name(path) -> Option<$ty>` from per-path kernels; a path missing
-/// from the list falls through to the paths named after it (`=> fallback`).
+/// from the list falls through to the paths named after it (`=> fallback`). NEON i8mm has no
+/// dot-product kernels of its own: it takes NEON dotprod's.
 macro_rules! selector {
     ($name:ident: $ty:ty { avx512: $a512:expr, avx2: $a2:expr, neon_dotprod: $nd:expr, neon: $n:expr $(,)? }) => {
         #[allow(unused_variables, unreachable_patterns)]
@@ -325,7 +371,7 @@ macro_rules! selector {
                 #[cfg(target_arch = "x86_64")]
                 KernelPath::Avx2 => $a2,
                 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-                KernelPath::NeonDotprod => $nd.or($n),
+                KernelPath::NeonI8mm | KernelPath::NeonDotprod => $nd.or($n),
                 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
                 KernelPath::Neon => $n,
                 _ => None,

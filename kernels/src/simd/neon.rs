@@ -34,8 +34,9 @@ macro_rules! entry {
         pub(super) fn $name($w: $wt, $x: $xt) -> f32 {
             debug_assert!(super::KernelPath::$path.is_available());
             // SAFETY: the selectors in simd/mod.rs hand this function out only for the
-            // paths that include its target features (NEON: `Neon` and `NeonDotprod`;
-            // `sdot` kernels: `NeonDotprod`), which are selected only when the CPU has them
+            // paths that include its target features (NEON: `Neon`, `NeonDotprod` and
+            // `NeonI8mm`; `sdot` kernels: `NeonDotprod` and `NeonI8mm`, which requires
+            // dotprod too), which are selected only when the CPU has them
             // (KernelPath::is_available).
             unsafe { $imp($w, $x) }
         }
