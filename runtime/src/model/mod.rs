@@ -382,9 +382,9 @@ impl Model<'_> {
                 attention::attention_batch(pool, &shape, q, kc, vc, &mut s.att, &mut s.att_tmp);
             } else {
                 // One chunk of `att` per head. A single token's heads over a short context are
-                // less work than handing them to threads.
+                // less work than handing them to threads (measured: 32 positions).
                 let single = Pool::single();
-                let att_pool = if n_pos < 256 { &single } else { pool };
+                let att_pool = if n_pos < 32 { &single } else { pool };
                 att_pool.for_each_chunk(&mut s.att, hd, &|h, out: &mut [f32]| {
                     let qh = &q[h * hd..(h + 1) * hd];
                     attention_head(qh, kc, vc, kvd, (h / group) * hd, p0 + 1, scale, out);
