@@ -115,7 +115,8 @@ mod tests {
                     for h in 0..n_head {
                         let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
                         let kvo = (h / (n_head / n_head_kv)) * hd;
-                        super::super::attention_head(qh, &kc, &vc, kvd, kvo, p0 + t + 1, scale, &mut want);
+                        let mut scores = vec![0.0f32; p0 + t + 1];
+                        super::super::attention_head(qh, &kc, &vc, kvd, kvo, scale, &mut scores, &mut want);
                         for (d, (&g, &w)) in att[t * qd + h * hd..].iter().zip(&want).enumerate() {
                             // Values are within ±2 and the weights sum to 1: f32 rounding only.
                             assert!(

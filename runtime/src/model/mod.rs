@@ -196,7 +196,7 @@ pub struct State {
     logits: Vec<f32>,      // (n_out, n_vocab)
     kf: Vec<f32>,          // (n_pos, kv_dim) one layer's keys, widened for attention
     vf: Vec<f32>,          // (n_pos, kv_dim) one layer's values, widened for attention
-    att_tmp: Vec<f32>,     // (n_head, n_batch rounded up, head_dim) batch attention by head
+    att_tmp: Vec<f32>,     // batch: (n_head, n_batch rounded up, head_dim); decode: (n_head, n_pos + head_dim)
     rope: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) cos, sin
     scratch: MatmulScratch,
 }
@@ -385,10 +385,17 @@ impl Model<'_> {
                 // less work than handing them to threads (measured: 32 positions).
                 let single = Pool::single();
                 let att_pool = if n_pos < 32 { &single } else { pool };
-                att_pool.for_each_chunk(&mut s.att, hd, &|h, out: &mut [f32]| {
-                    let qh = &q[h * hd..(h + 1) * hd];
-                    attention_head(qh, kc, vc, kvd, (h / group) * hd, p0 + 1, scale, out);
+                // Per head: its scores, then its output (scratch reused across tokens; it grows
+                // with the context by doubling, not once per token).
+                let stride = n_pos + hd;
+                s.att_tmp.resize(c.n_head * stride, 0.0);
+                att_pool.for_each_chunk(&mut s.att_tmp[..c.n_head * stride], stride, &|h, buf: &mut [f32]| {
+                    let (scores, out) = buf.split_at_mut(n_pos);
+                    attention_head(&q[h * hd..(h + 1) * hd], kc, vc, kvd, (h / group) * hd, scale, scores, out);
                 });
+                for (o, buf) in s.att.chunks_exact_mut(hd).zip(s.att_tmp.chunks_exact(stride)) {
+                    o.copy_from_slice(&buf[n_pos..]);
+                }
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
@@ -513,7 +520,8 @@ fn apply_rope(h: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
     }
 }
 
-/// Causal attention of one query head over `n_pos` cached positions.
+/// Causal attention of one query head over the first `scores.len()` cached positions (`scores`:
+/// scratch for the weights), into `out`.
 #[allow(clippy::too_many_arguments)]
 fn attention_head(
     q: &[f32],
@@ -521,17 +529,16 @@ fn attention_head(
     vc: &[f32],
     kvd: usize,
     off: usize,
-    n_pos: usize,
     scale: f32,
+    scores: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let mut scores = vec![0.0f32; n_pos];
     for (p, sc) in scores.iter_mut().enumerate() {
         let k = &kc[p * kvd + off..p * kvd + off + hd];
         *sc = pith_kernels::dot_f32(q, k);
     }
-    pith_kernels::softmax_scaled(&mut scores, scale);
+    pith_kernels::softmax_scaled(scores, scale);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         let v = &vc[p * kvd + off..p * kvd + off + hd];
