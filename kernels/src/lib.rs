@@ -37,6 +37,8 @@ extern crate std;
 #[cfg(target_endian = "big")]
 compile_error!("pith-kernels reads GGUF's little-endian blocks in place: big-endian targets are not supported");
 
+#[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
+pub mod attn;
 mod blocks;
 mod dispatch;
 mod kquant;
@@ -83,4 +85,5 @@ pub use simd::{
     KernelPath,
 };
 pub use types::{GgmlType, ALL_TYPES, QK_K};
+pub use attn::attend_f16;
 pub use vmath::{silu_mul, softmax_scaled};

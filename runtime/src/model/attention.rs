@@ -95,7 +95,7 @@ mod tests {
             .collect()
     }
 
-    /// The batch path against the decode path's per-(query, head) loop, for grouped and plain
+    /// The batch path against the decode path's per-(query, head) kernel, for grouped and plain
     /// heads, a batch starting after cached positions, ragged query blocks and a single query.
     #[test]
     fn batch_attention_matches_the_per_query_loop() {
@@ -103,8 +103,11 @@ mod tests {
         {
             let (qd, kvd) = (n_head * hd, n_head_kv * hd);
             let q = data(n * qd, 1);
-            let kc = data((p0 + n) * kvd, 2);
-            let vc = data((p0 + n) * kvd, 3);
+            // Cached values are f16: the batch path reads them widened, the one-token path in place.
+            let half = |x: Vec<f32>| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
+            let (kh, vh) = (half(data((p0 + n) * kvd, 2)), half(data((p0 + n) * kvd, 3)));
+            let kc: Vec<f32> = kh.iter().map(|h| h.to_f32()).collect();
+            let vc: Vec<f32> = vh.iter().map(|h| h.to_f32()).collect();
             let scale = 1.0 / (hd as f32).sqrt();
             let sh = Shape { n_head, n_head_kv, head_dim: hd, p0, n, scale };
             for pool in [Pool::single(), Pool::new(2).unwrap()] {
@@ -116,7 +119,7 @@ mod tests {
                         let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
                         let kvo = (h / (n_head / n_head_kv)) * hd;
                         let mut scores = vec![0.0f32; p0 + t + 1];
-                        super::super::attention_head(qh, &kc, &vc, kvd, kvo, scale, &mut scores, &mut want);
+                        pith_kernels::attend_f16(qh, &kh, &vh, kvd, kvo, scale, &mut scores, &mut want);
                         for (d, (&g, &w)) in att[t * qd + h * hd..].iter().zip(&want).enumerate() {
                             // Values are within ±2 and the weights sum to 1: f32 rounding only.
                             assert!(

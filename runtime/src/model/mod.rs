@@ -367,22 +367,23 @@ impl Model<'_> {
                 narrow(&s.k[t * kvd..(t + 1) * kvd], &mut s.k_cache[at..at + kvd]);
                 narrow(&s.v[t * kvd..(t + 1) * kvd], &mut s.v_cache[at..at + kvd]);
             }
-            // Widen this layer's cached keys and values once; every query of the batch reuses them.
             let n_pos = p0 + n;
-            s.kf.resize(n_pos * kvd, 0.0);
-            s.vf.resize(n_pos * kvd, 0.0);
-            widen(&s.k_cache[layer_off..layer_off + n_pos * kvd], &mut s.kf);
-            widen(&s.v_cache[layer_off..layer_off + n_pos * kvd], &mut s.vf);
-            let (kc, vc) = (&s.kf[..], &s.vf[..]);
             let q = &s.q;
             let group = c.n_head / c.n_head_kv;
             let scale = 1.0 / math::sqrtf(hd as f32);
             if n > 1 {
+                // Widen this layer's cached keys and values once; every query of the batch reuses them.
+                s.kf.resize(n_pos * kvd, 0.0);
+                s.vf.resize(n_pos * kvd, 0.0);
+                widen(&s.k_cache[layer_off..layer_off + n_pos * kvd], &mut s.kf);
+                widen(&s.v_cache[layer_off..layer_off + n_pos * kvd], &mut s.vf);
                 let shape = attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n, scale };
-                attention::attention_batch(pool, &shape, q, kc, vc, &mut s.att, &mut s.att_tmp);
+                attention::attention_batch(pool, &shape, q, &s.kf, &s.vf, &mut s.att, &mut s.att_tmp);
             } else {
-                // One chunk of `att` per head. A single token's heads over a short context are
-                // less work than handing them to threads (measured: 32 positions).
+                // One token reads the f16 cache in place. One chunk per head; a single token's
+                // heads over a short context are less work than handing them to threads
+                // (measured: 32 positions).
+                let (kc, vc) = (&s.k_cache[layer_off..], &s.v_cache[layer_off..]);
                 let single = Pool::single();
                 let att_pool = if n_pos < 32 { &single } else { pool };
                 // Per head: its scores, then its output (scratch reused across tokens; it grows
@@ -391,7 +392,8 @@ impl Model<'_> {
                 s.att_tmp.resize(c.n_head * stride, 0.0);
                 att_pool.for_each_chunk(&mut s.att_tmp[..c.n_head * stride], stride, &|h, buf: &mut [f32]| {
                     let (scores, out) = buf.split_at_mut(n_pos);
-                    attention_head(&q[h * hd..(h + 1) * hd], kc, vc, kvd, (h / group) * hd, scale, scores, out);
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    pith_kernels::attend_f16(qh, kc, vc, kvd, (h / group) * hd, scale, scores, out);
                 });
                 for (o, buf) in s.att.chunks_exact_mut(hd).zip(s.att_tmp.chunks_exact(stride)) {
                     o.copy_from_slice(&buf[n_pos..]);
@@ -516,34 +518,6 @@ fn apply_rope(h: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
                 h[i] = a * co - b * si;
                 h[i + half] = a * si + b * co;
             }
-        }
-    }
-}
-
-/// Causal attention of one query head over the first `scores.len()` cached positions (`scores`:
-/// scratch for the weights), into `out`.
-#[allow(clippy::too_many_arguments)]
-fn attention_head(
-    q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    kvd: usize,
-    off: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    for (p, sc) in scores.iter_mut().enumerate() {
-        let k = &kc[p * kvd + off..p * kvd + off + hd];
-        *sc = pith_kernels::dot_f32(q, k);
-    }
-    pith_kernels::softmax_scaled(scores, scale);
-    out.fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
-        let v = &vc[p * kvd + off..p * kvd + off + hd];
-        for (o, b) in out.iter_mut().zip(v) {
-            *o += w * b;
         }
     }
 }
