@@ -163,15 +163,12 @@ mod x86 {
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+    use rand::Rng;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
+    /// `n` values in ±2.
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::test_util::rng(seed);
+        (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
     }
 
     /// Every path against an f64 evaluation on the same f16 values: f32 rounding only (the

@@ -540,7 +540,7 @@ mod tests {
     }
 
     /// (n_tok, n_rows) as one slice per token.
-    fn rows_of(out: &mut [f32], n_rows: usize) -> Vec<&mut [f32]> {
+    pub(super) fn rows_of(out: &mut [f32], n_rows: usize) -> Vec<&mut [f32]> {
         out.chunks_exact_mut(n_rows).collect()
     }
 
@@ -699,30 +699,60 @@ mod tests {
             for ty in grid_types() {
                 for (n_rows, n_tok, k) in [(16, 12, 256), (35, 29, 512), (3, 1, 256), (16, 17, 1536)] {
                     let w = weights(ty, n_rows, k, &mut rng);
-                    let x = acts(n_tok, k, &mut rng);
-                    let mut a = ActsQ8::default();
-                    a.quantize(&x, k);
-                    let mut want = vec![0.0f32; n_rows * n_tok];
-                    let mut got = vec![0.0f32; n_rows * n_tok];
-                    let mut tile = PackedTile::default();
-                    gemm_q8_on(KernelPath::Scalar, ty, &w, n_rows, &a, &mut rows_of(&mut want, n_rows), &mut tile);
-                    gemm_q8_on(path, ty, &w, n_rows, &a, &mut rows_of(&mut got, n_rows), &mut tile);
-                    let rb = ty.row_bytes(k).unwrap();
-                    let mut wr = vec![0.0f32; k];
-                    for r in 0..n_rows {
-                        crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
-                        for t in 0..n_tok {
-                            let mag: f32 = wr.iter().zip(&x[t * k..(t + 1) * k]).map(|(p, q)| (p * q).abs()).sum();
-                            let (g, e) = (got[t * n_rows + r], want[t * n_rows + r]);
-                            assert!(
-                                (g - e).abs() <= 1e-5 * mag + 1e-6,
-                                "{path} {ty} {n_rows}x{n_tok}x{k} row {r} token {t}: {g} vs {e}"
-                            );
-                        }
-                    }
+                    check_gemm(path, ty, &w, n_rows, &acts(n_tok, k, &mut rng), k);
                 }
             }
         }
+    }
+
+    /// `path`'s gemm against the scalar reference on `x` (n_tok, k): the integer sums are exact,
+    /// only the f32 scaling order differs, so `|got - want| ≤ 1e-5 Σ|w x| + 1e-6` per output.
+    pub(super) fn check_gemm(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32], k: usize) {
+        let n_tok = x.len() / k;
+        let mut a = ActsQ8::default();
+        a.quantize(x, k);
+        let mut want = vec![0.0f32; n_rows * n_tok];
+        let mut got = vec![0.0f32; n_rows * n_tok];
+        let mut tile = PackedTile::default();
+        gemm_q8_on(KernelPath::Scalar, ty, w, n_rows, &a, &mut rows_of(&mut want, n_rows), &mut tile);
+        gemm_q8_on(path, ty, w, n_rows, &a, &mut rows_of(&mut got, n_rows), &mut tile);
+        let rb = ty.row_bytes(k).unwrap();
+        let mut wr = vec![0.0f32; k];
+        for r in 0..n_rows {
+            crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
+            for t in 0..n_tok {
+                let mag: f32 = wr.iter().zip(&x[t * k..(t + 1) * k]).map(|(p, q)| (p * q).abs()).sum();
+                let (g, e) = (got[t * n_rows + r], want[t * n_rows + r]);
+                assert!(
+                    (g - e).abs() <= 1e-5 * mag + 1e-6,
+                    "{path} {ty} {n_rows}x{n_tok}x{k} row {r} token {t}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    /// `path`'s gemv against the scalar reference on one token `x`, with the same bound as
+    /// [`check_gemm`]; returns the reference outputs and the quantized token.
+    pub(super) fn check_gemv(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32]) -> (Vec<f32>, VecQ8) {
+        let k = x.len();
+        let mut v = VecQ8::default();
+        v.quantize(x);
+        let (mut want, mut got) = (vec![0.0f32; n_rows], vec![0.0f32; n_rows]);
+        gemv_q8_on(KernelPath::Scalar, ty, w, n_rows, &v, &mut want);
+        gemv_q8_on(path, ty, w, n_rows, &v, &mut got);
+        let rb = ty.row_bytes(k).unwrap();
+        let mut wr = vec![0.0f32; k];
+        for r in 0..n_rows {
+            crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
+            let mag: f32 = wr.iter().zip(x).map(|(p, q)| (p * q).abs()).sum();
+            assert!(
+                (got[r] - want[r]).abs() <= 1e-5 * mag + 1e-6,
+                "{path} {ty} {k} row {r}: {} vs {}",
+                got[r],
+                want[r]
+            );
+        }
+        (want, v)
     }
 
     /// The decode kernels against the scalar reference (exact integer sums; f32 scaling order
@@ -736,23 +766,13 @@ mod tests {
                 for (n_rows, k) in [(7, 576), (3, 32), (5, 1536), (2, 96)] {
                     let w = weights(ty, n_rows, k, &mut rng);
                     let x = acts(1, k, &mut rng);
-                    let mut v = VecQ8::default();
-                    v.quantize(&x);
-                    let (mut want, mut got) = (vec![0.0f32; n_rows], vec![0.0f32; n_rows]);
-                    gemv_q8_on(KernelPath::Scalar, ty, &w, n_rows, &v, &mut want);
-                    gemv_q8_on(path, ty, &w, n_rows, &v, &mut got);
+                    let (want, v) = check_gemv(path, ty, &w, n_rows, &x);
                     let rb = ty.row_bytes(k).unwrap();
                     let mut wr = vec![0.0f32; k];
                     for r in 0..n_rows {
                         crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
                         let mag: f32 = wr.iter().zip(&x).map(|(p, q)| (p * q).abs()).sum();
                         let exact: f32 = wr.iter().zip(&x).map(|(p, q)| p * q).sum();
-                        assert!(
-                            (got[r] - want[r]).abs() <= 1e-5 * mag + 1e-6,
-                            "{path} {ty} {k} row {r}: {} vs {}",
-                            got[r],
-                            want[r]
-                        );
                         let round: f32 = wr.iter().enumerate().map(|(c, p)| p.abs() * v.dl[c / 4] * 0.5).sum();
                         assert!(
                             (want[r] - exact).abs() <= round + 1e-5 * mag,

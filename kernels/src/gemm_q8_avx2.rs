@@ -407,15 +407,11 @@ unsafe fn gemv_row_q8_0_avx2(row: &[u8], nb: usize, x: &VecQ8) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::rows_of;
     use super::super::{gemm_q8_on, gemv_q8_on, quantize_acts_scalar, ActsQ8, PackedTile, VecQ8};
     use crate::{GgmlType, KernelPath};
     use alloc::vec;
     use alloc::vec::Vec;
-
-    /// (n_tok, n_rows) as one slice per token.
-    fn rows_of(out: &mut [f32], n_rows: usize) -> Vec<&mut [f32]> {
-        out.chunks_exact_mut(n_rows).collect()
-    }
 
     /// The AVX2 activation quantizer against the reference, bit for bit: random values, ties
     /// (which round away from zero), zeros, tiny and huge values, infinities and NaN.

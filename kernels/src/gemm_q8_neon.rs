@@ -548,7 +548,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 mod tests {
     //! Every NEON path (and every token-step size of each) against the scalar reference; the
     //! generic tests in `gemm_q8.rs` also loop over these paths, with fewer token counts.
-    use super::super::{gemm_q8_on, gemv_q8_on};
+    use super::super::tests::{check_gemm, check_gemv};
     use super::*;
     use crate::test_util::rng;
     use alloc::vec;
@@ -592,33 +592,6 @@ mod tests {
     /// Activations whose scale differs per token (so a token mix-up shows).
     fn acts(n_tok: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
         (0..n_tok * k).map(|i| rng.gen_range(-1.0f32..1.0) * (1 + i / k) as f32).collect()
-    }
-
-    /// `|got - want| ≤ 1e-5 Σ|w x| + 1e-6` for every output (the integer sums are exact, only
-    /// the f32 scaling order differs).
-    fn check_gemm(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32], k: usize) {
-        let n_tok = x.len() / k;
-        let mut a = ActsQ8::default();
-        a.quantize(x, k);
-        let (mut want, mut got) = (vec![0.0f32; n_rows * n_tok], vec![0.0f32; n_rows * n_tok]);
-        let mut tile = PackedTile::default();
-        let mut want_rows: Vec<&mut [f32]> = want.chunks_exact_mut(n_rows).collect();
-        gemm_q8_on(KernelPath::Scalar, ty, w, n_rows, &a, &mut want_rows, &mut tile);
-        let mut got_rows: Vec<&mut [f32]> = got.chunks_exact_mut(n_rows).collect();
-        gemm_q8_on(path, ty, w, n_rows, &a, &mut got_rows, &mut tile);
-        let rb = ty.row_bytes(k).unwrap();
-        let mut wr = vec![0.0f32; k];
-        for r in 0..n_rows {
-            crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
-            for t in 0..n_tok {
-                let mag: f32 = wr.iter().zip(&x[t * k..(t + 1) * k]).map(|(p, q)| (p * q).abs()).sum();
-                let (g, e) = (got[t * n_rows + r], want[t * n_rows + r]);
-                assert!(
-                    (g - e).abs() <= 1e-5 * mag + 1e-6,
-                    "{path} {ty} {n_rows}x{n_tok}x{k} row {r} token {t}: {g} vs {e}"
-                );
-            }
-        }
     }
 
     #[test]
@@ -674,24 +647,7 @@ mod tests {
             for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
                 for (n_rows, k) in [(5, 32), (3, 96), (4, 512)] {
                     for w in [raw_rows(ty, n_rows, k, &mut rng), quantized_rows(ty, n_rows, k, &mut rng)] {
-                        let x = acts(1, k, &mut rng);
-                        let mut v = VecQ8::default();
-                        v.quantize(&x);
-                        let (mut want, mut got) = (vec![0.0f32; n_rows], vec![0.0f32; n_rows]);
-                        gemv_q8_on(KernelPath::Scalar, ty, &w, n_rows, &v, &mut want);
-                        gemv_q8_on(path, ty, &w, n_rows, &v, &mut got);
-                        let rb = ty.row_bytes(k).unwrap();
-                        let mut wr = vec![0.0f32; k];
-                        for r in 0..n_rows {
-                            crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
-                            let mag: f32 = wr.iter().zip(&x).map(|(p, q)| (p * q).abs()).sum();
-                            assert!(
-                                (got[r] - want[r]).abs() <= 1e-5 * mag + 1e-6,
-                                "{path} {ty} {k} row {r}: {} vs {}",
-                                got[r],
-                                want[r]
-                            );
-                        }
+                        check_gemv(path, ty, &w, n_rows, &acts(1, k, &mut rng));
                     }
                 }
             }
