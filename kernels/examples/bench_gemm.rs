@@ -1,20 +1,24 @@
-//! Single-thread throughput of the prefill kernel `gemm_q8` (weights · 8-bit activations of a
-//! batch of tokens) on every kernel path this CPU has, at SmolLM2-135M's shapes.
+//! Single-thread throughput of the integer kernels of every type in the kernel table, on every
+//! kernel path this CPU has: the prefill kernel `gemm_q8` (weights · 8-bit activations of 512
+//! tokens) and the decode kernel `gemv_q8` (one token).
 //!
 //! ```sh
-//! cargo run --release -p pith-kernels --example bench_gemm            # q4_0 q4_1 q8_0
+//! cargo run --release -p pith-kernels --example bench_gemm            # every table type
 //! cargo run --release -p pith-kernels --example bench_gemm -- q4_k     # only these types
 //! ```
 //!
-//! GMAC/s counts one multiply-accumulate per weight per token, packing and activation
-//! quantization included. The decode kernel `gemv_q8` (one token) is timed too, in GB/s of
-//! weights, on the output matrix's shape (49152 × 576: larger than L2, streamed). Numbers
-//! only — nothing is asserted.
+//! Shapes: SmolLM2-135M's FFN up / down (1536 × 576, 576 × 1536) and output matrix (49152 ×
+//! 576) where the type's blocks fit the rows (K-quants need rows of 256), and 4096 × 4096 for
+//! every type. GMAC/s counts one multiply-accumulate per weight per token, packing and
+//! activation quantization included; GB/s is weight bytes read per second; `vs q4_0` is the
+//! GB/s ratio to Q4_0 on the same path and shape (Q4_0 runs first). Numbers only — nothing is
+//! asserted.
 
 use pith_kernels::{
-    available_kernel_paths, gemm_q8_on, gemv_q8_on, gemv_q8_supported, quantize_row, ActsQ8, GgmlType, PackedTile,
-    VecQ8,
+    available_kernel_paths, gemm_q8_on, gemm_q8_supported, gemv_kernel, gemv_q8_on, gemv_q8_supported, kernel_table,
+    quantize_row, ActsQ8, GgmlType, KernelPath, PackedTile, VecQ8,
 };
+use std::collections::HashMap;
 use std::time::Instant;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -29,67 +33,89 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `rows` rows of `ty` with `k` columns, quantized from pseudo-random data.
+fn weights(ty: GgmlType, rows: usize, k: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(k).expect("shape");
+    let wf = data(rows * k, 3);
+    let mut w = vec![0u8; rows * rb];
+    for r in 0..rows {
+        quantize_row(ty, &wf[r * k..(r + 1) * k], &mut w[r * rb..(r + 1) * rb]);
+    }
+    w
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let types: Vec<GgmlType> = if args.is_empty() {
-        vec![GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
+    let mut types: Vec<GgmlType> = if args.is_empty() {
+        kernel_table().iter().map(|t| t.ty).collect()
     } else {
         args.iter().map(|a| GgmlType::from_name(a).unwrap_or_else(|| panic!("unknown type {a}"))).collect()
     };
+    // Q4_0 first: the reference of the `vs q4_0` column.
+    types.sort_by_key(|&t| t != GgmlType::Q4_0);
     let n_tok = 512;
-    // (rows, k): the FFN up projection and the FFN down projection of SmolLM2-135M.
-    for &(rows, k) in &[(1536usize, 576usize), (576, 1536)] {
+    // (op, rows, k, path) → Q4_0's GB/s.
+    let mut q4: HashMap<(&str, usize, usize, KernelPath), f64> = HashMap::new();
+    let mut line =
+        |op: &'static str, ty: GgmlType, rows: usize, k: usize, path: KernelPath, secs: f64, bytes: usize| {
+            let gbs = bytes as f64 / secs / 1e9;
+            if ty == GgmlType::Q4_0 {
+                q4.insert((op, rows, k, path), gbs);
+            }
+            let vs =
+                q4.get(&(op, rows, k, path)).map_or(String::new(), |&r| format!("{:5.0} % of q4_0", 100.0 * gbs / r));
+            let rate = if op == "gemm" {
+                format!("{:7.1} GMAC/s", (rows * k * n_tok) as f64 / secs / 1e9)
+            } else {
+                String::from("             ")
+            };
+            let kernel = if op == "gemv" { gemv_kernel(ty, path).map_or("-", |(p, _)| p.name()) } else { path.name() };
+            println!(
+                "{ty:>5} {op} {rows:>5}x{k:<5} {path:<8} (kernel {kernel:<8}) {:8.3} ms {rate} {gbs:6.1} GB/s {vs}",
+                secs * 1e3
+            );
+        };
+    for &(rows, k) in &[(1536usize, 576usize), (576, 1536), (4096, 4096)] {
         let x = data(n_tok * k, 7);
         let mut acts = ActsQ8::default();
         for &ty in &types {
-            let rb = ty.row_bytes(k).expect("shape");
-            let wf = data(rows * k, 3);
-            let mut w = vec![0u8; rows * rb];
-            for r in 0..rows {
-                quantize_row(ty, &wf[r * k..(r + 1) * k], &mut w[r * rb..(r + 1) * rb]);
+            if !gemm_q8_supported(ty, k) {
+                continue;
             }
+            let w = weights(ty, rows, k);
             for path in available_kernel_paths() {
                 let mut out = vec![0.0f32; n_tok * rows];
                 let mut tile = PackedTile::default();
                 let mut best = f64::INFINITY;
-                for _ in 0..5 {
+                for _ in 0..if k == 4096 { 2 } else { 5 } {
                     let t = Instant::now();
                     acts.quantize(&x, k);
                     let mut o: Vec<&mut [f32]> = out.chunks_exact_mut(rows).collect();
                     gemm_q8_on(path, ty, &w, rows, &acts, &mut o, &mut tile);
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                let gmac = (rows * k * n_tok) as f64 / best / 1e9;
-                println!(
-                    "{ty:>5} {rows:>5}x{k:<5} x {n_tok} tokens  {path:<8} {:8.2} ms  {gmac:7.1} GMAC/s",
-                    best * 1e3
-                );
+                line("gemm", ty, rows, k, path, best, w.len());
             }
         }
     }
-    for &ty in &types {
-        if !gemv_q8_supported(ty) {
-            continue;
-        }
-        let (rows, k) = (49152usize, 576usize);
-        let rb = ty.row_bytes(k).expect("shape");
-        let wf = data(rows * k, 5);
-        let mut w = vec![0u8; rows * rb];
-        for r in 0..rows {
-            quantize_row(ty, &wf[r * k..(r + 1) * k], &mut w[r * rb..(r + 1) * rb]);
-        }
-        let mut v = VecQ8::default();
-        v.quantize(&data(k, 9));
-        let mut out = vec![0.0f32; rows];
-        for path in available_kernel_paths() {
-            let mut best = f64::INFINITY;
-            for _ in 0..7 {
-                let t = Instant::now();
-                gemv_q8_on(path, ty, &w, rows, &v, &mut out);
-                best = best.min(t.elapsed().as_secs_f64());
+    for &(rows, k) in &[(49152usize, 576usize), (4096, 4096)] {
+        for &ty in &types {
+            if !gemv_q8_supported(ty, k) {
+                continue;
             }
-            let gbs = w.len() as f64 / best / 1e9;
-            println!("{ty:>5} gemv {rows}x{k} {path:<8} {:8.3} ms  {gbs:6.1} GB/s", best * 1e3);
+            let w = weights(ty, rows, k);
+            let mut v = VecQ8::default();
+            v.quantize(&data(k, 9));
+            let mut out = vec![0.0f32; rows];
+            for path in available_kernel_paths() {
+                let mut best = f64::INFINITY;
+                for _ in 0..7 {
+                    let t = Instant::now();
+                    gemv_q8_on(path, ty, &w, rows, &v, &mut out);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                line("gemv", ty, rows, k, path, best, w.len());
+            }
         }
     }
 }

@@ -28,24 +28,24 @@ use crate::{GgmlType, KernelPath};
 /// Rows per packed weight tile (the lanes of one 512-bit vector of i32).
 pub const GEMM_Q8_ROWS: usize = 16;
 /// Elements per activation block (one scale each).
-const QA: usize = 32;
+pub(crate) const QA: usize = 32;
 /// Tokens per step of the AVX-512 hot loop.
 #[cfg(target_arch = "x86_64")]
-const NT: usize = 12;
+pub(crate) const NT: usize = 12;
 
 /// Activations quantized for [`gemm_q8`]: per token, per 32 elements, `x ≈ d · q`.
 #[derive(Clone, Debug, Default)]
 pub struct ActsQ8 {
-    n_tok: usize,
-    k: usize,
+    pub(crate) n_tok: usize,
+    pub(crate) k: usize,
     /// (n_tok, k): the codes, `|q| ≤ 127`.
-    q: Vec<i8>,
+    pub(crate) q: Vec<i8>,
     /// (n_tok, k / 32): the scales `d = amax / 127`.
-    d: Vec<f32>,
+    pub(crate) d: Vec<f32>,
     /// (n_tok, k / 16): `d · Σ q` over each 16 elements.
-    ds16: Vec<f32>,
+    pub(crate) ds16: Vec<f32>,
     /// (n_tok, k / 32): `d · Σ q` over each 32 elements.
-    ds32: Vec<f32>,
+    pub(crate) ds32: Vec<f32>,
 }
 
 impl ActsQ8 {
@@ -93,7 +93,7 @@ impl ActsQ8 {
     }
 
     /// `d · Σ q` per `g` elements (g = 16 or 32), (n_tok, k / g).
-    fn ds(&self, g: usize) -> &[f32] {
+    pub(crate) fn ds(&self, g: usize) -> &[f32] {
         if g == 16 {
             &self.ds16
         } else {
@@ -129,12 +129,12 @@ impl ActsQ8Part<'_> {
 fn quantize_acts(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernel_path() == KernelPath::Avx512 {
-        x86::quantize_acts_avx512(x, q, d, ds16, ds32);
+        crate::arch::x86::q8_avx512::quantize_acts_avx512(x, q, d, ds16, ds32);
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if crate::kernel_path() == KernelPath::Avx2 {
-        avx2::quantize_acts_avx2(x, q, d, ds16, ds32);
+        crate::arch::x86::q8_avx2::quantize_acts_avx2(x, q, d, ds16, ds32);
         return;
     }
     quantize_acts_scalar(x, q, d, ds16, ds32);
@@ -144,7 +144,7 @@ fn quantize_acts(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32:
 /// (ties away from zero, as ggml's `quantize_row_q8_0/1`: measured on SmolLM2 Q4_1, ties to
 /// even raised WikiText-2 perplexity by 0.07 at 10 chunks, so ties are common in real
 /// activations), `ds16` / `ds32` = `d · Σ q`.
-fn quantize_acts_scalar(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
+pub(crate) fn quantize_acts_scalar(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
     let blocks = x.chunks_exact(QA).zip(q.chunks_exact_mut(QA));
     let params = d.iter_mut().zip(ds32.iter_mut()).zip(ds16.chunks_exact_mut(2));
     for ((xb, qb), ((d, ds32), ds16)) in blocks.zip(params) {
@@ -167,28 +167,25 @@ fn quantize_acts_scalar(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32]
 /// A tile of up to 16 weight rows unpacked for the hot loop (zero rows pad a short tile).
 #[derive(Clone, Debug, Default)]
 pub struct PackedTile {
-    k: usize,
+    pub(crate) k: usize,
     /// Elements per scale group: 32, or 16 for Q2_K / Q3_K / Q6_K.
-    g: usize,
+    pub(crate) g: usize,
     /// (k / 4, 16, 4): unsigned codes, 4 consecutive columns of each row per 64 bytes.
-    u: Vec<u8>,
+    pub(crate) u: Vec<u8>,
     /// (k / g, 16): the scale of each group of each row.
-    s: Vec<f32>,
+    pub(crate) s: Vec<f32>,
     /// (k / g, 16): the offset of each group of each row.
-    m: Vec<f32>,
+    pub(crate) m: Vec<f32>,
 }
 
-/// Elements per scale group of `ty` in the packed layout.
-const fn group_len(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => 16,
-        _ => 32,
-    }
+/// Elements per scale group of `ty` in the packed layout (the table's unpacked view).
+fn group_len(ty: GgmlType) -> usize {
+    crate::type_kernels(ty).map_or(32, |t| t.group)
 }
 
 /// Whether [`gemm_q8`] takes weights of type `ty` with rows of `k` elements.
 pub fn gemm_q8_supported(ty: GgmlType, k: usize) -> bool {
-    crate::has_block_grid(ty) && k > 0 && k.is_multiple_of(ty.block_size()) && k.is_multiple_of(QA)
+    crate::type_kernels(ty).is_some() && k > 0 && k.is_multiple_of(ty.block_size()) && k.is_multiple_of(QA)
 }
 
 impl PackedTile {
@@ -215,12 +212,6 @@ impl PackedTile {
                 _ => self.pack_grid(ty, r, row),
             }
         }
-    }
-
-    /// Stores code `u` of row `r`, column `c`.
-    #[inline(always)]
-    fn put(&mut self, r: usize, c: usize, u: u8) {
-        self.u[(c / 4) * 64 + r * 4 + c % 4] = u;
     }
 
     /// Q4_0 / Q4_1: `bytes`-byte blocks ending in 16 bytes of nibbles (element j low, j + 16 high).
@@ -257,25 +248,22 @@ impl PackedTile {
         }
     }
 
-    /// Any grid type, through [`block_grid`](crate::block_grid) and
-    /// [`block_codes`](crate::block_codes): `u = q - qmin`, `m = offset + scale · qmin`.
+    /// Any type of the [kernel table](crate::kernel_table), through its `unpack` (codes, and
+    /// per group a scale and an offset).
     fn pack_grid(&mut self, ty: GgmlType, r: usize, row: &[u8]) {
+        let Some(tk) = crate::type_kernels(ty) else { unreachable!("checked by gemm_q8_supported") };
         let (bs, g) = (ty.block_size(), self.g);
-        let mut scale = [0.0f32; 256];
-        let mut offset = [0.0f32; 256];
-        let mut codes = [0i32; 256];
+        let (mut u, mut s, mut m) = ([0u8; 256], [0.0f32; 16], [0.0f32; 16]);
         for (b, blk) in row.chunks_exact(ty.type_size()).enumerate() {
-            let (qmin, _) = crate::block_grid(ty, blk, &mut scale[..bs], &mut offset[..bs]);
-            crate::block_codes(ty, blk, &mut codes[..bs]);
-            for (i, &c) in codes[..bs].iter().enumerate() {
-                // Every type's codes span at most 256 values (Q8_0: -127..=127).
-                self.put(r, b * bs + i, (c - qmin) as u8);
+            (tk.unpack)(blk, &mut u[..bs], &mut s[..bs / g], &mut m[..bs / g]);
+            for (c4, u4) in u[..bs].chunks_exact(4).enumerate() {
+                let at = (b * bs / 4 + c4) * 64 + r * 4;
+                self.u[at..at + 4].copy_from_slice(u4);
             }
             for j in 0..bs / g {
-                let (s, o) = (scale[j * g], offset[j * g]);
                 let at = (b * bs / g + j) * GEMM_Q8_ROWS + r;
-                self.s[at] = s;
-                self.m[at] = o + s * qmin as f32;
+                self.s[at] = s[j];
+                self.m[at] = m[j];
             }
         }
     }
@@ -330,12 +318,12 @@ fn gemm_q8_with(
         tile.pack(ty, &w[r0 * rb..(r0 + nr) * rb], nr, k);
         match path {
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512 => x86::gemm_q8_16xn_avx512(tile, acts, r0, nr, out),
+            KernelPath::Avx512 => crate::arch::x86::q8_avx512::gemm_q8_16xn_avx512(tile, acts, r0, nr, out),
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => avx2::gemm_q8_16xn_avx2(tile, acts, r0, nr, out),
+            KernelPath::Avx2 => crate::arch::x86::q8_avx2::gemm_q8_16xn_avx2(tile, acts, r0, nr, out),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm => {
-                neon::gemm_q8_16xn(path, tile, acts, r0, nr, out)
+                crate::arch::arm::q8_neon::gemm_q8_16xn(path, tile, acts, r0, nr, out)
             }
             _ => gemm_q8_16xn_scalar(tile, acts, r0, nr, out),
         }
@@ -367,158 +355,8 @@ pub fn gemm_q8_16xn_scalar(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usiz
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[path = "gemm_q8_avx2.rs"]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-#[path = "gemv_avx512.rs"]
-mod gemv_avx512;
-
-#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-#[path = "gemm_q8_neon.rs"]
-mod neon;
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{ActsQ8, PackedTile, GEMM_Q8_ROWS, NT, QA};
-    use core::arch::x86_64::*;
-
-    /// [`super::quantize_acts_scalar`], 32 elements per step; the same operations in the same
-    /// order, so the same bits.
-    pub(super) fn quantize_acts_avx512(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
-        assert!(crate::KernelPath::Avx512.is_available(), "ActsQ8: AVX-512 is not available");
-        assert!(x.len() == q.len() && d.len() * QA == x.len() && ds16.len() == 2 * d.len() && ds32.len() == d.len());
-        // SAFETY: AVX-512 F/BW/VL is available (asserted above); lengths checked above.
-        unsafe { quantize_acts_impl(x, q, d, ds16, ds32) }
-    }
-
-    /// # Safety
-    /// AVX-512 F/BW/VL; `x` and `q` of equal length, a multiple of 32; `d`, `ds32` one entry per
-    /// 32, `ds16` one per 16.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn quantize_acts_impl(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
-        let lim = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
-        for b in 0..d.len() {
-            // SAFETY: block b's 32 floats and 32 codes lie inside `x` and `q`.
-            let v0 = _mm512_loadu_ps(x.as_ptr().add(b * QA));
-            let v1 = _mm512_loadu_ps(x.as_ptr().add(b * QA + 16));
-            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            let scale = amax / 127.0;
-            let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
-            // Round half away from zero, as `roundf`: truncate, then step away from zero when
-            // the (exact) fraction is at least 1/2.
-            let round = |v| {
-                let y = _mm512_mul_ps(v, inv);
-                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
-                let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(y, t)), _mm512_set1_ps(0.5));
-                let step = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
-                _mm512_mask_add_ps(t, half, t, step)
-            };
-            let clamp = |v| _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(round(v)), lim.0), lim.1);
-            let (q0, q1) = (clamp(v0), clamp(v1));
-            _mm_storeu_si128(q.as_mut_ptr().add(b * QA).cast(), _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128(q.as_mut_ptr().add(b * QA + 16).cast(), _mm512_cvtepi32_epi8(q1));
-            let (s0, s1) = (_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1));
-            d[b] = scale;
-            ds16[2 * b] = scale * s0 as f32;
-            ds16[2 * b + 1] = scale * s1 as f32;
-            ds32[b] = scale * (s0 + s1) as f32;
-        }
-    }
-
-    /// Rows `0..nr` of `tile` against every token `t` of `acts`, into `out[t][r0..r0 + nr]`.
-    pub(super) fn gemm_q8_16xn_avx512(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usize, out: &mut [&mut [f32]]) {
-        assert!(crate::KernelPath::Avx512.is_available(), "gemm_q8: AVX-512 VNNI is not available");
-        let (k, g, n_tok) = (tile.k, tile.g, acts.n_tok);
-        assert_eq!(acts.k, k, "gemm_q8: activation rows of {} vs weight rows of {k}", acts.k);
-        assert_eq!(tile.u.len(), k * GEMM_Q8_ROWS, "gemm_q8: packed tile shape");
-        assert_eq!(tile.s.len(), k / g * GEMM_Q8_ROWS, "gemm_q8: packed tile shape");
-        assert!(out.len() == n_tok && nr <= GEMM_Q8_ROWS, "gemm_q8: output shape");
-        let mut res = [[0.0f32; GEMM_Q8_ROWS]; NT];
-        let mut t = 0;
-        while t < n_tok {
-            let nt = if n_tok - t >= NT {
-                NT
-            } else if n_tok - t >= 4 {
-                4
-            } else {
-                1
-            };
-            // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); the shapes of
-            // `tile` and `acts` were checked above and tokens t..t+nt exist.
-            unsafe {
-                match (nt, g) {
-                    (NT, 32) => gemm_q8_16x12::<NT, 32>(tile, acts, t, &mut res),
-                    (NT, _) => gemm_q8_16x12::<NT, 16>(tile, acts, t, &mut res),
-                    (4, 32) => gemm_q8_16x12::<4, 32>(tile, acts, t, &mut res),
-                    (4, _) => gemm_q8_16x12::<4, 16>(tile, acts, t, &mut res),
-                    (_, 32) => gemm_q8_16x12::<1, 32>(tile, acts, t, &mut res),
-                    (_, _) => gemm_q8_16x12::<1, 16>(tile, acts, t, &mut res),
-                }
-            }
-            for (o, col) in out[t..t + nt].iter_mut().zip(&res) {
-                match <&mut [f32; GEMM_Q8_ROWS]>::try_from(&mut o[r0..r0 + nr]) {
-                    // A whole tile: a fixed-size copy (inlined, not a `memmove` call).
-                    Ok(dst) => *dst = *col,
-                    Err(_) => o[r0..r0 + nr].copy_from_slice(&col[..nr]),
-                }
-            }
-            t += nt;
-        }
-    }
-
-    /// The hot loop: 16 rows × `N` tokens (tokens `t0..t0 + N`), scale groups of `G`
-    /// elements, results into `res[token][row]`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW/VL/VNNI; `tile` holds `k` columns in groups of
-    /// `G` and `acts` rows of `k`, with tokens `t0..t0 + N`; `N ≤ res.len()`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn gemm_q8_16x12<const N: usize, const G: usize>(
-        tile: &PackedTile,
-        acts: &ActsQ8,
-        t0: usize,
-        res: &mut [[f32; GEMM_Q8_ROWS]; NT],
-    ) {
-        let k = tile.k;
-        let (u, s, m) = (tile.u.as_ptr(), tile.s.as_ptr(), tile.m.as_ptr());
-        let q = acts.q.as_ptr().add(t0 * k);
-        let d = acts.d.as_ptr().add(t0 * (k / QA));
-        let ds = acts.ds(G).as_ptr().add(t0 * (k / G));
-        let mut facc = [_mm512_setzero_ps(); N];
-        for j in 0..k / G {
-            let mut iacc = [_mm512_setzero_si512(); N];
-            for gi in 0..G / 4 {
-                let c4 = j * (G / 4) + gi;
-                // SAFETY: c4 < k / 4, so the 64 bytes at c4 * 64 lie in `tile.u`
-                // (k * 16 bytes); token t0 + i < n_tok and c4 * 4 + 4 ≤ k keep the 4-byte
-                // activation reads inside `acts.q`.
-                let wv = _mm512_loadu_si512(u.add(c4 * 64).cast());
-                for (i, a) in iacc.iter_mut().enumerate() {
-                    let x = q.add(i * k + c4 * 4).cast::<i32>().read_unaligned();
-                    *a = _mm512_dpbusd_epi32(*a, wv, _mm512_set1_epi32(x));
-                }
-            }
-            // SAFETY: j < k / G: 16 scales and offsets at j * 16 lie in `tile.s` / `tile.m`;
-            // activation block j·G/32 < k/32 and group j < k/G of tokens t0 + i.
-            let sv = _mm512_loadu_ps(s.add(j * GEMM_Q8_ROWS));
-            let mv = _mm512_loadu_ps(m.add(j * GEMM_Q8_ROWS));
-            for (i, (f, a)) in facc.iter_mut().zip(&iacc).enumerate() {
-                let dx = _mm512_set1_ps(*d.add(i * (k / QA) + j * G / QA));
-                let dsx = _mm512_set1_ps(*ds.add(i * (k / G) + j));
-                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), _mm512_mul_ps(sv, dx), *f);
-                *f = _mm512_fmadd_ps(mv, dsx, *f);
-            }
-        }
-        for (r, f) in res.iter_mut().zip(&facc) {
-            // SAFETY: `r` is 16 writable f32s.
-            _mm512_storeu_ps(r.as_mut_ptr(), *f);
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_util::rng;
     use alloc::vec;
@@ -540,7 +378,7 @@ mod tests {
     }
 
     /// (n_tok, n_rows) as one slice per token.
-    pub(super) fn rows_of(out: &mut [f32], n_rows: usize) -> Vec<&mut [f32]> {
+    pub(crate) fn rows_of(out: &mut [f32], n_rows: usize) -> Vec<&mut [f32]> {
         out.chunks_exact_mut(n_rows).collect()
     }
 
@@ -707,7 +545,7 @@ mod tests {
 
     /// `path`'s gemm against the scalar reference on `x` (n_tok, k): the integer sums are exact,
     /// only the f32 scaling order differs, so `|got - want| ≤ 1e-5 Σ|w x| + 1e-6` per output.
-    pub(super) fn check_gemm(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32], k: usize) {
+    pub(crate) fn check_gemm(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32], k: usize) {
         let n_tok = x.len() / k;
         let mut a = ActsQ8::default();
         a.quantize(x, k);
@@ -733,7 +571,7 @@ mod tests {
 
     /// `path`'s gemv against the scalar reference on one token `x`, with the same bound as
     /// [`check_gemm`]; returns the reference outputs and the quantized token.
-    pub(super) fn check_gemv(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32]) -> (Vec<f32>, VecQ8) {
+    pub(crate) fn check_gemv(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32]) -> (Vec<f32>, VecQ8) {
         let k = x.len();
         let mut v = VecQ8::default();
         v.quantize(x);
@@ -762,8 +600,13 @@ mod tests {
     fn gemv_paths_match_the_scalar_reference() {
         let mut rng = rng(9);
         for path in crate::available_kernel_paths() {
-            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-                for (n_rows, k) in [(7, 576), (3, 32), (5, 1536), (2, 96)] {
+            for ty in grid_types() {
+                let shapes: &[(usize, usize)] = if ty.block_size() == 256 {
+                    &[(7, 512), (3, 256), (5, 1536), (2, 768)]
+                } else {
+                    &[(7, 576), (3, 32), (5, 1536), (2, 96)]
+                };
+                for &(n_rows, k) in shapes {
                     let w = weights(ty, n_rows, k, &mut rng);
                     let x = acts(1, k, &mut rng);
                     let (want, v) = check_gemv(path, ty, &w, n_rows, &x);
@@ -800,26 +643,29 @@ mod tests {
 #[derive(Clone, Debug, Default)]
 pub struct VecQ8 {
     /// The token quantized by [`ActsQ8::quantize`]; its codes `acts.q` feed the hot loop.
-    acts: ActsQ8,
+    pub(crate) acts: ActsQ8,
+    /// (k / 4): `Σ` of each 4 codes (a constant offset `c · s` folds into the integer sum as
+    /// `c · s4`).
+    pub(crate) s4: Vec<i32>,
     /// (k / 4): `-8 · Σ` of each 4 codes (the Q4_0 offset, folded into the accumulator).
-    neg8: Vec<i32>,
+    pub(crate) neg8: Vec<i32>,
     /// (k / 4): `-128 · Σ` of each 4 codes (the offset of Q8_0 codes stored as `q + 128`).
-    neg128: Vec<i32>,
+    pub(crate) neg128: Vec<i32>,
     /// (k / 4): the scale of the block holding each 4 codes.
-    dl: Vec<f32>,
+    pub(crate) dl: Vec<f32>,
     /// (k / 4): `dl · Σ` of each 4 codes.
-    dsl: Vec<f32>,
+    pub(crate) dsl: Vec<f32>,
     /// The layout of the 4-blocks-per-step Q4 kernels, in groups of 4 blocks (the last one
     /// zero-padded): (groups, 4 blocks, 16): codes 0..16 of each block…
-    lo4: Vec<i8>,
+    pub(crate) lo4: Vec<i8>,
     /// … and codes 16..32.
-    hi4: Vec<i8>,
+    pub(crate) hi4: Vec<i8>,
     /// (groups, 16 lanes): `-8 ·` the sum of lane `i`'s 8 codes (4 in `lo4`, 4 in `hi4`).
-    n8g: Vec<i32>,
+    pub(crate) n8g: Vec<i32>,
     /// (groups, 16 lanes): the scale of lane `i`'s block (block `i / 4` of the group).
-    dg: Vec<f32>,
+    pub(crate) dg: Vec<f32>,
     /// (groups, 16 lanes): that scale times the sum of lane `i`'s 8 codes.
-    dsg: Vec<f32>,
+    pub(crate) dsg: Vec<f32>,
 }
 
 impl VecQ8 {
@@ -830,6 +676,7 @@ impl VecQ8 {
         // The gemm's quantizer on one token, into reused buffers (no allocation per call).
         self.acts.quantize(x, k);
         let (q, d) = (&self.acts.q, &self.acts.d);
+        self.s4.clear();
         self.neg8.clear();
         self.neg128.clear();
         self.dl.clear();
@@ -837,6 +684,7 @@ impl VecQ8 {
         for (l, c) in q.chunks_exact(4).enumerate() {
             let s: i32 = c.iter().map(|&v| v as i32).sum();
             let dx = d[l * 4 / QA];
+            self.s4.push(s);
             self.neg8.push(-8 * s);
             self.neg128.push(-128 * s);
             self.dl.push(dx);
@@ -873,14 +721,15 @@ impl VecQ8 {
     }
 }
 
-/// Whether [`gemv_q8`] has a kernel for `ty` (others: `vec_dot` per row).
-pub const fn gemv_q8_supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+/// Whether [`gemv_q8`] has a kernel for `ty` with rows of `k` elements: every type in the
+/// [kernel table](crate::kernel_table), rows of whole blocks.
+pub fn gemv_q8_supported(ty: GgmlType, k: usize) -> bool {
+    crate::type_kernels(ty).is_some() && k > 0 && k.is_multiple_of(ty.block_size()) && k.is_multiple_of(QA)
 }
 
-/// `out[r] = Σ_c w[r][c] · x[c]` for the `n_rows` rows of `w` (Q4_0, Q4_1 or Q8_0) against one
-/// quantized token, on [`kernel_path`](crate::kernel_path): the decode matmul, rows looped
-/// inside the kernel.
+/// `out[r] = Σ_c w[r][c] · x[c]` for the `n_rows` rows of `w` (any type in the
+/// [kernel table](crate::kernel_table)) against one quantized token, on
+/// [`kernel_path`](crate::kernel_path): the decode matmul, rows looped inside the kernel.
 pub fn gemv_q8(ty: GgmlType, w: &[u8], n_rows: usize, x: &VecQ8, out: &mut [f32]) {
     gemv_q8_with(crate::kernel_path(), ty, w, n_rows, x, out)
 }
@@ -892,52 +741,10 @@ pub fn gemv_q8_on(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &V
 }
 
 fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &VecQ8, out: &mut [f32]) {
-    assert!(gemv_q8_supported(ty), "gemv_q8: no kernel for {ty}");
+    assert!(gemv_q8_supported(ty, x.k()), "gemv_q8: no kernel for {ty} rows of {}", x.k());
     let rb = ty.row_bytes(x.k()).unwrap_or(0);
     assert_eq!(w.len(), n_rows * rb, "gemv_q8: {} bytes for {n_rows} rows of {rb}", w.len());
     assert_eq!(out.len(), n_rows, "gemv_q8: output length");
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512 => match ty {
-            GgmlType::Q4_0 => gemv_avx512::gemv_q4_avx512::<false>(w, rb, x, out),
-            GgmlType::Q4_1 => gemv_avx512::gemv_q4_avx512::<true>(w, rb, x, out),
-            _ => gemv_avx512::gemv_q8_0_avx512(w, rb, x, out),
-        },
-        #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2 => avx2::gemv_q8_avx2(ty, w, rb, x, out),
-        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm => neon::gemv_q8(path, ty, w, rb, x, out),
-        _ => {
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-                *o = (0..x.k() / QA).map(|b| gemv_block_scalar(ty, row, b, x)).sum();
-            }
-        }
-    }
-}
-
-/// The reference for one block `b` of a row: the exact integer dot, then the scales.
-fn gemv_block_scalar(ty: GgmlType, row: &[u8], b: usize, x: &VecQ8) -> f32 {
-    let q = &x.acts.q[b * QA..(b + 1) * QA];
-    let dx = x.dl[b * 8];
-    let sum: i32 = q.iter().map(|&v| v as i32).sum();
-    match ty {
-        GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let blk = &row[b * ty.type_size()..(b + 1) * ty.type_size()];
-            let qs = &blk[blk.len() - 16..];
-            let mut dot = 0i32;
-            for j in 0..16 {
-                dot += (qs[j] & 0x0f) as i32 * q[j] as i32 + (qs[j] >> 4) as i32 * q[j + 16] as i32;
-            }
-            if ty == GgmlType::Q4_0 {
-                f16_at(blk, 0) * dx * (dot - 8 * sum) as f32
-            } else {
-                f16_at(blk, 0) * dx * dot as f32 + f16_at(blk, 2) * dx * sum as f32
-            }
-        }
-        _ => {
-            let blk = &row[b * 34..(b + 1) * 34];
-            let dot: i32 = blk[2..].iter().zip(q).map(|(&w, &v)| w as i8 as i32 * v as i32).sum();
-            f16_at(blk, 0) * dx * dot as f32
-        }
-    }
+    let Some((_, kernel)) = crate::gemv_kernel(ty, path) else { unreachable!("checked by gemv_q8_supported") };
+    kernel(w, rb, x, out)
 }

@@ -38,10 +38,14 @@ extern crate std;
 compile_error!("pith-kernels reads GGUF's little-endian blocks in place: big-endian targets are not supported");
 
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
+mod arch;
+#[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 pub mod attn;
 mod blocks;
 mod dispatch;
+pub(crate) mod grid;
 mod kquant;
+pub mod table;
 #[cfg(test)]
 mod test_util;
 pub mod types;
@@ -85,5 +89,6 @@ pub use simd::{
     available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,
     KernelPath,
 };
+pub use table::{gemv_kernel, kernel_table, type_kernels, GemvFn, TypeKernels};
 pub use types::{GgmlType, ALL_TYPES, QK_K};
 pub use vmath::{silu_mul, softmax_scaled};

@@ -4,6 +4,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::f16_le;
 use crate::kquant::{dot_i32, make_qkx2_quants, nearest_int, Qkx2Params};
 use crate::q8_k::BlockQ8K;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
@@ -232,8 +233,37 @@ pub fn vec_dot_q2_k_f32(w: &[BlockQ2K], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q2_k)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ2K {
+    const TY: crate::GgmlType = crate::GgmlType::Q2_K;
+    const GROUP: usize = 16;
+    const MAX_CODE: u8 = 3;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let blk: &[u8; 84] = blk.try_into().unwrap();
+        let (d, dmin) = (f16_le(blk, 80), f16_le(blk, 82));
+        let u: &mut [u8; QK_K] = u.try_into().unwrap();
+        for h in 0..2 {
+            for k in 0..4 {
+                for l in 0..32 {
+                    u[128 * h + 32 * k + l] = (blk[16 + 32 * h + l] >> (2 * k)) & 3;
+                }
+            }
+        }
+        for j in 0..16 {
+            s[j] = d * (blk[j] & 0xf) as f32;
+            m[j] = -(dmin * (blk[j] >> 4) as f32);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ2K>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

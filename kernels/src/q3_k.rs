@@ -4,6 +4,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::f16_le;
 use crate::kquant::{dot_i32, make_q3_quants, nearest_int};
 use crate::q8_k::BlockQ8K;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
@@ -259,8 +260,41 @@ pub fn vec_dot_q3_k_f32(w: &[BlockQ3K], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q3_k)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ3K {
+    const TY: crate::GgmlType = crate::GgmlType::Q3_K;
+    const GROUP: usize = 16;
+    const MAX_CODE: u8 = 7;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let blk: &[u8; 110] = blk.try_into().unwrap();
+        let d = f16_le(blk, 108);
+        let u: &mut [u8; QK_K] = u.try_into().unwrap();
+        // The stored code is `low - 4` when the high bit is clear: `u = low + 4 · bit`.
+        for h in 0..2 {
+            for k in 0..4 {
+                for l in 0..32 {
+                    let low = (blk[32 + 32 * h + l] >> (2 * k)) & 3;
+                    let bit = (blk[l] >> (4 * h + k)) & 1;
+                    u[128 * h + 32 * k + l] = low | (bit << 2);
+                }
+            }
+        }
+        let sc: &[u8; 12] = blk[96..108].try_into().unwrap();
+        for j in 0..16 {
+            s[j] = d * (scale6(sc, j) as i32 - 32) as f32;
+            m[j] = -4.0 * s[j];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ3K>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

@@ -3,6 +3,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::{reduce_lanes, LANES};
+use crate::grid::{f16_le, unpack_nibbles32};
 use crate::q8_1::BlockQ8_1;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_affine, Search};
 use bytemuck::{Pod, Zeroable};
@@ -160,8 +161,25 @@ pub fn vec_dot_q4_1_f32(w: &[BlockQ4_1], x: &[f32]) -> f32 {
     reduce_lanes(&acc)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ4_1 {
+    const TY: crate::GgmlType = crate::GgmlType::Q4_1;
+    const GROUP: usize = 32;
+    const MAX_CODE: u8 = 15;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        unpack_nibbles32(blk[4..20].try_into().unwrap(), None, (&mut u[..32]).try_into().unwrap());
+        (s[0], m[0]) = (f16_le(blk, 0), f16_le(blk, 2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ4_1>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

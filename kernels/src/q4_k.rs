@@ -4,6 +4,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::f16_le;
 use crate::kquant::{dot_i32, get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, sum_sq, Qkx2Params};
 use crate::q8_k::BlockQ8K;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
@@ -252,8 +253,39 @@ pub fn vec_dot_q4_k_f32(w: &[BlockQ4K], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q4_k)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ4K {
+    const TY: crate::GgmlType = crate::GgmlType::Q4_K;
+    const GROUP: usize = 32;
+    const MAX_CODE: u8 = 15;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let blk: &[u8; 144] = blk.try_into().unwrap();
+        let (d, dmin) = (f16_le(blk, 0), f16_le(blk, 2));
+        let u: &mut [u8; QK_K] = u.try_into().unwrap();
+        for c in 0..QK_K / 64 {
+            for l in 0..32 {
+                let q = blk[16 + 32 * c + l];
+                u[64 * c + l] = q & 0xf;
+                u[64 * c + 32 + l] = q >> 4;
+            }
+        }
+        let sc: &[u8; 12] = blk[4..16].try_into().unwrap();
+        for j in 0..8 {
+            let (scale, min) = get_scale_min_k4(j, sc);
+            s[j] = d * scale as f32;
+            m[j] = -(dmin * min as f32);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ4K>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

@@ -4,6 +4,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::{f16_le, unpack_nibbles32};
 use crate::q8_0::BlockQ8_0;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_sym, Search};
 use bytemuck::{Pod, Zeroable};
@@ -155,8 +156,27 @@ pub fn vec_dot_q5_0_f32(w: &[BlockQ5_0], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q5_0)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ5_0 {
+    const TY: crate::GgmlType = crate::GgmlType::Q5_0;
+    const GROUP: usize = 32;
+    const MAX_CODE: u8 = 31;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let d = f16_le(blk, 0);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        unpack_nibbles32(blk[6..22].try_into().unwrap(), Some(qh), (&mut u[..32]).try_into().unwrap());
+        (s[0], m[0]) = (d, -16.0 * d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ5_0>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

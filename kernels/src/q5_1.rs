@@ -3,6 +3,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::{f16_le, unpack_nibbles32};
 use crate::q8_1::BlockQ8_1;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_affine, Search};
 use bytemuck::{Pod, Zeroable};
@@ -158,8 +159,26 @@ pub fn vec_dot_q5_1_f32(w: &[BlockQ5_1], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q5_1)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ5_1 {
+    const TY: crate::GgmlType = crate::GgmlType::Q5_1;
+    const GROUP: usize = 32;
+    const MAX_CODE: u8 = 31;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+        unpack_nibbles32(blk[8..24].try_into().unwrap(), Some(qh), (&mut u[..32]).try_into().unwrap());
+        (s[0], m[0]) = (f16_le(blk, 0), f16_le(blk, 2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ5_1>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

@@ -3,6 +3,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::f16_le;
 use crate::kquant::{get_scale_min_k4, Qkx2Params};
 use crate::q4_k::{dot_scaled_subblocks, fit_subblocks, grid_k4, pack_weighted_scales, quantize_scales, requantize};
 use crate::q8_k::BlockQ8K;
@@ -169,8 +170,39 @@ pub fn vec_dot_q5_k_f32(w: &[BlockQ5K], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q5_k)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ5K {
+    const TY: crate::GgmlType = crate::GgmlType::Q5_K;
+    const GROUP: usize = 32;
+    const MAX_CODE: u8 = 31;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let blk: &[u8; 176] = blk.try_into().unwrap();
+        let (d, dmin) = (f16_le(blk, 0), f16_le(blk, 2));
+        let u: &mut [u8; QK_K] = u.try_into().unwrap();
+        for c in 0..QK_K / 64 {
+            for l in 0..32 {
+                let (q, h) = (blk[48 + 32 * c + l], blk[16 + l] >> (2 * c));
+                u[64 * c + l] = (q & 0xf) | ((h & 1) << 4);
+                u[64 * c + 32 + l] = (q >> 4) | ((h & 2) << 3);
+            }
+        }
+        let sc: &[u8; 12] = blk[4..16].try_into().unwrap();
+        for j in 0..8 {
+            let (scale, min) = get_scale_min_k4(j, sc);
+            s[j] = d * scale as f32;
+            m[j] = -(dmin * min as f32);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ5K>();
+    }
     use super::*;
     use crate::kquant::pack_scale_min_k4;
     use crate::test_util::*;

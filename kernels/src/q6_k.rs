@@ -4,6 +4,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::dot_dequantized;
+use crate::grid::f16_le;
 use crate::kquant::{dot_i32, make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use crate::q8_k::BlockQ8K;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_k, KSpec};
@@ -212,8 +213,40 @@ pub fn vec_dot_q6_k_f32(w: &[BlockQ6K], x: &[f32]) -> f32 {
     dot_dequantized(w, x, dequantize_block_q6_k)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ6K {
+    const TY: crate::GgmlType = crate::GgmlType::Q6_K;
+    const GROUP: usize = 16;
+    const MAX_CODE: u8 = 63;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let blk: &[u8; 210] = blk.try_into().unwrap();
+        let d = f16_le(blk, 208);
+        let u: &mut [u8; QK_K] = u.try_into().unwrap();
+        for h in 0..2 {
+            for l in 0..32 {
+                let (ql0, ql1, qh) = (blk[64 * h + l], blk[64 * h + 32 + l], blk[128 + 32 * h + l]);
+                let base = 128 * h + l;
+                u[base] = (ql0 & 0xf) | ((qh & 3) << 4);
+                u[base + 32] = (ql1 & 0xf) | (((qh >> 2) & 3) << 4);
+                u[base + 64] = (ql0 >> 4) | (((qh >> 4) & 3) << 4);
+                u[base + 96] = (ql1 >> 4) | (((qh >> 6) & 3) << 4);
+            }
+        }
+        for j in 0..16 {
+            s[j] = d * blk[192 + j] as i8 as f32;
+            m[j] = -32.0 * s[j];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ6K>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

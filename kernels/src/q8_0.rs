@@ -3,6 +3,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::f32::{reduce_lanes, LANES};
+use crate::grid::f16_le;
 use crate::weighted::{block_weights, check_codes, pick_block, quantize_sym, Search};
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -142,8 +143,28 @@ pub fn vec_dot_q8_0_f32(w: &[BlockQ8_0], x: &[f32]) -> f32 {
     reduce_lanes(&acc)
 }
 
+/// The integer kernels' view of a block (see [`crate::grid`]).
+impl crate::grid::Grid for BlockQ8_0 {
+    const TY: crate::GgmlType = crate::GgmlType::Q8_0;
+    const GROUP: usize = 32;
+    const MAX_CODE: u8 = 255;
+    #[inline(always)]
+    fn unpack(blk: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+        let d = f16_le(blk, 0);
+        for (u, &q) in u[..32].iter_mut().zip(&blk[2..34]) {
+            *u = q ^ 0x80;
+        }
+        (s[0], m[0]) = (d, -128.0 * d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grid_unpack_matches_the_dequantizer() {
+        crate::grid::tests::check_unpack::<BlockQ8_0>();
+    }
     use super::*;
     use crate::test_util::*;
     use crate::GgmlType;

@@ -45,9 +45,8 @@ pub enum Precision {
     /// for `Q8`).
     F32,
     /// The fast path, and the default: activations quantized to 8 bits once per matmul, and
-    /// integer dot products, as llama.cpp's CPU backend does. One token: the weight type's
-    /// 8-bit partner (Q8_0, Q8_1, Q8_K) and `vec_dot`; a batch: per-32 scales and the
-    /// integer gemm (`gemm_q8`). On SmolLM2 Q4_1 it adds 0.08 to WikiText-2 perplexity
+    /// integer dot products, as llama.cpp's CPU backend does: per-32 scales, then the kernel
+    /// table's decode kernel (`gemv_q8`, one token) or the integer gemm (`gemm_q8`, a batch). On SmolLM2 Q4_1 it adds 0.08 to WikiText-2 perplexity
     /// at 40 chunks (22.389 vs 22.305; llama.cpp's own 8-bit path: 22.396).
     #[default]
     Q8,
@@ -59,8 +58,6 @@ pub struct MatmulScratch {
     pub precision: Precision,
     /// (n_rows, n_tok): the result before transposition, for batches.
     out_t: Vec<f32>,
-    /// (n_tok, row bytes of the activation type): quantized activations.
-    xq: Vec<u8>,
     /// Batches with `Precision::Q8`: activations quantized for the integer gemm.
     acts: pith_kernels::ActsQ8,
     /// One token with `Precision::Q8`: activations quantized for the decode kernels.
@@ -148,31 +145,11 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     let chunk_rows = (n_rows.div_ceil(pool.threads() * 8)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
     scratch.out_t.resize(n_rows * n_tok, 0.0);
     let target = &mut scratch.out_t;
-    let vt = w.ty.vec_dot_type();
-    if scratch.precision == Precision::Q8 && w.ty.is_quantized() && vt.row_bytes(n_cols).is_some() {
-        // Quantize each token's activations once; every row reuses them.
-        let qb = vt.row_bytes(n_cols).unwrap_or(0);
-        scratch.xq.resize(n_tok * qb, 0);
-        for (xt, q) in x.chunks_exact(n_cols).zip(scratch.xq.chunks_exact_mut(qb)) {
-            pith_kernels::quantize_row(vt, xt, q);
-        }
-        let xq = &scratch.xq;
-        pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
-            let r0 = ci * chunk_rows;
-            for (i, out_row) in chunk.chunks_exact_mut(n_tok).enumerate() {
-                let wr = w.row(r0 + i);
-                for (o, q) in out_row.iter_mut().zip(xq.chunks_exact(qb)) {
-                    *o = pith_kernels::vec_dot(w.ty, n_cols, wr, q);
-                }
-            }
-        });
-    } else {
-        pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
-            let r0 = ci * chunk_rows;
-            let rows = chunk.len() / n_tok;
-            matmul_rows_hot_loop(w, x, n_tok, r0, rows, chunk);
-        });
-    }
+    pool.for_each_chunk(target, chunk_rows * n_tok, &|ci, chunk: &mut [f32]| {
+        let r0 = ci * chunk_rows;
+        let rows = chunk.len() / n_tok;
+        matmul_rows_hot_loop(w, x, n_tok, r0, rows, chunk);
+    });
     transpose_into(&scratch.out_t, n_tok, out);
 }
 
@@ -211,8 +188,8 @@ pub fn matmul_many(
 
 /// One token against several weights in one parallel region: the weights' rows are laid end
 /// to end and cut into one chunk per thread. Under `Precision::Q8` the input is quantized once
-/// for the decode kernels (`gemv_q8`: Q4_0, Q4_1, Q8_0) and once per other activation type
-/// (`vec_dot` per row); f32 weights and `Precision::F32` use `vec_dot_f32`.
+/// ([`pith_kernels::VecQ8`]) and every weight type of the kernel table runs its decode kernel
+/// (`gemv_q8`); other types (f32, f16, bf16) and `Precision::F32` use `vec_dot_f32`.
 fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>], x: &[f32], outs: &mut [&mut [f32]]) {
     let total: usize = ws.iter().map(|w| w.n_rows).sum();
     for (w, out) in ws.iter().zip(outs.iter()) {
@@ -220,33 +197,11 @@ fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>]
         assert_eq!(out.len(), w.n_rows, "matmul: output shape");
     }
     let q8 = scratch.precision == Precision::Q8;
-    let gemv = |w: &Weight<'_>| q8 && pith_kernels::gemv_q8_supported(w.ty) && w.n_cols.is_multiple_of(32);
-    // The input quantized once per activation type the other weights need (at most a few).
-    let mut xq: [Option<(GgmlType, usize)>; 4] = [None; 4];
-    scratch.xq.clear();
-    if q8 {
-        if ws.iter().any(|w| gemv(w)) {
-            scratch.vq.quantize(x);
-        }
-        for w in ws.iter().filter(|w| !gemv(w) && w.ty.is_quantized()) {
-            let vt = w.ty.vec_dot_type();
-            let Some(qb) = vt.row_bytes(w.n_cols) else { continue };
-            if xq.iter().flatten().any(|&(t, _)| t == vt) {
-                continue;
-            }
-            let Some(slot) = xq.iter_mut().find(|s| s.is_none()) else { break };
-            let at = scratch.xq.len();
-            scratch.xq.resize(at + qb, 0);
-            pith_kernels::quantize_row(vt, x, &mut scratch.xq[at..]);
-            *slot = Some((vt, at));
-        }
+    let gemv = |w: &Weight<'_>| q8 && pith_kernels::gemv_q8_supported(w.ty, w.n_cols);
+    if ws.iter().any(|w| gemv(w)) {
+        scratch.vq.quantize(x);
     }
-    let (xq_all, vq) = (&scratch.xq, &scratch.vq);
-    let quantized = |w: &Weight<'_>| -> Option<&[u8]> {
-        let vt = w.ty.vec_dot_type();
-        let (_, at) = xq.iter().flatten().find(|&&(t, _)| t == vt && w.ty.is_quantized())?;
-        Some(&xq_all[*at..*at + vt.row_bytes(w.n_cols)?])
-    };
+    let vq = &scratch.vq;
     let single = ws.len() == 1;
     let chunk_rows = total.div_ceil(pool.threads());
     let run = |ci: usize, chunk: &mut [f32]| {
@@ -264,10 +219,6 @@ fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>]
             if gemv(w) {
                 let rb = w.row_bytes();
                 pith_kernels::gemv_q8(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, vq, o);
-            } else if let Some(q) = quantized(w) {
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = pith_kernels::vec_dot(w.ty, w.n_cols, w.row(r0 + i), q);
-                }
             } else {
                 for (i, o) in o.iter_mut().enumerate() {
                     *o = pith_kernels::vec_dot_f32(w.ty, w.row(r0 + i), x);

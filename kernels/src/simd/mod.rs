@@ -38,12 +38,12 @@ use crate::q8_0::BlockQ8_0;
 use crate::q8_1::BlockQ8_1;
 use crate::GgmlType;
 
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-mod neon;
+use crate::arch::arm::dot_neon as neon;
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86::dot_avx2 as avx2;
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86::dot_avx512 as avx512;
 #[cfg(test)]
 mod tests;
 

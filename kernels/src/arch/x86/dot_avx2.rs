@@ -28,8 +28,8 @@ use half::f16;
 /// Declares a safe entry point `$name` for the `#[target_feature]` kernel `$imp`.
 macro_rules! entry {
     ($name:ident => $imp:ident ($w:ident: $wt:ty, $x:ident: $xt:ty)) => {
-        pub(super) fn $name($w: $wt, $x: $xt) -> f32 {
-            debug_assert!(super::KernelPath::Avx2.is_available());
+        pub(crate) fn $name($w: $wt, $x: $xt) -> f32 {
+            debug_assert!(crate::KernelPath::Avx2.is_available());
             // SAFETY: the selectors in simd/mod.rs hand this function out only for
             // KernelPath::Avx2/Avx512, which are selected only when the CPU has AVX2, FMA
             // and F16C (KernelPath::is_available).
@@ -57,28 +57,28 @@ type X8 = [f32; 8];
 
 /// Views a 32-element chunk of activations as four vectors' worth.
 #[inline(always)]
-pub(super) fn x32(xs: &[f32]) -> &[X8; 4] {
+pub(crate) fn x32(xs: &[f32]) -> &[X8; 4] {
     let a: &[f32; 32] = xs.try_into().expect("32 activations");
     bytemuck::cast_ref(a)
 }
 
 /// Views a 256-element chunk of activations as 32 vectors' worth.
 #[inline(always)]
-pub(super) fn x256(xs: &[f32]) -> &[X8; 32] {
+pub(crate) fn x256(xs: &[f32]) -> &[X8; 32] {
     let a: &[f32; QK_K] = xs.try_into().expect("256 activations");
     bytemuck::cast_ref(a)
 }
 
 #[inline]
 #[target_feature(enable = "avx")]
-pub(super) fn ld8(a: &X8) -> __m256 {
+pub(crate) fn ld8(a: &X8) -> __m256 {
     // SAFETY: `a` is 8 readable f32s; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_ps(a.as_ptr()) }
 }
 
 #[inline]
 #[target_feature(enable = "sse2")]
-pub(super) fn ld16b<T: bytemuck::Pod>(a: &[T; 16]) -> __m128i {
+pub(crate) fn ld16b<T: bytemuck::Pod>(a: &[T; 16]) -> __m128i {
     const { assert!(core::mem::size_of::<T>() == 1) };
     // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
@@ -86,7 +86,7 @@ pub(super) fn ld16b<T: bytemuck::Pod>(a: &[T; 16]) -> __m128i {
 
 #[inline]
 #[target_feature(enable = "avx")]
-pub(super) fn ld32b<T: bytemuck::Pod>(a: &[T; 32]) -> __m256i {
+pub(crate) fn ld32b<T: bytemuck::Pod>(a: &[T; 32]) -> __m256i {
     const { assert!(core::mem::size_of::<T>() == 1) };
     // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
@@ -103,14 +103,14 @@ fn ld8b<T: bytemuck::Pod>(a: &[T; 8]) -> __m128i {
 /// Bytes ahead of the current block that the f32-activation kernels prefetch. The decode
 /// matmul streams weight rows back to back, so this reaches into the next row(s): the
 /// hardware prefetchers alone left the streaming kernels at ~40 % of their in-cache speed.
-pub(super) const PREFETCH: usize = 4096;
+pub(crate) const PREFETCH: usize = 4096;
 
 /// Prefetches the cache lines `PREFETCH` bytes past `*p` (one per 64 bytes of `T`) into
 /// L1. A hint: any address is fine, nothing is dereferenced (`wrapping_add` keeps the
 /// arithmetic defined; PREFETCHT0 never faults).
 #[inline]
 #[target_feature(enable = "sse")]
-pub(super) fn prefetch<T>(p: &T) {
+pub(crate) fn prefetch<T>(p: &T) {
     let a = (p as *const T).cast::<i8>().wrapping_add(PREFETCH);
     let mut off = 0;
     while off < core::mem::size_of::<T>() {
@@ -124,20 +124,20 @@ pub(super) fn prefetch<T>(p: &T) {
 /// chains every block to the previous one.)
 #[inline]
 #[target_feature(enable = "avx,f16c")]
-pub(super) fn f16f(h: f16) -> f32 {
+pub(crate) fn f16f(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16)))
 }
 
 /// f16 → f32 in all 8 lanes (`vpbroadcastw` + `vcvtph2ps`).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-pub(super) fn f16x8(h: f16) -> __m256 {
+pub(crate) fn f16x8(h: f16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
 }
 
 #[inline]
 #[target_feature(enable = "avx")]
-pub(super) fn hsum(v: __m256) -> f32 {
+pub(crate) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -399,7 +399,7 @@ fn dot_i8(w: __m256i, x: __m256i) -> __m256i {
 /// The 32 nibbles of a Q4 block as bytes in element order (low nibbles, then high).
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn q4_bytes(qs: &[u8; 16]) -> __m256i {
+pub(crate) fn q4_bytes(qs: &[u8; 16]) -> __m256i {
     let (lo, hi) = nibbles(ld16b(qs));
     _mm256_set_m128i(hi, lo)
 }
@@ -455,7 +455,7 @@ macro_rules! int_dots {
         }
     };
 }
-pub(super) use int_dots;
+pub(crate) use int_dots;
 
 /// Eight i32 sums of four `u·x` products each (`u` unsigned bytes, `x` signed).
 #[inline]

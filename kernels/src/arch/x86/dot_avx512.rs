@@ -17,7 +17,7 @@
 
 use core::arch::x86_64::*;
 
-use super::avx2::{f16f, f16x8, hsum, ld16b, ld32b, prefetch, q4_bytes, x256, x32};
+use super::dot_avx2::{f16f, f16x8, hsum, ld16b, ld32b, prefetch, q4_bytes, x256, x32};
 use crate::kquant::get_scale_min_k4;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_1::BlockQ4_1;
@@ -29,8 +29,8 @@ use crate::QK_K;
 /// Declares a safe entry point `$name` for the `#[target_feature]` kernel `$imp`.
 macro_rules! entry {
     ($name:ident => $imp:ident ($w:ident: $wt:ty, $x:ident: $xt:ty)) => {
-        pub(super) fn $name($w: $wt, $x: $xt) -> f32 {
-            debug_assert!(super::KernelPath::Avx512.is_available());
+        pub(crate) fn $name($w: $wt, $x: $xt) -> f32 {
+            debug_assert!(crate::KernelPath::Avx512.is_available());
             // SAFETY: the selectors in simd/mod.rs hand this function out only for
             // KernelPath::Avx512, which is selected only when the CPU has AVX-512
             // F/BW/VL/VNNI besides AVX2, FMA and F16C (KernelPath::is_available).
@@ -195,4 +195,4 @@ fn dot_u8i8(u: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
 }
 
-super::avx2::int_dots!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+super::dot_avx2::int_dots!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");

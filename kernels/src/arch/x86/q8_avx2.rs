@@ -1,5 +1,5 @@
-//! AVX2 (+ FMA, F16C; no AVX-512, no VNNI) kernels for [`super::gemm_q8`] (prefill) and
-//! [`super::gemv_q8`] (decode).
+//! AVX2 (+ FMA, F16C; no AVX-512, no VNNI) kernels for [`crate::gemm_q8`] (prefill) and
+//! [`crate::gemv_q8`] (decode).
 //!
 //! Without `vpdpbusd`, a u8 × i8 dot takes two steps: `vpmaddubsw` (pairs of u8 × i8 products
 //! summed into i16, SATURATING) then `vpmaddwd` against ones (pairs of i16 into i32). The
@@ -21,7 +21,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{ActsQ8, PackedTile, VecQ8, GEMM_Q8_ROWS, QA};
+use crate::gemm_q8::{ActsQ8, PackedTile, VecQ8, GEMM_Q8_ROWS, QA};
 use crate::{GgmlType, KernelPath};
 
 /// How far ahead (bytes) the decode kernels prefetch weights.
@@ -44,7 +44,7 @@ const WIDE_H: usize = 1;
 const WIDE_N: usize = 3;
 
 /// Rows `0..nr` of `tile` against every token `t` of `acts`, into `out[t][r0..r0 + nr]`.
-pub(super) fn gemm_q8_16xn_avx2(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usize, out: &mut [&mut [f32]]) {
+pub(crate) fn gemm_q8_16xn_avx2(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usize, out: &mut [&mut [f32]]) {
     assert!(KernelPath::Avx2.is_available(), "gemm_q8: AVX2 + FMA + F16C are not available");
     let (k, g, n_tok) = (tile.k, tile.g, acts.n_tok);
     assert_eq!(acts.k, k, "gemm_q8: activation rows of {} vs weight rows of {k}", acts.k);
@@ -213,10 +213,10 @@ unsafe fn gemm_q8_8x6_avx2<const H: usize, const N: usize, const G: usize, const
     }
 }
 
-/// [`super::quantize_acts_scalar`] on AVX2, 32 elements per step: the same operations in the
+/// [`crate::gemm_q8::quantize_acts_scalar`] on AVX2, 32 elements per step: the same operations in the
 /// same order (`d = amax / 127`, `q = round(x · (1/d))` half away from zero, clamped; sums in
 /// i32, scaled once), so the same bits.
-pub(super) fn quantize_acts_avx2(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
+pub(crate) fn quantize_acts_avx2(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut [f32], ds32: &mut [f32]) {
     assert!(KernelPath::Avx2.is_available(), "ActsQ8: AVX2 + FMA + F16C are not available");
     assert!(x.len() == q.len() && d.len() * QA == x.len() && ds16.len() == 2 * d.len() && ds32.len() == d.len());
     // SAFETY: AVX2 is available (asserted above); lengths checked above.
@@ -283,10 +283,13 @@ fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
-/// [`super::gemv_q8`] on AVX2: one block per 256-bit step, two accumulators per row.
-pub(super) fn gemv_q8_avx2(ty: GgmlType, w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+/// [`crate::gemv_q8`] on AVX2: one block per 256-bit step, two accumulators per row.
+pub(crate) fn gemv_q8_avx2(ty: GgmlType, w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     assert!(KernelPath::Avx2.is_available(), "gemv_q8: AVX2 + FMA + F16C are not available");
-    assert!(super::gemv_q8_supported(ty), "gemv_q8: no kernel for {ty}");
+    assert!(
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0),
+        "gemv_q8 (AVX2): no hand-written kernel for {ty}"
+    );
     let nb = x.k() / QA;
     assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
     assert!(
@@ -407,8 +410,8 @@ unsafe fn gemv_row_q8_0_avx2(row: &[u8], nb: usize, x: &VecQ8) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::rows_of;
-    use super::super::{gemm_q8_on, gemv_q8_on, quantize_acts_scalar, ActsQ8, PackedTile, VecQ8};
+    use crate::gemm_q8::tests::rows_of;
+    use crate::gemm_q8::{gemm_q8_on, gemv_q8_on, quantize_acts_scalar, ActsQ8, PackedTile, VecQ8};
     use crate::{GgmlType, KernelPath};
     use alloc::vec;
     use alloc::vec::Vec;

@@ -31,8 +31,8 @@ use half::f16;
 /// `$path` (and paths above it).
 macro_rules! entry {
     ($path:ident: $name:ident => $imp:ident ($w:ident: $wt:ty, $x:ident: $xt:ty)) => {
-        pub(super) fn $name($w: $wt, $x: $xt) -> f32 {
-            debug_assert!(super::KernelPath::$path.is_available());
+        pub(crate) fn $name($w: $wt, $x: $xt) -> f32 {
+            debug_assert!(crate::KernelPath::$path.is_available());
             // SAFETY: the selectors in simd/mod.rs hand this function out only for the
             // paths that include its target features (NEON: `Neon`, `NeonDotprod` and
             // `NeonI8mm`; `sdot` kernels: `NeonDotprod` and `NeonI8mm`, which requires

@@ -1,4 +1,4 @@
-//! AArch64 kernels for [`gemm_q8`](super::gemm_q8) (prefill) and [`gemv_q8`](super::gemv_q8)
+//! AArch64 kernels for [`gemm_q8`](crate::gemm_q8) (prefill) and [`gemv_q8`](crate::gemv_q8)
 //! (decode): plain NEON, NEON + dotprod (`sdot`) and NEON + i8mm (`usmmla`).
 //!
 //! The gemm reads the x86 tile layout as it is: the 16 bytes at `(c / 4) * 64 + 16 v` of
@@ -28,7 +28,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::{ActsQ8, PackedTile, VecQ8, GEMM_Q8_ROWS, QA};
+use crate::gemm_q8::{ActsQ8, PackedTile, VecQ8, GEMM_Q8_ROWS, QA};
 use crate::{GgmlType, KernelPath};
 
 /// Tokens per step of the widest gemm kernels (`sdot`, `usmmla`).
@@ -38,7 +38,7 @@ const NT: usize = 4;
 
 /// Rows `0..nr` of `tile` against every token `t` of `acts`, into `out[t][r0..r0 + nr]`, with
 /// the kernels of `path` (`Neon`, `NeonDotprod` or `NeonI8mm`).
-pub(super) fn gemm_q8_16xn(
+pub(crate) fn gemm_q8_16xn(
     path: KernelPath,
     tile: &PackedTile,
     acts: &ActsQ8,
@@ -415,9 +415,9 @@ unsafe fn gemm_q8_16x4_i8mm<const N: usize, const G: usize>(
 
 // ----- gemv -------------------------------------------------------------------------------
 
-/// [`super::gemv_q8`] on `path`: `out[r] = Σ_c w[r][c] x[c]` for the rows of `w` (`rb` bytes
+/// [`crate::gemv_q8`] on `path`: `out[r] = Σ_c w[r][c] x[c]` for the rows of `w` (`rb` bytes
 /// each, Q4_0, Q4_1 or Q8_0), with `sdot` on `NeonDotprod` and `NeonI8mm`.
-pub(super) fn gemv_q8(path: KernelPath, ty: GgmlType, w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+pub(crate) fn gemv_q8(path: KernelPath, ty: GgmlType, w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     assert!(path.is_available(), "gemv_q8: kernel path {path} is not available here");
     let nb = x.k() / QA;
     assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
@@ -548,8 +548,8 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 mod tests {
     //! Every NEON path (and every token-step size of each) against the scalar reference; the
     //! generic tests in `gemm_q8.rs` also loop over these paths, with fewer token counts.
-    use super::super::tests::{check_gemm, check_gemv};
     use super::*;
+    use crate::gemm_q8::tests::{check_gemm, check_gemv};
     use crate::test_util::rng;
     use alloc::vec;
     use alloc::vec::Vec;

@@ -6,7 +6,7 @@
 //! nibble. The four blocks' 64 nibble bytes go into one vector as they are (one 16-byte piece
 //! per block), so lane `i` holds bytes `4(i % 4)..` of block `i / 4`: masking gives the low
 //! nibbles, a shift the high ones, and the activations are laid out to match once per token
-//! ([`super::VecQ8`]'s `lo4` / `hi4`: each block's codes 0..16 and 16..32). Two `vpdpbusd` per
+//! ([`VecQ8`]'s `lo4` / `hi4`: each block's codes 0..16 and 16..32). Two `vpdpbusd` per
 //! step, no byte shuffles; the block scales come from one 16-bit permute of the step's first
 //! 64 bytes. The Q4_0 offset (−8) starts the integer accumulator (`n8g`); the Q4_1 offset `m`
 //! meets `dx · Σq` (`dsg`) in a second float accumulator.
@@ -15,7 +15,7 @@
 //! operand and `-128 · Σq` (`neg128`) starting the accumulator; both scales from one 16-bit
 //! permute of the step's first 64 bytes (a 68-byte pair, so never past the row).
 
-use super::{VecQ8, QA};
+use crate::gemm_q8::{VecQ8, QA};
 use core::arch::x86_64::*;
 
 /// How far ahead each row's weights are prefetched: the same place `PREFETCH_ROWS` rows on (the
@@ -24,7 +24,7 @@ use core::arch::x86_64::*;
 const PREFETCH_ROWS: usize = 16;
 
 /// `out[r] = row r · x` for Q4_0 (`Q41 = false`, 18-byte blocks) or Q4_1 (20-byte blocks).
-pub(super) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+pub(crate) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
     let bs = if Q41 { 20 } else { 18 };
     let nb = x.k() / QA;
@@ -152,7 +152,7 @@ unsafe fn gemv_q4_rows<const R: usize, const Q41: bool>(rows: &[u8], rb: usize, 
 }
 
 /// `out[r] = row r · x` for Q8_0 rows (34-byte blocks).
-pub(super) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+pub(crate) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
     let nb = x.k() / QA;
     assert!(rb == nb * 34 && w.len() == out.len() * rb, "gemv_q8: shapes");

@@ -1,0 +1,230 @@
+//! Hand-written AVX-512 VNNI decode kernels for the types of llama.cpp's K-quant mixes: Q5_0,
+//! Q5_1 (two 32-element blocks per 64-byte step) and Q4_K, Q5_K, Q6_K (four steps of 64 codes
+//! per 256-element super-block). Each step builds 64 unsigned codes in a register straight from
+//! the block's bytes (no store to memory), multiplies them with the token's 64 codes in one
+//! `vpdpbusd` (16 lanes of 4 products), and scales each lane by its group's `s · dx`.
+//!
+//! * Nibbles: one 16-bit shift by 4 of the vector's upper half (`mask_srli`), then `& 0x0f`,
+//!   turns a copy of 32 packed bytes in both halves into 64 codes in element order.
+//! * Q5_0/Q5_1's fifth bits are the block's 32-bit `qh`: two blocks' `qh` form the 64-bit mask
+//!   of a masked `+ 16`. Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
+//! * Offsets that are a constant times the scale (Q5_0: −16, Q6_K: −32) are folded into the
+//!   integer sum as `−c · Σq` per lane (`VecQ8::s4`); float offsets (Q5_1's `m`, Q4_K/Q5_K's
+//!   mins) meet `dx · Σq` per block or sub-block (`ds32`).
+
+use core::arch::x86_64::*;
+
+use crate::gemm_q8::VecQ8;
+
+/// How far ahead each row's weights are prefetched, in rows.
+const PREFETCH_ROWS: usize = 4;
+
+/// The f16 at `p` (2 bytes, any alignment), widened with F16C.
+///
+/// # Safety
+/// F16C; two readable bytes at `p`.
+#[inline(always)]
+unsafe fn f16s(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<u16>().read_unaligned() as i32)))
+}
+
+fn check(w: &[u8], rb: usize, x: &VecQ8, out: &[f32], bs: usize, ts: usize) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    let k = x.k();
+    assert!(k.is_multiple_of(bs) && rb == k / bs * ts, "gemv_q8: row shape");
+    assert_eq!(w.len(), out.len() * rb, "gemv_q8: {} bytes for {} rows of {rb}", w.len(), out.len());
+    let a = &x.acts;
+    assert!(a.q.len() == k && a.d.len() == k / 32 && a.ds32.len() == k / 32, "gemv_q8: VecQ8 shape");
+    assert!(x.s4.len() == k / 4 && x.dl.len() == k / 4, "gemv_q8: VecQ8 lanes");
+}
+
+/// Q5_0 (`Q51 = false`, 22-byte blocks) or Q5_1 (24-byte blocks).
+pub(crate) fn gemv_q5_avx512<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    check(w, rb, x, out, 32, if Q51 { 24 } else { 22 });
+    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
+    unsafe { gemv_q5_impl::<Q51>(w, rb, x, out) }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, F16C; shapes as [`check`] asserts.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemv_q5_impl<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
+    let nb = x.k() / 32;
+    let (q, d, ds, s4) = (x.acts.q.as_ptr(), x.acts.d.as_ptr(), x.acts.ds32.as_ptr(), x.s4.as_ptr());
+    let (m4, c16) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(16));
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let mut off = 0.0f32;
+        let mut b = 0;
+        while b < nb {
+            let two = b + 1 < nb;
+            // SAFETY (this step): blocks b and, when `two`, b + 1 lie inside the row; the
+            // token's codes / scales of those blocks lie inside `x` (masked for one block).
+            let b0 = p.add(b * bs);
+            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH_ROWS * rb).cast());
+            let qs0 = _mm_loadu_si128(b0.add(qs_at).cast());
+            let mut hb = b0.add(qh_at).cast::<u32>().read_unaligned() as u64;
+            let (qs1, d1, dx1, m1) = if two {
+                let b1 = b0.add(bs);
+                hb |= (b1.add(qh_at).cast::<u32>().read_unaligned() as u64) << 32;
+                let m1 = if Q51 { f16s(b1.add(2)) * *ds.add(b + 1) } else { 0.0 };
+                (_mm_loadu_si128(b1.add(qs_at).cast()), f16s(b1), *d.add(b + 1), m1)
+            } else {
+                (_mm_setzero_si128(), 0.0, 0.0, 0.0)
+            };
+            // [qs0, qs0, qs1, qs1] → lanes 1 and 3 shifted to their high nibbles.
+            let v = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(qs0), qs0);
+            let v = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(v, qs1), qs1);
+            let u = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00_ff00, v, 4), m4);
+            let u = _mm512_mask_add_epi8(u, hb, u, c16);
+            let bmask: __mmask64 = if two { !0 } else { 0xffff_ffff };
+            let qv = _mm512_maskz_loadu_epi8(bmask, q.add(32 * b));
+            let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, qv);
+            if !Q51 {
+                // Q5_0 codes are stored + 16: Σ (u − 16) q = Σ u q − 16 Σ q.
+                let s = _mm512_maskz_loadu_epi32(if two { 0xffff } else { 0x00ff }, s4.add(8 * b));
+                dot = _mm512_sub_epi32(dot, _mm512_slli_epi32::<4>(s));
+            }
+            let sl = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(f16s(b0) * *d.add(b)), _mm512_set1_ps(d1 * dx1));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+            if Q51 {
+                off += f16s(b0.add(2)) * *ds.add(b) + m1;
+            }
+            b += 2;
+        }
+        *o = _mm512_reduce_add_ps(acc) + off;
+    }
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K / Q5_K super-block (`sc`: its 12
+/// scale bytes), as eight bytes each (see `get_scale_min_k4`).
+#[inline(always)]
+fn scales_mins_k4(sc: &[u8; 12]) -> (u64, u64) {
+    let a = u32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
+    let b = u32::from_le_bytes([sc[4], sc[5], sc[6], sc[7]]);
+    let c = u32::from_le_bytes([sc[8], sc[9], sc[10], sc[11]]);
+    let s_lo = a & 0x3f3f_3f3f;
+    let m_lo = b & 0x3f3f_3f3f;
+    let s_hi = (c & 0x0f0f_0f0f) | (((a >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((c >> 4) & 0x0f0f_0f0f) | (((b >> 6) & 0x0303_0303) << 4);
+    (s_lo as u64 | (s_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
+}
+
+/// Q4_K (`Q5 = false`, 144-byte super-blocks) or Q5_K (176 bytes).
+pub(crate) fn gemv_q45k_avx512<const Q5: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    check(w, rb, x, out, 256, if Q5 { 176 } else { 144 });
+    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
+    unsafe { gemv_q45k_impl::<Q5>(w, rb, x, out) }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, F16C; shapes as [`check`] asserts.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemv_q45k_impl<const Q5: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let (bs, qs_at) = if Q5 { (176, 48) } else { (144, 16) };
+    let nb = x.k() / 256;
+    let (q, d, ds) = (x.acts.q.as_ptr(), x.acts.d.as_ptr(), x.acts.ds32.as_ptr());
+    let (m4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
+    // Step c covers sub-blocks 2c (lanes 0..8) and 2c + 1 (lanes 8..16).
+    let idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let mut acc_m = _mm256_setzero_ps();
+        for b in 0..nb {
+            // SAFETY (this block): super-block b (bs bytes) lies inside the row, its 256 codes,
+            // 8 scales and 8 sums inside `x`.
+            let blk = p.add(b * bs);
+            for l in 0..bs.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
+            }
+            let (dw, dmin) = (f16s(blk), f16s(blk.add(2)));
+            let (sc, mn) = scales_mins_k4(&*blk.add(4).cast::<[u8; 12]>());
+            let scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
+            let mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)));
+            // Per sub-block: d · sc · dx, and the mins' term −dmin · mn · dx Σq.
+            let f = _mm256_mul_ps(_mm256_mul_ps(scf, _mm256_set1_ps(dw)), _mm256_loadu_ps(d.add(8 * b)));
+            acc_m = _mm256_fmadd_ps(_mm256_mul_ps(mnf, _mm256_set1_ps(-dmin)), _mm256_loadu_ps(ds.add(8 * b)), acc_m);
+            let fz = _mm512_castps256_ps512(f);
+            let hv = if Q5 {
+                let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16).cast()));
+                _mm512_mask_srli_epi16(h, 0xffff_0000, h, 1)
+            } else {
+                _mm512_setzero_si512()
+            };
+            for c in 0..4 {
+                let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(qs_at + 32 * c).cast()));
+                let mut u = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xffff_0000, v, 4), m4);
+                if Q5 {
+                    let h = _mm512_and_si512(_mm512_srl_epi16(hv, _mm_cvtsi32_si128(2 * c as i32)), one);
+                    u = _mm512_or_si512(u, _mm512_slli_epi16::<4>(h));
+                }
+                let qv = _mm512_loadu_si512(q.add(256 * b + 64 * c).cast());
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, qv);
+                let idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(2 * c as i32));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(idx, fz), acc);
+            }
+        }
+        let m = _mm_add_ps(_mm256_castps256_ps128(acc_m), _mm256_extractf128_ps::<1>(acc_m));
+        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        *o = _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(m);
+    }
+}
+
+/// Q6_K (210-byte super-blocks).
+pub(crate) fn gemv_q6k_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    check(w, rb, x, out, 256, 210);
+    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
+    unsafe { gemv_q6k_impl(w, rb, x, out) }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, F16C; shapes as [`check`] asserts.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemv_q6k_impl(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let nb = x.k() / 256;
+    let (q, dl, s4) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.s4.as_ptr());
+    let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x03));
+    // Step v covers groups 4v .. 4v + 4 (four lanes each).
+    let idx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            // SAFETY (this block): super-block b (210 bytes) lies inside the row, its 256
+            // codes and 64 lanes inside `x`.
+            let blk = p.add(b * 210);
+            for l in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
+            }
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(192).cast())));
+            let sc = _mm512_mul_ps(sc, _mm512_set1_ps(f16s(blk.add(208))));
+            for h in 0..2 {
+                let ql = _mm512_loadu_si512(blk.add(64 * h).cast());
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast()));
+                // Lower half: bits 0-1 (elements 128h + l), upper: bits 2-3 (128h + 32 + l).
+                let qh = _mm512_mask_srli_epi16(qh, 0xffff_0000, qh, 2);
+                let u0 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3)));
+                let u1 = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                    _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh), m3)),
+                );
+                for (i, u) in [u0, u1].into_iter().enumerate() {
+                    let v = 2 * h + i;
+                    let e = 256 * b + 64 * v;
+                    let qv = _mm512_loadu_si512(q.add(e).cast());
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, qv);
+                    // Codes are stored + 32: Σ (u − 32) q = Σ u q − 32 Σ q.
+                    let dot = _mm512_sub_epi32(dot, _mm512_slli_epi32::<5>(_mm512_loadu_si512(s4.add(e / 4).cast())));
+                    let idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(4 * v as i32));
+                    let sl = _mm512_mul_ps(_mm512_permutexvar_ps(idx, sc), _mm512_loadu_ps(dl.add(e / 4)));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+                }
+            }
+        }
+        *o = _mm512_reduce_add_ps(acc);
+    }
+}

@@ -1,0 +1,157 @@
+//! Decode kernels (matrix × one quantized token) for any [`Grid`] block type, on AVX-512 VNNI and
+//! AVX2: each block is unpacked to codes, scales and offsets by the type's own `unpack` (inlined
+//! here, so it is compiled — and vectorized — for the path's instruction set), then multiplied
+//! with the token's codes as exact integer dot products, one `i32` lane per 4 elements.
+//!
+//! A lane's scale is its group's `s` times its activation block's `dx` (`VecQ8::dl`, one per
+//! 4 codes); the offsets meet `dx · Σq` per group (`ds16` / `ds32`) in a second accumulator.
+
+use core::arch::x86_64::*;
+
+use crate::gemm_q8::VecQ8;
+use crate::grid::Grid;
+
+/// How far ahead each row's weights are prefetched, in rows.
+const PREFETCH_ROWS: usize = 4;
+
+/// `out[r] = row r · x` for the rows of `w` (`rb` bytes each) on AVX-512 VNNI.
+pub(crate) fn gemv_grid_avx512<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    check_shapes::<T>(w, rb, x, out);
+    // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); shapes checked above.
+    unsafe { gemv_grid_avx512_impl::<T>(w, rb, x, out) }
+}
+
+/// `out[r] = row r · x` on AVX2 (`maddubs`: exact while `2 · MAX_CODE · 127` fits in `i16`).
+pub(crate) fn gemv_grid_avx2<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Avx2.is_available(), "gemv_q8: AVX2 is not available");
+    assert!(T::MAX_CODE <= 127, "gemv_q8: {} codes overflow maddubs' 16-bit pair sums", T::TY);
+    check_shapes::<T>(w, rb, x, out);
+    // SAFETY: AVX2/FMA/F16C are available (asserted above); shapes checked above.
+    unsafe { gemv_grid_avx2_impl::<T>(w, rb, x, out) }
+}
+
+fn check_shapes<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &[f32]) {
+    let k = x.k();
+    assert!(k.is_multiple_of(T::TY.block_size()), "gemv_q8: {} rows of {k}", T::TY);
+    assert_eq!(rb, T::TY.row_bytes(k).unwrap_or(0), "gemv_q8: row bytes");
+    assert_eq!(w.len(), out.len() * rb, "gemv_q8: {} bytes for {} rows of {rb}", w.len(), out.len());
+    let a = &x.acts;
+    assert!(a.q.len() == k && a.d.len() == k / 32 && a.ds16.len() == k / 16 && a.ds32.len() == k / 32);
+    assert_eq!(x.dl.len(), k / 4, "gemv_q8: VecQ8 lane scales");
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; shapes as [`check_shapes`] asserts.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemv_grid_avx512_impl<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let (bs, g, ts) = (T::TY.block_size(), T::GROUP, T::TY.type_size());
+    let nb = x.k() / bs;
+    let (q, dl) = (x.acts.q.as_ptr(), x.dl.as_ptr());
+    let ds = if g == 16 { x.acts.ds16.as_ptr() } else { x.acts.ds32.as_ptr() };
+    // Lane → group within one 64-element step: 8 lanes per group of 32, 4 per group of 16.
+    let gidx = if g == 32 {
+        _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+    } else {
+        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
+    };
+    let (mut u, mut s, mut m) = ([0u8; 256], [0.0f32; 16], [0.0f32; 16]);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let base = row.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let mut acc_m = _mm512_setzero_ps();
+        let mut off = 0.0f32;
+        if bs == 256 {
+            let ng = 256 / g;
+            let gmask: __mmask16 = if ng == 16 { 0xffff } else { 0x00ff };
+            for b in 0..nb {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_ROWS * rb + b * ts).cast());
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_ROWS * rb + b * ts + 64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_ROWS * rb + b * ts + 128).cast());
+                T::unpack(&row[b * ts..(b + 1) * ts], &mut u, &mut s, &mut m);
+                let sv = _mm512_loadu_ps(s.as_ptr());
+                let e0 = b * 256;
+                for v in 0..4 {
+                    // SAFETY: elements e0 + 64v .. +64 lie inside the token (k = nb · 256).
+                    let uv = _mm512_loadu_si512(u.as_ptr().add(64 * v).cast());
+                    let qv = _mm512_loadu_si512(q.add(e0 + 64 * v).cast());
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uv, qv);
+                    let idx = _mm512_add_epi32(gidx, _mm512_set1_epi32((64 * v / g) as i32));
+                    let sl = _mm512_mul_ps(_mm512_permutexvar_ps(idx, sv), _mm512_loadu_ps(dl.add((e0 + 64 * v) / 4)));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+                }
+                // SAFETY: this block's ng groups lie inside `ds` (k / g entries).
+                let dsv = _mm512_maskz_loadu_ps(gmask, ds.add(e0 / g));
+                acc_m = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(gmask, m.as_ptr()), dsv, acc_m);
+            }
+        } else {
+            // 32-element blocks, two per step (the last step may hold one).
+            let mut b = 0;
+            while b < nb {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_ROWS * rb + b * ts).cast());
+                let two = nb - b >= 2;
+                T::unpack(&row[b * ts..(b + 1) * ts], &mut u[..32], &mut s[..1], &mut m[..1]);
+                let (mut s1, mut m1, mut ds1) = (0.0, 0.0, 0.0);
+                if two {
+                    T::unpack(&row[(b + 1) * ts..(b + 2) * ts], &mut u[32..64], &mut s[1..2], &mut m[1..2]);
+                    (s1, m1, ds1) = (s[1], m[1], *ds.add(b + 1));
+                }
+                let (bmask, lmask): (__mmask64, __mmask16) = if two { (!0, 0xffff) } else { (0xffff_ffff, 0x00ff) };
+                let e0 = b * 32;
+                // SAFETY: the masks keep every read inside block b (and b + 1 when it exists).
+                let uv = _mm512_maskz_loadu_epi8(bmask, u.as_ptr().cast());
+                let qv = _mm512_maskz_loadu_epi8(bmask, q.add(e0));
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uv, qv);
+                let sv = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(s[0]), _mm512_set1_ps(s1));
+                let sl = _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(lmask, dl.add(e0 / 4)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+                off += m[0] * *ds.add(b) + m1 * ds1;
+                b += 2;
+            }
+        }
+        *o = _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(acc_m) + off;
+    }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C; `T::MAX_CODE ≤ 127`; shapes as [`check_shapes`] asserts.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_grid_avx2_impl<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let (bs, g, ts) = (T::TY.block_size(), T::GROUP, T::TY.type_size());
+    let nb = x.k() / bs;
+    let (q, dl) = (x.acts.q.as_ptr(), x.dl.as_ptr());
+    let ds = if g == 16 { x.acts.ds16.as_ptr() } else { x.acts.ds32.as_ptr() };
+    let ones = _mm256_set1_epi16(1);
+    let (mut u, mut s, mut m) = ([0u8; 256], [0.0f32; 16], [0.0f32; 16]);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let base = row.as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        let mut off = 0.0f32;
+        for b in 0..nb {
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_ROWS * rb + b * ts).cast());
+            T::unpack(&row[b * ts..(b + 1) * ts], &mut u[..bs], &mut s[..bs / g], &mut m[..bs / g]);
+            let e0 = b * bs;
+            for v in 0..bs / 32 {
+                // SAFETY: elements e0 + 32v .. +32 lie inside the token.
+                let uv = _mm256_loadu_si256(u.as_ptr().add(32 * v).cast());
+                let qv = _mm256_loadu_si256(q.add(e0 + 32 * v).cast());
+                // Exact: |u · q| pairs ≤ 2 · 127 · 127 < 2^15.
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(uv, qv), ones);
+                let sv = if g == 32 {
+                    _mm256_set1_ps(s[v])
+                } else {
+                    _mm256_set_m128(_mm_set1_ps(s[2 * v + 1]), _mm_set1_ps(s[2 * v]))
+                };
+                let sl = _mm256_mul_ps(sv, _mm256_loadu_ps(dl.add((e0 + 32 * v) / 4)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sl, acc);
+            }
+            for (j, &mj) in m[..bs / g].iter().enumerate() {
+                off += mj * *ds.add(e0 / g + j);
+            }
+        }
+        let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        *o = _mm_cvtss_f32(h) + off;
+    }
+}

@@ -1,0 +1,261 @@
+//! The kernel table: for each block type, its integer matrix kernels on every kernel path.
+//!
+//! One row per weight type, built from the type's [`Grid`] view (its module says how its bits
+//! become codes, scales and offsets) and, where a type has one, a hand-written kernel that
+//! replaces the generic one on a path. The runtime never lists types: it asks
+//! [`gemv_kernel`] for the decode kernel of a type on the selected path, and
+//! [`gemm_q8`](crate::gemm_q8) packs any type in the table for prefill.
+//!
+//! Adding a block type: its module (block struct, quantize, dequantize, `impl Grid`), then one
+//! row here.
+
+use crate::gemm_q8::VecQ8;
+use crate::grid::Grid;
+use crate::{GgmlType, KernelPath};
+
+/// Unpacks one block into codes, per-group scales and per-group offsets (see [`crate::grid`]).
+pub(crate) type UnpackFn = fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
+
+/// A decode kernel: `out[r] = row r of w · x`, rows of `rb` bytes.
+pub type GemvFn = fn(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]);
+
+/// Number of kernel paths (the slots of [`TypeKernels::gemv`]).
+const PATHS: usize = KernelPath::ALL.len();
+
+/// One row of the table.
+#[derive(Clone, Copy)]
+pub struct TypeKernels {
+    /// The weight type.
+    pub ty: GgmlType,
+    /// Elements per scale group of the unpacked view (32, or 16).
+    pub group: usize,
+    /// Unpacks one block: codes, per-group scales and offsets (see [`crate::grid`]).
+    pub(crate) unpack: UnpackFn,
+    /// Decode kernels, indexed by [`KernelPath`] (`None`: the path has no kernel of its own).
+    gemv: [Option<GemvFn>; PATHS],
+}
+
+/// The generic kernels of a [`Grid`] type on every path this build has.
+#[allow(unused_mut)]
+const fn generic<T: Grid>() -> TypeKernels {
+    let mut gemv: [Option<GemvFn>; PATHS] = [None; PATHS];
+    gemv[KernelPath::Scalar as usize] = Some(gemv_scalar::<T> as GemvFn);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if T::MAX_CODE <= 127 {
+            gemv[KernelPath::Avx2 as usize] = Some(crate::arch::x86::gemv_grid_avx2::<T> as GemvFn);
+        }
+        gemv[KernelPath::Avx512 as usize] = Some(crate::arch::x86::gemv_grid_avx512::<T> as GemvFn);
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        if T::MAX_CODE <= 127 {
+            gemv[KernelPath::Neon as usize] = Some(crate::arch::arm::gemv_grid_neon::<T> as GemvFn);
+            gemv[KernelPath::NeonDotprod as usize] = Some(crate::arch::arm::gemv_grid_sdot::<T> as GemvFn);
+        }
+    }
+    TypeKernels { ty: T::TY, group: T::GROUP, unpack: T::unpack, gemv }
+}
+
+/// `row` with the hand-written kernel `f` on `path`.
+const fn with(mut row: TypeKernels, path: KernelPath, f: GemvFn) -> TypeKernels {
+    row.gemv[path as usize] = Some(f);
+    row
+}
+
+use crate::{q2_k::BlockQ2K, q3_k::BlockQ3K, q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K};
+use crate::{q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0, q5_1::BlockQ5_1, q8_0::BlockQ8_0};
+
+/// Q4_0, Q4_1 and Q8_0 with the hand-written kernels of their paths.
+const fn q4_0() -> TypeKernels {
+    #[allow(unused_mut)]
+    let mut row = generic::<BlockQ4_0>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        row = with(row, KernelPath::Avx512, crate::arch::x86::gemv_q4_0_avx512);
+        row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_q4_0_avx2);
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        row = with(row, KernelPath::Neon, crate::arch::arm::gemv_q4_0_neon);
+        row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_q4_0_sdot);
+    }
+    row
+}
+
+const fn q4_1() -> TypeKernels {
+    #[allow(unused_mut)]
+    let mut row = generic::<BlockQ4_1>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        row = with(row, KernelPath::Avx512, crate::arch::x86::gemv_q4_1_avx512);
+        row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_q4_1_avx2);
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        row = with(row, KernelPath::Neon, crate::arch::arm::gemv_q4_1_neon);
+        row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_q4_1_sdot);
+    }
+    row
+}
+
+const fn q8_0() -> TypeKernels {
+    #[allow(unused_mut)]
+    let mut row = generic::<BlockQ8_0>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        row = with(row, KernelPath::Avx512, crate::arch::x86::gemv_q8_0_avx512);
+        row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_q8_0_avx2);
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        row = with(row, KernelPath::Neon, crate::arch::arm::gemv_q8_0_neon);
+        row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_q8_0_sdot);
+    }
+    row
+}
+
+/// A generic row with, on AVX-512, the hand-written kernel `f`.
+#[allow(unused_variables, unused_mut)]
+const fn avx512(mut row: TypeKernels, f: GemvFn) -> TypeKernels {
+    #[cfg(target_arch = "x86_64")]
+    {
+        row = with(row, KernelPath::Avx512, f);
+    }
+    row
+}
+
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86::{gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512};
+/// Stand-ins off x86 (never stored: [`avx512`] drops them there).
+#[cfg(not(target_arch = "x86_64"))]
+use gemv_scalar_stand_in as gemv_q45k_avx512;
+#[cfg(not(target_arch = "x86_64"))]
+use gemv_scalar_stand_in as gemv_q5_avx512;
+#[cfg(not(target_arch = "x86_64"))]
+use gemv_scalar_stand_in as gemv_q6k_avx512;
+#[cfg(not(target_arch = "x86_64"))]
+fn gemv_scalar_stand_in<const B: bool>(_: &[u8], _: usize, _: &VecQ8, _: &mut [f32]) {
+    unreachable!("x86 kernel off x86")
+}
+
+/// The table, one row per weight type with integer kernels.
+static TABLE: [TypeKernels; 10] = [
+    q4_0(),
+    q4_1(),
+    avx512(generic::<BlockQ5_0>(), gemv_q5_avx512::<false>),
+    avx512(generic::<BlockQ5_1>(), gemv_q5_avx512::<true>),
+    q8_0(),
+    generic::<BlockQ2K>(),
+    generic::<BlockQ3K>(),
+    avx512(generic::<BlockQ4K>(), gemv_q45k_avx512::<false>),
+    avx512(generic::<BlockQ5K>(), gemv_q45k_avx512::<true>),
+    avx512(generic::<BlockQ6K>(), gemv_q6k_avx512),
+];
+
+/// The table's row for `ty`, if it has integer kernels.
+pub fn type_kernels(ty: GgmlType) -> Option<&'static TypeKernels> {
+    TABLE.iter().find(|r| r.ty == ty)
+}
+
+/// Every row of the table.
+pub fn kernel_table() -> &'static [TypeKernels] {
+    &TABLE
+}
+
+/// The path a request for `path` falls back to when it has no kernel of its own.
+const fn next_down(path: KernelPath) -> Option<KernelPath> {
+    match path {
+        KernelPath::Scalar => None,
+        KernelPath::Avx2 | KernelPath::Neon => Some(KernelPath::Scalar),
+        KernelPath::Avx512 => Some(KernelPath::Avx2),
+        KernelPath::NeonDotprod => Some(KernelPath::Neon),
+        KernelPath::NeonI8mm => Some(KernelPath::NeonDotprod),
+    }
+}
+
+impl TypeKernels {
+    /// The decode kernel that runs for a request on `path`, and the path it belongs to: the
+    /// path's own, else the next one down (AVX-512 → AVX2 → scalar; NEON i8mm → dotprod →
+    /// NEON → scalar).
+    pub fn gemv(&self, path: KernelPath) -> (KernelPath, GemvFn) {
+        let mut p = path;
+        loop {
+            if let Some(f) = self.gemv[p as usize] {
+                return (p, f);
+            }
+            match next_down(p) {
+                Some(n) => p = n,
+                None => unreachable!("every row has a scalar kernel"),
+            }
+        }
+    }
+}
+
+/// The decode kernel for `ty` on `path` (see [`TypeKernels::gemv`]), if `ty` is in the table.
+pub fn gemv_kernel(ty: GgmlType, path: KernelPath) -> Option<(KernelPath, GemvFn)> {
+    type_kernels(ty).map(|r| r.gemv(path))
+}
+
+/// The scalar oracle of every decode kernel ([`crate::grid::dot_row_scalar`] per row).
+fn gemv_scalar<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let a = &x.acts;
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        *o = crate::grid::dot_row_scalar::<T>(row, &a.q, &a.d, &a.ds16, &a.ds32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every block type with a grid is in the table, and is in it once.
+    #[test]
+    fn every_grid_type_has_a_row() {
+        for ty in crate::ALL_TYPES.into_iter().filter(|&t| crate::has_block_grid(t)) {
+            assert_eq!(TABLE.iter().filter(|r| r.ty == ty).count(), 1, "{ty}: one row in the kernel table");
+            assert!(crate::gemm_q8_supported(ty, 256), "{ty}: no prefill kernel");
+            assert!(crate::gemv_q8_supported(ty, 256), "{ty}: no decode kernel");
+        }
+        for row in &TABLE {
+            assert!(crate::has_block_grid(row.ty), "{}: in the table without a grid", row.ty);
+            assert!(row.group == 16 || row.group == 32, "{}: groups of {}", row.ty, row.group);
+        }
+    }
+
+    /// No (type, decode, path) cell falls back to the scalar oracle on a CPU with SIMD: every
+    /// available SIMD path runs a kernel of its own family (x86 or Arm).
+    #[test]
+    fn no_type_falls_back_to_scalar_on_a_simd_path() {
+        for row in &TABLE {
+            for path in crate::available_kernel_paths() {
+                let (got, _) = row.gemv(path);
+                if path != KernelPath::Scalar {
+                    assert_ne!(got, KernelPath::Scalar, "{} decode on {path} falls back to the scalar oracle", row.ty);
+                }
+            }
+        }
+    }
+
+    /// Which kernel each type takes on each path: its own path's, except NEON i8mm, whose
+    /// decode runs the dotprod kernels (one token has no second column for `usmmla`).
+    #[test]
+    fn the_path_each_type_takes() {
+        for row in &TABLE {
+            for path in KernelPath::ALL {
+                let want = match path {
+                    KernelPath::NeonI8mm => KernelPath::NeonDotprod,
+                    p => p,
+                };
+                let compiled = if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+                    cfg!(target_arch = "x86_64")
+                } else {
+                    path == KernelPath::Scalar || cfg!(all(target_arch = "aarch64", target_feature = "neon"))
+                };
+                if compiled {
+                    assert_eq!(row.gemv(path).0, want, "{} decode on {path}", row.ty);
+                }
+            }
+        }
+    }
+}
