@@ -115,42 +115,31 @@ const fn q8_0() -> TypeKernels {
     row
 }
 
-/// A generic row with, on AVX-512, the hand-written kernel `f`.
-#[allow(unused_variables, unused_mut)]
-const fn avx512(mut row: TypeKernels, f: GemvFn) -> TypeKernels {
-    #[cfg(target_arch = "x86_64")]
-    {
-        row = with(row, KernelPath::Avx512, f);
-    }
-    row
-}
-
-#[cfg(target_arch = "x86_64")]
-use crate::arch::x86::{gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512};
-/// Stand-ins off x86 (never stored: [`avx512`] drops them there).
-#[cfg(not(target_arch = "x86_64"))]
-use gemv_scalar_stand_in as gemv_q45k_avx512;
-#[cfg(not(target_arch = "x86_64"))]
-use gemv_scalar_stand_in as gemv_q5_avx512;
-#[cfg(not(target_arch = "x86_64"))]
-use gemv_scalar_stand_in as gemv_q6k_avx512;
-#[cfg(not(target_arch = "x86_64"))]
-fn gemv_scalar_stand_in<const B: bool>(_: &[u8], _: usize, _: &VecQ8, _: &mut [f32]) {
-    unreachable!("x86 kernel off x86")
+/// A generic row with, on AVX-512, the hand-written kernel `$f` (x86 builds only).
+macro_rules! with_avx512 {
+    ($block:ty, $f:ident $(::<$b:literal>)?) => {{
+        #[allow(unused_mut)]
+        let mut row = generic::<$block>();
+        #[cfg(target_arch = "x86_64")]
+        {
+            row = with(row, KernelPath::Avx512, crate::arch::x86::$f$(::<$b>)?);
+        }
+        row
+    }};
 }
 
 /// The table, one row per weight type with integer kernels.
 static TABLE: [TypeKernels; 10] = [
     q4_0(),
     q4_1(),
-    avx512(generic::<BlockQ5_0>(), gemv_q5_avx512::<false>),
-    avx512(generic::<BlockQ5_1>(), gemv_q5_avx512::<true>),
+    with_avx512!(BlockQ5_0, gemv_q5_avx512::<false>),
+    with_avx512!(BlockQ5_1, gemv_q5_avx512::<true>),
     q8_0(),
     generic::<BlockQ2K>(),
     generic::<BlockQ3K>(),
-    avx512(generic::<BlockQ4K>(), gemv_q45k_avx512::<false>),
-    avx512(generic::<BlockQ5K>(), gemv_q45k_avx512::<true>),
-    avx512(generic::<BlockQ6K>(), gemv_q6k_avx512),
+    with_avx512!(BlockQ4K, gemv_q45k_avx512::<false>),
+    with_avx512!(BlockQ5K, gemv_q45k_avx512::<true>),
+    with_avx512!(BlockQ6K, gemv_q6k_avx512),
 ];
 
 /// The table's row for `ty`, if it has integer kernels.

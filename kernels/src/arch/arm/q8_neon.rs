@@ -506,7 +506,7 @@ unsafe fn gemv_row<const T: u8, const SDOT: bool>(row: &[u8], nb: usize, x: &Vec
 /// lane, `|2 · 128 · 127| < 2^15`; then `saddlp`/`sadalp`).
 #[inline]
 #[target_feature(enable = "neon")]
-fn dot32_smull(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
+pub(crate) fn dot32_smull(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
     let p0 = vmlal_high_s8(vmull_s8(vget_low_s8(w[0]), vget_low_s8(x[0])), w[0], x[0]);
     let p1 = vmlal_high_s8(vmull_s8(vget_low_s8(w[1]), vget_low_s8(x[1])), w[1], x[1]);
     vpadalq_s16(vpaddlq_s16(p0), p1)
@@ -515,7 +515,7 @@ fn dot32_smull(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
 /// Four i32 partial sums of the 32 products `w · x` (two SDOT Vd.4S, Vn.16B, Vm.16B).
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-fn dot32_sdot(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
+pub(crate) fn dot32_sdot(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
     let mut acc = vdupq_n_s32(0);
     // SAFETY: SDOT is available (this function requires `dotprod`); the asm only reads and
     // writes the given vector registers.
