@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release -p pith-kernels --example bench_gemm            # every table type
 //! cargo run --release -p pith-kernels --example bench_gemm -- q4_k     # only these types
+//! cargo run --release -p pith-kernels --example bench_gemm -- --gemv   # only the decode kernel
 //! ```
 //!
 //! Shapes: SmolLM2-135M's FFN up / down (1536 × 576, 576 × 1536) and output matrix (49152 ×
@@ -45,7 +46,9 @@ fn weights(ty: GgmlType, rows: usize, k: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let only_gemv = args.iter().any(|a| a == "--gemv");
+    args.retain(|a| a != "--gemv");
     let mut types: Vec<GgmlType> = if args.is_empty() {
         kernel_table().iter().map(|t| t.ty).collect()
     } else {
@@ -75,7 +78,8 @@ fn main() {
                 secs * 1e3
             );
         };
-    for &(rows, k) in &[(1536usize, 576usize), (576, 1536), (4096, 4096)] {
+    let gemm_shapes: &[(usize, usize)] = if only_gemv { &[] } else { &[(1536, 576), (576, 1536), (4096, 4096)] };
+    for &(rows, k) in gemm_shapes {
         let x = data(n_tok * k, 7);
         let mut acts = ActsQ8::default();
         for &ty in &types {
@@ -83,7 +87,8 @@ fn main() {
                 continue;
             }
             let w = weights(ty, rows, k);
-            for path in available_kernel_paths() {
+            // The scalar oracle takes seconds per 4096 × 4096 × 512 product: left out there.
+            for path in available_kernel_paths().filter(|&p| k < 4096 || p != KernelPath::Scalar) {
                 let mut out = vec![0.0f32; n_tok * rows];
                 let mut tile = PackedTile::default();
                 let mut best = f64::INFINITY;

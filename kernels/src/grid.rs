@@ -49,10 +49,21 @@ pub(crate) fn unpack_nibbles32(qs: &[u8; 16], qh: Option<u32>, u: &mut [u8; 32])
         u[j + 16] = qs[j] >> 4;
     }
     if let Some(qh) = qh {
-        for (j, u) in u.iter_mut().enumerate() {
-            *u |= (((qh >> j) & 1) as u8) << 4;
+        // Bit j of `qh` → bit 4 of byte j, eight bytes at a time.
+        for (i, u8s) in u.chunks_exact_mut(8).enumerate() {
+            let w = u64::from_le_bytes([u8s[0], u8s[1], u8s[2], u8s[3], u8s[4], u8s[5], u8s[6], u8s[7]]);
+            u8s.copy_from_slice(&(w | spread_bits((qh >> (8 * i)) as u8) << 4).to_le_bytes());
         }
     }
+}
+
+/// Bit `k` of `b` → bit 0 of byte `k` (shifts and masks only, no per-bit loop).
+#[inline(always)]
+pub(crate) fn spread_bits(b: u8) -> u64 {
+    let v = b as u64;
+    let v = (v | v << 28) & 0x0000_000f_0000_000f;
+    let v = (v | v << 14) & 0x0003_0003_0003_0003;
+    (v | v << 7) & 0x0101_0101_0101_0101
 }
 
 /// The scalar oracle of the decode kernels: `Σ_c w[c] x[c]` for one row (`row`: the encoded
@@ -78,6 +89,14 @@ pub(crate) fn dot_row_scalar<T: Grid>(row: &[u8], q: &[i8], d: &[f32], ds16: &[f
 pub(crate) mod tests {
     use super::*;
     use alloc::vec;
+
+    #[test]
+    fn spread_bits_puts_bit_k_in_byte_k() {
+        for b in 0..=255u8 {
+            let want = (0..8).fold(0u64, |w, k| w | (((b >> k) & 1) as u64) << (8 * k));
+            assert_eq!(spread_bits(b), want, "{b:#010b}");
+        }
+    }
 
     /// `T::unpack` against the type's dequantizer: `s·u + m` is each weight, up to the
     /// rounding of the two ways of computing it, and every code is within `MAX_CODE`.

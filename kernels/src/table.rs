@@ -115,14 +115,15 @@ const fn q8_0() -> TypeKernels {
     row
 }
 
-/// A generic row with, on AVX-512, the hand-written kernel `$f` (x86 builds only).
-macro_rules! with_avx512 {
-    ($block:ty, $f:ident $(::<$b:literal>)?) => {{
+/// A generic row with hand-written x86 kernels on AVX-512 (and AVX2), in x86 builds only.
+macro_rules! with_x86 {
+    ($block:ty, avx512: $f:ident $(::<$b:literal>)? $(, avx2: $f2:ident ::<$b2:literal>)?) => {{
         #[allow(unused_mut)]
         let mut row = generic::<$block>();
         #[cfg(target_arch = "x86_64")]
         {
             row = with(row, KernelPath::Avx512, crate::arch::x86::$f$(::<$b>)?);
+            $(row = with(row, KernelPath::Avx2, crate::arch::x86::$f2::<$b2>);)?
         }
         row
     }};
@@ -132,14 +133,14 @@ macro_rules! with_avx512 {
 static TABLE: [TypeKernels; 10] = [
     q4_0(),
     q4_1(),
-    with_avx512!(BlockQ5_0, gemv_q5_avx512::<false>),
-    with_avx512!(BlockQ5_1, gemv_q5_avx512::<true>),
+    with_x86!(BlockQ5_0, avx512: gemv_q5_avx512::<false>, avx2: gemv_q5_avx2::<false>),
+    with_x86!(BlockQ5_1, avx512: gemv_q5_avx512::<true>, avx2: gemv_q5_avx2::<true>),
     q8_0(),
     generic::<BlockQ2K>(),
     generic::<BlockQ3K>(),
-    with_avx512!(BlockQ4K, gemv_q45k_avx512::<false>),
-    with_avx512!(BlockQ5K, gemv_q45k_avx512::<true>),
-    with_avx512!(BlockQ6K, gemv_q6k_avx512),
+    with_x86!(BlockQ4K, avx512: gemv_q45k_avx512::<false>),
+    with_x86!(BlockQ5K, avx512: gemv_q45k_avx512::<true>),
+    with_x86!(BlockQ6K, avx512: gemv_q6k_avx512),
 ];
 
 /// The table's row for `ty`, if it has integer kernels.

@@ -38,64 +38,108 @@ fn check(w: &[u8], rb: usize, x: &VecQ8, out: &[f32], bs: usize, ts: usize) {
     assert!(x.s4.len() == k / 4 && x.dl.len() == k / 4, "gemv_q8: VecQ8 lanes");
 }
 
-/// Q5_0 (`Q51 = false`, 22-byte blocks) or Q5_1 (24-byte blocks).
+/// Q5_0 (`Q51 = false`, 22-byte blocks) or Q5_1 (24-byte blocks), four rows at a time.
 pub(crate) fn gemv_q5_avx512<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 32, if Q51 { 24 } else { 22 });
-    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
-    unsafe { gemv_q5_impl::<Q51>(w, rb, x, out) }
+    assert!(x.dsl.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
+    let mut r = 0;
+    while r < out.len() {
+        let n = (out.len() - r).min(4);
+        let rows = &w[r * rb..(r + n) * rb];
+        // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above;
+        // `rows` holds `n` rows.
+        let v = unsafe {
+            match n {
+                4 => gemv_q5_rows::<4, Q51>(rows, rb, x),
+                3 => gemv_q5_rows::<3, Q51>(rows, rb, x),
+                2 => gemv_q5_rows::<2, Q51>(rows, rb, x),
+                _ => gemv_q5_rows::<1, Q51>(rows, rb, x),
+            }
+        };
+        out[r..r + n].copy_from_slice(&v[..n]);
+        r += n;
+    }
 }
 
+/// `R` rows (`rb` bytes apart) of Q5_0 / Q5_1 against the token, two blocks (64 codes) per
+/// step; the activation loads (codes, lane scales, lane sums) are shared by the rows.
+///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI, F16C; shapes as [`check`] asserts.
+/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 32` blocks; `x`'s lane arrays
+/// hold `x.k() / 4` entries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn gemv_q5_impl<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+unsafe fn gemv_q5_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
     let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
     let nb = x.k() / 32;
-    let (q, d, ds, s4) = (x.acts.q.as_ptr(), x.acts.d.as_ptr(), x.acts.ds32.as_ptr(), x.s4.as_ptr());
+    let (q, dl, dsl, s4) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.dsl.as_ptr(), x.s4.as_ptr());
     let (m4, c16) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(16));
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-        let p = row.as_ptr();
-        let mut acc = _mm512_setzero_ps();
-        let mut off = 0.0f32;
-        let mut b = 0;
-        while b < nb {
-            let two = b + 1 < nb;
-            // SAFETY (this step): blocks b and, when `two`, b + 1 lie inside the row; the
-            // token's codes / scales of those blocks lie inside `x` (masked for one block).
-            let b0 = p.add(b * bs);
-            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH_ROWS * rb).cast());
+    // Lanes 0..8 take block b's scale (offset), lanes 8..16 block b + 1's.
+    let (pick_d, pick_m) = if Q51 {
+        (
+            _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+        )
+    } else {
+        let p = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        (p, p)
+    };
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_m = [_mm512_setzero_ps(); R];
+    let base = rows.as_ptr();
+    let mut b = 0;
+    while b < nb {
+        let two = b + 1 < nb;
+        let (bmask, lmask): (__mmask64, __mmask16) = if two { (!0, 0xffff) } else { (0xffff_ffff, 0x00ff) };
+        // SAFETY: the token's codes and lanes of blocks b (and b + 1 when `two`), masked.
+        let qv = _mm512_maskz_loadu_epi8(bmask, q.add(32 * b));
+        let dxl = _mm512_maskz_loadu_ps(lmask, dl.add(8 * b));
+        let init = if Q51 {
+            _mm512_setzero_si512()
+        } else {
+            // Q5_0 codes are stored + 16: Σ (u − 16) q = Σ u q − 16 Σ q.
+            _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_slli_epi32::<4>(_mm512_maskz_loadu_epi32(lmask, s4.add(8 * b))),
+            )
+        };
+        let dsv = if Q51 { _mm512_maskz_loadu_ps(lmask, dsl.add(8 * b)) } else { _mm512_setzero_ps() };
+        for (i, (acc, acc_m)) in acc.iter_mut().zip(acc_m.iter_mut()).enumerate() {
+            // SAFETY: block b (and b + 1 when `two`) of row i lies inside `rows`.
+            let b0 = base.add(i * rb + b * bs);
+            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(16 * rb).cast());
             let qs0 = _mm_loadu_si128(b0.add(qs_at).cast());
-            let mut hb = b0.add(qh_at).cast::<u32>().read_unaligned() as u64;
-            let (qs1, d1, dx1, m1) = if two {
+            let h0 = b0.add(qh_at).cast::<u32>().read_unaligned() as u64;
+            // Q5_0: d; Q5_1: d and m, adjacent f16 words.
+            let s0 = if Q51 { b0.cast::<u32>().read_unaligned() } else { b0.cast::<u16>().read_unaligned() as u32 };
+            let (qs1, h1, s1) = if two {
                 let b1 = b0.add(bs);
-                hb |= (b1.add(qh_at).cast::<u32>().read_unaligned() as u64) << 32;
-                let m1 = if Q51 { f16s(b1.add(2)) * *ds.add(b + 1) } else { 0.0 };
-                (_mm_loadu_si128(b1.add(qs_at).cast()), f16s(b1), *d.add(b + 1), m1)
+                let s1 = if Q51 { b1.cast::<u32>().read_unaligned() } else { b1.cast::<u16>().read_unaligned() as u32 };
+                (_mm_loadu_si128(b1.add(qs_at).cast()), b1.add(qh_at).cast::<u32>().read_unaligned() as u64, s1)
             } else {
-                (_mm_setzero_si128(), 0.0, 0.0, 0.0)
+                (_mm_setzero_si128(), 0, 0)
             };
-            // [qs0, qs0, qs1, qs1] → lanes 1 and 3 shifted to their high nibbles.
-            let v = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(qs0), qs0);
-            let v = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(v, qs1), qs1);
+            // [qs0, qs0, qs1, qs1] → lanes 1 and 3 shifted to their high nibbles; then the
+            // fifth bits as a masked + 16.
+            let v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(qs0), 0xff00, qs1);
             let u = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00_ff00, v, 4), m4);
-            let u = _mm512_mask_add_epi8(u, hb, u, c16);
-            let bmask: __mmask64 = if two { !0 } else { 0xffff_ffff };
-            let qv = _mm512_maskz_loadu_epi8(bmask, q.add(32 * b));
-            let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, qv);
-            if !Q51 {
-                // Q5_0 codes are stored + 16: Σ (u − 16) q = Σ u q − 16 Σ q.
-                let s = _mm512_maskz_loadu_epi32(if two { 0xffff } else { 0x00ff }, s4.add(8 * b));
-                dot = _mm512_sub_epi32(dot, _mm512_slli_epi32::<4>(s));
-            }
-            let sl = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(f16s(b0) * *d.add(b)), _mm512_set1_ps(d1 * dx1));
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+            let u = _mm512_mask_add_epi8(u, h0 | h1 << 32, u, c16);
+            let dot = _mm512_dpbusd_epi32(init, u, qv);
+            // f16 words: Q5_0 [d0, d1], Q5_1 [d0, m0, d1, m1].
+            let words = if Q51 { s0 as u64 | (s1 as u64) << 32 } else { (s0 | s1 << 16) as u64 };
+            let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(words as i64)));
+            let sl = _mm512_mul_ps(_mm512_permutexvar_ps(pick_d, dm), dxl);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, *acc);
             if Q51 {
-                off += f16s(b0.add(2)) * *ds.add(b) + m1;
+                *acc_m = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick_m, dm), dsv, *acc_m);
             }
-            b += 2;
         }
-        *o = _mm512_reduce_add_ps(acc) + off;
+        b += 2;
     }
+    let mut res = [0.0f32; 4];
+    for (r, (a, m)) in res.iter_mut().zip(acc.iter().zip(&acc_m)) {
+        *r = _mm512_reduce_add_ps(_mm512_add_ps(*a, *m));
+    }
+    res
 }
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K / Q5_K super-block (`sc`: its 12

@@ -155,3 +155,64 @@ unsafe fn gemv_grid_avx2_impl<T: Grid>(w: &[u8], rb: usize, x: &VecQ8, out: &mut
         *o = _mm_cvtss_f32(h) + off;
     }
 }
+
+/// Q5_0 (`Q51 = false`) or Q5_1 on AVX2, the nibbles and fifth bits unpacked in registers (the
+/// generic kernel's round trip through memory stalls store forwarding on every block).
+pub(crate) fn gemv_q5_avx2<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Avx2.is_available(), "gemv_q8: AVX2 is not available");
+    if Q51 {
+        check_shapes::<crate::q5_1::BlockQ5_1>(w, rb, x, out);
+    } else {
+        check_shapes::<crate::q5_0::BlockQ5_0>(w, rb, x, out);
+    }
+    assert_eq!(x.neg8.len(), x.k() / 4, "gemv_q8: VecQ8 lanes");
+    // SAFETY: AVX2/FMA/F16C are available (asserted above); shapes checked above.
+    unsafe { gemv_q5_avx2_impl::<Q51>(w, rb, x, out) }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C; shapes as [`check_shapes`] asserts, `x.neg8` of `k / 4` lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_q5_avx2_impl<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
+    let nb = x.k() / 32;
+    let (q, d, ds, neg8) = (x.acts.q.as_ptr(), x.acts.d.as_ptr(), x.acts.ds32.as_ptr(), x.neg8.as_ptr());
+    let (m4, c16, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(16), _mm256_set1_epi16(1));
+    // Byte j of the vector takes byte j / 8 of `qh` and tests bit j % 8.
+    let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut off = 0.0f32;
+        for b in 0..nb {
+            // SAFETY: block b lies inside the row; codes 32b.. and lanes 8b.. inside `x`.
+            let blk = p.add(b * bs);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb).cast());
+            let qs = _mm_loadu_si128(blk.add(qs_at).cast());
+            let u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), m4);
+            let qh = blk.add(qh_at).cast::<i32>().read_unaligned();
+            let hb = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread), bit);
+            let u = _mm256_or_si256(u, _mm256_and_si256(_mm256_cmpeq_epi8(hb, bit), c16));
+            let qv = _mm256_loadu_si256(q.add(32 * b).cast());
+            // Exact: codes ≤ 31, so |pair sums| ≤ 2 · 31 · 127 < 2^15.
+            let mut dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u, qv), ones);
+            if !Q51 {
+                // Stored + 16: Σ (u − 16) q = Σ u q + 2 · (−8 Σ q).
+                dot = _mm256_add_epi32(dot, _mm256_slli_epi32::<1>(_mm256_loadu_si256(neg8.add(8 * b).cast())));
+            }
+            let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<u16>().read_unaligned() as i32)));
+            acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw * *d.add(b)), acc[b & 1]);
+            if Q51 {
+                let m =
+                    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(blk.add(2).cast::<u16>().read_unaligned() as i32)));
+                off += m * *ds.add(b);
+            }
+        }
+        let a = _mm256_add_ps(acc[0], acc[1]);
+        let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        *o = _mm_cvtss_f32(h) + off;
+    }
+}
