@@ -110,7 +110,7 @@ fn main() {
             }
             let w = weights(ty, rows, k);
             let mut v = VecQ8::default();
-            v.quantize(&data(k, 9));
+            v.quantize_for_every_path(&data(k, 9));
             let mut out = vec![0.0f32; rows];
             for path in available_kernel_paths() {
                 let mut best = f64::INFINITY;

@@ -574,7 +574,7 @@ pub(crate) mod tests {
     pub(crate) fn check_gemv(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &[f32]) -> (Vec<f32>, VecQ8) {
         let k = x.len();
         let mut v = VecQ8::default();
-        v.quantize(x);
+        v.quantize_for(path, x);
         let (mut want, mut got) = (vec![0.0f32; n_rows], vec![0.0f32; n_rows]);
         gemv_q8_on(KernelPath::Scalar, ty, w, n_rows, &v, &mut want);
         gemv_q8_on(path, ty, w, n_rows, &v, &mut got);
@@ -616,7 +616,7 @@ pub(crate) mod tests {
                         crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
                         let mag: f32 = wr.iter().zip(&x).map(|(p, q)| (p * q).abs()).sum();
                         let exact: f32 = wr.iter().zip(&x).map(|(p, q)| p * q).sum();
-                        let round: f32 = wr.iter().enumerate().map(|(c, p)| p.abs() * v.dl[c / 4] * 0.5).sum();
+                        let round: f32 = wr.iter().enumerate().map(|(c, p)| p.abs() * v.acts.d[c / 32] * 0.5).sum();
                         assert!(
                             (want[r] - exact).abs() <= round + 1e-5 * mag,
                             "{ty} {k} row {r}: {} vs exact {exact}",
@@ -642,6 +642,8 @@ pub(crate) mod tests {
 /// needs no per-block activation work: `dl` the block scale, `s4` the code sum, `dsl = dl · s4`.
 #[derive(Clone, Debug, Default)]
 pub struct VecQ8 {
+    /// Which per-path layouts below were built (the others are empty).
+    layouts: Layouts,
     /// The token quantized by [`ActsQ8::quantize`]; its codes `acts.q` feed the hot loop.
     pub(crate) acts: ActsQ8,
     /// (k / 4): `Σ` of each 4 codes (a constant offset `c · s` folds into the integer sum as
@@ -668,29 +670,88 @@ pub struct VecQ8 {
     pub(crate) dsg: Vec<f32>,
 }
 
+/// Which of [`VecQ8`]'s per-path layouts a token holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Layouts {
+    /// The codes and scales only (scalar and NEON kernels read nothing else).
+    #[default]
+    Plain,
+    /// Plus the AVX2 kernels' lanes.
+    Avx2,
+    /// Plus the AVX-512 kernels' lanes and grouped codes.
+    Avx512,
+    /// Every layout (tests and benchmarks that run one token on several paths).
+    All,
+}
+
+impl Layouts {
+    fn of(path: KernelPath) -> Self {
+        match path {
+            KernelPath::Avx2 => Layouts::Avx2,
+            KernelPath::Avx512 => Layouts::Avx512,
+            _ => Layouts::Plain,
+        }
+    }
+}
+
 impl VecQ8 {
-    /// Quantizes one token (`x.len()` a multiple of 32) exactly as [`ActsQ8::quantize`] does.
+    /// Quantizes one token (`x.len()` a multiple of 32) exactly as [`ActsQ8::quantize`] does,
+    /// with the layouts the kernels of [`kernel_path`](crate::kernel_path) read.
     pub fn quantize(&mut self, x: &[f32]) {
+        self.quantize_with(Layouts::of(crate::kernel_path()), x)
+    }
+
+    /// [`quantize`](Self::quantize) for the kernels of `path`.
+    pub fn quantize_for(&mut self, path: KernelPath, x: &[f32]) {
+        self.quantize_with(Layouts::of(path), x)
+    }
+
+    /// [`quantize`](Self::quantize) with every path's layouts (to run one token on several
+    /// paths, e.g. in tests and benchmarks).
+    pub fn quantize_for_every_path(&mut self, x: &[f32]) {
+        self.quantize_with(Layouts::All, x)
+    }
+
+    /// Whether the token holds what the kernels of `path` read.
+    fn serves(&self, path: KernelPath) -> bool {
+        let need = Layouts::of(path);
+        need == Layouts::Plain || self.layouts == Layouts::All || self.layouts == need
+    }
+
+    fn quantize_with(&mut self, layouts: Layouts, x: &[f32]) {
         let k = x.len();
         assert!(k > 0 && k.is_multiple_of(QA), "VecQ8: length {k} is not a positive multiple of 32");
         // The gemm's quantizer on one token, into reused buffers (no allocation per call).
         self.acts.quantize(x, k);
+        self.layouts = layouts;
+        let (x86, avx512, avx2) = match layouts {
+            Layouts::Plain => (false, false, false),
+            Layouts::Avx2 => (true, false, true),
+            Layouts::Avx512 => (true, true, false),
+            Layouts::All => (true, true, true),
+        };
         let (q, d) = (&self.acts.q, &self.acts.d);
-        self.s4.clear();
-        self.neg8.clear();
-        self.neg128.clear();
+        for v in [&mut self.s4, &mut self.neg8, &mut self.neg128] {
+            v.clear();
+        }
         self.dl.clear();
         self.dsl.clear();
-        for (l, c) in q.chunks_exact(4).enumerate() {
-            let s: i32 = c.iter().map(|&v| v as i32).sum();
-            let dx = d[l * 4 / QA];
-            self.s4.push(s);
-            self.neg8.push(-8 * s);
-            self.neg128.push(-128 * s);
-            self.dl.push(dx);
-            self.dsl.push(dx * s as f32);
+        if x86 {
+            for (l, c) in q.chunks_exact(4).enumerate() {
+                let s: i32 = c.iter().map(|&v| v as i32).sum();
+                let dx = d[l * 4 / QA];
+                self.dl.push(dx);
+                self.dsl.push(dx * s as f32);
+                if avx512 {
+                    self.s4.push(s);
+                    self.neg128.push(-128 * s);
+                }
+                if avx2 {
+                    self.neg8.push(-8 * s);
+                }
+            }
         }
-        let ng = (k / QA).div_ceil(4);
+        let ng = if avx512 { (k / QA).div_ceil(4) } else { 0 };
         for v in [&mut self.lo4, &mut self.hi4] {
             v.clear();
             v.resize(ng * 64, 0);
@@ -701,6 +762,9 @@ impl VecQ8 {
         }
         self.n8g.clear();
         self.n8g.resize(ng * 16, 0);
+        if !avx512 {
+            return;
+        }
         for (b, qb) in q.chunks_exact(QA).enumerate() {
             self.lo4[b * 16..b * 16 + 16].copy_from_slice(&qb[..16]);
             self.hi4[b * 16..b * 16 + 16].copy_from_slice(&qb[16..]);
@@ -745,6 +809,7 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
     let rb = ty.row_bytes(x.k()).unwrap_or(0);
     assert_eq!(w.len(), n_rows * rb, "gemv_q8: {} bytes for {n_rows} rows of {rb}", w.len());
     assert_eq!(out.len(), n_rows, "gemv_q8: output length");
-    let Some((_, kernel)) = crate::gemv_kernel(ty, path) else { unreachable!("checked by gemv_q8_supported") };
+    let Some((runs_on, kernel)) = crate::gemv_kernel(ty, path) else { unreachable!("checked by gemv_q8_supported") };
+    assert!(x.serves(runs_on), "gemv_q8: the token was not quantized for the {runs_on} kernels");
     kernel(w, rb, x, out)
 }

@@ -533,7 +533,7 @@ mod tests {
                 }
                 for t in 0..n_tok {
                     let mut v = VecQ8::default();
-                    v.quantize(&x[t * k..(t + 1) * k]);
+                    v.quantize_for_every_path(&x[t * k..(t + 1) * k]);
                     let mut got = vec![0.0f32; n_rows];
                     gemv_q8_on(path, ty, &w, n_rows, &v, &mut got);
                     for (r, &g) in got.iter().enumerate() {
