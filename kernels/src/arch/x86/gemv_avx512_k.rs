@@ -272,3 +272,88 @@ unsafe fn gemv_q6k_impl(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
         *o = _mm512_reduce_add_ps(acc);
     }
 }
+
+/// Q2_K (`Q3 = false`, 84-byte super-blocks) or Q3_K (110 bytes): 2-bit codes (plus Q3_K's high
+/// bit from `hmask`), groups of 16.
+pub(crate) fn gemv_q23k_avx512<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    check(w, rb, x, out, 256, if Q3 { 110 } else { 84 });
+    assert_eq!(x.acts.ds16.len(), x.k() / 16, "gemv_q8: VecQ8 shape");
+    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
+    unsafe { gemv_q23k_impl::<Q3>(w, rb, x, out) }
+}
+
+/// The sixteen 6-bit scales of a Q3_K super-block (`sc`: its 12 scale bytes, see `scale6` in
+/// q3_k.rs), still `+ 32`, as four little-endian words of four bytes.
+#[inline(always)]
+fn scales_q3k(sc: &[u8; 12]) -> [u32; 4] {
+    let a = u32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
+    let b = u32::from_le_bytes([sc[4], sc[5], sc[6], sc[7]]);
+    let c = u32::from_le_bytes([sc[8], sc[9], sc[10], sc[11]]);
+    let (lo, hi) = (0x0f0f_0f0f, 0x0303_0303);
+    [
+        (a & lo) | (c & hi) << 4,
+        (b & lo) | ((c >> 2) & hi) << 4,
+        ((a >> 4) & lo) | ((c >> 4) & hi) << 4,
+        ((b >> 4) & lo) | ((c >> 6) & hi) << 4,
+    ]
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, F16C; shapes as [`check`] asserts.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemv_q23k_impl<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    let (bs, qs_at) = if Q3 { (110, 32) } else { (84, 16) };
+    let nb = x.k() / 256;
+    let (q, dl, s4, ds16) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.s4.as_ptr(), x.acts.ds16.as_ptr());
+    let (m3, one) = (_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x01));
+    let idx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let mut acc_m = _mm512_setzero_ps();
+        for b in 0..nb {
+            // SAFETY (this block): super-block b lies inside the row; its 256 codes, 64 lanes and
+            // 16 group sums inside `x`.
+            let blk = p.add(b * bs);
+            for l in 0..bs.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
+            }
+            let sc = if Q3 {
+                let [w0, w1, w2, w3] = scales_q3k(&*blk.add(96).cast::<[u8; 12]>());
+                let s = _mm_sub_epi8(_mm_set_epi32(w3 as i32, w2 as i32, w1 as i32, w0 as i32), _mm_set1_epi8(32));
+                let d = f16s(blk.add(108));
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s)), _mm512_set1_ps(d))
+            } else {
+                let raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.cast()));
+                let (d, dmin) = (f16s(blk.add(80)), f16s(blk.add(82)));
+                let mins = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(raw));
+                let dsv = _mm512_loadu_ps(ds16.add(16 * b));
+                acc_m = _mm512_fmadd_ps(_mm512_mul_ps(mins, _mm512_set1_ps(-dmin)), dsv, acc_m);
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(raw, _mm512_set1_epi32(0xf))), _mm512_set1_ps(d))
+            };
+            for v in 0..4 {
+                // Elements 64v..64v + 64: half h = v / 2, shifts 2k0 (lower 32) and 2k0 + 2 (upper).
+                let (h, k0) = (v / 2, 2 * (v % 2));
+                let qs = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(qs_at + 32 * h).cast()));
+                let qs = _mm512_srl_epi16(qs, _mm_cvtsi32_si128(2 * k0 as i32));
+                let mut u = _mm512_and_si512(_mm512_mask_srli_epi16(qs, 0xffff_0000, qs, 2), m3);
+                if Q3 {
+                    let hm = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.cast()));
+                    let hm = _mm512_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + k0) as i32));
+                    let hb = _mm512_and_si512(_mm512_mask_srli_epi16(hm, 0xffff_0000, hm, 1), one);
+                    u = _mm512_or_si512(u, _mm512_slli_epi16::<2>(hb));
+                }
+                let e = 256 * b + 64 * v;
+                let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(q.add(e).cast()));
+                if Q3 {
+                    // u = stored code + 4: Σ (u − 4) q = Σ u q − 4 Σ q.
+                    dot = _mm512_sub_epi32(dot, _mm512_slli_epi32::<2>(_mm512_loadu_si512(s4.add(e / 4).cast())));
+                }
+                let idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(4 * v as i32));
+                let sl = _mm512_mul_ps(_mm512_permutexvar_ps(idx, sc), _mm512_loadu_ps(dl.add(e / 4)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+            }
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_m));
+    }
+}

@@ -3,8 +3,8 @@
 //! * `dot_avx2`, `dot_avx512`: `vec_dot` / `vec_dot_f32` per block type (the `Precision::F32`
 //!   decode path and ggml-compatible integer dots), selected in `simd`.
 //! * `q8_avx2`, `q8_avx512`: the integer gemm (prefill) and its activation quantizer.
-//! * `gemv_avx512` (Q4_0, Q4_1, Q8_0, hand-written), `gemv_avx512_k` (Q5_0, Q5_1, Q4_K, Q5_K,
-//!   Q6_K, hand-written), `q8_avx2`'s gemv (Q4_0, Q4_1, Q8_0), and
+//! * `gemv_avx512` (Q4_0, Q4_1, Q8_0, hand-written), `gemv_avx512_k` (Q5_0, Q5_1, Q2_K … Q6_K,
+//!   hand-written), `q8_avx2`'s gemv (Q4_0, Q4_1, Q8_0), and
 //!   `gemv_grid` (every other type, from its `Grid` view): the decode kernels of the table.
 
 pub(crate) mod dot_avx2;
@@ -17,7 +17,7 @@ pub(crate) mod q8_avx512;
 
 use crate::gemm_q8::VecQ8;
 use crate::GgmlType;
-pub(crate) use gemv_avx512_k::{gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512};
+pub(crate) use gemv_avx512_k::{gemv_q23k_avx512, gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512};
 pub(crate) use gemv_grid::{gemv_grid_avx2, gemv_grid_avx512, gemv_q5_avx2};
 
 pub(crate) fn gemv_q4_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
