@@ -58,6 +58,8 @@ pub mod f32;
 pub mod gemm;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 pub mod gemm_q8;
+pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
