@@ -393,9 +393,9 @@ pub(crate) mod tests {
 
     #[test]
     fn roundtrip_gaussian() {
-        // 16 non-linear levels: measured 8.06 % (Q4_0 8.53 %).
+        // 16 non-linear levels: measured 7.89 % (Q4_0: 8.53 %).
         let e = gaussian_roundtrip_error(GgmlType::IQ4_NL, 64, 1024);
-        assert!(e < 0.09, "rel rmse {e}");
+        assert!(e < 0.085, "rel rmse {e}");
     }
 
     #[test]
@@ -407,9 +407,10 @@ pub(crate) mod tests {
     #[test]
     fn weighted_lowers_weighted_error() {
         // ggml's weighted search (15 trial scales, importance · sqrt(σ² + x²)) against the
-        // reference (one scale, weights x²) under log-normal importance. Measured 0.8.
-        let (_, weighted) = iq4_weighted_ratio(GgmlType::IQ4_NL);
-        assert!(weighted < 0.9, "weighted {weighted}");
+        // reference (one scale, weights x²). Measured: uniform importance 0.9025, log-normal
+        // 0.6549 (aggregate; not block by block, see quantize_row_iq4_nl_weighted).
+        let (uniform, weighted) = iq4_weighted_ratio(GgmlType::IQ4_NL);
+        assert!(uniform < 0.95 && weighted < 0.7, "uniform {uniform}, weighted {weighted}");
     }
 
     #[test]

@@ -202,9 +202,9 @@ mod tests {
 
     #[test]
     fn roundtrip_gaussian() {
-        // Per-32 scales of 6 bits over IQ4_NL's grid: measured 7.7 %.
+        // Per-32 scales of 6 bits over IQ4_NL's grid: measured 7.65 %.
         let e = gaussian_roundtrip_error(GgmlType::IQ4_XS, 64, 1024);
-        assert!(e < 0.085, "rel rmse {e}");
+        assert!(e < 0.082, "rel rmse {e}");
     }
 
     #[test]
@@ -215,8 +215,10 @@ mod tests {
 
     #[test]
     fn weighted_lowers_weighted_error() {
-        let (_, weighted) = iq4_weighted_ratio(GgmlType::IQ4_XS);
-        assert!(weighted < 0.9, "weighted {weighted}");
+        // The reference already runs ggml's 15-scale search with weights x². Measured: uniform
+        // importance 0.9706, log-normal 0.6867.
+        let (uniform, weighted) = iq4_weighted_ratio(GgmlType::IQ4_XS);
+        assert!(uniform < 1.0 && weighted < 0.73, "uniform {uniform}, weighted {weighted}");
     }
 
     #[test]

@@ -81,9 +81,10 @@ fn block_type_spec(ty: GgmlType) -> TinySpec {
     TinySpec { n_embd: k, n_head: 4, n_ff: k, weight_type: ty, seed: ty.id() as u64, ..Default::default() }
 }
 
-/// The quantized block types (every type with a block grid: Q4_0 … Q8_0, Q2_K … Q6_K).
+/// The quantized weight types (every type in the kernel table: Q4_0 … Q8_0, Q2_K … Q6_K,
+/// IQ4_NL, IQ4_XS).
 fn quantized_types() -> impl Iterator<Item = GgmlType> {
-    pith_kernels::ALL_TYPES.into_iter().filter(|&t| pith_kernels::has_block_grid(t))
+    pith_kernels::kernel_table().iter().map(|r| r.ty)
 }
 
 #[test]
