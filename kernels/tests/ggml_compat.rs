@@ -150,8 +150,11 @@ fn vec_dot_on_ggml_blocks() {
 
 const IQ4: [GgmlType; 2] = [IQ4_NL, IQ4_XS];
 
-/// The (name, rows, importance) inputs of the IQ4 fixtures.
-fn iq4_inputs(base: &Fixtures, f: &Fixtures) -> [(&'static str, Vec<Vec<f32>>, Vec<Vec<f32>>); 2] {
+/// One input of the IQ4 fixtures: its name, its rows and their importance.
+type Iq4Input = (&'static str, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// The inputs of the IQ4 fixtures.
+fn iq4_inputs(base: &Fixtures, f: &Fixtures) -> [Iq4Input; 2] {
     let rows = base.f32s("input/rows");
     let imp = f.f32s("input/importance");
     let real = real_rows();
