@@ -6,7 +6,9 @@
 # WikiText-2 (`-c 512`, CHUNKS chunks, default 40).
 #
 # Usage: scripts/compress-table.sh [OUTDIR] [TYPES...]
-#   OUTDIR defaults to target/compress-table; TYPES to "Q4_0 Q4_K_M Q8_0".
+#   OUTDIR defaults to target/compress-table; TYPES to "Q4_0 Q4_K_M Q8_0" (any --type name
+#   works, e.g. IQ4_NL IQ4_XS; those have no error-compensated (gptq) row: their grids are
+#   non-linear).
 #   WIKITEXT=path (default ../shared/data/wikitext-2-raw-test.txt), CHUNKS=N, IMATRIX_CHUNKS=N.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,8 +32,11 @@ for t in "${TYPES[@]}"; do
     lt=$(echo "$t" | tr 'A-Z' 'a-z')
     $PC quantize "$OUT/f16.gguf" "$OUT/$lt-rtn.gguf" --type "$t" --force
     $PC quantize "$OUT/f16.gguf" "$OUT/$lt-imatrix.gguf" --type "$t" --imatrix "$OUT/imatrix.gguf" --force
-    $PC quantize "$OUT/f16.gguf" "$OUT/$lt-gptq.gguf" --type "$t" --imatrix "$OUT/imatrix.gguf" --gptq --force
-    MODELS+=(-m "$OUT/$lt-rtn.gguf" -m "$OUT/$lt-imatrix.gguf" -m "$OUT/$lt-gptq.gguf")
+    MODELS+=(-m "$OUT/$lt-rtn.gguf" -m "$OUT/$lt-imatrix.gguf")
+    if [[ $lt != iq4_* ]]; then
+        $PC quantize "$OUT/f16.gguf" "$OUT/$lt-gptq.gguf" --type "$t" --imatrix "$OUT/imatrix.gguf" --gptq --force
+        MODELS+=(-m "$OUT/$lt-gptq.gguf")
+    fi
 done
 $PC eval --base "$OUT/f16.gguf" "${MODELS[@]}" -f "$WIKITEXT" -c 512 --chunks "$CHUNKS" \
     --plot "$OUT/size-vs-kld.svg" --force | tee "$OUT/table.txt"

@@ -6,7 +6,7 @@
 use crate::blocks::{dot_blocks, for_blocks, for_blocks_mut};
 use crate::simd::{self, kernel_path, KernelPath};
 use crate::GgmlType;
-use crate::{bf16, f16, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::{bf16, f16, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 
 /// Bytes for `n` elements of `ty`, panicking with a clear message when `n` is not a
 /// whole number of blocks.
@@ -49,6 +49,8 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         Q5_K => deq!(q5_k::BlockQ5K, q5_k::dequantize_row_q5_k),
         Q6_K => deq!(q6_k::BlockQ6K, q6_k::dequantize_row_q6_k),
         Q8_K => deq!(q8_k::BlockQ8K, q8_k::dequantize_row_q8_k),
+        IQ4_NL => deq!(iq4_nl::BlockIQ4NL, iq4_nl::dequantize_row_iq4_nl),
+        IQ4_XS => deq!(iq4_xs::BlockIQ4XS, iq4_xs::dequantize_row_iq4_xs),
     }
 }
 
@@ -79,6 +81,8 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         Q5_K => quant!(q5_k::BlockQ5K, q5_k::quantize_row_q5_k),
         Q6_K => quant!(q6_k::BlockQ6K, q6_k::quantize_row_q6_k),
         Q8_K => quant!(q8_k::BlockQ8K, q8_k::quantize_row_q8_k),
+        IQ4_NL => quant!(iq4_nl::BlockIQ4NL, iq4_nl::quantize_row_iq4_nl),
+        IQ4_XS => quant!(iq4_xs::BlockIQ4XS, iq4_xs::quantize_row_iq4_xs),
     }
 }
 
@@ -87,8 +91,10 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 /// (see `quantize_row_<t>_weighted` in the type modules). `importance` has one entry per
 /// element, `>= 0`; a block whose importance is all zero (or negative/non-finite, which
 /// count as 0) is treated as uniform. Never worse than [`quantize_row`] on any block under
-/// that block's importance. F32/F16/BF16 ignore `importance` and convert as
-/// [`quantize_row`] does.
+/// that block's importance, except for IQ4_NL / IQ4_XS, which run ggml's own importance
+/// search (`quantize_iq4_nl` / `quantize_iq4_xs` with `quant_weights`, bit for bit; an
+/// all-zero group of 32 counts as uniform there). F32/F16/BF16 ignore `importance` and
+/// convert as [`quantize_row`] does.
 ///
 /// Panics for Q8_1 and Q8_K (activation-only types without an importance-aware quantizer)
 /// and on length mismatches.
@@ -133,12 +139,16 @@ pub fn quantize_row_weighted(ty: GgmlType, src: &[f32], importance: &[f32], dst:
         Q4_K => quant!(q4_k::BlockQ4K, q4_k::quantize_row_q4_k_weighted),
         Q5_K => quant!(q5_k::BlockQ5K, q5_k::quantize_row_q5_k_weighted),
         Q6_K => quant!(q6_k::BlockQ6K, q6_k::quantize_row_q6_k_weighted),
+        IQ4_NL => quant!(iq4_nl::BlockIQ4NL, iq4_nl::quantize_row_iq4_nl_weighted),
+        IQ4_XS => quant!(iq4_xs::BlockIQ4XS, iq4_xs::quantize_row_iq4_xs_weighted),
     }
 }
 
 /// True for the types with a block grid ([`block_grid`], [`block_codes`],
 /// [`set_block_codes`]): the ten weight block types Q4_0 … Q6_K. F32/F16/BF16 have no
-/// blocks of codes, and Q8_1/Q8_K are activation-only types.
+/// blocks of codes, Q8_1/Q8_K are activation-only types, and IQ4_NL/IQ4_XS index a
+/// non-linear grid (no affine `scale * q + offset` in the stored index; they are in the
+/// kernel table through their [`crate::grid`] view only).
 pub const fn has_block_grid(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
@@ -204,7 +214,7 @@ pub fn block_grid(ty: GgmlType, block: &[u8], scale: &mut [f32], offset: &mut [f
         Q4_K => grid!(q4_k::BlockQ4K, q4_k::block_grid_q4_k),
         Q5_K => grid!(q5_k::BlockQ5K, q5_k::block_grid_q5_k),
         Q6_K => grid!(q6_k::BlockQ6K, q6_k::block_grid_q6_k),
-        F32 | F16 | BF16 | Q8_1 | Q8_K => unreachable!("checked by check_grid_args"),
+        F32 | F16 | BF16 | Q8_1 | Q8_K | IQ4_NL | IQ4_XS => unreachable!("checked by check_grid_args"),
     }
 }
 
@@ -230,7 +240,7 @@ pub fn block_codes(ty: GgmlType, block: &[u8], codes: &mut [i32]) {
         Q4_K => codes!(q4_k::BlockQ4K, q4_k::block_codes_q4_k),
         Q5_K => codes!(q5_k::BlockQ5K, q5_k::block_codes_q5_k),
         Q6_K => codes!(q6_k::BlockQ6K, q6_k::block_codes_q6_k),
-        F32 | F16 | BF16 | Q8_1 | Q8_K => unreachable!("checked by check_grid_args"),
+        F32 | F16 | BF16 | Q8_1 | Q8_K | IQ4_NL | IQ4_XS => unreachable!("checked by check_grid_args"),
     }
 }
 
@@ -258,7 +268,7 @@ pub fn set_block_codes(ty: GgmlType, block: &mut [u8], codes: &[i32]) {
         Q4_K => set!(q4_k::BlockQ4K, q4_k::set_block_codes_q4_k),
         Q5_K => set!(q5_k::BlockQ5K, q5_k::set_block_codes_q5_k),
         Q6_K => set!(q6_k::BlockQ6K, q6_k::set_block_codes_q6_k),
-        F32 | F16 | BF16 | Q8_1 | Q8_K => unreachable!("checked by check_grid_args"),
+        F32 | F16 | BF16 | Q8_1 | Q8_K | IQ4_NL | IQ4_XS => unreachable!("checked by check_grid_args"),
     }
 }
 
@@ -329,6 +339,8 @@ fn vec_dot_with(path: KernelPath, ty: GgmlType, n: usize, w: &[u8], x: &[u8]) ->
         Q5_K => dot!(q5_k::BlockQ5K, q8_k::BlockQ8K, q5_k::vec_dot_q5_k_q8_k),
         Q6_K => dot!(q6_k::BlockQ6K, q8_k::BlockQ8K, q6_k::vec_dot_q6_k_q8_k),
         Q8_K => dot!(q8_k::BlockQ8K, q8_k::BlockQ8K, q8_k::vec_dot_q8_k_q8_k),
+        IQ4_NL => dot!(iq4_nl::BlockIQ4NL, q8_0::BlockQ8_0, iq4_nl::vec_dot_iq4_nl_q8_0),
+        IQ4_XS => dot!(iq4_xs::BlockIQ4XS, q8_k::BlockQ8K, iq4_xs::vec_dot_iq4_xs_q8_k),
     }
 }
 
@@ -366,6 +378,8 @@ fn vec_dot_f32_with(path: KernelPath, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 
         Q5_K => dot!(q5_k::BlockQ5K, q5_k::vec_dot_q5_k_f32),
         Q6_K => dot!(q6_k::BlockQ6K, q6_k::vec_dot_q6_k_f32, q6_k_f32),
         Q8_K => dot!(q8_k::BlockQ8K, q8_k::vec_dot_q8_k_f32),
+        IQ4_NL => dot!(iq4_nl::BlockIQ4NL, iq4_nl::vec_dot_iq4_nl_f32),
+        IQ4_XS => dot!(iq4_xs::BlockIQ4XS, iq4_xs::vec_dot_iq4_xs_f32),
     }
 }
 
@@ -491,7 +505,7 @@ mod tests {
             let bs = ty.block_size();
             assert_eq!(block_grid(ty, &block, &mut vec![0.0; bs], &mut vec![0.0; bs]), range, "{ty}");
         }
-        for ty in [F32, F16, BF16, Q8_1, Q8_K] {
+        for ty in [F32, F16, BF16, Q8_1, Q8_K, IQ4_NL, IQ4_XS] {
             assert!(!has_block_grid(ty), "{ty}");
         }
     }

@@ -386,9 +386,10 @@ pub(crate) mod tests {
         (0..n_tok * k).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
     }
 
-    /// Every type with a block grid: every type the gemm takes.
+    /// Every type in the kernel table: every type the gemm takes (the block-grid types and
+    /// IQ4_NL / IQ4_XS).
     fn grid_types() -> impl Iterator<Item = GgmlType> {
-        crate::ALL_TYPES.into_iter().filter(|&t| crate::has_block_grid(t))
+        crate::kernel_table().iter().map(|r| r.ty)
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! 8-bit activation type of [`GgmlType::vec_dot_type`] (`vec_dot_q4_0_q8_0`, …), and a
 //! dot product against f32 activations (`vec_dot_q4_0_f32`, …).
 //!
+//! IQ4_NL and IQ4_XS (`iq4_nl`, `iq4_xs`) index ggml's fixed non-linear 16-value grid; their
+//! `quantize_row_<t>_weighted` is ggml's own importance search (bit-identical to
+//! `quantize_iq4_*` with `quant_weights`), and they have no block grid.
+//!
 //! Each weight block type (Q4_0 … Q8_0, Q2_K … Q6_K) also has an importance-aware
 //! quantizer, `quantize_row_<t>_weighted`, minimizing `Σ importance[i] (x[i] - x̂[i])²`
 //! over the block's stored parameters and codes (the search is in `weighted.rs`), and a
@@ -58,6 +62,8 @@ pub mod f32;
 pub mod gemm;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 pub mod gemm_q8;
+pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;

@@ -21,11 +21,13 @@ pub enum GgmlType {
     Q5_K = 13,
     Q6_K = 14,
     Q8_K = 15,
+    IQ4_NL = 20,
+    IQ4_XS = 23,
     BF16 = 30,
 }
 
 /// Every type this crate implements, in id order.
-pub const ALL_TYPES: [GgmlType; 15] = [
+pub const ALL_TYPES: [GgmlType; 17] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -40,6 +42,8 @@ pub const ALL_TYPES: [GgmlType; 15] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::Q8_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
     GgmlType::BF16,
 ];
 
@@ -62,8 +66,8 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => QK_K,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => 32,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => QK_K,
         }
     }
 
@@ -85,6 +89,8 @@ impl GgmlType {
             Q5_K => 176,
             Q6_K => 210,
             Q8_K => 292,
+            IQ4_NL => 18,
+            IQ4_XS => 136,
         }
     }
 
@@ -110,9 +116,9 @@ impl GgmlType {
             F32 => F32,
             F16 => F16,
             BF16 => BF16,
-            Q4_0 | Q5_0 | Q8_0 => Q8_0,
+            Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Q8_0,
             Q4_1 | Q5_1 | Q8_1 => Q8_1,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => Q8_K,
         }
     }
 
@@ -135,6 +141,8 @@ impl GgmlType {
             Q5_K => "q5_K",
             Q6_K => "q6_K",
             Q8_K => "q8_K",
+            IQ4_NL => "iq4_nl",
+            IQ4_XS => "iq4_xs",
         }
     }
 

@@ -142,3 +142,128 @@ fn vec_dot_on_ggml_blocks() {
         assert!((got - want).abs() <= tol, "{ty}: vec_dot {got} vs {want} (tol {tol:e})");
     }
 }
+
+// ------------------------------------------------------------------------ IQ4_NL / IQ4_XS
+// Fixtures: `fixtures/iq4_ref.bin`, written by `fixtures/make_iq4_fixtures.py` from ggml's C
+// code (llama.cpp's ggml-quants.c, gcc -O2 -ffp-contract=off) and checked there against
+// gguf-py's dequantizer. Inputs: `input/rows` of ggml_ref.bin (one row) and the 12 real rows.
+
+const IQ4: [GgmlType; 2] = [IQ4_NL, IQ4_XS];
+
+/// One input of the IQ4 fixtures: its name, its rows and their importance.
+type Iq4Input = (&'static str, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// The inputs of the IQ4 fixtures.
+fn iq4_inputs(base: &Fixtures, f: &Fixtures) -> [Iq4Input; 2] {
+    let rows = base.f32s("input/rows");
+    let imp = f.f32s("input/importance");
+    let real = real_rows();
+    let real_imp: Vec<Vec<f32>> = f.f32s("input/real_importance").chunks(REAL_ROW_LEN).map(<[f32]>::to_vec).collect();
+    [("rows", vec![rows], vec![imp]), ("real", real, real_imp)]
+}
+
+/// Blocks of `got` and `want` equal byte for byte, except that a block whose stored scale is
+/// zero in both may differ in its indices: ggml's IQ4_NL reference leaves the index buffer
+/// of an all-zero block unwritten (stale from the previous block), pith writes the index of
+/// value 0; both dequantize to zeros. Returns how many blocks used that exception.
+fn assert_iq4_bytes(ty: GgmlType, what: &str, got: &[u8], want: &[u8]) -> usize {
+    assert_eq!(got.len(), want.len(), "{ty} {what}: length");
+    let ts = ty.type_size();
+    let mut zero_blocks = 0;
+    for (b, (g, w)) in got.chunks(ts).zip(want.chunks(ts)).enumerate() {
+        if g == w {
+            continue;
+        }
+        let d_zero = |blk: &[u8]| blk[0] == 0 && blk[1] & 0x7f == 0;
+        if ty == IQ4_NL && g[..2] == w[..2] && d_zero(g) {
+            zero_blocks += 1;
+            continue;
+        }
+        panic!("{ty} {what}: block {b} differs:\n ours {g:?}\n want {w:?}");
+    }
+    zero_blocks
+}
+
+/// Our reference quantizers reproduce ggml's `quantize_row_iq4_nl_ref` /
+/// `quantize_row_iq4_xs_ref` byte for byte (IQ4_NL: up to the indices of all-zero blocks,
+/// which ggml leaves unwritten; exactly one such block in the fixture rows).
+#[test]
+fn iq4_quantize_matches_ggml_c_reference() {
+    let (base, f) = (Fixtures::load(), Fixtures::load_iq4());
+    for ty in IQ4 {
+        let mut zero_blocks = 0;
+        for (name, rows, _) in iq4_inputs(&base, &f) {
+            let got: Vec<u8> = rows.iter().flat_map(|r| quantize(ty, r)).collect();
+            let want = f.bytes(&format!("ggml/quant/{ty}/{name}"));
+            zero_blocks += assert_iq4_bytes(ty, &format!("quantize {name} vs ggml"), &got, want);
+        }
+        assert_eq!(zero_blocks, usize::from(ty == IQ4_NL), "{ty}: zero blocks with other indices than ggml's");
+    }
+}
+
+/// Our importance-weighted quantizers reproduce ggml's `quantize_iq4_nl` / `quantize_iq4_xs`
+/// with `quant_weights` (log-normal importance) byte for byte.
+#[test]
+fn iq4_weighted_quantize_matches_ggml_with_quant_weights() {
+    let (base, f) = (Fixtures::load(), Fixtures::load_iq4());
+    for ty in IQ4 {
+        for (name, rows, imps) in iq4_inputs(&base, &f) {
+            let mut got = Vec::new();
+            for (x, imp) in rows.iter().zip(&imps) {
+                let mut q = vec![0u8; ty.row_bytes(x.len()).unwrap()];
+                pith_kernels::quantize_row_weighted(ty, x, imp, &mut q);
+                got.extend(q);
+            }
+            assert_same_bytes(
+                ty,
+                &format!("weighted quantize {name} vs ggml"),
+                &got,
+                f.bytes(&format!("ggml/quant_imp/{ty}/{name}")),
+            );
+        }
+    }
+}
+
+/// Our dequantizers give exactly ggml's (and gguf-py's) f32 output on ggml-quantized rows
+/// and on random valid blocks (every index and group-scale bit pattern).
+#[test]
+fn iq4_dequantize_matches_ggml_and_gguf_py() {
+    let f = Fixtures::load_iq4();
+    for ty in IQ4 {
+        let q = f.bytes(&format!("ggml/quant/{ty}/rows"));
+        let n = q.len() / ty.type_size() * ty.block_size();
+        assert_same_bits(ty, "dequantize vs ggml", &dequantize(ty, q, n), &f.f32s(&format!("ggml/dequant/{ty}/rows")));
+        let b = f.bytes(&format!("random/blocks/{ty}"));
+        let n = b.len() / ty.type_size() * ty.block_size();
+        assert_same_bits(
+            ty,
+            "dequantize random blocks vs gguf-py",
+            &dequantize(ty, b, n),
+            &f.f32s(&format!("random/dequant/{ty}")),
+        );
+    }
+}
+
+/// The integer dot products (IQ4_NL · Q8_0, IQ4_XS · Q8_K) against the f64 dot of the
+/// dequantized operands, on ggml-quantized weights: `|vec_dot - Σ w̃ x̃| <= 1e-5 Σ |w̃ x̃|`.
+#[test]
+fn iq4_vec_dot_on_ggml_blocks() {
+    let (base, f) = (Fixtures::load(), Fixtures::load_iq4());
+    let x = base.f32s("input/rows");
+    let n = x.len();
+    let a: Vec<f32> = x.iter().rev().copied().collect();
+    for ty in IQ4 {
+        let wq = f.bytes(&format!("ggml/quant/{ty}/rows"));
+        let xty = ty.vec_dot_type();
+        let aq = quantize(xty, &a);
+        let (wd, ad) = (dequantize(ty, wq, n), dequantize(xty, &aq, n));
+        let got = pith_kernels::vec_dot(ty, n, wq, &aq) as f64;
+        let want = dot64(&wd, &ad);
+        let tol = 1e-5 * abs_dot64(&wd, &ad);
+        assert!((got - want).abs() <= tol, "{ty}: vec_dot {got} vs {want} (tol {tol:e})");
+        let gf = pith_kernels::vec_dot_f32(ty, wq, &a) as f64;
+        let wf = dot64(&wd, &a);
+        let tolf = 1e-5 * abs_dot64(&wd, &a);
+        assert!((gf - wf).abs() <= tolf, "{ty}: vec_dot_f32 {gf} vs {wf} (tol {tolf:e})");
+    }
+}

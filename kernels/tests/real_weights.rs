@@ -16,21 +16,23 @@ use GgmlType::*;
 /// measured value. Gaussian figures for comparison are in each module's unit tests.
 fn roundtrip_bound(ty: GgmlType) -> f64 {
     match ty {
-        F32 => 0.0,     // exact
-        F16 => 2.5e-4,  // measured 1.92e-4
-        BF16 => 1.8e-3, // measured 1.39e-3
-        Q8_0 => 7.0e-3, // measured 5.49e-3 (token_embd rows: exactly 0, they are Q8_0 already)
-        Q8_1 => 7.0e-3, // measured 5.49e-3
-        Q8_K => 0.010,  // measured 8.09e-3
-        Q6_K => 0.023,  // measured 1.87e-2
-        Q5_1 => 0.060,  // measured 4.78e-2 (31 steps do not contain Q4_1's 15-step grid)
-        Q5_0 => 0.058,  // measured 4.67e-2
-        Q5_K => 0.029,  // measured 2.32e-2
-        Q4_1 => 0.037,  // measured 2.97e-2 (Q4_1 rows: exactly 0; token_embd 8.0e-2)
-        Q4_0 => 0.115,  // measured 9.15e-2
-        Q4_K => 0.041,  // measured 3.28e-2
-        Q3_K => 0.20,   // measured 1.60e-1
-        Q2_K => 0.38,   // measured 3.17e-1
+        F32 => 0.0,      // exact
+        F16 => 2.5e-4,   // measured 1.92e-4
+        BF16 => 1.8e-3,  // measured 1.39e-3
+        Q8_0 => 7.0e-3,  // measured 5.49e-3 (token_embd rows: exactly 0, they are Q8_0 already)
+        Q8_1 => 7.0e-3,  // measured 5.49e-3
+        Q8_K => 0.010,   // measured 8.09e-3
+        Q6_K => 0.023,   // measured 1.87e-2
+        Q5_1 => 0.060,   // measured 4.78e-2 (31 steps do not contain Q4_1's 15-step grid)
+        Q5_0 => 0.058,   // measured 4.67e-2
+        Q5_K => 0.029,   // measured 2.32e-2
+        Q4_1 => 0.037,   // measured 2.97e-2 (Q4_1 rows: exactly 0; token_embd 8.0e-2)
+        Q4_0 => 0.115,   // measured 9.15e-2
+        Q4_K => 0.041,   // measured 3.28e-2
+        Q3_K => 0.20,    // measured 1.60e-1
+        Q2_K => 0.38,    // measured 3.17e-1
+        IQ4_NL => 0.10,  // measured 8.07e-2
+        IQ4_XS => 0.097, // measured 7.80e-2
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Types `quantize --type` accepts as plain types.
-pub const QUANT_TYPES: [GgmlType; 13] = [
+pub const QUANT_TYPES: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -33,6 +33,8 @@ pub const QUANT_TYPES: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// Mixes in the spirit of llama.cpp's.
@@ -90,6 +92,8 @@ impl Scheme {
                 Q4_K => 15,
                 Q5_K => 17,
                 Q6_K => 18,
+                IQ4_NL => 25,
+                IQ4_XS => 30,
                 BF16 => 32,
                 Q8_1 | Q8_K => 0,
             },
@@ -221,6 +225,7 @@ fn fallback(ty: GgmlType, n_cols: usize) -> Option<GgmlType> {
         return Some(ty);
     }
     let next = match ty {
+        IQ4_XS => IQ4_NL,
         Q2_K | Q3_K => Q4_0,
         Q4_K => Q5_0,
         Q5_K => Q5_1,
@@ -353,6 +358,16 @@ fn convert(
     }
     let importance = stats.importance();
     if opts.method == Method::Gptq {
+        if !pith_kernels::has_block_grid(to) {
+            return Err(CompressError::Tensor {
+                tensor: t.name.into(),
+                why: format!(
+                    "--method gptq needs a type with an affine block grid, and {to} has a non-linear one; \
+                     use --method imatrix for it (or --tensor-type {}=TYPE)",
+                    t.name
+                ),
+            });
+        }
         if let Some(h) = stats.mean_hessian() {
             let u = crate::gptq::factor(&h, n, opts.damp, t.name)?;
             return Ok((crate::gptq::quantize_rows(to, &rows, n, &u, &importance, on_rows), Method::Gptq));
@@ -464,7 +479,8 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// Output GGUF.
     pub output: PathBuf,
-    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32, or a mix:
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16, F32,
+    /// or a mix:
     /// Q3_K_M, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M.
     #[arg(long = "type")]
     pub ty: String,
@@ -694,6 +710,9 @@ mod tests {
         assert_eq!(fallback(Q4_K, 576), Some(Q5_0));
         assert_eq!(fallback(Q5_K, 576), Some(Q5_1));
         assert_eq!(fallback(Q6_K, 576), Some(Q8_0));
+        assert_eq!(fallback(IQ4_XS, 576), Some(IQ4_NL));
+        assert_eq!(fallback(IQ4_XS, 512), Some(IQ4_XS));
+        assert_eq!(fallback(IQ4_NL, 48), None);
         assert_eq!(fallback(Q3_K, 576), Some(Q4_0));
         assert_eq!(fallback(Q4_K, 1536), Some(Q4_K));
         assert_eq!(fallback(Q4_0, 48), None);

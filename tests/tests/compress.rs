@@ -85,7 +85,10 @@ fn every_written_file_loads_in_pith_and_in_gguf_py() {
     }
     let f16 = MappedFile::open(&files[1]).unwrap();
     let g16 = f16.gguf().unwrap();
-    for scheme in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M"] {
+    // IQ4_XS: the 576-wide tensors fall back to IQ4_NL, ffn_down (1536 wide) stays IQ4_XS.
+    for scheme in
+        ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q4_K_M"]
+    {
         let p = dir.path().join(format!("{scheme}.gguf"));
         quantize_to(&g16, scheme, Method::Rtn, None, &p);
         files.push(p);
@@ -102,7 +105,7 @@ fn every_written_file_loads_in_pith_and_in_gguf_py() {
     assert_eq!(im2.sites.len(), im.sites.len());
     assert!(im2.has_hessians());
     files.push(imp);
-    for (scheme, method) in [("Q4_0", Method::Imatrix), ("Q4_0", Method::Gptq)] {
+    for (scheme, method) in [("Q4_0", Method::Imatrix), ("Q4_0", Method::Gptq), ("IQ4_XS", Method::Imatrix)] {
         let p = dir.path().join(format!("{scheme}-{}.gguf", method.name()));
         quantize_to(&g16, scheme, method, Some(&im2), &p);
         files.push(p);

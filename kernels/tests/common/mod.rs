@@ -10,6 +10,9 @@ pub struct Fixtures(HashMap<String, &'static [u8]>);
 
 static GGML_REF: &[u8] = include_bytes!("../fixtures/ggml_ref.bin");
 
+/// IQ4_NL / IQ4_XS records (written by `fixtures/make_iq4_fixtures.py`, same format).
+static IQ4_REF: &[u8] = include_bytes!("../fixtures/iq4_ref.bin");
+
 /// 12 rows x 512 little-endian f32 of real weights (see make_fixtures.py): rows 0..4 are
 /// blk.0.ffn_down.weight, 4..8 blk.5.attn_q.weight, 8..12 token_embd.weight.
 pub static REAL_ROWS: &[u8] = include_bytes!("../fixtures/real_rows.f32");
@@ -18,7 +21,16 @@ pub const REAL_GROUPS: [&str; 3] = ["blk.0.ffn_down (Q4_1)", "blk.5.attn_q (Q4_1
 
 impl Fixtures {
     pub fn load() -> Self {
-        let mut d = GGML_REF;
+        Self::parse(GGML_REF)
+    }
+
+    /// The IQ4 records of `fixtures/iq4_ref.bin`.
+    pub fn load_iq4() -> Self {
+        Self::parse(IQ4_REF)
+    }
+
+    fn parse(bytes: &'static [u8]) -> Self {
+        let mut d = bytes;
         assert_eq!(&d[..8], b"PITHFIX1", "bad fixture magic");
         d = &d[8..];
         let mut map = HashMap::new();

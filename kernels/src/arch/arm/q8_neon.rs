@@ -609,7 +609,7 @@ mod tests {
     fn gemm_matches_the_scalar_reference_for_every_token_step() {
         let mut rng = rng(21);
         for path in neon_paths() {
-            for ty in crate::ALL_TYPES.into_iter().filter(|&t| crate::has_block_grid(t)) {
+            for ty in crate::kernel_table().iter().map(|r| r.ty) {
                 for n_tok in 1..=9 {
                     let n_rows = if n_tok % 2 == 0 { 16 } else { 21 };
                     let w = quantized_rows(ty, n_rows, 256, &mut rng);
