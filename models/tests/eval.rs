@@ -70,7 +70,7 @@ fn args(models: &[&Path], base: &Path, file: &Path, ctx: usize) -> EvalArgs {
         threads: 1,
         plot: None,
         force: false,
-        output: OutputFormat::Table,
+        format: OutputFormat::Table,
         precision: "f32".into(),
     }
 }
@@ -179,7 +179,7 @@ fn run_prints_and_plots_and_refuses_to_overwrite() {
     let mut a = args(&[&q8, &q4], &base, &txt, CTX);
     a.chunks = 2;
     a.plot = Some(svg.clone());
-    a.output = OutputFormat::Json;
+    a.format = OutputFormat::Json;
     eval::run(&a).unwrap();
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
@@ -191,7 +191,7 @@ fn run_prints_and_plots_and_refuses_to_overwrite() {
     let e = err(&a);
     assert!(e.contains("plot.svg") && e.contains("--force"), "{e}");
     a.force = true;
-    a.output = OutputFormat::Table;
+    a.format = OutputFormat::Table;
     eval::run(&a).unwrap();
     // Never over an input.
     let mut a2 = args(&[&q8], &base, &txt, CTX);
@@ -254,7 +254,7 @@ fn the_binary_prints_json_rows() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pith-compress"))
         .args(["eval", "-m", &s(&q4), "-m", &s(&base), "--base", &s(&base), "-f", &s(&txt), "-c", "32"])
-        .args(["--chunks", "2", "-t", "1", "-o", "json"])
+        .args(["--chunks", "2", "-t", "1", "--format", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

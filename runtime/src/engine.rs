@@ -21,9 +21,20 @@ pub struct Engine<'a> {
 impl<'a> Engine<'a> {
     /// Parses and binds `file`; errors name the file.
     pub fn load(file: &'a MappedFile, threads: usize) -> Result<Self> {
+        Self::load_timed(file, threads).map(|(e, _)| e)
+    }
+
+    /// [`Engine::load`], also saying where the time went.
+    pub fn load_timed(file: &'a MappedFile, threads: usize) -> Result<(Self, LoadTimings)> {
+        let mut t = LoadTimings::default();
+        let start = std::time::Instant::now();
         let gguf = file.gguf()?;
         let model = Model::from_gguf(&gguf).map_err(|e| file.context(e))?;
+        t.parse = start.elapsed();
+        let start = std::time::Instant::now();
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| file.context(e))?;
+        t.tokenizer = start.elapsed();
+        let start = std::time::Instant::now();
         let tok_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
         let template = ChatTemplate::new(
             gguf.get_str("tokenizer.chat_template").map_err(|e| file.context(e))?,
@@ -38,7 +49,11 @@ impl<'a> Engine<'a> {
                 model.config.n_vocab
             ))));
         }
-        Ok(Engine { gguf, model, tokenizer, template, pool: Pool::new(threads)? })
+        t.template = start.elapsed();
+        let start = std::time::Instant::now();
+        let pool = Pool::new(threads)?;
+        t.threads = start.elapsed();
+        Ok((Engine { gguf, model, tokenizer, template, pool }, t))
     }
 
     /// Tokenizes a prompt the way llama.cpp does for generation: special tokens parsed, BOS
@@ -62,6 +77,26 @@ impl<'a> Engine<'a> {
         prompt: &[u32],
         max_new: usize,
         mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        self.generate_with(state, sampler, prompt, max_new, |s| {
+            if !s.is_empty() {
+                on_text(s);
+            }
+            core::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Engine::generate`] whose callback can stop generation: `Break` ends it after the
+    /// current token (the result's `stop` is [`Stop::Interrupted`]); the callback is also asked
+    /// with an empty piece after every token, so that a caller can stop even while the decoder
+    /// holds back an incomplete UTF-8 sequence.
+    pub fn generate_with(
+        &self,
+        state: &mut State,
+        sampler: &mut Sampler,
+        prompt: &[u32],
+        max_new: usize,
+        mut on_text: impl FnMut(&str) -> core::ops::ControlFlow<()>,
     ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(Error::Tokenizer("the prompt is empty".into()));
@@ -89,8 +124,9 @@ impl<'a> Engine<'a> {
             }
             out.tokens.push(id);
             let piece = dec.push(&self.tokenizer, id);
-            if !piece.is_empty() {
-                on_text(&piece);
+            if on_text(&piece).is_break() {
+                out.stop = Stop::Interrupted;
+                break;
             }
             if out.tokens.len() == max_new {
                 break;
@@ -103,11 +139,25 @@ impl<'a> Engine<'a> {
         }
         let rest = dec.flush();
         if !rest.is_empty() {
-            on_text(&rest);
+            // Generation is over either way; a Break here has nothing left to stop.
+            let _ = on_text(&rest);
         }
         out.decode = t1.elapsed();
         Ok(out)
     }
+}
+
+/// Where [`Engine::load_timed`] spent its time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadTimings {
+    /// GGUF header, metadata and tensor table, and binding the weights.
+    pub parse: std::time::Duration,
+    /// Building the tokenizer from `tokenizer.ggml.*`.
+    pub tokenizer: std::time::Duration,
+    /// Compiling the chat template.
+    pub template: std::time::Duration,
+    /// Starting the thread team.
+    pub threads: std::time::Duration,
 }
 
 /// Why generation stopped.
@@ -117,6 +167,8 @@ pub enum Stop {
     Length,
     EndOfGeneration,
     ContextFull,
+    /// The caller's callback asked to stop (Ctrl-C, a closed output).
+    Interrupted,
 }
 
 /// What one `generate` call did.

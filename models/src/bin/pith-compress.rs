@@ -23,14 +23,23 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // Ctrl-C or SIGTERM: remove the output being written (pith_fetch::cleanup), exit 130.
+    if let Err(e) = pith_models::cleanup::exit_on_interrupt() {
+        pith_models::progress::note(&format!("pith-compress: warning: {e}"));
+    }
     let r = match cli.cmd {
         Cmd::Dequantize(a) => pith_models::quantize::run_dequantize(&a),
         Cmd::Quantize(a) => pith_models::quantize::run_quantize(&a),
         Cmd::Imatrix(a) => pith_models::imatrix::run(&a),
         Cmd::Eval(a) => pith_models::eval::run(&a),
     };
-    if let Err(e) = r {
-        eprintln!("pith-compress: error: {e}");
-        std::process::exit(1);
+    match r {
+        Ok(()) => {}
+        // The reader of a pipe (`| head`) has what it wanted.
+        Err(pith_models::CompressError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            pith_models::progress::note(&format!("pith-compress: error: {e}"));
+            std::process::exit(1);
+        }
     }
 }
