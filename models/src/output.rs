@@ -29,7 +29,15 @@ impl AtomicOutput {
             dest.file_name().ok_or_else(|| CompressError::BadOption(format!("{}: not a file name", dest.display())))?;
         let prefix = format!(".{}.", name.to_string_lossy());
         let tmp = Tracked::create(
-            || tempfile::Builder::new().prefix(&prefix).suffix(".pith-tmp").tempfile_in(&dir),
+            || {
+                // The mode an ordinary new file gets (0666 less the umask), not tempfile's 0600.
+                use std::os::unix::fs::PermissionsExt;
+                tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .suffix(".pith-tmp")
+                    .permissions(std::fs::Permissions::from_mode(0o666))
+                    .tempfile_in(&dir)
+            },
             |f| f.path(),
         )
         .map_err(|e| CompressError::io(dest, e))?;
