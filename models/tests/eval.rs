@@ -278,3 +278,39 @@ fn the_binary_prints_json_rows() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-c 2"));
 }
+
+/// `eval > /dev/full` is an error naming stdout (exit 1, no panic); `eval | head -c 5` ends
+/// quietly (issue 12).
+#[test]
+fn the_binary_checks_its_stdout() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let f = Files::new();
+    let base = f.write("base.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let q4 = f.write("tiny-q4_0.gguf", &tiny_gguf(GgmlType::Q4_0, 0, 1));
+    let txt = f.write("text.txt", text(300).as_bytes());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cmd = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pith-compress"));
+        c.args(["eval", "-m", &s(&q4), "--base", &s(&base), "-f", &s(&txt), "-c", "32", "--chunks", "2", "-t", "1"])
+            .env("RUST_BACKTRACE", "1")
+            .env("PITH_NO_PROGRESS", "1")
+            .stderr(Stdio::piped());
+        c
+    };
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = cmd().stdout(full).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("pith-compress: error: writing to stdout: No space left on device"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    let mut child = cmd().stdout(Stdio::piped()).spawn().unwrap();
+    let mut head = [0u8; 5];
+    let mut out = child.stdout.take().unwrap();
+    out.read_exact(&mut head).unwrap();
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(!e.contains("panicked") && !e.contains("error"), "{e}");
+}
