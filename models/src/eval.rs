@@ -659,7 +659,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             );
         }
         if pb.is_hidden() {
-            crate::progress::note(&format!("{line}"));
+            crate::progress::note(&line);
         } else {
             pb.println(line);
         }

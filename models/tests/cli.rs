@@ -309,3 +309,13 @@ fn sigint_and_sigterm_leave_no_file_behind() {
         assert_eq!(files_in(d.0.path()), ["in.gguf"], "{signal}: left behind");
     }
 }
+
+#[test]
+fn help_on_a_full_disk_is_an_error() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_pith-compress")).args(["quantize", "--help"]).stdout(full).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: writing to stdout: No space left on device") && !err.contains("panicked"), "{err}");
+}

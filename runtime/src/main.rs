@@ -294,7 +294,18 @@ struct PerplexityArgs {
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version go to stdout, checked like every other write; usage errors
+            // to stderr.
+            let r = e.print().and_then(|()| std::io::stdout().flush());
+            if let (false, Err(err)) = (e.use_stderr(), r) {
+                stdout_failed(err)
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let r = select_kernels().and_then(|()| match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Chat(a) => chat(a),

@@ -210,8 +210,11 @@ fn bad_input_gets_clear_errors() {
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+/// A command that prints: its name, arguments and standard input.
+type Printing = (&'static str, Vec<String>, Option<&'static [u8]>);
+
 /// A printing command's arguments for each `pith` subcommand, on the default model.
-fn printing_commands(m: &str, text_file: &str) -> Vec<(&'static str, Vec<String>, Option<&'static [u8]>)> {
+fn printing_commands(m: &str, text_file: &str) -> Vec<Printing> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     vec![
         ("run", s(&["run", "-m", m, "-p", "Once upon a time", "-n", "200", "-c", "512", "--temp", "0"]), None),
@@ -220,6 +223,7 @@ fn printing_commands(m: &str, text_file: &str) -> Vec<(&'static str, Vec<String>
         ("inspect", s(&["inspect", m]), None),
         ("perplexity", s(&["perplexity", "-m", m, "-f", text_file, "-c", "128", "--chunks", "2"]), None),
         ("bench", s(&["bench", "-m", m, "-p", "8", "-n", "4", "-r", "1", "-t", "1"]), None),
+        ("run --help", s(&["run", "--help"]), None),
     ]
 }
 

@@ -22,7 +22,21 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version go to stdout, checked; usage errors to stderr.
+            use std::io::Write;
+            let r = e.print().and_then(|()| std::io::stdout().flush());
+            match (e.use_stderr(), r) {
+                (false, Err(err)) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    pith_models::progress::note(&format!("pith-compress: error: writing to stdout: {err}"));
+                    std::process::exit(1)
+                }
+                _ => std::process::exit(e.exit_code()),
+            }
+        }
+    };
     // Ctrl-C or SIGTERM: remove the output being written (pith_fetch::cleanup), exit 130.
     if let Err(e) = pith_models::cleanup::exit_on_interrupt() {
         pith_models::progress::note(&format!("pith-compress: warning: {e}"));

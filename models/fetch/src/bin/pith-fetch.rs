@@ -97,7 +97,20 @@ fn human_size(bytes: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version go to stdout, checked; usage errors to stderr.
+            let r = e.print().and_then(|()| std::io::stdout().flush());
+            return match (e.use_stderr(), r) {
+                (false, Err(err)) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    let _ = writeln!(std::io::stderr(), "pith-fetch: error: writing to stdout: {err}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
+            };
+        }
+    };
     // Ctrl-C or SIGTERM during a download removes the partial files (pith_fetch::cleanup).
     if let Err(e) = pith_fetch::cleanup::exit_on_interrupt() {
         let _ = writeln!(std::io::stderr(), "pith-fetch: warning: {e}");
