@@ -31,12 +31,23 @@ impl<'a> Engine<'a> {
     /// forward pass would otherwise stop at a page fault for every 64 KiB of weights): on two
     /// cores, the slowest of those steps sets the start-up time, not their sum.
     pub fn load_timed(file: &'a MappedFile, threads: usize) -> Result<(Self, LoadTimings)> {
+        Self::load_timed_with(file, threads, |_| Ok(())).map(|(e, (), t)| (e, t))
+    }
+
+    /// [`Engine::load_timed`] that also runs `prepare` on the bound model while the tokenizer is
+    /// still being built (`pith run` allocates its [`State`] there); its time is
+    /// [`LoadTimings::prepare`].
+    pub fn load_timed_with<S>(
+        file: &'a MappedFile,
+        threads: usize,
+        prepare: impl FnOnce(&Model<'a>) -> Result<S>,
+    ) -> Result<(Self, S, LoadTimings)> {
         use std::time::Instant;
         let mut t = LoadTimings::default();
         let start = Instant::now();
         let gguf = file.gguf()?;
         t.parse = start.elapsed();
-        let (model, tokenizer, pool) = std::thread::scope(|s| -> Result<_> {
+        let (model, tokenizer, pool, prepared) = std::thread::scope(|s| -> Result<_> {
             let g = &gguf;
             let tok = s.spawn(move || {
                 let start = Instant::now();
@@ -52,11 +63,16 @@ impl<'a> Engine<'a> {
             file.prefault();
             t.prefault = start.elapsed();
             let start = Instant::now();
+            // (Without a model there is nothing to prepare; its own error is returned below.)
+            let prepared = model.as_ref().map_err(|e| Error::Tokenizer(e.to_string())).and_then(prepare);
+            t.prepare = start.elapsed();
+            let start = Instant::now();
             let tok = tok.join().map_err(|_| file.context(Error::Tokenizer("the tokenizer build panicked".into())))?;
             t.tokenizer_wait = start.elapsed();
             let (tokenizer, took) = tok.map_err(|e| file.context(e))?;
             t.tokenizer = took;
-            Ok((model?, tokenizer, pool?))
+            let model = model?;
+            Ok((model, tokenizer, pool?, prepared?))
         })?;
         let start = Instant::now();
         let tok_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
@@ -74,7 +90,7 @@ impl<'a> Engine<'a> {
             ))));
         }
         t.template = start.elapsed();
-        Ok((Engine { gguf, model, tokenizer, template, pool }, t))
+        Ok((Engine { gguf, model, tokenizer, template, pool }, prepared, t))
     }
 
     /// Tokenizes a prompt the way llama.cpp does for generation: special tokens parsed, BOS
@@ -169,7 +185,7 @@ impl<'a> Engine<'a> {
 }
 
 /// Where [`Engine::load_timed`] spent its time. `tokenizer` ran on a second thread alongside
-/// `bind`, `threads` and `prefault`; `tokenizer_wait` is how long the loading thread then waited
+/// `bind`, `threads`, `prefault` and `prepare`; `tokenizer_wait` is how long the loading thread then waited
 /// for it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadTimings {
@@ -181,6 +197,8 @@ pub struct LoadTimings {
     pub threads: std::time::Duration,
     /// Faulting the weights' pages in ([`MappedFile::prefault`]).
     pub prefault: std::time::Duration,
+    /// The caller's `prepare` step ([`Engine::load_timed_with`]).
+    pub prepare: std::time::Duration,
     /// Building the tokenizer from `tokenizer.ggml.*` (second thread).
     pub tokenizer: std::time::Duration,
     /// Waiting for the tokenizer after the steps above.

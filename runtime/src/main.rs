@@ -403,13 +403,13 @@ fn run(a: RunArgs) -> Res<ExitCode> {
     let t0 = std::time::Instant::now();
     let file = open(&a.model)?;
     let map = t0.elapsed();
-    let (eng, lt) = Engine::load_timed(&file, a.model.threads).map_err(|e| e.to_string())?;
+    // The state (KV cache, buffers) is allocated while the tokenizer is built.
+    let (eng, mut state, lt) =
+        Engine::load_timed_with(&file, a.model.threads, |m| State::new(m, a.ctx, 512)).map_err(|e| e.to_string())?;
+    state.set_precision(a.model.precision);
     let t1 = std::time::Instant::now();
     let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
     let tokenize_time = t1.elapsed();
-    let t2 = std::time::Instant::now();
-    let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
-    state.set_precision(a.model.precision);
     if ids.len() > a.ctx {
         return Err(format!(
             "the prompt has {} tokens, more than the context of {} (use a larger -c)",
@@ -420,8 +420,8 @@ fn run(a: RunArgs) -> Res<ExitCode> {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     log!(
         "pith: loaded {} in {:.0} ms ({} threads): map {:.1} ms, parse {:.1} ms, bind {:.1} ms, threads \
-         {:.1} ms, page faults {:.1} ms, tokenizer {:.1} ms alongside ({:.1} ms waited), template {:.1} ms, \
-         prompt tokenized {:.1} ms, state {:.1} ms",
+         {:.1} ms, page faults {:.1} ms, state {:.1} ms, tokenizer {:.1} ms alongside ({:.1} ms waited), template {:.1} ms, \
+         prompt tokenized {:.1} ms",
         file.path().display(),
         ms(t0.elapsed()),
         eng.pool.threads(),
@@ -430,11 +430,11 @@ fn run(a: RunArgs) -> Res<ExitCode> {
         ms(lt.bind),
         ms(lt.threads),
         ms(lt.prefault),
+        ms(lt.prepare),
         ms(lt.tokenizer),
         ms(lt.tokenizer_wait),
         ms(lt.template),
-        ms(tokenize_time),
-        ms(t2.elapsed())
+        ms(tokenize_time)
     );
     let mut out = Out::new();
     let (g, reply) = generate_to(&eng, &mut state, &mut sampler, &ids, max_tokens(a.n), &mut out)?;
