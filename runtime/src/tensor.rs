@@ -72,18 +72,6 @@ fn takes_gemm_q8(precision: Precision, w: &Weight<'_>, n_tok: usize) -> bool {
     n_tok > 1 && precision == Precision::Q8 && pith_kernels::gemm_q8_supported(w.ty, w.n_cols)
 }
 
-/// Batches of at most this many tokens run the decode kernels once per token.
-const GEMV_MAX_TOKENS: usize = 8;
-
-/// Whether a small batch against `ws` runs as one decode pass (`gemv_q8`) per token.
-fn takes_gemv_per_token(precision: Precision, ws: &[&Weight<'_>], n_tok: usize) -> bool {
-    (2..=GEMV_MAX_TOKENS).contains(&n_tok)
-        && precision == Precision::Q8
-        && ws
-            .iter()
-            .all(|w| pith_kernels::gemv_q8_supported(w.ty) && w.n_cols.is_multiple_of(32) && w.n_cols == ws[0].n_cols)
-}
-
 /// Quantizes a batch's activations `x` (n_tok, k) for the integer gemm, the tokens shared out
 /// over the pool (the same bits as one `ActsQ8::quantize`).
 fn quantize_batch(pool: &Pool, acts: &mut pith_kernels::ActsQ8, x: &[f32], k: usize) {
@@ -146,10 +134,6 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     let (n_rows, n_cols) = (w.n_rows, w.n_cols);
     assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
     assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
-    if takes_gemv_per_token(scratch.precision, &[w], n_tok) {
-        matmul_many(pool, scratch, &[w], x, n_tok, &mut [out]);
-        return;
-    }
     if takes_gemm_q8(scratch.precision, w, n_tok) {
         quantize_batch(pool, &mut scratch.acts, x, n_cols);
         matmul_gemm_q8(pool, &scratch.acts, w, out);
@@ -208,17 +192,6 @@ pub fn matmul_many(
     outs: &mut [&mut [f32]],
 ) {
     assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
-    if takes_gemv_per_token(scratch.precision, ws, n_tok) {
-        // A few tokens (a short prompt): one decode pass per token beats unpacking every
-        // weight tile for the gemm, which only pays off over many tokens.
-        let k = ws[0].n_cols;
-        for t in 0..n_tok {
-            let mut outs_t: Vec<&mut [f32]> =
-                ws.iter().zip(outs.iter_mut()).map(|(w, o)| &mut o[t * w.n_rows..(t + 1) * w.n_rows]).collect();
-            matmul_one_token(pool, scratch, ws, &x[t * k..(t + 1) * k], &mut outs_t);
-        }
-        return;
-    }
     if ws.iter().all(|w| takes_gemm_q8(scratch.precision, w, n_tok) && w.n_cols == ws[0].n_cols) {
         // One quantization of the shared input for every weight.
         quantize_batch(pool, &mut scratch.acts, x, ws[0].n_cols);
