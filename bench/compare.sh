@@ -18,7 +18,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS: pith" >&2
-    target/release/pith bench -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 1 -o json > "$out/pith.$r.json"
+    target/release/pith bench -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 1 --format json > "$out/pith.$r.json"
     echo "round $r/$ROUNDS: llama-bench" >&2
     "$LLAMA_BENCH" -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 1 -o json > "$out/llama.$r.json"
 done

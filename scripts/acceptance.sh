@@ -20,11 +20,14 @@ cargo build --release -q -p pith --bin pith
 PITH=target/release/pith
 MODEL=$(cargo run --release -q -p pith-fetch --bin pith-fetch)
 fail=0
+# Scratch files under unique names, removed on exit.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 
 echo "== greedy: pith run -p 'The capital of France is' -n 32 --temp 0 -c 512"
-out=$(/usr/bin/time -v -o /tmp/pith-acc-time.txt "$PITH" run -m "$MODEL" -p "The capital of France is" -n 32 --temp 0 -c 512 2>/tmp/pith-acc-err.txt)
+out=$(/usr/bin/time -v -o "$scratch/time.txt" "$PITH" run -m "$MODEL" -p "The capital of France is" -n 32 --temp 0 -c 512 2>"$scratch/err.txt")
 printf '%q\n' "$out"
-rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' /tmp/pith-acc-time.txt)
+rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$scratch/time.txt")
 if [[ "$out" == $' Paris.\n\nThe'* ]]; then echo "ok: begins with ' Paris.\\n\\nThe'"; else echo "FAIL: greedy text"; fail=1; fi
 echo "peak RSS: ${rss} KiB ($((rss * 1024 / 1000000)) MB), limit ${MAX_RSS_KB} KiB (138 MB)"
 if (( rss > MAX_RSS_KB )); then echo "FAIL: peak RSS"; fail=1; else echo "ok: peak RSS"; fi

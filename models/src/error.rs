@@ -14,6 +14,9 @@ pub enum CompressError {
         #[source]
         source: std::io::Error,
     },
+    /// Standard output failed (`> /dev/full`; a closed pipe ends the program quietly).
+    #[error("writing to stdout: {0}")]
+    Stdout(std::io::Error),
     #[error("{0} exists; pass --force to overwrite it")]
     OutputExists(PathBuf),
     #[error("{0} is the input file; the input is never modified")]

@@ -67,9 +67,9 @@ pub struct EvalArgs {
     /// Overwrite the plot file if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    /// Format of the comparison on stdout.
+    #[arg(long = "format", value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
     /// Arithmetic of the evaluated models: `f32` (exactly dequantized weights, f32
     /// activations) or `q8` (activations quantized to 8 bits and integer dots, as
     /// llama.cpp's CPU backend computes; use it to compare with llama-perplexity).
@@ -632,7 +632,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         });
     }
     let n_chunks = chunk_count(tokens.len(), a.ctx, a.chunks)?;
-    eprintln!(
+    crate::progress::note(&format!(
         "pith-compress: {} tokens, {} chunks of {} (scoring the second half of each), base + {} model{}, {} threads; loaded and tokenized in {:.1} s",
         tokens.len(),
         n_chunks,
@@ -641,7 +641,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         if models.len() == 1 { "" } else { "s" },
         base.pool.threads(),
         t0.elapsed().as_secs_f64()
-    );
+    ));
 
     let pb = crate::progress::bar(n_chunks as u64, "eval");
     let t1 = Instant::now();
@@ -659,7 +659,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             );
         }
         if pb.is_hidden() {
-            eprintln!("{line}");
+            crate::progress::note(&line);
         } else {
             pb.println(line);
         }
@@ -668,7 +668,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     pb.finish_and_clear();
     let secs = t1.elapsed().as_secs_f64();
     let per = |x: f64| x / ev.base.chunks.max(1) as f64;
-    eprintln!(
+    crate::progress::note(&format!(
         "pith-compress: {} chunks in {:.1} s: {:.2} s per chunk ({:.2} s in {} forward passes, {:.2} s comparing)",
         ev.base.chunks,
         secs,
@@ -676,7 +676,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         per(ev.forward_seconds),
         1 + models.len(),
         per(ev.compare_seconds)
-    );
+    ));
 
     let base_info = FileInfo::of(base_file.bytes().len() as u64, &base.gguf);
     let infos: Vec<(&Path, FileInfo)> = a
@@ -687,19 +687,19 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         .map(|((p, f), e)| (p.as_path(), FileInfo::of(f.bytes().len() as u64, &e.gguf)))
         .collect();
     let rows = report(&ev, (&a.base, base_info), &infos);
-    let out = match a.output {
+    let out = match a.format {
         OutputFormat::Table => format_table(&rows),
         OutputFormat::Json => format_json(&rows)? + "\n",
     };
-    print!("{out}");
+    // The plot first: a closed or full stdout must not cost the file.
     if let Some(p) = &a.plot {
         let mut inputs: Vec<&Path> = a.models.iter().map(|m| m.as_path()).collect();
         inputs.push(&a.base);
         inputs.push(&a.file);
         output::write_file(p, a.force, &inputs, plot_svg(&rows).as_bytes())?;
-        eprintln!("pith-compress: wrote {}", p.display());
+        crate::progress::note(&format!("pith-compress: wrote {}", p.display()));
     }
-    Ok(())
+    crate::progress::out(&out)
 }
 
 #[cfg(test)]

@@ -333,25 +333,25 @@ pub fn run(a: &ImatrixArgs) -> Result<()> {
     let engine = Engine::load(&file, a.threads)?;
     let tokens = engine.tokenizer.encode(&text, false)?;
     let n = pith::perplexity::chunk_count(tokens.len(), a.ctx.max(1), a.chunks).unwrap_or(0);
-    eprintln!(
+    crate::progress::note(&format!(
         "imatrix: {} tokens of calibration text, {n} chunks of {}{}",
         tokens.len(),
         a.ctx,
         if a.no_hessian { "" } else { ", with second-moment matrices" }
-    );
+    ));
     let pb = crate::progress::bar(n as u64, "imatrix");
     let t0 = std::time::Instant::now();
     let mut im = collect(&engine, &tokens, a.ctx, a.chunks, !a.no_hessian, |c, _| pb.set_position(c as u64))?;
     pb.finish_and_clear();
     im.datasets = vec![a.file.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()];
     save(&im, &a.output, a.force, &[&a.model, &a.file])?;
-    eprintln!(
+    crate::progress::note(&format!(
         "imatrix: {} sites, {} weights, {} chunks in {:.1} s → {}",
         im.sites.len(),
         im.weights.len(),
         im.chunk_count,
         t0.elapsed().as_secs_f64(),
         a.output.display()
-    );
+    ));
     Ok(())
 }

@@ -1,40 +1,47 @@
 //! Output files are written whole or not at all: bytes go to a temporary file beside the
-//! destination, which is synced and renamed over it at the end. An existing file is only
-//! replaced with `force`, the input is never the output, and a failed write (a full disk)
-//! removes the temporary file.
+//! destination, which is synced and renamed over it at the end. An existing regular file is
+//! only replaced with `force`; anything else (a device such as /dev/full, a FIFO, a socket, a
+//! directory) never is; the input is never the output; a failed write (a full disk), a panic,
+//! Ctrl-C or SIGTERM removes the temporary file; errors name the destination.
 
 use crate::error::{CompressError, Result};
-use std::fs::File;
+use pith_fetch::cleanup::Tracked;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use tempfile::NamedTempFile;
 
 /// A file being written; dropped without [`AtomicOutput::commit`], it leaves nothing behind.
+/// The temporary file is recorded in `pith_fetch::cleanup`, so Ctrl-C and SIGTERM remove it too
+/// (`pith-compress` installs the handler).
 pub struct AtomicOutput {
     dest: PathBuf,
-    tmp: PathBuf,
-    file: Option<BufWriter<File>>,
-    /// Set once the temporary file has been renamed into place.
-    committed: bool,
+    file: Option<BufWriter<Tracked<NamedTempFile>>>,
 }
 
 impl AtomicOutput {
-    /// Starts writing `dest`. Fails if `dest` exists (unless `force`) or is one of `inputs`.
+    /// Starts writing `dest`. Fails if `dest` is one of `inputs`, is anything but a regular
+    /// file (a device, FIFO, socket or directory: never replaced, `force` or not), or is an
+    /// existing file without `force`. Errors name `dest`, never the temporary file.
     pub fn create(dest: &Path, force: bool, inputs: &[&Path]) -> Result<Self> {
         check_output(dest, force, inputs)?;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = folder_of(dest);
         let name =
             dest.file_name().ok_or_else(|| CompressError::BadOption(format!("{}: not a file name", dest.display())))?;
-        let tmp = dir.join(format!(".{}.pith-tmp-{}", name.to_string_lossy(), std::process::id()));
-        let file = File::create(&tmp).map_err(|e| CompressError::io(&tmp, e))?;
-        Ok(AtomicOutput {
-            dest: dest.to_path_buf(),
-            tmp,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            committed: false,
-        })
+        let prefix = format!(".{}.", name.to_string_lossy());
+        let tmp = Tracked::create(
+            || {
+                // The mode an ordinary new file gets (0666 less the umask), not tempfile's 0600.
+                use std::os::unix::fs::PermissionsExt;
+                tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .suffix(".pith-tmp")
+                    .permissions(std::fs::Permissions::from_mode(0o666))
+                    .tempfile_in(&dir)
+            },
+            |f| f.path(),
+        )
+        .map_err(|e| CompressError::io(dest, e))?;
+        Ok(AtomicOutput { dest: dest.to_path_buf(), file: Some(BufWriter::with_capacity(1 << 20, tmp)) })
     }
 
     /// Appends bytes.
@@ -46,22 +53,51 @@ impl AtomicOutput {
     /// Flushes, syncs and renames the temporary file to the destination.
     pub fn commit(mut self) -> Result<()> {
         let f = self.file.take().ok_or_else(|| CompressError::BadOption("commit twice".into()))?;
-        let file = f.into_inner().map_err(|e| CompressError::io(&self.dest, e.into_error()))?;
-        file.sync_all().map_err(|e| CompressError::io(&self.dest, e))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| CompressError::io(&self.dest, e))?;
-        self.committed = true;
+        let tmp = f.into_inner().map_err(|e| CompressError::io(&self.dest, e.into_error()))?;
+        tmp.as_file().sync_all().map_err(|e| CompressError::io(&self.dest, e))?;
+        // Checked again just before the rename: something else may have appeared there meanwhile.
+        refuse_special(&self.dest)?;
+        tmp.finish(|t| t.persist(&self.dest)).map_err(|e| CompressError::io(&self.dest, e.error))?;
         Ok(())
     }
 }
 
-impl Drop for AtomicOutput {
-    fn drop(&mut self) {
-        // Close first (a failing flush is moot: the file is going away), then remove it.
-        drop(self.file.take());
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+fn folder_of(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Refuses a destination that exists and is not a regular file (following symbolic links:
+/// a link to a device is a device).
+fn refuse_special(dest: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(dest) else { return Ok(()) };
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = file_kind(&meta);
+    Err(CompressError::BadOption(format!(
+        "{} is {what}, not a regular file; pith-compress writes only regular files (--force does not change that)",
+        dest.display()
+    )))
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
     }
 }
 
@@ -72,11 +108,17 @@ pub fn check_output(dest: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
             return Err(CompressError::OutputIsInput(dest.to_path_buf()));
         }
     }
+    refuse_special(dest)?;
     if dest.exists() && !force {
         return Err(CompressError::OutputExists(dest.to_path_buf()));
     }
-    if dest.is_dir() {
-        return Err(CompressError::BadOption(format!("{} is a directory", dest.display())));
+    let dir = folder_of(dest);
+    if !dir.is_dir() {
+        return Err(CompressError::BadOption(format!(
+            "{}: the folder {} does not exist",
+            dest.display(),
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -114,6 +156,19 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
         write_file(&p, true, &[], b"new").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn refuses_special_files_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        for dest in [Path::new("/dev/null"), dir.path()] {
+            for force in [false, true] {
+                let e = check_output(dest, force, &[]).unwrap_err().to_string();
+                assert!(e.contains("not a regular file"), "{e}");
+            }
+        }
+        let e = check_output(&dir.path().join("no/such/out.gguf"), false, &[]).unwrap_err().to_string();
+        assert!(e.contains("no/such/out.gguf") && e.contains("does not exist") && !e.contains("pith-tmp"), "{e}");
     }
 
     #[test]

