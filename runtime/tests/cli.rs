@@ -25,12 +25,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn tmp(name: &str, content: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pith-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+/// A file holding `content` in a fresh temporary folder, removed when the guard drops.
+fn tmp(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("pith-cli-test-").tempdir().unwrap();
+    let p = dir.path().join(name);
     std::fs::write(&p, content).unwrap();
-    p
+    (dir, p)
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn run_streams_only_the_continuation_to_stdout() {
     assert!(!out.contains("pith:"), "logs leaked into stdout: {out:?}");
     assert!(text(&o.stderr).contains("generated"), "{}", text(&o.stderr));
     // The same prompt from a file gives the same text (greedy is deterministic).
-    let f = tmp("prompt.txt", b"The capital of France is");
+    let (_f_dir, f) = tmp("prompt.txt", b"The capital of France is");
     let o2 = pith(
         &["run", "-m", m.to_str().unwrap(), "-f", f.to_str().unwrap(), "-n", "32", "--temp", "0", "-c", "512"],
         None,
@@ -159,7 +159,7 @@ fn chat_takes_one_turn_per_line_and_resets() {
 #[test]
 fn perplexity_prints_running_values_and_final_line() {
     let m = model();
-    let f = tmp(
+    let (_f_dir, f) = tmp(
         "ppl.txt",
         &std::fs::read(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/wikitext-2-raw-test.head16k.txt"),
@@ -187,19 +187,19 @@ fn bad_input_gets_clear_errors() {
         assert!(!e.contains("panicked"), "{e}");
     };
     check(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"], "/nonexistent/model.gguf");
-    let not_gguf = tmp("not.gguf", b"hello, this is not a model file at all");
+    let (_not_gguf_dir, not_gguf) = tmp("not.gguf", b"hello, this is not a model file at all");
     check(&["run", "-m", not_gguf.to_str().unwrap(), "-p", "x"], "not a GGUF file");
-    let empty = tmp("empty.gguf", b"");
+    let (_empty_dir, empty) = tmp("empty.gguf", b"");
     check(&["inspect", empty.to_str().unwrap()], "truncated");
     let long = "word ".repeat(100);
     check(&["run", "-m", ms, "-p", &long, "-c", "16"], "more than the context");
-    let bad = tmp("bad-utf8.txt", &[0x66, 0x6f, 0xff, 0x6f]);
+    let (_bad_dir, bad) = tmp("bad-utf8.txt", &[0x66, 0x6f, 0xff, 0x6f]);
     check(&["run", "-m", ms, "-f", bad.to_str().unwrap()], "not valid UTF-8");
     check(&["run", "-m", ms, "-p", "x", "--top-p", "0"], "top-p");
     check(&["perplexity", "-m", ms, "-f", bad.to_str().unwrap()], "not valid UTF-8");
     // A truncated copy of the real model names the tensor that falls outside the file.
     let bytes = std::fs::read(&m).unwrap();
-    let cut = tmp("cut.gguf", &bytes[..bytes.len() / 2]);
+    let (_cut_dir, cut) = tmp("cut.gguf", &bytes[..bytes.len() / 2]);
     check(&["run", "-m", cut.to_str().unwrap(), "-p", "x"], "outside the file");
 }
 
@@ -384,7 +384,7 @@ fn each_subcommand_lists_only_its_flags_each_with_a_description() {
 #[test]
 fn perplexity_on_a_text_shorter_than_a_chunk_says_so() {
     let m = model();
-    let f = tmp("short.txt", b"A short text of a few words.");
+    let (_f_dir, f) = tmp("short.txt", b"A short text of a few words.");
     let o = pith(&["perplexity", "-m", m.to_str().unwrap(), "-f", f.to_str().unwrap()], None);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
