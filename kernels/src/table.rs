@@ -143,7 +143,7 @@ static TABLE: [TypeKernels; 12] = [
     with_x86!(BlockQ5K, avx512: gemv_q45k_avx512::<true>),
     with_x86!(BlockQ6K, avx512: gemv_q6k_avx512),
     // Codes up to 241: no generic AVX2 / NEON kernel yet (see `generic`), scalar there.
-    generic::<BlockIQ4NL>(),
+    with_x86!(BlockIQ4NL, avx512: gemv_iq4nl_avx512),
     generic::<BlockIQ4XS>(),
 ];
 

@@ -357,3 +357,78 @@ unsafe fn gemv_q23k_impl<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &m
         *o = _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_m));
     }
 }
+
+/// IQ4_NL (18-byte blocks: f16 `d`, 16 bytes of 4-bit indices into the 16-value grid), four rows
+/// at a time: the indices become codes `grid + 128` by one in-register byte shuffle (`vpshufb`
+/// of a 16-byte table), and the `+ 128` is folded into the integer sum as `−128 Σq`.
+pub(crate) fn gemv_iq4nl_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    check(w, rb, x, out, 32, 18);
+    assert!(x.neg128.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
+    let mut r = 0;
+    while r < out.len() {
+        let n = (out.len() - r).min(4);
+        let rows = &w[r * rb..(r + n) * rb];
+        // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above;
+        // `rows` holds `n` rows.
+        let v = unsafe {
+            match n {
+                4 => gemv_iq4nl_rows::<4>(rows, rb, x),
+                3 => gemv_iq4nl_rows::<3>(rows, rb, x),
+                2 => gemv_iq4nl_rows::<2>(rows, rb, x),
+                _ => gemv_iq4nl_rows::<1>(rows, rb, x),
+            }
+        };
+        out[r..r + n].copy_from_slice(&v[..n]);
+        r += n;
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 32` blocks; `x`'s lane arrays
+/// hold `x.k() / 4` entries.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemv_iq4nl_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
+    let nb = x.k() / 32;
+    let (q, dl, neg128) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.neg128.as_ptr());
+    let grid = crate::iq4_nl::KVALUES_IQ4NL.map(|v| (v as i16 + 128) as u8);
+    let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(grid.as_ptr().cast()));
+    let m4 = _mm512_set1_epi8(0x0f);
+    let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let base = rows.as_ptr();
+    let mut b = 0;
+    while b < nb {
+        let two = b + 1 < nb;
+        let (bmask, lmask): (__mmask64, __mmask16) = if two { (!0, 0xffff) } else { (0xffff_ffff, 0x00ff) };
+        // SAFETY: the token's codes and lanes of blocks b (and b + 1 when `two`), masked.
+        let qv = _mm512_maskz_loadu_epi8(bmask, q.add(32 * b));
+        let dxl = _mm512_maskz_loadu_ps(lmask, dl.add(8 * b));
+        let init = _mm512_maskz_loadu_epi32(lmask, neg128.add(8 * b));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: block b (and b + 1 when `two`) of row i lies inside `rows`.
+            let b0 = base.add(i * rb + b * 18);
+            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(16 * rb).cast());
+            let qs0 = _mm_loadu_si128(b0.add(2).cast());
+            let d0 = b0.cast::<u16>().read_unaligned() as u32;
+            let (qs1, d1) = if two {
+                let b1 = b0.add(18);
+                (_mm_loadu_si128(b1.add(2).cast()), b1.cast::<u16>().read_unaligned() as u32)
+            } else {
+                (_mm_setzero_si128(), 0)
+            };
+            let v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(qs0), 0xff00, qs1);
+            let idx = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00_ff00, v, 4), m4);
+            let u = _mm512_shuffle_epi8(lut, idx);
+            let dot = _mm512_dpbusd_epi32(init, u, qv);
+            let dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((d0 | d1 << 16) as i32)));
+            let sl = _mm512_mul_ps(_mm512_permutexvar_ps(pick, dd), dxl);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, *acc);
+        }
+        b += 2;
+    }
+    let mut res = [0.0f32; 4];
+    for (r, a) in res.iter_mut().zip(&acc) {
+        *r = _mm512_reduce_add_ps(*a);
+    }
+    res
+}
