@@ -28,6 +28,10 @@ pub(crate) trait Grid: 'static {
     /// Elements per scale group: 32, or 16 for Q2_K, Q3_K and Q6_K.
     const GROUP: usize;
     /// The largest code (what bounds the exactness of AVX2's 16-bit pair sums).
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))),
+        allow(dead_code)
+    )]
     const MAX_CODE: u8;
     /// Unpacks the block `blk` (`TY.type_size()` bytes): its `TY.block_size()` codes into `u`,
     /// the scale and offset of each of its groups into `s` and `m`.

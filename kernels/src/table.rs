@@ -58,6 +58,7 @@ const fn generic<T: Grid>() -> TypeKernels {
 }
 
 /// `row` with the hand-written kernel `f` on `path`.
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))), allow(dead_code))]
 const fn with(mut row: TypeKernels, path: KernelPath, f: GemvFn) -> TypeKernels {
     row.gemv[path as usize] = Some(f);
     row
