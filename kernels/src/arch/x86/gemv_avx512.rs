@@ -23,6 +23,25 @@ use core::arch::x86_64::*;
 /// row would fall into rows already being read).
 const PREFETCH_ROWS: usize = 16;
 
+/// A kernel over `R` consecutive rows (`rb` bytes apart) against one token, for `R` = 1 … 4: the
+/// results of its `R` rows in the first `R` entries.
+pub(crate) type RowsKernel = unsafe fn(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4];
+
+/// `out[r] = row r · x`, four rows per call of `kernels[3]` (the last call takes the `n ≤ 4`
+/// rows left with `kernels[n - 1]`), so the rows of a call share every activation load.
+///
+/// # Safety
+/// Every kernel's CPU features are available, and each accepts its `R` rows of `rb` bytes of `w`
+/// with `x` (`w` holds `out.len()` rows).
+pub(crate) unsafe fn by_four_rows(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32], kernels: [RowsKernel; 4]) {
+    for (o, rows) in out.chunks_mut(4).zip(w.chunks(4 * rb)) {
+        let n = o.len();
+        // SAFETY: `rows` holds the `n` rows of this call (caller contract for the rest).
+        let v = kernels[n - 1](rows, rb, x);
+        o.copy_from_slice(&v[..n]);
+    }
+}
+
 /// `out[r] = row r · x` for Q4_0 (`Q41 = false`, 18-byte blocks) or Q4_1 (20-byte blocks).
 pub(crate) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
@@ -32,23 +51,11 @@ pub(crate) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, ou
     assert!(rb == nb * bs && w.len() == out.len() * rb, "gemv_q8: shapes");
     assert!(x.lo4.len() == ng * 64 && x.hi4.len() == ng * 64 && x.n8g.len() == ng * 16, "gemv_q8: activations");
     assert!(x.dg.len() == ng * 16 && x.dsg.len() == ng * 16, "gemv_q8: activations");
-    let mut r = 0;
-    while r < out.len() {
-        let n = (out.len() - r).min(4);
-        let rows = &w[r * rb..(r + n) * rb];
-        // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `n` rows of
-        // `nb` blocks, `x` the grouped activations of `ng` groups (asserted above).
-        let v = unsafe {
-            match n {
-                4 => gemv_q4_rows::<4, Q41>(rows, rb, nb, x),
-                3 => gemv_q4_rows::<3, Q41>(rows, rb, nb, x),
-                2 => gemv_q4_rows::<2, Q41>(rows, rb, nb, x),
-                _ => gemv_q4_rows::<1, Q41>(rows, rb, nb, x),
-            }
-        };
-        out[r..r + n].copy_from_slice(&v[..n]);
-        r += n;
-    }
+    let kernels: [RowsKernel; 4] =
+        [gemv_q4_rows::<1, Q41>, gemv_q4_rows::<2, Q41>, gemv_q4_rows::<3, Q41>, gemv_q4_rows::<4, Q41>];
+    // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); every row holds `nb` blocks,
+    // `x` the grouped activations of `ng` groups (asserted above).
+    unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
 /// The hot loop: `R` consecutive rows (`rb` bytes apart) against every group of 4 blocks; the
@@ -58,7 +65,8 @@ pub(crate) fn gemv_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, x: &VecQ8, ou
 /// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` blocks; `x`'s grouped arrays hold
 /// `nb.div_ceil(4)` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
-unsafe fn gemv_q4_rows<const R: usize, const Q41: bool>(rows: &[u8], rb: usize, nb: usize, x: &VecQ8) -> [f32; 4] {
+unsafe fn gemv_q4_rows<const R: usize, const Q41: bool>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
+    let nb = x.k() / QA;
     let bs = if Q41 { 20 } else { 18 };
     let qs_at = if Q41 { 4 } else { 2 };
     let m4 = _mm512_set1_epi8(0x0f);
@@ -158,23 +166,10 @@ pub(crate) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) 
     assert!(rb == nb * 34 && w.len() == out.len() * rb, "gemv_q8: shapes");
     let k = x.k();
     assert!(x.acts.q.len() == k && x.neg128.len() == k / 4 && x.dl.len() == k / 4, "gemv_q8: activations");
-    let mut r = 0;
-    while r < out.len() {
-        let n = (out.len() - r).min(4);
-        let rows = &w[r * rb..(r + n) * rb];
-        // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `n` rows of
-        // `nb` blocks, `x` the per-lane arrays of `nb` blocks (asserted above).
-        let v = unsafe {
-            match n {
-                4 => gemv_q8_0_rows::<4>(rows, rb, nb, x),
-                3 => gemv_q8_0_rows::<3>(rows, rb, nb, x),
-                2 => gemv_q8_0_rows::<2>(rows, rb, nb, x),
-                _ => gemv_q8_0_rows::<1>(rows, rb, nb, x),
-            }
-        };
-        out[r..r + n].copy_from_slice(&v[..n]);
-        r += n;
-    }
+    let kernels: [RowsKernel; 4] = [gemv_q8_0_rows::<1>, gemv_q8_0_rows::<2>, gemv_q8_0_rows::<3>, gemv_q8_0_rows::<4>];
+    // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); every row holds `nb` blocks,
+    // `x` the per-lane arrays of `nb` blocks (asserted above).
+    unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
 /// The hot loop of Q8_0: `R` consecutive rows against every pair of blocks; an odd last block
@@ -184,7 +179,8 @@ pub(crate) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) 
 /// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` 34-byte blocks; `x`'s codes and per-lane
 /// arrays hold `nb` blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
-unsafe fn gemv_q8_0_rows<const R: usize>(rows: &[u8], rb: usize, nb: usize, x: &VecQ8) -> [f32; 4] {
+unsafe fn gemv_q8_0_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
+    let nb = x.k() / QA;
     let flip = _mm512_set1_epi8(-128);
     // Word 0: block a's d; word 17 (byte 34): block b's d.
     let idx = _mm512_set_epi16(

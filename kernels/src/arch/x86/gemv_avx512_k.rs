@@ -14,6 +14,7 @@
 
 use core::arch::x86_64::*;
 
+use super::gemv_avx512::{by_four_rows, RowsKernel};
 use crate::gemm_q8::VecQ8;
 
 /// How far ahead each row's weights are prefetched, in rows.
@@ -42,23 +43,10 @@ fn check(w: &[u8], rb: usize, x: &VecQ8, out: &[f32], bs: usize, ts: usize) {
 pub(crate) fn gemv_q5_avx512<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 32, if Q51 { 24 } else { 22 });
     assert!(x.dsl.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
-    let mut r = 0;
-    while r < out.len() {
-        let n = (out.len() - r).min(4);
-        let rows = &w[r * rb..(r + n) * rb];
-        // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above;
-        // `rows` holds `n` rows.
-        let v = unsafe {
-            match n {
-                4 => gemv_q5_rows::<4, Q51>(rows, rb, x),
-                3 => gemv_q5_rows::<3, Q51>(rows, rb, x),
-                2 => gemv_q5_rows::<2, Q51>(rows, rb, x),
-                _ => gemv_q5_rows::<1, Q51>(rows, rb, x),
-            }
-        };
-        out[r..r + n].copy_from_slice(&v[..n]);
-        r += n;
-    }
+    let kernels: [RowsKernel; 4] =
+        [gemv_q5_rows::<1, Q51>, gemv_q5_rows::<2, Q51>, gemv_q5_rows::<3, Q51>, gemv_q5_rows::<4, Q51>];
+    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
+    unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
 /// `R` rows (`rb` bytes apart) of Q5_0 / Q5_1 against the token, two blocks (64 codes) per
@@ -364,23 +352,10 @@ unsafe fn gemv_q23k_impl<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &m
 pub(crate) fn gemv_iq4nl_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 32, 18);
     assert!(x.neg128.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
-    let mut r = 0;
-    while r < out.len() {
-        let n = (out.len() - r).min(4);
-        let rows = &w[r * rb..(r + n) * rb];
-        // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above;
-        // `rows` holds `n` rows.
-        let v = unsafe {
-            match n {
-                4 => gemv_iq4nl_rows::<4>(rows, rb, x),
-                3 => gemv_iq4nl_rows::<3>(rows, rb, x),
-                2 => gemv_iq4nl_rows::<2>(rows, rb, x),
-                _ => gemv_iq4nl_rows::<1>(rows, rb, x),
-            }
-        };
-        out[r..r + n].copy_from_slice(&v[..n]);
-        r += n;
-    }
+    let kernels: [RowsKernel; 4] =
+        [gemv_iq4nl_rows::<1>, gemv_iq4nl_rows::<2>, gemv_iq4nl_rows::<3>, gemv_iq4nl_rows::<4>];
+    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
+    unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
 /// # Safety
