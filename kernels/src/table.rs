@@ -68,53 +68,24 @@ use crate::{iq4_nl::BlockIQ4NL, iq4_xs::BlockIQ4XS};
 use crate::{q2_k::BlockQ2K, q3_k::BlockQ3K, q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K};
 use crate::{q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0, q5_1::BlockQ5_1, q8_0::BlockQ8_0};
 
-/// Q4_0, Q4_1 and Q8_0 with the hand-written kernels of their paths.
-const fn q4_0() -> TypeKernels {
-    #[allow(unused_mut)]
-    let mut row = generic::<BlockQ4_0>();
-    #[cfg(target_arch = "x86_64")]
-    {
-        row = with(row, KernelPath::Avx512, crate::arch::x86::gemv_q4_0_avx512);
-        row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_q4_0_avx2);
-    }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    {
-        row = with(row, KernelPath::Neon, crate::arch::arm::gemv_q4_0_neon);
-        row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_q4_0_sdot);
-    }
-    row
-}
-
-const fn q4_1() -> TypeKernels {
-    #[allow(unused_mut)]
-    let mut row = generic::<BlockQ4_1>();
-    #[cfg(target_arch = "x86_64")]
-    {
-        row = with(row, KernelPath::Avx512, crate::arch::x86::gemv_q4_1_avx512);
-        row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_q4_1_avx2);
-    }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    {
-        row = with(row, KernelPath::Neon, crate::arch::arm::gemv_q4_1_neon);
-        row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_q4_1_sdot);
-    }
-    row
-}
-
-const fn q8_0() -> TypeKernels {
-    #[allow(unused_mut)]
-    let mut row = generic::<BlockQ8_0>();
-    #[cfg(target_arch = "x86_64")]
-    {
-        row = with(row, KernelPath::Avx512, crate::arch::x86::gemv_q8_0_avx512);
-        row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_q8_0_avx2);
-    }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    {
-        row = with(row, KernelPath::Neon, crate::arch::arm::gemv_q8_0_neon);
-        row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_q8_0_sdot);
-    }
-    row
+/// Q4_0, Q4_1 and Q8_0: a generic row with the hand-written kernels of every path
+/// (`gemv_<t>_avx512`, `_avx2`, `_neon`, `_sdot` in `arch/`).
+macro_rules! with_all_paths {
+    ($block:ty, $avx512:ident, $avx2:ident, $neon:ident, $sdot:ident) => {{
+        #[allow(unused_mut)]
+        let mut row = generic::<$block>();
+        #[cfg(target_arch = "x86_64")]
+        {
+            row = with(row, KernelPath::Avx512, crate::arch::x86::$avx512);
+            row = with(row, KernelPath::Avx2, crate::arch::x86::$avx2);
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        {
+            row = with(row, KernelPath::Neon, crate::arch::arm::$neon);
+            row = with(row, KernelPath::NeonDotprod, crate::arch::arm::$sdot);
+        }
+        row
+    }};
 }
 
 /// A generic row with hand-written x86 kernels on AVX-512 (and AVX2), in x86 builds only.
@@ -133,11 +104,11 @@ macro_rules! with_x86 {
 
 /// The table, one row per weight type with integer kernels.
 static TABLE: [TypeKernels; 12] = [
-    q4_0(),
-    q4_1(),
+    with_all_paths!(BlockQ4_0, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot),
+    with_all_paths!(BlockQ4_1, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot),
     with_x86!(BlockQ5_0, avx512: gemv_q5_avx512::<false>, avx2: gemv_q5_avx2::<false>),
     with_x86!(BlockQ5_1, avx512: gemv_q5_avx512::<true>, avx2: gemv_q5_avx2::<true>),
-    q8_0(),
+    with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot),
     with_x86!(BlockQ2K, avx512: gemv_q23k_avx512::<false>),
     with_x86!(BlockQ3K, avx512: gemv_q23k_avx512::<true>),
     with_x86!(BlockQ4K, avx512: gemv_q45k_avx512::<false>),
