@@ -54,3 +54,33 @@ fn gemma3_ids_equal_llama_cpp() {
 fn qwen2_ids_equal_llama_cpp() {
     check("qwen2", 151936);
 }
+
+/// Chat templates render through minijinja exactly as Jinja renders them (jinja2 with
+/// trim_blocks and lstrip_blocks, as llama.cpp's Jinja engine and HF's apply_chat_template do):
+/// qwen2's own template (default system prompt, multi-turn, generation prompt), and for gemma3,
+/// whose file has no template, llama.cpp's ChatML fallback.
+#[test]
+fn chat_templates_render_as_jinja_does() {
+    use pith::chat::{ChatTemplate, Message};
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("chat.json")).expect("chat fixture")).unwrap();
+    for model in ["qwen2", "gemma3"] {
+        let bytes = vocab(model);
+        let g = Gguf::parse(&bytes).unwrap();
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        let text = |id: Option<u32>| id.map(|i| tok.decode(&[i], true)).unwrap_or_default();
+        let src = g.get_str("tokenizer.chat_template").unwrap();
+        assert_eq!(src.is_none(), model == "gemma3", "{model}: template presence");
+        let t = ChatTemplate::new(src, &text(tok.bos()), &text(tok.eos())).unwrap();
+        for (i, c) in json["cases"].as_array().unwrap().iter().enumerate() {
+            let msgs: Vec<Message> = c["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let got = t.render(&msgs, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
+            assert_eq!(got, c[model].as_str().unwrap(), "{model} conversation {i}");
+        }
+    }
+}
