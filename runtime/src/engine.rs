@@ -186,7 +186,7 @@ pub(crate) fn decode_loop(
             break;
         }
         out.tokens.push(id);
-        let piece = dec.push(&tokenizer, id);
+        let piece = dec.push(tokenizer, id);
         if on_text(&piece).is_break() {
             out.stop = Stop::Interrupted;
             break;
