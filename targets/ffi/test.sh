@@ -56,7 +56,7 @@ step "C tests"
 if [[ "$SKIP" != *" valgrind "* ]]; then
     step "C tests under valgrind --leak-check=full --error-exitcode=1"
     for t in test_basic test_threads; do
-        valgrind -q --leak-check=full --show-leak-kinds=definite,indirect,possible \
+        valgrind -q --suppressions="$ROOT/targets/ffi/tests/c/valgrind.supp" --leak-check=full --show-leak-kinds=definite,indirect,possible \
             --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=1 "$OUT/$t"
     done
 fi
