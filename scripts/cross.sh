@@ -5,7 +5,7 @@
 #   scripts/cross.sh thumbv7em-kernels [CARGO ARGS...]  # pith-kernels, Cortex-M4F/M7, no_std
 #   scripts/cross.sh thumbv7em-pith    [CARGO ARGS...]  # pith --no-default-features, no_std
 #   scripts/cross.sh aarch64-test      [CARGO ARGS...]  # cargo test -p pith-kernels under qemu-aarch64
-#   scripts/cross.sh aarch64-ffi       [CARGO ARGS...]  # pith CLI + pith-ffi for aarch64, the C test under qemu-aarch64
+#   scripts/cross.sh aarch64-ffi       [CARGO ARGS...]  # pith CLI + pith-ffi for aarch64, the C tests under qemu-aarch64
 #   scripts/cross.sh all                                # the first three, in order
 #
 # Extra CARGO ARGS (e.g. --release) are appended to the cargo command.
@@ -71,11 +71,14 @@ aarch64_ffi() {
     local lib="$CROSS_TARGET_DIR/aarch64-unknown-linux-gnu/release"
     local out="$CROSS_TARGET_DIR/ffi-c-aarch64"
     mkdir -p "$out"
-    run aarch64-linux-gnu-gcc -std=c11 -Wall -Wextra -Werror -O1 -I targets/ffi/include -I targets/ffi/tests/c \
-        -o "$out/test_basic" targets/ffi/tests/c/test_basic.c -L "$lib" -lpith_ffi -lpthread -lm -ldl
     local model="${PITH_MODEL:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}"
-    (cd "$out" && run PITH_MODEL="$model" $AARCH64_RUNNER -E LD_LIBRARY_PATH="/usr/aarch64-linux-gnu/lib:$lib" \
-        "$out/test_basic")
+    local t
+    for t in test_basic test_threads; do
+        run aarch64-linux-gnu-gcc -std=c11 -Wall -Wextra -Werror -O1 -I targets/ffi/include -I targets/ffi/tests/c \
+            -o "$out/$t" "targets/ffi/tests/c/$t.c" -L "$lib" -lpith_ffi -lpthread -lm -ldl
+        (cd "$out" && run PITH_MODEL="$model" $AARCH64_RUNNER -E LD_LIBRARY_PATH="/usr/aarch64-linux-gnu/lib:$lib" \
+            "$out/$t")
+    done
 }
 
 usage() {
