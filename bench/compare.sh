@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODEL=${1:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
 THREADS=${2:-1,2}
 ROUNDS=${3:-3}
-cargo build --release -q -p pith --bin pith
+cargo build --release -q -p pith-cli --bin pith
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for r in $(seq 1 "$ROUNDS"); do

@@ -13,7 +13,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do files+=("$1"); shift; done
 flags=("$@")
 [ ${#flags[@]} -eq 0 ] && flags=(-p 128 -n 64 -t 1 -r 3)
 [ ${#files[@]} -gt 0 ] || { echo "usage: $0 FILE.gguf... [-- PITH BENCH FLAGS]" >&2; exit 2; }
-cargo build --release -q -p pith --bin pith
+cargo build --release -q -p pith-cli --bin pith
 printf '| file | test | threads | q8 t/s | f32 t/s | q8 / f32 |\n|---|---|---|---|---|---|\n'
 for f in "${files[@]}"; do
     q8=$(target/release/pith bench -m "$f" --precision q8 "${flags[@]}" 2>/dev/null | grep -E '^\| (pp|tg)')

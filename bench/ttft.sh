@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODEL=${1:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
 RUNS=${2:-11}
-cargo build --release -q -p pith --bin pith
+cargo build --release -q -p pith-cli --bin pith
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$MODEL" "$RUNS" <<'PY'
 import re, statistics, subprocess, sys, time

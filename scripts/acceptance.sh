@@ -16,7 +16,7 @@ MAX_RSS_KB=$((138 * 1000 * 1000 / 1024))   # 138 MB in the KiB that GNU time pri
 if [[ ! -x /usr/bin/time ]]; then
     apt-get install -y -q time >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q time >/dev/null; }
 fi
-cargo build --release -q -p pith --bin pith
+cargo build --release -q -p pith-cli --bin pith
 PITH=target/release/pith
 MODEL=$(cargo run --release -q -p pith-fetch --bin pith-fetch)
 fail=0

@@ -5,7 +5,8 @@
 #   scripts/cross.sh thumbv7em-kernels [CARGO ARGS...]  # pith-kernels, Cortex-M4F/M7, no_std
 #   scripts/cross.sh thumbv7em-pith    [CARGO ARGS...]  # pith --no-default-features, no_std
 #   scripts/cross.sh aarch64-test      [CARGO ARGS...]  # cargo test -p pith-kernels under qemu-aarch64
-#   scripts/cross.sh all                                # the three above, in order
+#   scripts/cross.sh aarch64-ffi       [CARGO ARGS...]  # pith CLI + pith-ffi for aarch64, the C tests under qemu-aarch64
+#   scripts/cross.sh all                                # the first three, in order
 #
 # Extra CARGO ARGS (e.g. --release) are appended to the cargo command.
 #
@@ -61,6 +62,25 @@ aarch64_test() {
         --target-dir "$CROSS_TARGET_DIR" "$@"
 }
 
+aarch64_ffi() {
+    # The pith CLI and the C ABI for aarch64 Linux, then the C test (tests/c/test_basic.c)
+    # linked against the aarch64 libpith_ffi.so and run under qemu on the default model.
+    local env=(RUSTC="$DEB_RUSTC" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc)
+    run "${env[@]}" cargo build --release -p pith-cli -p pith-ffi --target aarch64-unknown-linux-gnu \
+        --target-dir "$CROSS_TARGET_DIR" "$@"
+    local lib="$CROSS_TARGET_DIR/aarch64-unknown-linux-gnu/release"
+    local out="$CROSS_TARGET_DIR/ffi-c-aarch64"
+    mkdir -p "$out"
+    local model="${PITH_MODEL:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}"
+    local t
+    for t in test_basic test_threads; do
+        run aarch64-linux-gnu-gcc -std=c11 -Wall -Wextra -Werror -O1 -I targets/ffi/include -I targets/ffi/tests/c \
+            -o "$out/$t" "targets/ffi/tests/c/$t.c" -L "$lib" -lpith_ffi -lpthread -lm -ldl
+        (cd "$out" && run PITH_MODEL="$model" $AARCH64_RUNNER -E LD_LIBRARY_PATH="/usr/aarch64-linux-gnu/lib:$lib" \
+            "$out/$t")
+    done
+}
+
 usage() {
     sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
@@ -72,6 +92,7 @@ case "$cmd" in
     thumbv7em-kernels) thumbv7em_kernels "$@" ;;
     thumbv7em-pith) thumbv7em_pith "$@" ;;
     aarch64-test) aarch64_test "$@" ;;
+    aarch64-ffi) aarch64_ffi "$@" ;;
     all)
         thumbv7em_kernels "$@"
         thumbv7em_pith "$@"

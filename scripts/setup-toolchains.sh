@@ -24,7 +24,8 @@ fi
 # Packages installed with recommends vs. without (qemu-system-arm pulls in a
 # large graphics/audio stack through its recommends).
 PKGS=(rustc-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user)
-PKGS_NO_RECOMMENDS=(qemu-system-arm)
+# valgrind: targets/ffi/test.sh runs the C tests under it.
+PKGS_NO_RECOMMENDS=(qemu-system-arm valgrind)
 
 is_installed() {
     # dpkg-query prints "install ok installed" for a fully installed package.

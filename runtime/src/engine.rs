@@ -8,6 +8,9 @@ use crate::parallel::Pool;
 use crate::sampling::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use crate::session::{CancelToken, GenerateOptions, LoadOptions, LoadedModel, Session};
 
 /// Everything needed to run one model file: weights, tokenizer, chat template, threads.
 pub struct Engine<'a> {
@@ -144,55 +147,77 @@ impl<'a> Engine<'a> {
         sampler: &mut Sampler,
         prompt: &[u32],
         max_new: usize,
-        mut on_text: impl FnMut(&str) -> core::ops::ControlFlow<()>,
+        on_text: impl FnMut(&str) -> core::ops::ControlFlow<()>,
     ) -> Result<Generation> {
-        if prompt.is_empty() {
-            return Err(Error::Tokenizer("the prompt is empty".into()));
-        }
-        let needed = state.pos + prompt.len();
-        if needed > state.n_ctx {
-            return Err(Error::ContextOverflow { needed, n_ctx: state.n_ctx });
-        }
-        for &t in prompt {
-            sampler.accept(t);
-        }
-        let t0 = std::time::Instant::now();
-        let mut logits = self.model.forward(state, &self.pool, prompt, Logits::Last)?;
-        let prefill = t0.elapsed();
-        let mut out = Generation { prompt_tokens: prompt.len(), prefill, ..Default::default() };
-        let mut dec = StreamDecoder::new();
-        let t1 = std::time::Instant::now();
-        while out.tokens.len() < max_new {
-            let id = sampler.sample(logits);
-            sampler.accept(id);
-            if self.tokenizer.is_eog(id) {
-                out.stop = Stop::EndOfGeneration;
-                out.eog_token = Some(id);
-                break;
-            }
-            out.tokens.push(id);
-            let piece = dec.push(&self.tokenizer, id);
-            if on_text(&piece).is_break() {
-                out.stop = Stop::Interrupted;
-                break;
-            }
-            if out.tokens.len() == max_new {
-                break;
-            }
-            if state.pos >= state.n_ctx {
-                out.stop = Stop::ContextFull;
-                break;
-            }
-            logits = self.model.forward(state, &self.pool, &[id], Logits::Last)?;
-        }
-        let rest = dec.flush();
-        if !rest.is_empty() {
-            // Generation is over either way; a Break here has nothing left to stop.
-            let _ = on_text(&rest);
-        }
-        out.decode = t1.elapsed();
-        Ok(out)
+        decode_loop(&self.model, &self.tokenizer, &self.pool, state, sampler, prompt, max_new, None, on_text)
     }
+}
+
+/// The generation loop behind [`Engine::generate_with`] and [`Session`]: `cancel`, when given,
+/// is checked before each new token is sampled, so a cancel from another thread stops it
+/// within one token ([`Stop::Cancelled`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_loop(
+    model: &Model<'_>,
+    tokenizer: &Tokenizer,
+    pool: &Pool,
+    state: &mut State,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    max_new: usize,
+    cancel: Option<&AtomicBool>,
+    mut on_text: impl FnMut(&str) -> core::ops::ControlFlow<()>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::Tokenizer("the prompt is empty".into()));
+    }
+    let needed = state.pos + prompt.len();
+    if needed > state.n_ctx {
+        return Err(Error::ContextOverflow { needed, n_ctx: state.n_ctx });
+    }
+    for &t in prompt {
+        sampler.accept(t);
+    }
+    let t0 = std::time::Instant::now();
+    let mut logits = model.forward(state, pool, prompt, Logits::Last)?;
+    let prefill = t0.elapsed();
+    let mut out = Generation { prompt_tokens: prompt.len(), prefill, ..Default::default() };
+    let mut dec = StreamDecoder::new();
+    let t1 = std::time::Instant::now();
+    while out.tokens.len() < max_new {
+        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            out.stop = Stop::Cancelled;
+            break;
+        }
+        let id = sampler.sample(logits);
+        sampler.accept(id);
+        if tokenizer.is_eog(id) {
+            out.stop = Stop::EndOfGeneration;
+            out.eog_token = Some(id);
+            break;
+        }
+        out.tokens.push(id);
+        let piece = dec.push(tokenizer, id);
+        if on_text(&piece).is_break() {
+            out.stop = Stop::Interrupted;
+            break;
+        }
+        if out.tokens.len() == max_new {
+            break;
+        }
+        if state.pos >= state.n_ctx {
+            out.stop = Stop::ContextFull;
+            break;
+        }
+        logits = model.forward(state, pool, &[id], Logits::Last)?;
+    }
+    let rest = dec.flush();
+    if !rest.is_empty() {
+        // Generation is over either way; a Break here has nothing left to stop.
+        let _ = on_text(&rest);
+    }
+    out.decode = t1.elapsed();
+    Ok(out)
 }
 
 /// Where [`Engine::load_timed`] spent its time. `tokenizer` ran on a second thread alongside
@@ -227,6 +252,10 @@ pub enum Stop {
     ContextFull,
     /// The caller's callback asked to stop (Ctrl-C, a closed output).
     Interrupted,
+    /// [`Session::cancel`] (or its [`CancelToken`]) stopped it, from any thread.
+    Cancelled,
+    /// The text reached one of the stop strings ([`GenerateOptions::stop`]).
+    StopString,
 }
 
 /// What one `generate` call did.

@@ -30,6 +30,10 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("saved session state: {0}")]
+    BadSessionState(String),
     #[cfg(feature = "std")]
     #[error("{path}: {source}")]
     File { path: String, source: std::io::Error },

@@ -1,13 +1,13 @@
 //! pith: on-device inference for compressed language models.
 //!
 //! The GGUF reader and the forward pass are `no_std` + `alloc`; the `std` feature adds the
-//! file map, threads, the tokenizer, chat templates and the CLI.
+//! file map, threads, the tokenizer, chat templates, sampling and the engine (an owning,
+//! `Send + Sync` [`engine::LoadedModel`] and cancellable [`engine::Session`]s). The command
+//! line is the `pith-cli` crate; the C ABI is `pith-ffi` (targets/ffi).
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
 
-#[cfg(feature = "std")]
-pub mod bench;
 #[cfg(feature = "std")]
 pub mod chat;
 #[cfg(feature = "std")]
@@ -23,6 +23,8 @@ pub mod parallel;
 pub mod perplexity;
 #[cfg(feature = "std")]
 pub mod sampling;
+#[cfg(feature = "std")]
+pub mod session;
 pub mod tensor;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -59,7 +59,9 @@ impl SamplerConfig {
 /// A sampler with its RNG and the recent-token window for the penalty.
 pub struct Sampler {
     pub config: SamplerConfig,
-    rng: rand::rngs::StdRng,
+    // ChaCha12, which is what rand's `StdRng` is (same draws for a seed), named so that its
+    // position can be saved and restored with a session.
+    rng: rand_chacha::ChaCha12Rng,
     recent: VecDeque<u32>,
     /// Candidates of one step (the k best, or all when the filters need them).
     cand: Vec<(u32, f32)>,
@@ -68,10 +70,42 @@ pub struct Sampler {
     heap: BinaryHeap<Reverse<Ranked>>,
 }
 
+/// A sampler's RNG position and recent tokens ([`Sampler::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SamplerSnapshot {
+    pub rng_seed: [u8; 32],
+    pub rng_stream: u64,
+    pub rng_word_pos: u128,
+    pub recent: Vec<u32>,
+}
+
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
-        let rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+        let rng = rand_chacha::ChaCha12Rng::seed_from_u64(config.seed);
         Sampler { config, rng, recent: VecDeque::new(), cand: Vec::new(), pen: Vec::new(), heap: BinaryHeap::new() }
+    }
+
+    /// What a later [`Sampler::restore`] needs to draw exactly what this sampler would draw
+    /// next: the RNG's seed and position and the recent-token window.
+    pub fn snapshot(&self) -> SamplerSnapshot {
+        SamplerSnapshot {
+            rng_seed: self.rng.get_seed(),
+            rng_stream: self.rng.get_stream(),
+            rng_word_pos: self.rng.get_word_pos(),
+            recent: self.recent.iter().copied().collect(),
+        }
+    }
+
+    /// A sampler with `config` in the state [`Sampler::snapshot`] saw.
+    pub fn restore(config: SamplerConfig, s: &SamplerSnapshot) -> Self {
+        let mut rng = rand_chacha::ChaCha12Rng::from_seed(s.rng_seed);
+        rng.set_stream(s.rng_stream);
+        rng.set_word_pos(s.rng_word_pos);
+        let mut recent: VecDeque<u32> = s.recent.iter().copied().collect();
+        while recent.len() > config.repeat_last_n {
+            recent.pop_front();
+        }
+        Sampler { config, rng, recent, cand: Vec::new(), pen: Vec::new(), heap: BinaryHeap::new() }
     }
 
     /// Records a token (prompt or generated) for the repetition penalty.

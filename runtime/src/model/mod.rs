@@ -350,6 +350,17 @@ impl State {
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);
     }
+
+    /// The key and value caches, each laid out (n_layer, n_ctx, kv_dim); positions `..pos` are
+    /// live. For saving and restoring a session (`engine::Session::save_state`).
+    pub fn kv_cache(&self) -> (&[f16], &[f16]) {
+        (&self.k_cache, &self.v_cache)
+    }
+
+    /// [`State::kv_cache`], writable (restoring a session; set `pos` to match).
+    pub fn kv_cache_mut(&mut self) -> (&mut [f16], &mut [f16]) {
+        (&mut self.k_cache, &mut self.v_cache)
+    }
 }
 
 impl Model<'_> {

@@ -1,5 +1,7 @@
 //! The `pith` command line.
 
+mod bench;
+
 use clap::{Args, Parser, Subcommand};
 use pith::chat::Message;
 use pith::engine::{Engine, Stop};
@@ -687,7 +689,7 @@ fn perplexity(a: PerplexityArgs) -> Res<ExitCode> {
 }
 
 fn bench(a: BenchArgs) -> Res<ExitCode> {
-    use pith::bench::{bench_pp, bench_tg, peak_rss_bytes, read_bandwidth, repeat, BenchResult};
+    use crate::bench::{bench_pp, bench_tg, peak_rss_bytes, read_bandwidth, repeat, BenchResult};
     if a.threads.is_empty() || a.threads.contains(&0) {
         return Err("-t: give thread counts of at least 1, e.g. -t 1,2".into());
     }

@@ -2,10 +2,10 @@
 //! bandwidth, and a STREAM-style read-bandwidth probe to put the generation figure next to
 //! the machine's limit.
 
-use crate::model::{Logits, Model, State};
-use crate::parallel::Pool;
-use crate::tensor::Precision;
-use crate::Result;
+use pith::model::{Logits, Model, State};
+use pith::parallel::Pool;
+use pith::tensor::Precision;
+use pith::Result;
 use std::time::Instant;
 
 /// One measured test (`pp512`, `tg128`) at one thread count.

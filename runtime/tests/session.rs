@@ -1,0 +1,101 @@
+//! The embedding API (`pith::engine::{LoadedModel, Session}`) on the real default model: one
+//! model shared by sessions on several threads, cancel from another thread within one token,
+//! state save/restore continuing exactly, and the cost of binding the weights per call.
+
+use pith::engine::{GenerateOptions, LoadOptions, LoadedModel, Session, Stop};
+use pith::sampling::SamplerConfig;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn model() -> Arc<LoadedModel> {
+    let path = pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)");
+    Arc::new(LoadedModel::open(path, LoadOptions { threads: 1 }, |_| true).expect("load"))
+}
+
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: n,
+        stop: Vec::new(),
+        sampling: SamplerConfig { temperature: 0.0, ..Default::default() },
+    }
+}
+
+#[test]
+fn binding_per_call_is_cheap() {
+    let m = model();
+    let t = std::time::Instant::now();
+    for _ in 0..20 {
+        let b = m.bind().expect("bind");
+        std::hint::black_box(&b);
+    }
+    let per = t.elapsed().as_secs_f64() * 1e3 / 20.0;
+    eprintln!("parse + bind per generate call: {per:.3} ms");
+    // A sanity bound only: the figure is printed, and a loaded machine inflates it.
+    assert!(per < 100.0, "binding takes {per} ms per call");
+}
+
+#[test]
+fn two_sessions_share_a_model_and_one_is_cancelled() {
+    let m = model();
+    let mut a = Session::new(m.clone(), 256, Some(1)).unwrap();
+    let mut b = Session::new(m.clone(), 256, Some(1)).unwrap();
+    let cancel = b.cancel_token();
+    let pieces = Arc::new(AtomicUsize::new(0));
+    let pb = pieces.clone();
+    let tb = std::thread::spawn(move || {
+        let g = b
+            .generate("Once upon a time", &greedy(300), |_| {
+                pb.fetch_add(1, Ordering::SeqCst);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        (g, b)
+    });
+    let ta = std::thread::spawn(move || {
+        let mut text = String::new();
+        a.generate("The capital of France is", &greedy(6), |s| {
+            text.push_str(s);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        text
+    });
+    while pieces.load(Ordering::SeqCst) < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    cancel.cancel();
+    let at_cancel = pieces.load(Ordering::SeqCst);
+    let (g, _b) = tb.join().unwrap();
+    assert_eq!(g.stop, Stop::Cancelled);
+    assert!(pieces.load(Ordering::SeqCst) - at_cancel <= 1);
+    assert!(ta.join().unwrap().starts_with(" Paris."));
+}
+
+#[test]
+fn restored_state_continues_exactly() {
+    let m = model();
+    let sampling = SamplerConfig { temperature: 0.9, seed: 5, repeat_penalty: 1.1, ..Default::default() };
+    let opts = |n| GenerateOptions { max_tokens: n, stop: Vec::new(), sampling: sampling.clone() };
+    let collect = |s: &mut Session, n| {
+        let mut t = String::new();
+        s.generate("", &opts(n), |p| {
+            t.push_str(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        t
+    };
+    let mut a = Session::new(m.clone(), 128, Some(1)).unwrap();
+    a.generate("Once upon a time", &opts(5), |_| ControlFlow::Continue(())).unwrap();
+    let state = a.save_state();
+    let original = collect(&mut a, 8);
+    let mut b = Session::new(m.clone(), 128, Some(1)).unwrap();
+    b.restore_state(&state).unwrap();
+    assert_eq!(collect(&mut b, 8), original);
+    // Corrupt states are refused.
+    let mut bad = state.clone();
+    bad[0] ^= 1;
+    assert!(b.restore_state(&bad).is_err());
+    assert!(b.restore_state(&state[..state.len() - 1]).is_err());
+}
