@@ -8,6 +8,7 @@
 //! - [`imatrix`]: calibration statistics gathered by running the runtime over text;
 //! - [`gptq`]: error-compensating quantization with the calibration second moments;
 //! - [`eval`]: perplexity and KL divergence against a base model, and [`plot`] for the SVG;
+//! - [`prune`]: Minitron-style width and depth pruning by activation importance;
 //! - [`output`]: atomic output files.
 
 pub use pith_fetch::*;
@@ -19,6 +20,7 @@ pub mod imatrix;
 pub mod output;
 pub mod plot;
 pub mod progress;
+pub mod prune;
 pub mod quantize;
 
 pub use error::{CompressError, Result};

@@ -19,6 +19,8 @@ enum Cmd {
     Imatrix(pith_models::imatrix::ImatrixArgs),
     /// Perplexity and KL divergence of one or more models against a base model.
     Eval(pith_models::eval::EvalArgs),
+    /// Remove attention heads, FFN neurons, embedding channels or layers by activation importance.
+    Prune(pith_models::prune::PruneArgs),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
         Cmd::Quantize(a) => pith_models::quantize::run_quantize(&a),
         Cmd::Imatrix(a) => pith_models::imatrix::run(&a),
         Cmd::Eval(a) => pith_models::eval::run(&a),
+        Cmd::Prune(a) => pith_models::prune::run(&a),
     };
     match r {
         Ok(()) => {}
