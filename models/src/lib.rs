@@ -9,6 +9,7 @@
 //! - [`gptq`]: error-compensating quantization with the calibration second moments;
 //! - [`eval`]: perplexity and KL divergence against a base model, and [`plot`] for the SVG;
 //! - [`prune`]: Minitron-style width and depth pruning by activation importance;
+//! - [`lowrank`]: activation-whitened SVD of the linear weights (merged back to dense);
 //! - [`output`]: atomic output files.
 
 pub use pith_fetch::*;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod gptq;
 pub mod imatrix;
+pub mod lowrank;
 pub mod output;
 pub mod plot;
 pub mod progress;

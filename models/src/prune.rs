@@ -480,24 +480,41 @@ pub fn depth_keep(s: &Shape, drop: &[usize]) -> Keep {
     k
 }
 
-/// The width shape for a parameter budget: every head kept, FFN and embedding narrowed by the
-/// same fraction (rounded down to multiples of 32), the widest that fits.
+/// The width shape for a parameter budget: every head kept; for each embedding width (a
+/// multiple of 32), the widest FFN (a multiple of 32) that fits; of those, the one whose larger
+/// relative cut (FFN or embedding) is the smallest — both narrowed about equally.
 pub fn width_for_budget(s: &Shape, budget: u64) -> Result<Width> {
-    let round = |n: usize, f: f64| (((n as f64 * f) as usize) / 32 * 32).max(32).min(n);
-    let mut f = 1.0f64;
-    while f > 0.05 {
-        let (ff, d) = (round(s.n_ff, f), round(s.n_embd, f));
-        let t = Shape { n_ff: ff, n_embd: d, ..*s };
-        if t.params() <= budget {
-            return Ok(Width { ffn: Some(ff), heads: None, embd: Some(d) });
+    let mut best: Option<(f64, usize, usize)> = None;
+    let mut d = s.n_embd / 32 * 32;
+    while d >= 32 {
+        let mut lo = 0usize;
+        // The widest FFN, a multiple of 32, with the parameter count within budget.
+        let mut ff = s.n_ff / 32 * 32;
+        while ff >= 32 {
+            if (Shape { n_ff: ff, n_embd: d, ..*s }).params() <= budget {
+                lo = ff;
+                break;
+            }
+            ff -= 32;
         }
-        f -= 0.0025;
+        if lo > 0 {
+            let cut = (1.0 - d as f64 / s.n_embd as f64).max(1.0 - lo as f64 / s.n_ff as f64);
+            if best.is_none_or(|(c, _, _)| cut < c) {
+                best = Some((cut, d, lo));
+            }
+        }
+        d -= 32;
     }
-    Err(CompressError::BadOption(format!(
-        "--target-params {}: too small for this model keeping every head ({} parameters at 5 % width)",
-        human(budget),
-        human(Shape { n_ff: round(s.n_ff, 0.05), n_embd: round(s.n_embd, 0.05), ..*s }.params())
-    )))
+    if (Shape { ..*s }).params() <= budget {
+        return Ok(Width::default());
+    }
+    best.map(|(_, d, ff)| Width { ffn: Some(ff), heads: None, embd: Some(d) }).ok_or_else(|| {
+        CompressError::BadOption(format!(
+            "--target-params {}: too small for this model keeping every head ({} parameters at 32 channels and 32 neurons)",
+            human(budget),
+            human(Shape { n_ff: 32, n_embd: 32, ..*s }.params())
+        ))
+    })
 }
 
 /// Layers to remove for a parameter budget.

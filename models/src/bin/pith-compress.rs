@@ -21,6 +21,8 @@ enum Cmd {
     Eval(pith_models::eval::EvalArgs),
     /// Remove attention heads, FFN neurons, embedding channels or layers by activation importance.
     Prune(pith_models::prune::PruneArgs),
+    /// Low-rank factorization of the linear weights by activation-whitened SVD.
+    Lowrank(pith_models::lowrank::LowrankArgs),
 }
 
 fn main() {
@@ -49,6 +51,7 @@ fn main() {
         Cmd::Imatrix(a) => pith_models::imatrix::run(&a),
         Cmd::Eval(a) => pith_models::eval::run(&a),
         Cmd::Prune(a) => pith_models::prune::run(&a),
+        Cmd::Lowrank(a) => pith_models::lowrank::run(&a),
     };
     match r {
         Ok(()) => {}
