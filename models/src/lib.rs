@@ -10,10 +10,12 @@
 //! - [`eval`]: perplexity and KL divergence against a base model, and [`plot`] for the SVG;
 //! - [`prune`]: Minitron-style width and depth pruning by activation importance;
 //! - [`lowrank`]: activation-whitened SVD of the linear weights (merged back to dense);
+//! - [`distill`]: knowledge distillation on candle (feature `train`);
 //! - [`output`]: atomic output files.
 
 pub use pith_fetch::*;
 
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod gptq;

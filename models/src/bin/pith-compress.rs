@@ -23,6 +23,8 @@ enum Cmd {
     Prune(pith_models::prune::PruneArgs),
     /// Low-rank factorization of the linear weights by activation-whitened SVD.
     Lowrank(pith_models::lowrank::LowrankArgs),
+    /// Train a (pruned) student on a teacher's distributions (a build with the `train` feature).
+    Distill(pith_models::distill::DistillArgs),
 }
 
 fn main() {
@@ -52,6 +54,7 @@ fn main() {
         Cmd::Eval(a) => pith_models::eval::run(&a),
         Cmd::Prune(a) => pith_models::prune::run(&a),
         Cmd::Lowrank(a) => pith_models::lowrank::run(&a),
+        Cmd::Distill(a) => pith_models::distill::run(&a),
     };
     match r {
         Ok(()) => {}
