@@ -337,7 +337,7 @@ fn shapes_counts_and_budgets() {
     let w = prune::width_for_budget(&s, 90_000_000).unwrap();
     let t = Shape { n_ff: w.ffn.unwrap(), n_embd: w.embd.unwrap(), ..s };
     assert!(t.params() <= 90_000_000 && t.params() > 80_000_000, "{}", t.describe());
-    assert!(t.n_embd % 32 == 0 && t.n_ff % 32 == 0);
+    assert!(t.n_embd.is_multiple_of(32) && t.n_ff.is_multiple_of(32));
     let n = prune::depth_for_budget(&s, 90_000_000).unwrap();
     assert!(Shape { n_layer: 30 - n, ..s }.params() <= 90_000_000);
     assert!(Shape { n_layer: 31 - n, ..s }.params() > 90_000_000);
@@ -413,7 +413,7 @@ fn the_binary_prunes_and_refuses_bad_input() {
     assert!(ok, "{err}");
     assert!(stdout.contains("n_ff 64"), "{stdout}");
     let bytes = std::fs::read(&out).unwrap();
-    let s = shape_of(&aligned(bytes).as_slice().to_vec());
+    let s = shape_of(aligned(bytes).as_slice());
     assert_eq!((s.n_ff, s.n_head), (64, 2));
 
     // Bad input: a clear error and nothing written (the existing file untouched, no temporaries).
