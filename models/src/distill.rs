@@ -614,7 +614,13 @@ mod train {
             ));
             if a.val_every > 0 && opt.step % a.val_every == 0 {
                 let (v, c) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
-                pb.println(format!("step {}: validation loss {v:.4} (CE {c:.4}, PPL {:.2})", opt.step, c.exp()));
+                let line = format!("step {}: validation loss {v:.4} (CE {c:.4}, PPL {:.2})", opt.step, c.exp());
+                // A hidden bar (stderr not a terminal) swallows println: print the line itself.
+                if pb.is_hidden() {
+                    crate::progress::note(&format!("distill: {line}"));
+                } else {
+                    pb.println(line);
+                }
             }
             if a.checkpoint_every > 0 && opt.step % a.checkpoint_every == 0 && opt.step < steps {
                 save(&student, &sg, Some(&opt), &ckpt, &inputs)?;

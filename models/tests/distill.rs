@@ -174,7 +174,7 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     let call = |v: Vec<std::ffi::OsString>| run(&v.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
     let (ok, err) = call(base(&student));
     assert!(ok, "{err}");
-    assert!(err.contains("validation loss") && err.contains("tok/s"), "{err}");
+    assert!(err.contains("step 1: validation loss") && err.contains("tok/s"), "{err}");
     assert!(ckpt.exists());
     // The result is a model pith runs.
     let bytes = AlignedBytes::from(pith_models::prune::without_layers(
