@@ -9,7 +9,7 @@
 //!   other alignments) with a GPT-2 BPE or a SentencePiece vocabulary, a file holding every
 //!   metadata value type, and an empty one.
 //! * `<out>/gguf_model/`: knob bytes for `pith_fuzz::ModelCase` covering each weight type,
-//!   GQA, biases, rope options and a few deliberate errors.
+//!   GQA, biases, rope options, the qwen2 and gemma3 architectures and a few deliberate errors.
 //!
 //! Each file must still be accepted by its consumer (checked here), so a seed that stops binding
 //! after a change in pith is noticed.
@@ -163,6 +163,25 @@ fn main() {
         ("align1".into(), ModelCase::to_bytes(&[(ALIGN, 6), (TY_ATTN, 2), (TY_FFN, 6)], &[2, 2])),
         ("bad_shape".into(), ModelCase::to_bytes(&[(RESHAPE_TENSOR, 5), (RESHAPE_KIND, 0), (RESHAPE_VAL, 7)], &[1])),
         ("mangled_heads".into(), ModelCase::to_bytes(&[(MANGLE_KEY, 3), (MANGLE_KIND, 4), (MANGLE_VAL, 2)], &[1])),
+        // The other architectures (N_LAYER's bits 1-2 pick it; bits 3-5 gemma3's window).
+        (
+            "qwen2".into(),
+            ModelCase::to_bytes(&[small.as_slice(), &[(N_LAYER, 2), (FLAGS, FLAG_Q8)]].concat(), &[1, 2, 3]),
+        ),
+        (
+            "gemma3_window".into(),
+            ModelCase::to_bytes(
+                &[small.as_slice(), &[(N_LAYER, 4 | (3 << 3)), (N_HEAD_KV, 1)]].concat(),
+                &[1, 2, 3, 4, 5],
+            ),
+        ),
+        (
+            "gemma3_head_dim_tied_q8".into(),
+            ModelCase::to_bytes(
+                &[small.as_slice(), &[(N_LAYER, 5), (HEAD_DIM, 16), (FLAGS, FLAG_TIED | FLAG_Q8)]].concat(),
+                &[2, 4, 6],
+            ),
+        ),
     ];
     // Byte patches after the tokens (tensor, offset u16 LE, value): an f32 made huge / NaN, and
     // a Q4_K super-block scale made +inf (f16 0x7c00).

@@ -1,6 +1,7 @@
 //! Shared code for pith's fuzz targets and the seed generator (`examples/make_seeds.rs`).
 //!
-//! [`ModelCase`] turns fuzz input bytes into a *structurally valid* tiny llama GGUF file (every
+//! [`ModelCase`] turns fuzz input bytes into a *structurally valid* tiny GGUF file of any
+//! architecture pith runs (llama, qwen2, gemma3; every
 //! tensor's bytes match its shape and type, offsets are aligned), plus the tokens and batch size
 //! for one short forward pass. The input is read as a fixed sequence of one-byte "knobs"
 //! (missing bytes read as 0, and all-zero knobs give a sane model that binds and runs), followed
@@ -23,7 +24,7 @@ pub mod knob {
     pub const N_HEAD_KV: usize = 2; // index into the divisors of n_head (≥ 0xF0: any 1..=16)
     pub const N_FF: usize = 3; // index into FF
     pub const N_VOCAB: usize = 4; // 0 → 96, else the value
-    pub const N_LAYER: usize = 5; // 2 - (b & 1)
+    pub const N_LAYER: usize = 5; // 2 - (b & 1); ARCHES[(b >> 1) % 3]; gemma3 window (b >> 3) % 8
     pub const FLAGS: usize = 6; // see FLAG_*
     pub const TY_ATTN: usize = 7; // ALL_TYPES[b % 15] for q, k, v, o
     pub const TY_FFN: usize = 8; // ... gate, up, down
@@ -67,6 +68,10 @@ const EMBD: [u64; 16] = [64, 32, 256, 128, 96, 16, 8, 48, 2, 4, 6, 10, 12, 192, 
 const HEADS: [u64; 8] = [4, 2, 1, 8, 3, 6, 5, 7];
 const FF: [u64; 8] = [128, 64, 256, 32, 96, 160, 8, 24];
 const ALIGNMENTS: [u32; 8] = [32, 64, 16, 8, 4, 2, 1, 128];
+/// Architectures the builder writes (each with the tensors its row in pith's `model/arch.rs`
+/// asks for, so a sane case binds).
+const ARCHES: [&str; 3] = ["llama", "qwen2", "gemma3"];
+/// Keys the fuzzer rewrites; `llama.` stands for the case's architecture.
 const MANGLE_KEYS: [&str; 13] = [
     "llama.embedding_length",
     "llama.block_count",
@@ -145,7 +150,7 @@ impl ModelCase {
             if b >= 0xF0 {
                 (b & 0xF) as u64 + 1
             } else {
-                let mut divs: Vec<u64> = (1..=n_head).rev().filter(|d| n_head % d == 0).collect();
+                let mut divs: Vec<u64> = (1..=n_head).rev().filter(|d| n_head.is_multiple_of(*d)).collect();
                 let r = 1.min(divs.len() - 1);
                 divs.rotate_left(r);
                 divs[b as usize % divs.len()]
@@ -157,6 +162,8 @@ impl ModelCase {
             b => b as u64,
         };
         let n_layer = 2 - (k.get(N_LAYER) & 1) as u64;
+        let arch = ARCHES[(k.get(N_LAYER) >> 1) as usize % ARCHES.len()];
+        let key = |s: &str| format!("{arch}.{s}");
         let head_dim_key = match k.get(HEAD_DIM) {
             0 => None,
             b => Some((b % 33) as u64),
@@ -166,51 +173,51 @@ impl ModelCase {
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
 
         let mut b = GgufBuilder::new();
-        b.kv("general.architecture", OwnedValue::String("llama".into()))
+        b.kv("general.architecture", OwnedValue::String(arch.into()))
             .kv("general.name", OwnedValue::String("fuzz".into()))
             .kv("general.alignment", OwnedValue::U32(ALIGNMENTS[k.get(ALIGN) as usize % ALIGNMENTS.len()]))
-            .kv("llama.embedding_length", OwnedValue::U32(n_embd as u32))
-            .kv("llama.block_count", OwnedValue::U32(n_layer as u32))
-            .kv("llama.attention.head_count", OwnedValue::U32(n_head as u32))
-            .kv("llama.feed_forward_length", OwnedValue::U32(n_ff as u32))
+            .kv(&key("embedding_length"), OwnedValue::U32(n_embd as u32))
+            .kv(&key("block_count"), OwnedValue::U32(n_layer as u32))
+            .kv(&key("attention.head_count"), OwnedValue::U32(n_head as u32))
+            .kv(&key("feed_forward_length"), OwnedValue::U32(n_ff as u32))
             .kv(
-                "llama.context_length",
+                &key("context_length"),
                 OwnedValue::U32(match k.get(CTX_LEN) {
                     0 => 256,
                     c => c as u32,
                 }),
             );
         if flags & FLAG_NO_KV_KEY == 0 {
-            b.kv("llama.attention.head_count_kv", OwnedValue::U32(n_head_kv as u32));
+            b.kv(&key("attention.head_count_kv"), OwnedValue::U32(n_head_kv as u32));
         }
         if flags & FLAG_VOCAB_KEY != 0 {
-            b.kv("llama.vocab_size", OwnedValue::U32(n_vocab as u32));
+            b.kv(&key("vocab_size"), OwnedValue::U32(n_vocab as u32));
         }
         if let Some(h) = head_dim_key {
-            b.kv("llama.attention.key_length", OwnedValue::U32(h as u32));
+            b.kv(&key("attention.key_length"), OwnedValue::U32(h as u32));
         }
         if flags & FLAG_VALUE_LENGTH != 0 {
-            b.kv("llama.attention.key_length", OwnedValue::U32(head_dim as u32));
-            b.kv("llama.attention.value_length", OwnedValue::U32(head_dim as u32));
+            b.kv(&key("attention.key_length"), OwnedValue::U32(head_dim as u32));
+            b.kv(&key("attention.value_length"), OwnedValue::U32(head_dim as u32));
         }
         match k.get(ROPE_DIM) {
             0 => {}
             r => {
-                b.kv("llama.rope.dimension_count", OwnedValue::U32((r % 34) as u32));
+                b.kv(&key("rope.dimension_count"), OwnedValue::U32((r % 34) as u32));
             }
         }
         let factor = OwnedValue::F32(k.get(ROPE_FACTOR) as f32 / 16.0);
         match k.get(ROPE_SCALING) {
             1 => {
-                b.kv("llama.rope.scaling.type", OwnedValue::String("linear".into()));
-                b.kv("llama.rope.scaling.factor", factor);
+                b.kv(&key("rope.scaling.type"), OwnedValue::String("linear".into()));
+                b.kv(&key("rope.scaling.factor"), factor);
             }
             2 => {
-                b.kv("llama.rope.scaling.type", OwnedValue::String("none".into()));
+                b.kv(&key("rope.scaling.type"), OwnedValue::String("none".into()));
             }
             3 => {
-                b.kv("llama.rope.scaling.type", OwnedValue::String("yarn".into()));
-                b.kv("llama.rope.scaling.factor", factor);
+                b.kv(&key("rope.scaling.type"), OwnedValue::String("yarn".into()));
+                b.kv(&key("rope.scaling.factor"), factor);
             }
             _ => {}
         }
@@ -223,7 +230,7 @@ impl ModelCase {
             e => Some(e as f32 * 1e-7),
         };
         if let Some(e) = eps {
-            b.kv("llama.attention.layer_norm_rms_epsilon", OwnedValue::F32(e));
+            b.kv(&key("attention.layer_norm_rms_epsilon"), OwnedValue::F32(e));
         }
         let theta = match k.get(ROPE_THETA) {
             0 => Some(10000.0),
@@ -234,14 +241,24 @@ impl ModelCase {
             t => Some(t as f32 * 1000.0),
         };
         if let Some(t) = theta {
-            b.kv("llama.rope.freq_base", OwnedValue::F32(t));
+            b.kv(&key("rope.freq_base"), OwnedValue::F32(t));
         }
-        if let Some(key) = k.get(MANGLE_KEY).checked_sub(1).map(|i| MANGLE_KEYS[i as usize % MANGLE_KEYS.len()]) {
+        if arch == "gemma3" {
+            let w = (k.get(N_LAYER) >> 3) % 8;
+            if w != 0 {
+                b.kv(&key("attention.sliding_window"), OwnedValue::U32(w as u32));
+            }
+        }
+        if let Some(name) = k.get(MANGLE_KEY).checked_sub(1).map(|i| MANGLE_KEYS[i as usize % MANGLE_KEYS.len()]) {
+            let name = match name.strip_prefix("llama.") {
+                Some(rest) => key(rest),
+                None => name.to_string(),
+            };
             match mangled_value(k.get(MANGLE_KIND), k.u16(MANGLE_VAL)) {
                 Some(v) => {
-                    b.kv(key, v);
+                    b.kv(&name, v);
                 }
-                None => b.metadata.retain(|(k, _)| k != key),
+                None => b.metadata.retain(|(k, _)| *k != name),
             }
         }
 
@@ -279,7 +296,14 @@ impl ModelCase {
             specs.push(w(n("ffn_gate.weight"), n_ff, n_embd, TY_FFN));
             specs.push(w(n("ffn_up.weight"), n_ff, n_embd, TY_FFN));
             specs.push(w(n("ffn_down.weight"), n_embd, n_ff, TY_FFN));
-            if flags & FLAG_BIASES != 0 {
+            if arch == "gemma3" {
+                specs.push(v(n("attn_q_norm.weight"), head_dim));
+                specs.push(v(n("attn_k_norm.weight"), head_dim));
+                specs.push(v(n("post_attention_norm.weight"), n_embd));
+                specs.push(v(n("post_ffw_norm.weight"), n_embd));
+            }
+            // qwen2 needs its biases; llama takes them when present; gemma3 ignores them.
+            if flags & FLAG_BIASES != 0 || arch == "qwen2" {
                 for (s, d) in [("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)] {
                     let mut b = v(n(s), d);
                     b.norm = false;

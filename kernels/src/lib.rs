@@ -97,4 +97,4 @@ pub use simd::{
 };
 pub use table::{gemv_kernel, kernel_table, type_kernels, GemvFn, TypeKernels};
 pub use types::{GgmlType, ALL_TYPES, QK_K};
-pub use vmath::{silu_mul, softmax_scaled};
+pub use vmath::{gelu_mul, silu_mul, softmax_scaled};

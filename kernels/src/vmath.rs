@@ -1,5 +1,5 @@
-//! Elementwise math of the forward pass, vectorized: the attention softmax and the SwiGLU
-//! gate (`silu(g) · u`), both built on `exp`.
+//! Elementwise math of the forward pass, vectorized: the attention softmax and the SwiGLU /
+//! GeGLU gates (`silu(g) · u`, `gelu(g) · u`), all built on `exp`.
 //!
 //! The scalar reference calls `libm::expf` (correctly rounded to within 1 ulp). The AVX-512
 //! and AVX2 paths use the classic range reduction `x = n·ln2 + r`, `|r| ≤ ln2/2`, a degree-7
@@ -74,6 +74,38 @@ pub fn silu_mul_on(path: KernelPath, g: &mut [f32], u: &[f32]) {
 pub fn silu_mul_scalar(g: &mut [f32], u: &[f32]) {
     for (g, &u) in g.iter_mut().zip(u) {
         *g = *g / (1.0 + libm::expf(-*g)) * u;
+    }
+}
+
+/// `2·√(2/π)` and `2·√(2/π)·0.044715`: GELU's tanh form as a logistic,
+/// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) = x / (1 + e^{-x(C1 + C2·x²)})`.
+const GELU_C1: f32 = 1.595_769;
+const GELU_C2: f32 = 0.071_354_816;
+
+/// `g ← gelu(g) · u`, GELU in its tanh approximation (the GeGLU feed-forward gate of gemma),
+/// computed as `g / (1 + e^{-g(C1 + C2 g²)})` — the same exp as [`silu_mul`].
+pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    gelu_mul_on(crate::kernel_path(), g, u)
+}
+
+/// [`gelu_mul`] on an explicit kernel path (a path without a kernel here uses the reference).
+pub fn gelu_mul_on(path: KernelPath, g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "gelu_mul: {} gates vs {} values", g.len(), u.len());
+    #[cfg(target_arch = "x86_64")]
+    match path {
+        KernelPath::Avx512 if path.is_available() => return x86::gelu_mul_avx512(g, u),
+        KernelPath::Avx2 | KernelPath::Avx512 if KernelPath::Avx2.is_available() => return x86::gelu_mul_avx2(g, u),
+        _ => {}
+    }
+    let _ = path;
+    gelu_mul_scalar(g, u)
+}
+
+/// The reference for [`gelu_mul`].
+pub fn gelu_mul_scalar(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        let x = *g;
+        *g = x / (1.0 + libm::expf(-x * (GELU_C1 + GELU_C2 * x * x))) * u;
     }
 }
 
@@ -269,26 +301,39 @@ mod x86 {
     }
 
     pub(super) fn silu_mul_avx512(g: &mut [f32], u: &[f32]) {
-        assert!(crate::KernelPath::Avx512.is_available(), "silu_mul: AVX-512 is not available");
+        gate_avx512::<false>(g, u)
+    }
+
+    pub(super) fn gelu_mul_avx512(g: &mut [f32], u: &[f32]) {
+        gate_avx512::<true>(g, u)
+    }
+
+    fn gate_avx512<const GELU: bool>(g: &mut [f32], u: &[f32]) {
+        assert!(crate::KernelPath::Avx512.is_available(), "gate: AVX-512 is not available");
         assert_eq!(g.len(), u.len());
         // SAFETY: AVX-512 F is available (asserted above); masked lanes stay inside `g` and `u`
         // (equal lengths, asserted above).
-        unsafe { silu_mul_avx512_impl(g, u) }
+        unsafe { gate_avx512_impl::<GELU>(g, u) }
     }
 
+    /// `g ← g / (1 + e^{-z}) · u`, `z = g` (SiLU) or `g(C1 + C2 g²)` (GELU, tanh form).
+    ///
     /// # Safety
     /// AVX-512 F; `g.len() == u.len()`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn silu_mul_avx512_impl(g: &mut [f32], u: &[f32]) {
+    unsafe fn gate_avx512_impl<const GELU: bool>(g: &mut [f32], u: &[f32]) {
         let n = g.len();
         let one = _mm512_set1_ps(1.0);
+        let (c1, c2) = (_mm512_set1_ps(super::GELU_C1), _mm512_set1_ps(super::GELU_C2));
         let mut i = 0;
         while i < n {
             let m = mask16((n - i).min(16));
             // SAFETY: lanes of `m` are i..min(i + 16, n), inside both slices.
             let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
             let uv = _mm512_maskz_loadu_ps(m, u.as_ptr().add(i));
-            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+            let z =
+                if GELU { _mm512_mul_ps(gv, _mm512_add_ps(c1, _mm512_mul_ps(c2, _mm512_mul_ps(gv, gv)))) } else { gv };
+            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), z));
             let s = _mm512_div_ps(gv, _mm512_add_ps(one, e));
             _mm512_mask_storeu_ps(g.as_mut_ptr().add(i), m, _mm512_mul_ps(s, uv));
             i += 16;
@@ -296,24 +341,41 @@ mod x86 {
     }
 
     pub(super) fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
-        assert!(crate::KernelPath::Avx2.is_available(), "silu_mul: AVX2 is not available");
+        gate_avx2::<false>(g, u);
+    }
+
+    pub(super) fn gelu_mul_avx2(g: &mut [f32], u: &[f32]) {
+        gate_avx2::<true>(g, u);
+    }
+
+    fn gate_avx2<const GELU: bool>(g: &mut [f32], u: &[f32]) {
+        assert!(crate::KernelPath::Avx2.is_available(), "gate: AVX2 is not available");
         assert_eq!(g.len(), u.len());
         let cut = g.len() / 8 * 8;
         // SAFETY: AVX2 + FMA are available (asserted above); whole 8-lane steps inside both
         // slices (equal lengths, asserted above).
-        unsafe { silu_mul_avx2_impl(&mut g[..cut], &u[..cut]) };
-        super::silu_mul_scalar(&mut g[cut..], &u[cut..]);
+        unsafe { gate_avx2_impl::<GELU>(&mut g[..cut], &u[..cut]) };
+        if GELU {
+            super::gelu_mul_scalar(&mut g[cut..], &u[cut..]);
+        } else {
+            super::silu_mul_scalar(&mut g[cut..], &u[cut..]);
+        }
     }
 
+    /// The AVX2 form of [`gate_avx512_impl`].
+    ///
     /// # Safety
     /// AVX2 + FMA; `g.len() == u.len()`, a multiple of 8.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn silu_mul_avx2_impl(g: &mut [f32], u: &[f32]) {
+    unsafe fn gate_avx2_impl<const GELU: bool>(g: &mut [f32], u: &[f32]) {
         let one = _mm256_set1_ps(1.0);
+        let (c1, c2) = (_mm256_set1_ps(super::GELU_C1), _mm256_set1_ps(super::GELU_C2));
         for (gc, uc) in g.chunks_exact_mut(8).zip(u.chunks_exact(8)) {
             // SAFETY: 8 floats each.
             let gv = _mm256_loadu_ps(gc.as_ptr());
-            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+            let z =
+                if GELU { _mm256_mul_ps(gv, _mm256_add_ps(c1, _mm256_mul_ps(c2, _mm256_mul_ps(gv, gv)))) } else { gv };
+            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), z));
             let s = _mm256_div_ps(gv, _mm256_add_ps(one, e));
             _mm256_storeu_ps(gc.as_mut_ptr(), _mm256_mul_ps(s, _mm256_loadu_ps(uc.as_ptr())));
         }
@@ -352,6 +414,36 @@ mod tests {
                     // A few ulps of exp, then one rounding each for the add, divide and multiply.
                     let ok = if b.abs() < 1e-30 { a.abs() < 1e-30 } else { ulps(a, b) <= 6 };
                     assert!(ok, "{path} silu_mul({}) = {a}, reference {b}", g0[i]);
+                }
+            }
+        }
+    }
+
+    /// GELU (tanh form) on every path against the reference, and the reference against the
+    /// textbook `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))` in f64.
+    #[test]
+    fn gelu_mul_matches_the_reference_on_every_path() {
+        let g0: Vec<f32> = inputs().into_iter().filter(|x| x.abs() < 20.0).collect();
+        let u: Vec<f32> = g0.iter().enumerate().map(|(i, _)| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let mut want = g0.clone();
+        gelu_mul_scalar(&mut want, &u);
+        for (i, (&x, &w)) in g0.iter().zip(&want).enumerate() {
+            let xd = x as f64;
+            let t = 0.5 * xd * (1.0 + ((2.0 / core::f64::consts::PI).sqrt() * (xd + 0.044715 * xd * xd * xd)).tanh());
+            let t = t * u[i] as f64;
+            // (Far left, tanh rounds to -1 in f64 while the logistic form keeps a tiny tail.)
+            assert!((w as f64 - t).abs() <= 1e-6 * t.abs() + 1e-9, "gelu({x}) = {w}, textbook {t}");
+        }
+        for path in crate::available_kernel_paths() {
+            for len in [g0.len(), 1, 15, 17, 33] {
+                let mut got = g0[..len].to_vec();
+                gelu_mul_on(path, &mut got, &u[..len]);
+                for (i, (&a, &b)) in got.iter().zip(&want[..len]).enumerate() {
+                    // exp's few ulps, plus z's own rounding amplified by |z| through e^{-z}.
+                    let x = g0[i];
+                    let z = (x * (GELU_C1 + GELU_C2 * x * x)).abs();
+                    let ok = (a - b).abs() <= 2e-7 * (8.0 + z) * b.abs() + 1e-30;
+                    assert!(ok, "{path} gelu_mul({}) = {a}, reference {b}", g0[i]);
                 }
             }
         }

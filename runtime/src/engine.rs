@@ -93,6 +93,17 @@ impl<'a> Engine<'a> {
         Ok((Engine { gguf, model, tokenizer, template, pool }, prepared, t))
     }
 
+    /// One line per tensor of the file that the forward pass does not use (a front end shows
+    /// them: nothing in a file is skipped silently).
+    pub fn warnings(&self) -> Vec<String> {
+        let arch = &self.model.config.arch;
+        self.model
+            .unused
+            .iter()
+            .map(|t| format!("tensor '{t}' is not part of the {arch} architecture; ignored"))
+            .collect()
+    }
+
     /// Tokenizes a prompt the way llama.cpp does for generation: special tokens parsed, BOS
     /// prepended when the model asks for it.
     pub fn tokenize_prompt(&self, text: &str) -> Result<Vec<u32>> {

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 pub enum Error {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture '{0}' (pith runs: llama)")]
+    #[error("unsupported architecture '{0}' (pith runs: llama, qwen2, gemma3)")]
     UnsupportedArch(String),
     #[error("tensor '{0}' is missing")]
     MissingTensor(String),

@@ -406,6 +406,7 @@ fn run(a: RunArgs) -> Res<ExitCode> {
     // The state (KV cache, buffers) is allocated while the tokenizer is built.
     let (eng, mut state, lt) =
         Engine::load_timed_with(&file, a.model.threads, |m| State::new(m, a.ctx, 512)).map_err(|e| e.to_string())?;
+    warn_load(&eng);
     state.set_precision(a.model.precision);
     let t1 = std::time::Instant::now();
     let ids = eng.tokenize_prompt(&text).map_err(|e| e.to_string())?;
@@ -464,11 +465,19 @@ fn report(g: &pith::engine::Generation) {
     );
 }
 
+/// The engine's load warnings (unused tensors), on stderr.
+fn warn_load(eng: &Engine<'_>) {
+    for w in eng.warnings() {
+        log!("pith: warning: {w}");
+    }
+}
+
 fn chat(a: ChatArgs) -> Res<ExitCode> {
     let mut sampler = a.sample.sampler()?;
     install_interrupt_handler()?;
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
+    warn_load(&eng);
     let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
     state.set_precision(a.model.precision);
     let interactive = std::io::stdin().is_terminal();
@@ -625,6 +634,7 @@ fn perplexity(a: PerplexityArgs) -> Res<ExitCode> {
     let t0 = std::time::Instant::now();
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
+    warn_load(&eng);
     let tokens = eng.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
     let bos = if eng.tokenizer.add_bos() { eng.tokenizer.bos() } else { None };
     if a.ctx < 4 {

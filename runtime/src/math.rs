@@ -50,12 +50,24 @@ mod imp {
 
 pub use imp::*;
 
+/// `1 / √(mean(x²) + eps)`: RMSNorm's factor (sum of squares in f64, as ggml does).
+pub fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let ss = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
+    1.0 / sqrtf(ss as f32 + eps)
+}
+
 /// RMSNorm of `x` into `out`, scaled by `w`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    // Sum of squares in f64, as ggml does.
-    let ss = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
-    let scale = 1.0 / sqrtf(ss as f32 + eps);
+    let scale = rms_scale(x, eps);
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         *o = xi * scale * wi;
+    }
+}
+
+/// RMSNorm of `x` in place, scaled by `w` (per-head query/key norms).
+pub fn rmsnorm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let scale = rms_scale(x, eps);
+    for (xi, &wi) in x.iter_mut().zip(w) {
+        *xi = *xi * scale * wi;
     }
 }

