@@ -149,8 +149,10 @@ mod train {
         /// Binds the student's weights (dequantized) as variables.
         pub fn from_gguf(g: &Gguf<'_>, dtype: DType, device: &Device, n_ctx: usize) -> Result<Self> {
             let cfg = crate::prune::check_llama(g, "student")?;
-            if cfg.rope_dim != cfg.head_dim {
-                return Err(CompressError::BadOption("distill: partial RoPE is not supported".into()));
+            if cfg.rope_dim != cfg.head_dim || g.tensor("rope_freqs.weight").is_some() {
+                return Err(CompressError::BadOption(
+                    "distill: partial RoPE and llama 3.1's rope_freqs are not supported by the student".into(),
+                ));
             }
             let tied = g.tensor("output.weight").is_none();
             let mut vars = BTreeMap::new();
