@@ -12,3 +12,6 @@ cargo run --release -q -p pith-fetch --bin pith-fetch
 PITH_TEST_PYTHON=$(bash scripts/setup-python.sh)
 export PITH_TEST_PYTHON
 cargo test --workspace --release "$@"
+# pith-compress distill (feature `train`, candle on the CPU): tiny models only, a few seconds
+# of tests after candle builds (about 4 minutes on 2 cores).
+cargo test --release -p pith-models --features train --test distill "$@"

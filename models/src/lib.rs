@@ -8,17 +8,23 @@
 //! - [`imatrix`]: calibration statistics gathered by running the runtime over text;
 //! - [`gptq`]: error-compensating quantization with the calibration second moments;
 //! - [`eval`]: perplexity and KL divergence against a base model, and [`plot`] for the SVG;
+//! - [`prune`]: Minitron-style width and depth pruning by activation importance;
+//! - [`lowrank`]: activation-whitened SVD of the linear weights (merged back to dense);
+//! - [`distill`]: knowledge distillation on candle (feature `train`);
 //! - [`output`]: atomic output files.
 
 pub use pith_fetch::*;
 
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod gptq;
 pub mod imatrix;
+pub mod lowrank;
 pub mod output;
 pub mod plot;
 pub mod progress;
+pub mod prune;
 pub mod quantize;
 
 pub use error::{CompressError, Result};

@@ -313,7 +313,7 @@ pub struct Options<'a> {
 }
 
 /// Dequantizes a whole tensor to f32 rows.
-fn to_f32(t: &TensorInfo<'_>) -> Vec<f32> {
+pub(crate) fn to_f32(t: &TensorInfo<'_>) -> Vec<f32> {
     let n = t.n_cols();
     let rb = t.data.len() / t.n_rows().max(1);
     let mut out = vec![0.0f32; t.n_elements() as usize];
@@ -386,7 +386,7 @@ fn convert(
 }
 
 /// Metadata of `g`, as owned values, for a new file.
-fn carry_metadata(g: &Gguf<'_>) -> GgufBuilder {
+pub(crate) fn carry_metadata(g: &Gguf<'_>) -> GgufBuilder {
     let mut b = GgufBuilder::new();
     for (k, v) in &g.metadata {
         b.kv(k, OwnedValue::from_value(v));

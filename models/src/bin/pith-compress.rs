@@ -19,6 +19,12 @@ enum Cmd {
     Imatrix(pith_models::imatrix::ImatrixArgs),
     /// Perplexity and KL divergence of one or more models against a base model.
     Eval(pith_models::eval::EvalArgs),
+    /// Remove attention heads, FFN neurons, embedding channels or layers by activation importance.
+    Prune(pith_models::prune::PruneArgs),
+    /// Low-rank factorization of the linear weights by activation-whitened SVD.
+    Lowrank(pith_models::lowrank::LowrankArgs),
+    /// Train a (pruned) student on a teacher's distributions (a build with the `train` feature).
+    Distill(pith_models::distill::DistillArgs),
 }
 
 fn main() {
@@ -46,6 +52,9 @@ fn main() {
         Cmd::Quantize(a) => pith_models::quantize::run_quantize(&a),
         Cmd::Imatrix(a) => pith_models::imatrix::run(&a),
         Cmd::Eval(a) => pith_models::eval::run(&a),
+        Cmd::Prune(a) => pith_models::prune::run(&a),
+        Cmd::Lowrank(a) => pith_models::lowrank::run(&a),
+        Cmd::Distill(a) => pith_models::distill::run(&a),
     };
     match r {
         Ok(()) => {}

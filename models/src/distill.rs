@@ -1,0 +1,656 @@
+//! `pith-compress distill`: knowledge distillation of a teacher's next-token distributions into
+//! a (pruned) student, on candle (feature `train`; `cuda` on top for NVIDIA GPUs).
+//!
+//! Why candle: the student is a plain llama whose forward pass is a few dozen tensor ops, and
+//! candle's CPU backend, reverse-mode autograd (`Var`, `backward`) and CUDA backend cover them
+//! with one small dependency tree (burn would bring its module system and CubeCL's compiler).
+//! The optimizer (AdamW), the schedule and the checkpoints are written here, so their state is
+//! ours to save and resume.
+//!
+//! The teacher runs on pith's own forward pass (f32 arithmetic) on the fly; the student on
+//! candle. Loss per predicted token, averaged: `α·CE(labels) + (1 − α)·T²·KL(p_T ‖ q_T)` with
+//! `p_T = softmax(teacher/T)`, `q_T = softmax(student/T)`. AdamW (decay on matrices only),
+//! linear warm-up then cosine decay to 10 % of the peak rate, gradients accumulated over
+//! `--accum` sequences per step.
+
+use std::path::PathBuf;
+
+/// `pith-compress distill` options.
+#[derive(Debug, clap::Args)]
+pub struct DistillArgs {
+    /// The teacher model (llama GGUF, any weight type).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// The student model to train (llama GGUF with the teacher's vocabulary), e.g. from `prune`.
+    #[arg(long)]
+    pub student: PathBuf,
+    /// Training text (UTF-8; repeatable), never the evaluation text.
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The trained student (F32 GGUF).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Tokens to train on (sequences × their length; the text is cycled).
+    #[arg(long, default_value_t = 65536)]
+    pub tokens: usize,
+    /// Tokens per sequence.
+    #[arg(short = 'c', long = "ctx", default_value_t = 256)]
+    pub ctx: usize,
+    /// Sequences per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 4)]
+    pub accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Weight of the hard-label cross-entropy (1 − alpha goes to the KL divergence).
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// Softmax temperature of the KL term.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Held-out sequences (the end of the text) for the validation loss.
+    #[arg(long, default_value_t = 4)]
+    pub val_seqs: usize,
+    /// Validation loss every this many steps.
+    #[arg(long, default_value_t = 25)]
+    pub val_every: usize,
+    /// Write a checkpoint (weights + optimizer state) every this many steps (0 = never).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Checkpoint file (default: OUTPUT.ckpt).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Resume from this checkpoint (same student shape).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Device: cpu, or cuda (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for the teacher (0 = all cores).
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub threads: usize,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs `pith-compress distill`.
+#[cfg(not(feature = "train"))]
+pub fn run(_: &DistillArgs) -> crate::Result<()> {
+    Err(crate::CompressError::BadOption(
+        "this pith-compress was built without training: rebuild with `--features train` (or `cuda`)".into(),
+    ))
+}
+
+#[cfg(feature = "train")]
+pub use train::*;
+
+#[cfg(feature = "train")]
+mod train {
+    use super::DistillArgs;
+    use crate::error::{CompressError, Result};
+    use crate::quantize::{carry_metadata, to_f32, write_gguf};
+    use candle_core::{DType, Device, Tensor, Var, D};
+    use pith::gguf::writer::OwnedValue;
+    use pith::gguf::Gguf;
+    use pith::model::{Config, Logits, Model, State};
+    use pith::{Pool, Precision};
+    use pith_kernels::GgmlType;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    fn ce(e: candle_core::Error) -> CompressError {
+        CompressError::BadOption(format!("training: {e}"))
+    }
+
+    /// A llama student as candle variables, by GGUF tensor name.
+    pub struct Student {
+        pub cfg: Config,
+        pub tied: bool,
+        pub vars: BTreeMap<String, Var>,
+        pub dtype: DType,
+        pub device: Device,
+        cos: Tensor,
+        sin: Tensor,
+    }
+
+    /// The names of a llama model's tensors.
+    fn names(cfg: &Config, tied: bool) -> Vec<String> {
+        let mut v = vec!["token_embd.weight".to_string()];
+        for l in 0..cfg.n_layer {
+            for w in [
+                "attn_norm.weight",
+                "attn_q.weight",
+                "attn_k.weight",
+                "attn_v.weight",
+                "attn_output.weight",
+                "ffn_norm.weight",
+                "ffn_gate.weight",
+                "ffn_up.weight",
+                "ffn_down.weight",
+            ] {
+                v.push(format!("blk.{l}.{w}"));
+            }
+        }
+        v.push("output_norm.weight".into());
+        if !tied {
+            v.push("output.weight".into());
+        }
+        v
+    }
+
+    impl Student {
+        /// Binds the student's weights (dequantized) as variables.
+        pub fn from_gguf(g: &Gguf<'_>, dtype: DType, device: &Device, n_ctx: usize) -> Result<Self> {
+            let cfg = crate::prune::check_llama(g, "student")?;
+            if cfg.rope_dim != cfg.head_dim || g.tensor("rope_freqs.weight").is_some() {
+                return Err(CompressError::BadOption(
+                    "distill: partial RoPE and llama 3.1's rope_freqs are not supported by the student".into(),
+                ));
+            }
+            let tied = g.tensor("output.weight").is_none();
+            let mut vars = BTreeMap::new();
+            for n in names(&cfg, tied) {
+                let t =
+                    g.tensor(&n).ok_or_else(|| CompressError::Tensor { tensor: n.clone(), why: "missing".into() })?;
+                let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                let v = Tensor::from_vec(to_f32(t), shape, device).and_then(|x| x.to_dtype(dtype)).map_err(ce)?;
+                vars.insert(n, Var::from_tensor(&v).map_err(ce)?);
+            }
+            // RoPE angles as pith computes them: pos·scale·base^(−2i/rope_dim), adjacent pairs.
+            let half = cfg.head_dim / 2;
+            let mut c = Vec::with_capacity(n_ctx * half);
+            let mut s = Vec::with_capacity(n_ctx * half);
+            for p in 0..n_ctx {
+                for i in 0..half {
+                    let th = (p as f32 * cfg.rope_freq_scale) as f64
+                        * (cfg.rope_theta as f64).powf(-2.0 * i as f64 / cfg.rope_dim as f64);
+                    c.push(th.cos());
+                    s.push(th.sin());
+                }
+            }
+            let mk = |v: Vec<f64>| {
+                Tensor::from_vec(v, (n_ctx, 1, half, 1), device).and_then(|t| t.to_dtype(dtype)).map_err(ce)
+            };
+            Ok(Student { cos: mk(c)?, sin: mk(s)?, cfg, tied, vars, dtype, device: device.clone() })
+        }
+
+        fn w(&self, n: &str) -> Result<&Tensor> {
+            self.vars
+                .get(n)
+                .map(Var::as_tensor)
+                .ok_or_else(|| CompressError::Tensor { tensor: n.into(), why: "missing".into() })
+        }
+
+        fn rmsnorm(&self, x: &Tensor, g: &str) -> Result<Tensor> {
+            let eps = self.cfg.rms_eps as f64;
+            let ms = x.sqr().and_then(|s| s.mean_keepdim(D::Minus1)).map_err(ce)?;
+            let inv = ms.affine(1.0, eps).and_then(|m| m.sqrt()).and_then(|m| m.recip()).map_err(ce)?;
+            let g = self.w(g)?;
+            x.broadcast_mul(&inv).and_then(|y| y.broadcast_mul(g)).map_err(ce)
+        }
+
+        fn linear(&self, x: &Tensor, w: &str) -> Result<Tensor> {
+            x.matmul(&self.w(w)?.t().map_err(ce)?).map_err(ce)
+        }
+
+        /// (T, H, hd) rotated by the position's angles, pairs (2i, 2i+1).
+        fn rope(&self, x: &Tensor, t: usize) -> Result<Tensor> {
+            let (tt, h, hd) = x.dims3().map_err(ce)?;
+            let x = x.reshape((tt, h, hd / 2, 2)).map_err(ce)?;
+            let (a, b) = (x.narrow(3, 0, 1).map_err(ce)?, x.narrow(3, 1, 1).map_err(ce)?);
+            let (c, s) = (self.cos.narrow(0, 0, t).map_err(ce)?, self.sin.narrow(0, 0, t).map_err(ce)?);
+            let r0 = a.broadcast_mul(&c).and_then(|p| p.broadcast_sub(&b.broadcast_mul(&s)?)).map_err(ce)?;
+            let r1 = a.broadcast_mul(&s).and_then(|p| p.broadcast_add(&b.broadcast_mul(&c)?)).map_err(ce)?;
+            Tensor::cat(&[r0, r1], 3).and_then(|r| r.reshape((tt, h, hd))).map_err(ce)
+        }
+
+        /// Logits (T, n_vocab) of a sequence from position 0.
+        pub fn forward(&self, tokens: &[u32]) -> Result<Tensor> {
+            let c = &self.cfg;
+            let t = tokens.len();
+            let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+            let ids = Tensor::from_vec(tokens.to_vec(), t, &self.device).map_err(ce)?;
+            let mut x = self.w("token_embd.weight")?.index_select(&ids, 0).map_err(ce)?;
+            let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+            let mask = Tensor::from_vec(mask, (t, t), &self.device).and_then(|m| m.to_dtype(self.dtype)).map_err(ce)?;
+            let scale = 1.0 / (hd as f64).sqrt();
+            for l in 0..c.n_layer {
+                let n = |s: &str| format!("blk.{l}.{s}");
+                let xb = self.rmsnorm(&x, &n("attn_norm.weight"))?;
+                let q = self.linear(&xb, &n("attn_q.weight"))?.reshape((t, h, hd)).map_err(ce)?;
+                let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((t, kv, hd)).map_err(ce)?;
+                let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((t, kv, hd)).map_err(ce)?;
+                let q = self.rope(&q, t)?.transpose(0, 1).and_then(|q| q.contiguous()).map_err(ce)?; // (H, T, hd)
+                let k = self.rope(&k, t)?;
+                // GQA: each KV head serves h / kv query heads, in order.
+                let widen = |m: Tensor| -> Result<Tensor> {
+                    m.transpose(0, 1)
+                        .and_then(|m| m.unsqueeze(1))
+                        .and_then(|m| m.broadcast_as((kv, h / kv, t, hd)))
+                        .and_then(|m| m.contiguous())
+                        .and_then(|m| m.reshape((h, t, hd)))
+                        .map_err(ce)
+                };
+                let (k, v) = (widen(k)?, widen(v)?);
+                let att = q
+                    .matmul(&k.t().map_err(ce)?)
+                    .and_then(|s| s.affine(scale, 0.0))
+                    .and_then(|s| s.broadcast_add(&mask))
+                    .map_err(ce)?;
+                let att = softmax(&att)?;
+                let o = att
+                    .matmul(&v)
+                    .and_then(|o| o.transpose(0, 1))
+                    .and_then(|o| o.contiguous())
+                    .and_then(|o| o.reshape((t, h * hd)))
+                    .map_err(ce)?;
+                x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;
+                let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
+                let g = self.linear(&xb, &n("ffn_gate.weight"))?;
+                let u = self.linear(&xb, &n("ffn_up.weight"))?;
+                let a = g.silu().and_then(|g| g * u).map_err(ce)?;
+                x = (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)?;
+            }
+            let xb = self.rmsnorm(&x, "output_norm.weight")?;
+            self.linear(&xb, if self.tied { "token_embd.weight" } else { "output.weight" })
+        }
+    }
+
+    /// Softmax over the last dimension (the maximum subtracted as a constant).
+    fn softmax(x: &Tensor) -> Result<Tensor> {
+        let m = x.max_keepdim(D::Minus1).map_err(ce)?.detach();
+        let e = x.broadcast_sub(&m).and_then(|e| e.exp()).map_err(ce)?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1).map_err(ce)?).map_err(ce)
+    }
+
+    /// log-softmax over the last dimension.
+    fn log_softmax(x: &Tensor) -> Result<Tensor> {
+        let m = x.max_keepdim(D::Minus1).map_err(ce)?.detach();
+        let z = x.broadcast_sub(&m).map_err(ce)?;
+        let lse = z.exp().and_then(|e| e.sum_keepdim(D::Minus1)).and_then(|s| s.log()).map_err(ce)?;
+        z.broadcast_sub(&lse).map_err(ce)
+    }
+
+    /// The distillation loss, averaged over positions: `alpha·CE + (1 − alpha)·T²·KL(p_T ‖ q_T)`.
+    /// `student`, `teacher`: (T, V) logits; `labels`: the next token of each position.
+    pub fn loss(student: &Tensor, teacher: &Tensor, labels: &[u32], alpha: f64, temp: f64) -> Result<Tensor> {
+        let (t, _) = student.dims2().map_err(ce)?;
+        let dev = student.device();
+        let mut total = Tensor::zeros((), student.dtype(), dev).map_err(ce)?;
+        if alpha > 0.0 {
+            let ids = Tensor::from_vec(labels.to_vec(), (t, 1), dev).map_err(ce)?;
+            let lp = log_softmax(student)?.gather(&ids, 1).map_err(ce)?;
+            let ce_loss = lp.mean_all().and_then(|m| m.affine(-alpha, 0.0)).map_err(ce)?;
+            total = (total + ce_loss).map_err(ce)?;
+        }
+        if alpha < 1.0 {
+            let ls = log_softmax(&student.affine(1.0 / temp, 0.0).map_err(ce)?)?;
+            let lt = log_softmax(&teacher.affine(1.0 / temp, 0.0).map_err(ce)?)?.detach();
+            let pt = lt.exp().map_err(ce)?;
+            let kl = (pt * (lt - ls).map_err(ce)?)
+                .and_then(|k| k.sum_keepdim(D::Minus1))
+                .and_then(|k| k.mean_all())
+                .and_then(|k| k.affine((1.0 - alpha) * temp * temp, 0.0))
+                .map_err(ce)?;
+            total = (total + kl).map_err(ce)?;
+        }
+        Ok(total)
+    }
+
+    /// AdamW state per variable.
+    pub struct AdamW {
+        pub m: BTreeMap<String, Tensor>,
+        pub v: BTreeMap<String, Tensor>,
+        pub step: usize,
+        pub beta1: f64,
+        pub beta2: f64,
+        pub eps: f64,
+        pub weight_decay: f64,
+    }
+
+    impl AdamW {
+        pub fn new(s: &Student, weight_decay: f64) -> Result<Self> {
+            let mut m = BTreeMap::new();
+            let mut v = BTreeMap::new();
+            for (n, var) in &s.vars {
+                m.insert(n.clone(), var.as_tensor().zeros_like().map_err(ce)?);
+                v.insert(n.clone(), var.as_tensor().zeros_like().map_err(ce)?);
+            }
+            Ok(AdamW { m, v, step: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay })
+        }
+
+        /// One update with the (already averaged) gradients.
+        pub fn step(&mut self, s: &Student, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+            self.step += 1;
+            let (b1, b2) = (self.beta1, self.beta2);
+            let (c1, c2) = (1.0 - b1.powi(self.step as i32), 1.0 - b2.powi(self.step as i32));
+            for (n, var) in &s.vars {
+                let Some(g) = grads.get(n) else { continue };
+                let (m, v) = match (self.m.get(n), self.v.get(n)) {
+                    (Some(m), Some(v)) => (m, v),
+                    _ => continue,
+                };
+                let m = (m.affine(b1, 0.0).map_err(ce)? + g.affine(1.0 - b1, 0.0).map_err(ce)?).map_err(ce)?;
+                let v = (v.affine(b2, 0.0).map_err(ce)? + g.sqr().and_then(|g| g.affine(1.0 - b2, 0.0)).map_err(ce)?)
+                    .map_err(ce)?;
+                let upd = m
+                    .affine(1.0 / c1, 0.0)
+                    .and_then(|mh| mh.div(&v.affine(1.0 / c2, 0.0)?.sqrt()?.affine(1.0, self.eps)?))
+                    .map_err(ce)?;
+                let w = var.as_tensor().detach();
+                // Decay on matrices only (not norms).
+                let wd = if w.rank() >= 2 { self.weight_decay } else { 0.0 };
+                let new = (w.affine(1.0 - lr * wd, 0.0).map_err(ce)? - upd.affine(lr, 0.0).map_err(ce)?).map_err(ce)?;
+                var.set(&new).map_err(ce)?;
+                self.m.insert(n.clone(), m);
+                self.v.insert(n.clone(), v);
+            }
+            Ok(())
+        }
+    }
+
+    /// Warm-up then cosine decay to 10 % of `peak`.
+    pub fn lr_at(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
+        if step < warmup {
+            return peak * (step + 1) as f64 / warmup as f64;
+        }
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        let p = ((step - warmup) as f64 / span).min(1.0);
+        let min = 0.1 * peak;
+        min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * p).cos())
+    }
+
+    /// Gradients of every variable for one sequence, and the loss.
+    pub fn grads(
+        s: &Student,
+        tokens: &[u32],
+        teacher_logits: &Tensor,
+        alpha: f64,
+        temp: f64,
+    ) -> Result<(f64, BTreeMap<String, Tensor>)> {
+        let n = tokens.len() - 1;
+        let logits = s.forward(&tokens[..n])?;
+        let l = loss(&logits, teacher_logits, &tokens[1..], alpha, temp)?;
+        let value = l.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce)?;
+        let gs = l.backward().map_err(ce)?;
+        let mut out = BTreeMap::new();
+        for (name, var) in &s.vars {
+            if let Some(g) = gs.get(var.as_tensor()) {
+                out.insert(name.clone(), g.clone());
+            }
+        }
+        Ok((value, out))
+    }
+
+    /// The teacher's logits for `tokens` (all positions), as a (T, V) tensor.
+    pub fn teacher_logits(
+        model: &Model<'_>,
+        state: &mut State,
+        pool: &Pool,
+        tokens: &[u32],
+        s: &Student,
+    ) -> Result<Tensor> {
+        state.reset();
+        let l = model.forward(state, pool, tokens, Logits::From(0))?;
+        Tensor::from_vec(l.to_vec(), (tokens.len(), model.config.n_vocab), &s.device)
+            .and_then(|t| t.to_dtype(s.dtype))
+            .map_err(ce)
+    }
+
+    /// The student's weights (and optimizer state, for a checkpoint) as GGUF over `base`'s
+    /// metadata and any tensors the student does not train.
+    fn save(s: &Student, base: &Gguf<'_>, opt: Option<&AdamW>, path: &Path, inputs: &[&Path]) -> Result<()> {
+        let mut b = carry_metadata(base);
+        b.kv("general.file_type", OwnedValue::U32(0));
+        let vals = |t: &Tensor| -> Result<Vec<u8>> {
+            let v: Vec<f32> =
+                t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(ce)?;
+            Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        };
+        let trained: Vec<&str> = s.vars.keys().map(String::as_str).collect();
+        for t in &base.tensors {
+            match s.vars.get(t.name) {
+                Some(v) => {
+                    b.tensor(t.name, &t.dims, GgmlType::F32, vals(v.as_tensor())?);
+                }
+                None => {
+                    b.tensor(t.name, &t.dims, t.ty, t.data.to_vec());
+                }
+            }
+        }
+        if let Some(o) = opt {
+            b.kv("pith.distill.step", OwnedValue::U32(o.step as u32));
+            for n in trained {
+                let dims = base.tensor(n).map(|t| t.dims.clone()).unwrap_or_default();
+                if let (Some(m), Some(v)) = (o.m.get(n), o.v.get(n)) {
+                    b.tensor(&format!("{n}.adam_m"), &dims, GgmlType::F32, vals(m)?);
+                    b.tensor(&format!("{n}.adam_v"), &dims, GgmlType::F32, vals(v)?);
+                }
+            }
+        }
+        write_gguf(&b, path, true, inputs)
+    }
+
+    /// Loads a checkpoint's weights and optimizer state into `s` / `opt`, refusing one made
+    /// for another shape.
+    fn resume(s: &Student, opt: &mut AdamW, path: &Path) -> Result<()> {
+        let bad = |why: String| CompressError::BadOption(format!("checkpoint {}: {why}", path.display()));
+        let file = pith::file::MappedFile::open(path)?;
+        let g = file.gguf()?;
+        let load = |name: &str, like: &Tensor| -> Result<Tensor> {
+            let t = g.tensor(name).ok_or_else(|| bad(format!("no tensor {name}")))?;
+            let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+            if shape != like.dims() || t.ty != GgmlType::F32 {
+                return Err(bad(format!(
+                    "{name} is {shape:?} {}, the student's is {:?}: a checkpoint of another shape",
+                    t.ty,
+                    like.dims()
+                )));
+            }
+            Tensor::from_vec(to_f32(t), shape, like.device()).and_then(|x| x.to_dtype(like.dtype())).map_err(ce)
+        };
+        let step =
+            g.get_u64("pith.distill.step").map_err(pith::Error::from)?.ok_or_else(|| bad("not a checkpoint".into()))?;
+        for (n, var) in &s.vars {
+            let w = load(n, var.as_tensor())?;
+            let m = load(&format!("{n}.adam_m"), var.as_tensor())?;
+            let v = load(&format!("{n}.adam_v"), var.as_tensor())?;
+            var.set(&w).map_err(ce)?;
+            opt.m.insert(n.clone(), m);
+            opt.v.insert(n.clone(), v);
+        }
+        opt.step = step as usize;
+        Ok(())
+    }
+
+    /// Mean loss over `seqs` (no gradients kept).
+    fn eval_loss(
+        s: &Student,
+        teacher: &Model<'_>,
+        state: &mut State,
+        pool: &Pool,
+        seqs: &[&[u32]],
+        a: &DistillArgs,
+    ) -> Result<(f64, f64)> {
+        let (mut kd, mut ce_sum) = (0.0, 0.0);
+        for seq in seqs {
+            let n = seq.len() - 1;
+            let tl = teacher_logits(teacher, state, pool, &seq[..n], s)?;
+            let sl = s.forward(&seq[..n])?.detach();
+            let l = loss(&sl, &tl, &seq[1..], a.alpha, a.temperature)?;
+            let c = loss(&sl, &tl, &seq[1..], 1.0, 1.0)?;
+            let f = |t: Tensor| t.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce);
+            kd += f(l)?;
+            ce_sum += f(c)?;
+        }
+        let n = seqs.len().max(1) as f64;
+        Ok((kd / n, ce_sum / n))
+    }
+
+    fn device(name: &str) -> Result<Device> {
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Device::new_cuda(0).map_err(|e| {
+                CompressError::BadOption(format!("--device cuda: {e} (a build with the `cuda` feature runs on GPUs)"))
+            }),
+            other => Err(CompressError::BadOption(format!("--device {other}: cpu or cuda"))),
+        }
+    }
+
+    /// Runs `pith-compress distill`.
+    pub fn run(a: &DistillArgs) -> Result<()> {
+        if a.ctx < 2 || a.accum == 0 || a.tokens == 0 {
+            return Err(CompressError::BadOption("--ctx ≥ 2, --accum ≥ 1 and --tokens ≥ 1".into()));
+        }
+        if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
+            return Err(CompressError::BadOption("--alpha in [0, 1], --temperature > 0".into()));
+        }
+        let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
+            let mut p = a.output.clone().into_os_string();
+            p.push(".ckpt");
+            p.into()
+        });
+        let mut inputs: Vec<&Path> = vec![&a.teacher, &a.student];
+        inputs.extend(a.files.iter().map(PathBuf::as_path));
+        crate::output::check_output(&a.output, a.force, &inputs)?;
+        let dev = device(&a.device)?;
+        let tfile = pith::file::MappedFile::open(&a.teacher)?;
+        let teacher = pith::engine::Engine::load(&tfile, a.threads)?;
+        crate::prune::check_llama(&teacher.gguf, "teacher")?;
+        let sfile = pith::file::MappedFile::open(&a.student)?;
+        let sg = sfile.gguf()?;
+        let student = Student::from_gguf(&sg, DType::F32, &dev, a.ctx)?;
+        check_vocab(&teacher.gguf, &sg, teacher.model.config.n_vocab, student.cfg.n_vocab)?;
+        // Text → tokens (the teacher's tokenizer, which the student shares).
+        let mut tokens = Vec::new();
+        for f in &a.files {
+            let text = crate::imatrix::read_calibration(f)?;
+            tokens.extend(teacher.tokenizer.encode(&text, false)?);
+        }
+        let seq = a.ctx + 1;
+        let n_seq = tokens.len() / seq;
+        if n_seq < a.val_seqs + 1 {
+            return Err(CompressError::Calibration {
+                path: a.files[0].clone(),
+                why: format!("{} tokens: fewer than {} sequences of {seq}", tokens.len(), a.val_seqs + 1),
+            });
+        }
+        let bos = if teacher.tokenizer.add_bos() { teacher.tokenizer.bos() } else { None };
+        let seqs: Vec<Vec<u32>> = (0..n_seq)
+            .map(|i| {
+                let mut s = tokens[i * seq..(i + 1) * seq].to_vec();
+                if let Some(b) = bos {
+                    s[0] = b;
+                }
+                s
+            })
+            .collect();
+        let (train, val) = seqs.split_at(n_seq - a.val_seqs);
+        let val: Vec<&[u32]> = val.iter().map(Vec::as_slice).collect();
+        let steps = a.tokens.div_ceil(a.ctx * a.accum);
+        let mut opt = AdamW::new(&student, a.weight_decay)?;
+        if let Some(r) = &a.resume {
+            resume(&student, &mut opt, r)?;
+            crate::progress::note(&format!("distill: resumed from {} at step {}", r.display(), opt.step));
+        }
+        let mut state = State::new(&teacher.model, a.ctx, a.ctx)?;
+        state.set_precision(Precision::F32);
+        crate::progress::note(&format!(
+            "distill: {} train / {} held-out sequences of {}; {steps} steps of {} sequences ({} tokens); α {} T {}; {}",
+            train.len(),
+            val.len(),
+            a.ctx,
+            a.accum,
+            steps * a.accum * a.ctx,
+            a.alpha,
+            a.temperature,
+            a.device
+        ));
+        let (v0, c0) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
+        crate::progress::note(&format!(
+            "distill: step {} validation loss {v0:.4} (CE {c0:.4}, PPL {:.2})",
+            opt.step,
+            c0.exp()
+        ));
+        let pb = crate::progress::bar(steps as u64, "distill");
+        pb.set_position(opt.step as u64);
+        let t0 = std::time::Instant::now();
+        let mut trained_tokens = 0usize;
+        let mut next = opt.step * a.accum;
+        while opt.step < steps {
+            let mut sum: BTreeMap<String, Tensor> = BTreeMap::new();
+            let mut lsum = 0.0;
+            for _ in 0..a.accum {
+                let sq = &train[next % train.len()];
+                next += 1;
+                let tl = teacher_logits(&teacher.model, &mut state, &teacher.pool, &sq[..a.ctx], &student)?;
+                let (l, g) = grads(&student, sq, &tl, a.alpha, a.temperature)?;
+                lsum += l;
+                for (n, gt) in g {
+                    let acc = match sum.remove(&n) {
+                        Some(s) => (s + gt).map_err(ce)?,
+                        None => gt,
+                    };
+                    sum.insert(n, acc);
+                }
+                trained_tokens += a.ctx;
+            }
+            for g in sum.values_mut() {
+                *g = g.affine(1.0 / a.accum as f64, 0.0).map_err(ce)?;
+            }
+            let lr = lr_at(opt.step, steps, a.warmup, a.lr);
+            opt.step(&student, &sum, lr)?;
+            let el = t0.elapsed().as_secs_f64();
+            pb.set_position(opt.step as u64);
+            pb.set_message(format!(
+                "loss {:.4} lr {lr:.2e} {:.0} tok/s",
+                lsum / a.accum as f64,
+                trained_tokens as f64 / el.max(1e-9)
+            ));
+            if a.val_every > 0 && opt.step % a.val_every == 0 {
+                let (v, c) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
+                let line = format!("step {}: validation loss {v:.4} (CE {c:.4}, PPL {:.2})", opt.step, c.exp());
+                // A hidden bar (stderr not a terminal) swallows println: print the line itself.
+                if pb.is_hidden() {
+                    crate::progress::note(&format!("distill: {line}"));
+                } else {
+                    pb.println(line);
+                }
+            }
+            if a.checkpoint_every > 0 && opt.step % a.checkpoint_every == 0 && opt.step < steps {
+                save(&student, &sg, Some(&opt), &ckpt, &inputs)?;
+            }
+        }
+        pb.finish_and_clear();
+        let (v, c) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
+        let el = t0.elapsed().as_secs_f64();
+        crate::progress::note(&format!(
+            "distill: {trained_tokens} tokens in {el:.0} s ({:.0} tok/s); validation loss {v0:.4} → {v:.4} (CE {c:.4}, PPL {:.2})",
+            trained_tokens as f64 / el.max(1e-9),
+            c.exp()
+        ));
+        save(&student, &sg, None, &a.output, &inputs)?;
+        crate::progress::note(&format!("distill: → {}", a.output.display()));
+        Ok(())
+    }
+
+    /// The student must predict over the teacher's vocabulary.
+    pub fn check_vocab(t: &Gguf<'_>, s: &Gguf<'_>, nt: usize, ns: usize) -> Result<()> {
+        let toks = |g: &Gguf<'_>| -> Option<Vec<String>> {
+            g.get_array("tokenizer.ggml.tokens").ok().flatten()?.strings().map(|i| i.map(String::from).collect())
+        };
+        if nt != ns || toks(t) != toks(s) {
+            return Err(CompressError::BadOption(format!(
+                "the student's vocabulary ({ns} tokens) differs from the teacher's ({nt}): distillation compares their distributions token by token"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! `pith-compress distill` (feature `train`) on tiny random llama models: the candle student
+//! computes pith's logits, the loss's gradients match finite differences, one step lowers the
+//! loss, and the binary trains, checkpoints, resumes and refuses bad input.
+#![cfg(feature = "train")]
+
+use candle_core::{DType, Device, Tensor};
+use pith::gguf::Gguf;
+use pith::model::{Logits, Model, State};
+use pith::testing::{build, spm_vocab, TinySpec};
+use pith::{Pool, Precision};
+use pith_models::distill::{grads, loss, lr_at, teacher_logits, AdamW, Student};
+use pith_models::prune::AlignedBytes;
+use std::process::Command;
+
+fn tiny(seed: u64) -> AlignedBytes {
+    let (b, _) = build(&TinySpec { n_layer: 2, n_ff: 96, seed, ..Default::default() });
+    AlignedBytes::from(pith_models::prune::without_layers(&Gguf::parse(&b).unwrap(), &[]))
+}
+
+fn pith_logits(m: &Model<'_>, toks: &[u32]) -> Vec<f32> {
+    let mut s = State::new(m, toks.len(), toks.len()).unwrap();
+    s.set_precision(Precision::F32);
+    m.forward(&mut s, &Pool::single(), toks, Logits::From(0)).unwrap().to_vec()
+}
+
+const TOKS: [u32; 13] = [1, 17, 5, 88, 42, 3, 9, 60, 61, 2, 14, 77, 30];
+
+#[test]
+fn the_student_computes_piths_logits() {
+    for tied in [false, true] {
+        let (b, _) = build(&TinySpec { tied, seed: 4, ..Default::default() });
+        let b = AlignedBytes::from(pith_models::prune::without_layers(&Gguf::parse(&b).unwrap(), &[]));
+        let g = Gguf::parse(b.as_slice()).unwrap();
+        let m = Model::from_gguf(&g).unwrap();
+        let s = Student::from_gguf(&g, DType::F64, &Device::Cpu, 16).unwrap();
+        let got: Vec<f64> = s.forward(&TOKS).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want = pith_logits(&m, &TOKS);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+        for (x, y) in got.iter().zip(&want) {
+            // pith keeps K and V in f16: agreement to about 1e-3 of the largest logit.
+            assert!((x - *y as f64).abs() < 2e-3 * scale, "tied {tied}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn loss_gradients_match_finite_differences() {
+    let (tb, sb) = (tiny(1), tiny(2));
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let sg = Gguf::parse(sb.as_slice()).unwrap();
+    let s = Student::from_gguf(&sg, DType::F64, &Device::Cpu, 16).unwrap();
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    st.set_precision(Precision::F32);
+    let n = TOKS.len() - 1;
+    let tl = teacher_logits(&tm, &mut st, &Pool::single(), &TOKS[..n], &s).unwrap();
+    let (alpha, temp) = (0.3, 2.0);
+    let (_, g) = grads(&s, &TOKS, &tl, alpha, temp).unwrap();
+    let value = || -> f64 {
+        let l = loss(&s.forward(&TOKS[..n]).unwrap(), &tl, &TOKS[1..], alpha, temp).unwrap();
+        l.to_scalar::<f64>().unwrap()
+    };
+    let h = 1e-5;
+    for (name, idx) in [
+        ("blk.0.attn_q.weight", 37),
+        ("blk.0.attn_k.weight", 100),
+        ("blk.1.attn_v.weight", 5),
+        ("blk.1.attn_output.weight", 640),
+        ("blk.0.ffn_gate.weight", 77),
+        ("blk.1.ffn_down.weight", 1000),
+        ("blk.0.attn_norm.weight", 3),
+        ("output_norm.weight", 9),
+        ("token_embd.weight", 17 * 64 + 2),
+        ("output.weight", 42 * 64 + 7),
+    ] {
+        let var = &s.vars[name];
+        let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let dims = var.as_tensor().dims().to_vec();
+        let set = |d: f64| {
+            let mut v = orig.clone();
+            v[idx] += d;
+            var.set(&Tensor::from_vec(v, dims.clone(), &Device::Cpu).unwrap()).unwrap();
+        };
+        set(h);
+        let up = value();
+        set(-h);
+        let down = value();
+        set(0.0);
+        let fd = (up - down) / (2.0 * h);
+        let an: f64 = g[name].flatten_all().unwrap().to_vec1::<f64>().unwrap()[idx];
+        assert!((fd - an).abs() <= 1e-6 + 1e-4 * an.abs(), "{name}[{idx}]: finite difference {fd} vs gradient {an}");
+    }
+}
+
+#[test]
+fn one_step_lowers_the_loss() {
+    let (tb, sb) = (tiny(1), tiny(2));
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let sg = Gguf::parse(sb.as_slice()).unwrap();
+    let s = Student::from_gguf(&sg, DType::F32, &Device::Cpu, 16).unwrap();
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    let n = TOKS.len() - 1;
+    let tl = teacher_logits(&tm, &mut st, &Pool::single(), &TOKS[..n], &s).unwrap();
+    let mut opt = AdamW::new(&s, 0.01).unwrap();
+    let (before, g) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+    opt.step(&s, &g, 1e-3).unwrap();
+    let (after, _) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+    assert!(after < before, "{before} → {after}");
+    // The schedule: warm-up to the peak, then down to 10 % of it.
+    assert!((lr_at(0, 100, 10, 1.0) - 0.1).abs() < 1e-12 && (lr_at(9, 100, 10, 1.0) - 1.0).abs() < 1e-12);
+    assert!((lr_at(100, 100, 10, 1.0) - 0.1).abs() < 1e-12 && lr_at(50, 100, 10, 1.0) < 1.0);
+}
+
+const WORDS: [&str; 8] = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"];
+
+fn with_vocab(dir: &std::path::Path, name: &str, n_ff: usize, extra: usize, seed: u64) -> std::path::PathBuf {
+    let vocab = spm_vocab(&WORDS, extra);
+    let sp = TinySpec { n_vocab: vocab.len(), n_ff, seed, vocab: Some(vocab), ..Default::default() };
+    let p = dir.join(name);
+    std::fs::write(&p, build(&sp).0).unwrap();
+    p
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pith-compress"))
+        .arg("distill")
+        .args(args)
+        .env("PITH_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn the_binary_trains_resumes_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let teacher = with_vocab(p, "t.gguf", 128, 0, 1);
+    let student = with_vocab(p, "s.gguf", 64, 0, 2);
+    let other_shape = with_vocab(p, "s2.gguf", 32, 0, 3);
+    let other_vocab = with_vocab(p, "s3.gguf", 64, 4, 3);
+    let text = p.join("text.txt");
+    std::fs::write(&text, (0..600).map(|i| WORDS[(i * 5 + i / 7) % 8]).collect::<Vec<_>>().join(" ")).unwrap();
+    let out = p.join("out.gguf");
+    let ckpt = p.join("c.ckpt");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let base = |student: &std::path::Path| -> Vec<std::ffi::OsString> {
+        vec![
+            os("--teacher"),
+            teacher.clone().into_os_string(),
+            os("--student"),
+            student.to_path_buf().into_os_string(),
+            os("-f"),
+            text.clone().into_os_string(),
+            os("-o"),
+            out.clone().into_os_string(),
+            os("-c"),
+            os("16"),
+            os("--accum"),
+            os("2"),
+            os("--tokens"),
+            os("96"),
+            os("--val-every"),
+            os("1"),
+            os("--checkpoint-every"),
+            os("1"),
+            os("--checkpoint"),
+            ckpt.clone().into_os_string(),
+            os("--lr"),
+            os("1e-3"),
+        ]
+    };
+    let call = |v: Vec<std::ffi::OsString>| run(&v.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
+    let (ok, err) = call(base(&student));
+    assert!(ok, "{err}");
+    assert!(err.contains("step 1: validation loss") && err.contains("tok/s"), "{err}");
+    assert!(ckpt.exists());
+    // The result is a model pith runs.
+    let bytes = AlignedBytes::from(pith_models::prune::without_layers(
+        &Gguf::parse(&std::fs::read(&out).unwrap()).unwrap(),
+        &[],
+    ));
+    let g = Gguf::parse(bytes.as_slice()).unwrap();
+    let m = Model::from_gguf(&g).unwrap();
+    assert_eq!(m.config.n_ff, 64);
+    assert!(pith_logits(&m, &[1, 2, 3]).iter().all(|v| v.is_finite()));
+    // Resume from the checkpoint (step 2 of 3).
+    let mut v = base(&student);
+    v.extend([os("--resume"), ckpt.clone().into_os_string(), os("--force")]);
+    let (ok, err) = call(v);
+    assert!(ok && err.contains("resumed") && err.contains("at step 2"), "{err}");
+    // A checkpoint from another shape, another vocabulary: clear errors, the output untouched.
+    let before = std::fs::read(&out).unwrap();
+    let mut v = base(&other_shape);
+    v.extend([os("--resume"), ckpt.clone().into_os_string(), os("--force")]);
+    let (ok, err) = call(v);
+    assert!(!ok && err.contains("another shape"), "{err}");
+    let mut v = base(&other_vocab);
+    v.push(os("--force"));
+    let (ok, err) = call(v);
+    assert!(!ok && err.contains("vocabulary"), "{err}");
+    let empty = p.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let mut v = base(&student);
+    v[5] = empty.into_os_string();
+    v.push(os("--force"));
+    let (ok, err) = call(v);
+    assert!(!ok && err.contains("empty"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
