@@ -266,7 +266,7 @@ fn top_candidates(
             out.push((id, v));
         }
     }
-    out.sort_unstable_by(|a, b| Ranked(b.1, b.0).cmp(&Ranked(a.1, a.0)));
+    out.sort_unstable_by_key(|a| Reverse(Ranked(a.1, a.0)));
     out.truncate(k);
 }
 
