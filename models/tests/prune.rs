@@ -4,7 +4,7 @@
 
 use pith::gguf::Gguf;
 use pith::model::{Logits, Model, State};
-use pith::testing::{build, spm_vocab, RefWeights, Rng, TinySpec};
+use pith::testing::{build, reference_forward, spm_vocab, RefStep, RefWeights, Rng, TinySpec};
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
 use pith_models::prune::{self, AlignedBytes, Importance, Keep, Shape, Width};
@@ -69,86 +69,23 @@ struct RefActs {
     swiglu: Vec<Vec<Vec<f64>>>,
 }
 
+/// The activations of pith's naive f64 reference forward pass (`pith::testing`).
 fn reference_acts(sp: &TinySpec, w: &RefWeights, tokens: &[u32]) -> RefActs {
-    let hd = sp.n_embd / sp.n_head;
-    let (d, kvd, ff) = (sp.n_embd, sp.n_head_kv * hd, sp.n_ff);
-    let t = |name: &str| &w.tensors[name];
-    let matvec = |m: &[f32], rows: usize, x: &[f64]| -> Vec<f64> {
-        (0..rows).map(|r| (0..x.len()).map(|c| m[r * x.len() + c] as f64 * x[c]).sum()).collect()
-    };
-    let rms = |x: &[f64], g: &[f32]| -> Vec<f64> {
-        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-        let s = 1.0 / (ms + 1e-5).sqrt();
-        x.iter().zip(g).map(|(v, &gi)| v * s * gi as f64).collect()
-    };
-    let rope = |v: &mut [f64], pos: usize| {
-        for h in v.chunks_mut(hd) {
-            for i in 0..hd / 2 {
-                let th = pos as f64 * 10000f64.powf(-2.0 * i as f64 / hd as f64);
-                let (a, b) = (h[2 * i], h[2 * i + 1]);
-                h[2 * i] = a * th.cos() - b * th.sin();
-                h[2 * i + 1] = a * th.sin() + b * th.cos();
-            }
-        }
-    };
+    let hd = sp.head_dim();
     let mut acts = RefActs {
         resid: vec![Vec::new(); sp.n_layer + 1],
         normed: Vec::new(),
         head_norm: vec![Vec::new(); sp.n_layer],
         swiglu: vec![Vec::new(); sp.n_layer],
     };
-    let mut kc: Vec<Vec<Vec<f64>>> = vec![Vec::new(); sp.n_layer];
-    let mut vc: Vec<Vec<Vec<f64>>> = vec![Vec::new(); sp.n_layer];
-    for (pos, &tok) in tokens.iter().enumerate() {
-        let emb = t("token_embd.weight");
-        let mut x: Vec<f64> = emb[tok as usize * d..(tok as usize + 1) * d].iter().map(|&v| v as f64).collect();
-        for l in 0..sp.n_layer {
-            acts.resid[l].push(x.clone());
-            let n = |s: &str| format!("blk.{l}.{s}");
-            let xb = rms(&x, t(&n("attn_norm.weight")));
-            acts.normed.push(xb.clone());
-            let mut q = matvec(t(&n("attn_q.weight")), d, &xb);
-            let mut k = matvec(t(&n("attn_k.weight")), kvd, &xb);
-            let v = matvec(t(&n("attn_v.weight")), kvd, &xb);
-            rope(&mut q, pos);
-            rope(&mut k, pos);
-            kc[l].push(k);
-            vc[l].push(v);
-            let mut att = vec![0.0; d];
-            for h in 0..sp.n_head {
-                let kh = h / (sp.n_head / sp.n_head_kv);
-                let qh = &q[h * hd..(h + 1) * hd];
-                let sc: Vec<f64> = (0..=pos)
-                    .map(|p| (0..hd).map(|i| qh[i] * kc[l][p][kh * hd + i]).sum::<f64>() / (hd as f64).sqrt())
-                    .collect();
-                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for p in 0..=pos {
-                    for i in 0..hd {
-                        att[h * hd + i] += e[p] / z * vc[l][p][kh * hd + i];
-                    }
-                }
-            }
-            acts.head_norm[l].push(att.chunks(hd).map(|h| h.iter().map(|v| v * v).sum::<f64>().sqrt()).collect());
-            let o = matvec(t(&n("attn_output.weight")), d, &att);
-            for i in 0..d {
-                x[i] += o[i];
-            }
-            let xb = rms(&x, t(&n("ffn_norm.weight")));
-            acts.normed.push(xb.clone());
-            let g = matvec(t(&n("ffn_gate.weight")), ff, &xb);
-            let u = matvec(t(&n("ffn_up.weight")), ff, &xb);
-            let h: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            acts.swiglu[l].push(h.clone());
-            let o = matvec(t(&n("ffn_down.weight")), d, &h);
-            for i in 0..d {
-                x[i] += o[i];
-            }
+    reference_forward(sp, w, tokens, &mut |step| match step {
+        RefStep::Residual(l, x) => acts.resid[l].push(x.to_vec()),
+        RefStep::Normed(x) => acts.normed.push(x.to_vec()),
+        RefStep::Attention(l, att) => {
+            acts.head_norm[l].push(att.chunks(hd).map(|h| h.iter().map(|v| v * v).sum::<f64>().sqrt()).collect())
         }
-        acts.resid[sp.n_layer].push(x.clone());
-        acts.normed.push(rms(&x, t("output_norm.weight")));
-    }
+        RefStep::Gated(l, h) => acts.swiglu[l].push(h.to_vec()),
+    });
     acts
 }
 

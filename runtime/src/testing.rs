@@ -214,8 +214,31 @@ pub fn build(spec: &TinySpec) -> (Vec<u8>, RefWeights) {
     (b.to_bytes(), refw)
 }
 
+/// What the reference forward pass shows a [`reference_forward`] caller, in order, per token.
+pub enum RefStep<'s> {
+    /// The residual entering layer `l` (`l = n_layer`: after the last layer).
+    Residual(usize, &'s [f64]),
+    /// A normed vector: each layer's attention then feed-forward norm, then the output norm.
+    Normed(&'s [f64]),
+    /// Layer `l`'s attention output (all heads, before `attn_output`).
+    Attention(usize, &'s [f64]),
+    /// Layer `l`'s gated feed-forward activation (the input of `ffn_down`).
+    Gated(usize, &'s [f64]),
+}
+
 /// Naive f64 forward pass over `tokens` from position 0; returns logits for every position.
 pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<Vec<f64>> {
+    reference_forward(spec, w, tokens, &mut |_| {})
+}
+
+/// [`reference_logits`], showing its intermediate activations to `see` (the compression tool's
+/// importance scores are checked against these).
+pub fn reference_forward(
+    spec: &TinySpec,
+    w: &RefWeights,
+    tokens: &[u32],
+    see: &mut dyn FnMut(RefStep<'_>),
+) -> Vec<Vec<f64>> {
     let hd = spec.head_dim();
     let (d, qd, kvd, ff, nv) = (spec.n_embd, spec.n_head * hd, spec.n_head_kv * hd, spec.n_ff, spec.n_vocab);
     let (gemma, neox) = (spec.arch == "gemma3", spec.arch != "llama");
@@ -253,8 +276,10 @@ pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<
             x.iter_mut().for_each(|v| *v *= (d as f64).sqrt());
         }
         for l in 0..spec.n_layer {
+            see(RefStep::Residual(l, &x));
             let n = |s: &str| format!("blk.{l}.{s}");
             let xb = rms(&x, t(&n("attn_norm.weight")));
+            see(RefStep::Normed(&xb));
             let mut q = matvec(t(&n("attn_q.weight")), qd, &xb);
             let mut k = matvec(t(&n("attn_k.weight")), kvd, &xb);
             let mut v = matvec(t(&n("attn_v.weight")), kvd, &xb);
@@ -292,12 +317,14 @@ pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<
                     }
                 }
             }
+            see(RefStep::Attention(l, &att));
             let mut o = matvec(t(&n("attn_output.weight")), d, &att);
             if gemma {
                 o = rms(&o, t(&n("post_attention_norm.weight")));
             }
             add(&mut x, &o);
             let xb = rms(&x, t(&n("ffn_norm.weight")));
+            see(RefStep::Normed(&xb));
             let g = matvec(t(&n("ffn_gate.weight")), ff, &xb);
             let u = matvec(t(&n("ffn_up.weight")), ff, &xb);
             let act = |g: f64| {
@@ -309,13 +336,16 @@ pub fn reference_logits(spec: &TinySpec, w: &RefWeights, tokens: &[u32]) -> Vec<
                 }
             };
             let h: Vec<f64> = g.iter().zip(&u).map(|(&g, u)| act(g) * u).collect();
+            see(RefStep::Gated(l, &h));
             let mut o = matvec(t(&n("ffn_down.weight")), d, &h);
             if gemma {
                 o = rms(&o, t(&n("post_ffw_norm.weight")));
             }
             add(&mut x, &o);
         }
+        see(RefStep::Residual(spec.n_layer, &x));
         let xb = rms(&x, t("output_norm.weight"));
+        see(RefStep::Normed(&xb));
         let ow = if spec.tied { t("token_embd.weight") } else { t("output.weight") };
         let mut logits = matvec(ow, nv, &xb);
         if let Some(c) = spec.softcap {
