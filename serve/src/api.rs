@@ -109,6 +109,9 @@ pub struct Sampling {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub response_format: Option<Value>,
+    /// llama.cpp's extension: never stop at end-of-generation tokens (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +181,7 @@ pub struct GenParams {
     pub stream: bool,
     pub include_usage: bool,
     pub response_format: Option<Value>,
+    pub ignore_eos: bool,
 }
 
 /// Most `top_logprobs` alternatives.
@@ -264,6 +268,7 @@ impl Sampling {
             stream: self.stream,
             include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
             response_format: self.response_format.clone().filter(|v| !v.is_null()),
+            ignore_eos: self.ignore_eos,
         })
     }
 }

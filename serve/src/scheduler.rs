@@ -195,6 +195,7 @@ impl Scheduler {
                     stream: false,
                     include_usage: false,
                     response_format: None,
+                    ignore_eos: false,
                 },
                 mask: None,
                 events: tx,
@@ -498,6 +499,13 @@ fn advance(s: &mut Slot, logits: &[f32], tok: &pith::tokenizer::Tokenizer, metri
         for (&id, &c) in &a.counts {
             if let Some(v) = l.get_mut(id as usize) {
                 *v -= a.job.params.frequency_penalty * c as f32 + a.job.params.presence_penalty;
+            }
+        }
+    }
+    if a.job.params.ignore_eos {
+        for (id, v) in l.iter_mut().enumerate() {
+            if tok.is_eog(id as u32) {
+                *v = f32::NEG_INFINITY;
             }
         }
     }
