@@ -416,16 +416,19 @@ fn worker(
     }
 }
 
-/// A free slot for `prompt`: the one whose cache shares the longest prefix with it, else the
-/// least recently used.
+/// A free slot for `prompt`: the one whose cache shares the longest prefix with it when that
+/// prefix is at least half the prompt (a conversation's next turn), else the least recently
+/// used one (so a new, unrelated prompt does not evict a conversation that another free slot
+/// could spare).
 fn pick_slot(slots: &[Slot], prompt: Option<&[u32]>) -> Option<usize> {
     let prompt = prompt?;
-    slots
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.active.is_none())
-        .max_by_key(|(_, s)| (common_prefix(&s.tokens, prompt), std::cmp::Reverse(s.last_used)))
-        .map(|(i, _)| i)
+    let free = || slots.iter().enumerate().filter(|(_, s)| s.active.is_none());
+    let (best, lcp) =
+        free().map(|(i, s)| (i, common_prefix(&s.tokens, prompt))).max_by_key(|&(i, l)| (l, std::cmp::Reverse(i)))?;
+    if lcp > 0 && 2 * lcp >= prompt.len() {
+        return Some(best);
+    }
+    free().min_by_key(|(_, s)| s.last_used).map(|(i, _)| i)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
