@@ -6,6 +6,7 @@
 # Targets (fuzz/fuzz_targets/):
 #   gguf_parse  arbitrary bytes -> Gguf::parse -> metadata rendering, Model::from_gguf, tokenizer
 #   gguf_model  a valid tiny llama GGUF built from the input -> Model::from_gguf -> forward
+#   serve_request  arbitrary bytes as a `pith serve` request body -> parse, checks, chat template
 #
 # Seeds are generated at run time (fuzz/examples/make_seeds.rs) into fuzz/corpus/<target>/,
 # which also receives the inputs libFuzzer finds; crashes go to fuzz/artifacts/<target>/.
@@ -29,7 +30,7 @@ fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-targets=(${PITH_FUZZ_TARGETS:-gguf_parse gguf_model})
+targets=(${PITH_FUZZ_TARGETS:-gguf_parse gguf_model serve_request})
 target_dir="${PITH_FUZZ_TARGET_DIR:-$root/fuzz/target}"
 corpus="$root/fuzz/corpus"
 artifacts="$root/fuzz/artifacts"

@@ -138,6 +138,22 @@ fn main() {
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::create_dir_all(&mdir).unwrap();
 
+    // --- serve_request: request bodies of every route, valid and near-valid.
+    let sdir = out.join("serve_request");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let bodies = [
+        r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":16,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"seed":1,"stop":["\n"],"stream":true,"stream_options":{"include_usage":true}}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"logprobs":true,"top_logprobs":5,"presence_penalty":0.5,"frequency_penalty":-0.5,"repetition_penalty":1.1,"n":1}"#,
+        r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]}}}}"#,
+        r#"{"prompt":"Once upon a time","max_tokens":-1,"logprobs":2,"echo":false,"stop":"END","ignore_eos":true}"#,
+        r#"{"prompt":["one"],"max_completion_tokens":3}"#,
+        r#"{"content":"Hello <|im_start|> world","add_special":true,"with_pieces":true}"#,
+        r#"{"tokens":[1,2,3,-1,99999999999]}"#,
+    ];
+    for (i, b) in bodies.iter().enumerate() {
+        write(&sdir, &format!("body{i}"), b.as_bytes());
+    }
+
     // --- gguf_model: knob bytes.
     // A small sane base: n_embd 8 (EMBD[6]), 2 heads (HEADS[1]), n_ff 8 (FF[6]), 16 tokens.
     let small = [(N_EMBD, 6u8), (N_HEAD, 1), (N_FF, 6), (N_VOCAB, 16)];

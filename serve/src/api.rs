@@ -355,6 +355,25 @@ impl CompletionRequest {
     }
 }
 
+/// Everything the server does with a request body before the model sees it, for every route
+/// that takes one: parse, check ranges, build the messages and render them with a chat
+/// template (the fuzz target `serve_request` drives this with arbitrary bytes).
+pub fn check_body(body: &[u8], template: &pith::chat::ChatTemplate) -> Vec<Result<(), ApiError>> {
+    let chat = parse::<ChatRequest>(body).and_then(|r| {
+        r.sampling.params(r.top_logprobs()?)?;
+        let m = r.messages()?;
+        template.render(&m, true).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(())
+    });
+    let text = parse::<CompletionRequest>(body).and_then(|r| {
+        r.sampling.params(r.top_logprobs()?)?;
+        r.prompt().map(|_| ())
+    });
+    let tok = parse::<TokenizeRequest>(body).map(|_| ());
+    let detok = parse::<DetokenizeRequest>(body).map(|_| ());
+    vec![chat, text, tok, detok]
+}
+
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Usage {
