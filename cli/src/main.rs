@@ -100,6 +100,48 @@ enum Cmd {
     Perplexity(PerplexityArgs),
     /// Prompt and generation throughput, peak memory and weight bandwidth.
     Bench(BenchArgs),
+    /// A local OpenAI-compatible HTTP server with a web chat page (Ctrl-C drains and exits).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Model file (GGUF). Default: $PITH_MODEL, else the default model (fetched if missing).
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// The model's name in the API (default: the file name without .gguf).
+    #[arg(short = 'a', long = "alias")]
+    alias: Option<String>,
+    /// Address to listen on. Anything but loopback needs --api-key or --insecure.
+    #[arg(long = "host", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 = any free port; the chosen one is printed).
+    #[arg(long = "port", default_value_t = 8080)]
+    port: u16,
+    /// Context of each slot in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx: Option<usize>,
+    /// Requests served at once; their decode steps share one forward pass.
+    #[arg(long = "parallel", short = 'P', default_value_t = 4)]
+    parallel: usize,
+    /// Worker threads (0 = one per core).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// Prompt tokens computed per step (a long prompt is split; other requests decode between).
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    n_batch: usize,
+    /// Requests that may wait for a free slot; more are answered 503.
+    #[arg(long = "queue", default_value_t = 64)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on the API routes.
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// Allow a non-loopback --host without --api-key.
+    #[arg(long)]
+    insecure: bool,
+    /// Largest request body in bytes (more are answered 413).
+    #[arg(long = "max-body", default_value_t = 4 << 20)]
+    max_body: usize,
 }
 
 #[derive(Args)]
@@ -315,6 +357,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Perplexity(a) => perplexity(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Serve(a) => serve(a),
     });
     match r {
         Ok(code) => code,
@@ -685,6 +728,27 @@ fn perplexity(a: PerplexityArgs) -> Res<ExitCode> {
     );
     out.line(format!("PPL = {:.4} +/- {:.5}", stats.ppl(), stats.ppl_error()));
     out.flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(a: ServeArgs) -> Res<ExitCode> {
+    warn_threads(&[a.threads]);
+    let model = model_path(&a.model)?;
+    let opts = pith_serve::ServeOptions {
+        model,
+        alias: a.alias,
+        host: a.host,
+        port: a.port,
+        ctx: a.ctx,
+        parallel: a.parallel,
+        threads: a.threads,
+        n_batch: a.n_batch,
+        queue: a.queue,
+        api_key: a.api_key,
+        insecure: a.insecure,
+        max_body: a.max_body,
+    };
+    pith_serve::serve(opts)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -538,20 +538,25 @@ impl<'a> Reader<'a> {
 /// Holds back text that may be the start of a stop string, so that the caller never sees
 /// any part of one; the held text is a suffix that starts a stop string, hence starts at a
 /// character boundary.
-struct StopMatcher<'s> {
-    stops: &'s [String],
+pub struct StopMatcher {
+    stops: Vec<String>,
     held: String,
     out: String,
     hit: bool,
 }
 
-impl<'s> StopMatcher<'s> {
-    fn new(stops: &'s [String]) -> Self {
-        StopMatcher { stops, held: String::new(), out: String::new(), hit: false }
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> Self {
+        StopMatcher { stops: stops.to_vec(), held: String::new(), out: String::new(), hit: false }
+    }
+
+    /// Whether the text reached a stop string (nothing more is passed on).
+    pub fn hit(&self) -> bool {
+        self.hit
     }
 
     /// Adds a piece; returns the text that is now safe to pass on.
-    fn push(&mut self, piece: &str) -> &str {
+    pub fn push(&mut self, piece: &str) -> &str {
         self.out.clear();
         let stops = self.stops.iter().filter(|s| !s.is_empty());
         if self.stops.iter().all(|s| s.is_empty()) {
@@ -579,7 +584,7 @@ impl<'s> StopMatcher<'s> {
     }
 
     /// The text held back at the end of generation (no stop string came).
-    fn finish(&mut self) -> String {
+    pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 }
