@@ -547,7 +547,9 @@ async fn generate(
         logprobs: logprobs.is_some(),
     };
     if stream {
-        Ok(sse(meta, rx, include_usage).into_response())
+        let mut r = sse(meta, rx, include_usage).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+        Ok(r)
     } else {
         collect(meta, rx).await
     }
