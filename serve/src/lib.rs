@@ -5,3 +5,4 @@
 //!   pass per step over every active sequence (continuous batching).
 //! - `constrain.rs`: `response_format` (JSON / JSON schema) as a logit mask (llguidance).
 //! - `web/`: the chat page served at `/`, embedded in the binary.
+pub mod constrain;
