@@ -85,7 +85,8 @@ fn schema_checker() -> Result<&'static ParserFactory, String> {
     static CHECKER: OnceLock<Result<ParserFactory, String>> = OnceLock::new();
     CHECKER
         .get_or_init(|| {
-            let mut f = ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).map_err(|e| format!("{e:#}"))?;
+            let mut f =
+                ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).map_err(|e| format!("{e:#}"))?;
             f.quiet();
             Ok(f)
         })
@@ -117,7 +118,11 @@ impl ResponseFormat {
             ));
         };
         let ty = match obj.get("type") {
-            None => return Err("response_format.type is missing (expected \"text\", \"json_object\" or \"json_schema\")".into()),
+            None => {
+                return Err(
+                    "response_format.type is missing (expected \"text\", \"json_object\" or \"json_schema\")".into()
+                )
+            }
             Some(Value::String(s)) => s.as_str(),
             Some(other) => return Err(format!("response_format.type must be a string, not {}", kind(other))),
         };
@@ -228,7 +233,8 @@ impl ConstraintVocab {
         let info = TokRxInfo::new(n, first);
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&eog);
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
-        let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("cannot build the grammar engine's vocabulary: {e:#}"))?;
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| format!("cannot build the grammar engine's vocabulary: {e:#}"))?;
         factory.quiet();
         Ok(Arc::new(ConstraintVocab { factory, n_vocab, eog, control }))
     }
@@ -280,10 +286,7 @@ impl Constraint {
     pub fn mask_logits(&mut self, logits: &mut [f32]) -> Result<(), String> {
         let n = self.vocab.n_vocab;
         if logits.len() != n {
-            return Err(format!(
-                "constrained output: {} logits for a vocabulary of {n} tokens",
-                logits.len()
-            ));
+            return Err(format!("constrained output: {} logits for a vocabulary of {n} tokens", logits.len()));
         }
         let mask = if self.finished {
             let mut m = SimpleVob::alloc(n);

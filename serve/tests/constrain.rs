@@ -38,7 +38,10 @@ fn bad_response_formats_name_the_problem() {
         (json!({"type": "json_schema"}), &["response_format.json_schema is missing"]),
         (json!({"type": "json_schema", "json_schema": []}), &["json_schema must be an object", "an array"]),
         (json!({"type": "json_schema", "json_schema": {"name": "x"}}), &["json_schema.schema is missing"]),
-        (json!({"type": "json_schema", "json_schema": {"name": 5, "schema": {}}}), &["json_schema.name must be a string"]),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": 5, "schema": {}}}),
+            &["json_schema.name must be a string"],
+        ),
         (
             json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": "yes"}}),
             &["json_schema.strict must be a boolean"],
@@ -49,10 +52,7 @@ fn bad_response_formats_name_the_problem() {
         ),
         // Schemas that parse as JSON but that no output can satisfy or that are malformed.
         (with_schema(json!({"type": "strin"})), &["not a usable JSON schema", "strin"]),
-        (
-            with_schema(json!({"type": "string", "minLength": 5, "maxLength": 2})),
-            &["not a usable JSON schema"],
-        ),
+        (with_schema(json!({"type": "string", "minLength": 5, "maxLength": 2})), &["not a usable JSON schema"]),
         (with_schema(json!({"$ref": "#/$defs/missing"})), &["not a usable JSON schema", "missing"]),
         (with_schema(json!(false)), &["not a usable JSON schema"]),
     ];
@@ -92,7 +92,8 @@ fn good_response_formats_are_read() {
     let f = ResponseFormat::from_openai(&with_schema(person_schema())).expect("the person schema");
     assert_eq!(f, ResponseFormat::JsonSchema { schema: person_schema() });
     // `strict` and `name` are optional.
-    let f = ResponseFormat::from_openai(&json!({"type": "json_schema", "json_schema": {"schema": {"type": "integer"}}}));
+    let f =
+        ResponseFormat::from_openai(&json!({"type": "json_schema", "json_schema": {"schema": {"type": "integer"}}}));
     assert!(f.is_ok(), "{f:?}");
 }
 
@@ -340,7 +341,11 @@ fn byte_tokens_and_the_mask_agree_with_the_vocabulary() {
     for &id in &ids {
         let mut logits = vec![0.0f32; tok.n_vocab()];
         c.mask_logits(&mut logits).expect("mask");
-        assert!(logits[id as usize].is_finite(), "token {id} {:?} of a valid string was masked", tok.token_bytes(id, true));
+        assert!(
+            logits[id as usize].is_finite(),
+            "token {id} {:?} of a valid string was masked",
+            tok.token_bytes(id, true)
+        );
         c.accept(id).expect("accept");
     }
     assert!(c.is_finished(), "the string is complete: the grammar must be finished");
