@@ -394,3 +394,97 @@ fn an_spm_vocabulary_spells_json_in_byte_tokens() {
     }
     assert!(c.is_finished());
 }
+
+// ---------------------------------------------------------------- other vocabularies
+
+/// Where `scripts/fetch-test-vectors.sh` puts llama.cpp's vocabulary files (as
+/// runtime/tests/tokenizer.rs finds them).
+fn vectors_dir() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("PITH_TEST_VECTORS") {
+        return p.into();
+    }
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let cache = nonempty("PITH_CACHE_DIR").unwrap_or_else(|| {
+        nonempty("XDG_CACHE_HOME")
+            .unwrap_or_else(|| nonempty("HOME").unwrap_or_else(|| "/root".into()).join(".cache"))
+            .join("pith")
+    });
+    cache.join("llama-vocab-0.3.36")
+}
+
+/// A walk through the grammar with random logits: every step takes the best allowed token of
+/// a random vector, so any token of the vocabulary (byte pieces, multi-byte characters,
+/// control tokens) may be offered; the result must still be valid, complete JSON.
+#[test]
+fn random_walks_on_other_vocabularies_stay_valid() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "role": {"enum": ["admin", "editor", "viewer"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3}
+        },
+        "required": ["name", "age", "role", "tags"],
+        "additionalProperties": false
+    });
+    let validator = jsonschema::validator_for(&schema).expect("validator");
+    let fmt = ResponseFormat::from_openai(&with_schema(schema)).expect("schema");
+    // llama-spm: SPM with <0xNN> byte tokens; gemma-4: 262,144 tokens.
+    for name in ["llama-spm", "gemma-4"] {
+        let path = vectors_dir().join(format!("ggml-vocab-{name}.gguf"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("cannot read {}: {e}\nrun scripts/fetch-test-vectors.sh (or set PITH_TEST_VECTORS)", path.display())
+        });
+        let g = pith::gguf::Gguf::parse(&bytes).expect("gguf");
+        let tok = pith::tokenizer::Tokenizer::from_gguf(&g).expect("tokenizer");
+        let t = Instant::now();
+        let cv = ConstraintVocab::new(&tok).expect("vocabulary");
+        let build = t.elapsed();
+        let mut runs = Vec::new();
+        for seed in 0..4u64 {
+            let t = Instant::now();
+            let mut c = Constraint::new(&cv, &fmt).expect("constraint").expect("some");
+            let new_cost = t.elapsed();
+            let mut rng = pith::testing::Rng(seed * 7919 + 1);
+            let mut out = Vec::new();
+            let mut mask_costs = Vec::new();
+            let mut finished = false;
+            for _ in 0..200 {
+                let mut logits: Vec<f32> = (0..tok.n_vocab()).map(|_| rng.uniform()).collect();
+                let t = Instant::now();
+                c.mask_logits(&mut logits).expect("mask");
+                mask_costs.push(t.elapsed());
+                let (id, best) = logits
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, l)| (i as u32, *l))
+                    .expect("non-empty");
+                assert!(best.is_finite(), "{name}: nothing allowed");
+                c.accept(id).expect("accept");
+                if tok.is_eog(id) || c.is_finished() {
+                    finished = c.is_finished();
+                    if !tok.is_eog(id) {
+                        out.push(id);
+                    }
+                    break;
+                }
+                out.push(id);
+            }
+            let text = tok.decode(&out, false);
+            eprintln!("{name} walk {seed}: {} tokens, finished={finished}: {text}", out.len());
+            assert!(finished, "{name} walk {seed}: not finished after 200 tokens: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} walk {seed}: {e}: {text:?}"));
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{name} walk {seed}: {errors:?} in {text}");
+            runs.push(Run { text, tokens: out.len(), finished, new_cost, mask_costs });
+        }
+        eprintln!(
+            "{name} ({} tokens): ConstraintVocab::new {:.1} ms, once per model (measured under load)",
+            tok.n_vocab(),
+            build.as_secs_f64() * 1e3
+        );
+        report_costs(name, &runs);
+    }
+}
