@@ -231,10 +231,17 @@ impl ConstraintVocab {
         }
         let first = tok.eos().filter(|e| eog.contains(e)).unwrap_or(eog[0]);
         let info = TokRxInfo::new(n, first);
-        let trie = TokTrie::from(&info, &words).with_eos_tokens(&eog);
-        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
-        let mut factory = ParserFactory::new_simple(&env)
-            .map_err(|e| format!("cannot build the grammar engine's vocabulary: {e:#}"))?;
+        // The trie builder asserts on what it is given: a panic is an error here, not a crash.
+        let built = std::panic::catch_unwind(|| {
+            let trie = TokTrie::from(&info, &words).with_eos_tokens(&eog);
+            let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+            ParserFactory::new_simple(&env).map_err(|e| format!("{e:#}"))
+        });
+        let mut factory = match built {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return Err(format!("cannot build the grammar engine's vocabulary: {e}")),
+            Err(_) => return Err("cannot build the grammar engine's vocabulary (internal error)".into()),
+        };
         factory.quiet();
         Ok(Arc::new(ConstraintVocab { factory, n_vocab, eog, control }))
     }
