@@ -430,3 +430,64 @@ fn ctrl_c_drains_requests_in_flight() {
     assert!(code.success(), "{code:?}: {}", s.log());
     assert!(s.log().contains("draining"), "{}", s.log());
 }
+
+#[test]
+fn json_schema_output_parses_and_validates() {
+    let s = Server::start(&[]);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 30},
+            "age": {"type": "number"},
+            "role": {"enum": ["admin", "user", "guest"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}
+        },
+        "required": ["name", "age", "role", "tags"],
+        "additionalProperties": false
+    });
+    let people = ["a chef from Lyon", "a retired pilot", "a student of music", "a gardener", "a software engineer"];
+    let answers: Vec<Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                let (s, schema) = (&s, &schema);
+                sc.spawn(move || {
+                    let body = json!({
+                        "messages": [{"role": "user", "content": format!("Describe {} as a JSON user record.", people[i % people.len()])}],
+                        "max_tokens": 160, "temperature": if i % 2 == 0 { 0.0 } else { 0.8 }, "seed": i,
+                        "response_format": {"type": "json_schema", "json_schema": {"name": "user", "schema": schema}}
+                    });
+                    let (st, a) = s.post("/v1/chat/completions", &body);
+                    assert_eq!(st, 200, "{a}");
+                    assert_eq!(a["choices"][0]["finish_reason"], "stop", "the grammar finished: {a}");
+                    let v: Value = serde_json::from_str(&content(&a)).unwrap_or_else(|e| panic!("not JSON ({e}): {a}"));
+                    v
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for v in &answers {
+        let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+        assert_eq!(o.len(), 4, "{v}");
+        assert!(o["name"].as_str().is_some_and(|n| n.chars().count() <= 30), "{v}");
+        assert!(o["age"].is_number(), "{v}");
+        assert!(["admin", "user", "guest"].contains(&o["role"].as_str().unwrap_or("")), "{v}");
+        let tags = o["tags"].as_array().unwrap_or_else(|| panic!("tags: {v}"));
+        assert!(tags.len() <= 3 && tags.iter().all(|t| t.as_str().is_some_and(|t| t.chars().count() <= 12)), "{v}");
+    }
+    // json_object mode, and a bad schema is a 400 naming response_format.
+    let (st, a) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Reply with a JSON object whose key \"ok\" is true."}],
+        "max_tokens": 200, "temperature": 0, "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(st, 200, "{a}");
+    assert!(serde_json::from_str::<Value>(&content(&a)).is_ok_and(|v| v.is_object()), "{a}");
+    let (st, e) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "no-such-type"}}}}),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("response_format"), "{e}");
+}

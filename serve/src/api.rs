@@ -360,7 +360,10 @@ impl CompletionRequest {
 /// template (the fuzz target `serve_request` drives this with arbitrary bytes).
 pub fn check_body(body: &[u8], template: &pith::chat::ChatTemplate) -> Vec<Result<(), ApiError>> {
     let chat = parse::<ChatRequest>(body).and_then(|r| {
-        r.sampling.params(r.top_logprobs()?)?;
+        let p = r.sampling.params(r.top_logprobs()?)?;
+        if let Some(f) = &p.response_format {
+            crate::constrain::ResponseFormat::from_openai(f).map_err(ApiError::bad_request)?;
+        }
         let m = r.messages()?;
         template.render(&m, true).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(())

@@ -3,6 +3,7 @@
 //! - `api.rs`: the request and response bodies (OpenAI's shapes), their validation, the error body.
 //! - `scheduler.rs`: the slots; one worker thread owns the model binding and runs one forward
 //!   pass per step over every active sequence (continuous batching).
+//! - `constrain.rs`: `response_format` (JSON / JSON schema) as a logit mask (llguidance).
 //! - `web/index.html`: the chat page served at `/`, embedded in the binary.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed as Server-Sent Events
@@ -11,6 +12,7 @@
 //! OpenAI-style `{"error": {...}}` with its 4xx/5xx status; no request body can panic the server.
 
 pub mod api;
+pub mod constrain;
 pub mod scheduler;
 
 use api::{ApiError, GenParams, Usage};
@@ -93,6 +95,10 @@ struct Ready {
     model: Arc<LoadedModel>,
     sched: Scheduler,
     n_ctx: usize,
+    /// The vocabulary as the grammar engine sees it: built once, on a thread of its own after
+    /// loading (0.3 s for a 49k vocabulary, seconds for 262k); a JSON request that comes
+    /// before it is done waits for it.
+    vocab: Arc<OnceLock<Result<Arc<constrain::ConstraintVocab>, String>>>,
 }
 
 const ROUTES: [&str; 7] = ["chat_completions", "completions", "models", "tokenize", "detokenize", "health", "metrics"];
@@ -263,7 +269,12 @@ fn load(app: &App) -> Result<String, String> {
         o.parallel,
         n_ctx
     );
-    let _ = app.ready.set(Ready { model, sched, n_ctx });
+    let vocab = Arc::new(OnceLock::new());
+    let (v, m) = (vocab.clone(), model.clone());
+    std::thread::spawn(move || {
+        let _ = v.get_or_init(|| constrain::ConstraintVocab::new(m.tokenizer()));
+    });
+    let _ = app.ready.set(Ready { model, sched, n_ctx, vocab });
     Ok(msg)
 }
 
@@ -490,12 +501,26 @@ async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body
     r.unwrap_or_else(|e| errored(&app, e))
 }
 
-/// `response_format` as a logit mask.
-fn make_mask(_ready: &Ready, v: &Option<Value>) -> Result<Option<Box<dyn LogitMask>>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.get("type").and_then(Value::as_str) == Some("text") => Ok(None),
-        Some(_) => Err(ApiError::bad_request("response_format: only {\"type\": \"text\"} is supported by this build")),
+/// `response_format` as a logit mask (`None` for plain text).
+async fn make_mask(ready: &Ready, v: &Option<Value>) -> Result<Option<Box<dyn LogitMask>>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let fmt = constrain::ResponseFormat::from_openai(v).map_err(ApiError::bad_request)?;
+    if matches!(fmt, constrain::ResponseFormat::Text) {
+        return Ok(None);
+    }
+    let vocab = ready.vocab.clone();
+    let model = ready.model.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let vocab = vocab.get_or_init(|| constrain::ConstraintVocab::new(model.tokenizer())).clone()?;
+        constrain::Constraint::new(&vocab, &fmt)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("building the constraint: {e}"))
+    })?;
+    match built {
+        Ok(c) => Ok(c.map(|c| Box::new(c) as Box<dyn LogitMask>)),
+        Err(e) => Err(ApiError::bad_request(format!("response_format: {e}"))),
     }
 }
 
@@ -526,7 +551,7 @@ async fn generate(
             .with_code("context_length_exceeded"));
         }
     }
-    let mask = make_mask(ready, &params.response_format)?;
+    let mask = make_mask(ready, &params.response_format).await?;
     let (tx, rx) = unbounded_channel();
     let stream = params.stream;
     let include_usage = params.include_usage;
