@@ -439,11 +439,11 @@ fn run(a: RunArgs) -> Res<ExitCode> {
     let file = open(&a.model)?;
     let map = t0.elapsed();
     // The state (KV cache, buffers) is allocated while the tokenizer is built.
-    let (eng, mut state, lt) =
-        Engine::load_timed_with(&file, a.model.threads, |m| {
-            let (k, v) = a.cache.types();
-            State::with_cache_types(m, a.ctx, 512, k, v)
-        }).map_err(|e| e.to_string())?;
+    let (eng, mut state, lt) = Engine::load_timed_with(&file, a.model.threads, |m| {
+        let (k, v) = a.cache.types();
+        State::with_cache_types(m, a.ctx, 512, k, v)
+    })
+    .map_err(|e| e.to_string())?;
     warn_load(&eng);
     state.set_precision(a.model.precision);
     let t1 = std::time::Instant::now();
@@ -761,11 +761,13 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
             cache_type_v: cv.to_string(),
         };
         if a.n_prompt > 0 {
-            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, a.precision, (ck, cv))).map_err(|e| e.to_string())?;
+            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, a.precision, (ck, cv)))
+                .map_err(|e| e.to_string())?;
             results.push(mk(format!("pp{}", a.n_prompt), r, None));
         }
         if a.n_gen > 0 {
-            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, a.precision, (ck, cv))).map_err(|e| e.to_string())?;
+            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, a.precision, (ck, cv)))
+                .map_err(|e| e.to_string())?;
             results.push(mk(format!("tg{}", a.n_gen), r, Some(r.0 * wbytes / 1e9)));
         }
     }

@@ -500,12 +500,9 @@ fn ctrl_c_at_the_chat_prompt_exits() {
 /// every subcommand that takes the flags; a type the model cannot use is a clear error.
 #[test]
 fn bad_cache_types_are_refused() {
-    for (sub, extra) in [
-        ("run", &["-p", "hi"][..]),
-        ("chat", &[][..]),
-        ("perplexity", &["-f", "/dev/null"][..]),
-        ("bench", &[][..]),
-    ] {
+    for (sub, extra) in
+        [("run", &["-p", "hi"][..]), ("chat", &[][..]), ("perplexity", &["-f", "/dev/null"][..]), ("bench", &[][..])]
+    {
         for flag in ["--cache-type-k", "--cache-type-v"] {
             let mut args = vec![sub, flag, "q5_0", "-m", "/nonexistent.gguf"];
             args.extend_from_slice(extra);
@@ -526,7 +523,23 @@ fn bench_reports_the_cache_types_and_size() {
     let m = model();
     let run = |t: &str| {
         let o = pith(
-            &["bench", "-m", m.to_str().unwrap(), "-p", "0", "-n", "2", "-r", "1", "-t", "1", "--cache-type-k", t, "--cache-type-v", t],
+            &[
+                "bench",
+                "-m",
+                m.to_str().unwrap(),
+                "-p",
+                "0",
+                "-n",
+                "2",
+                "-r",
+                "1",
+                "-t",
+                "1",
+                "--cache-type-k",
+                t,
+                "--cache-type-v",
+                t,
+            ],
             None,
         );
         assert!(o.status.success(), "{}", text(&o.stderr));

@@ -580,15 +580,24 @@ mod tests {
                 }
                 let (kv, vv) = (view(kt, &kb, &kh), view(vt, &vb, &vh));
                 // The oracle sees exactly the values the kernel reads.
-                let kd: Vec<f64> = if kt == GgmlType::F16 { kh.iter().map(|h| h.to_f64()).collect() } else { kd.iter().map(|&x| x as f64).collect() };
-                let vd: Vec<f64> = if vt == GgmlType::F16 { vh.iter().map(|h| h.to_f64()).collect() } else { vd.iter().map(|&x| x as f64).collect() };
+                let kd: Vec<f64> = if kt == GgmlType::F16 {
+                    kh.iter().map(|h| h.to_f64()).collect()
+                } else {
+                    kd.iter().map(|&x| x as f64).collect()
+                };
+                let vd: Vec<f64> = if vt == GgmlType::F16 {
+                    vh.iter().map(|h| h.to_f64()).collect()
+                } else {
+                    vd.iter().map(|&x| x as f64).collect()
+                };
                 let s: Vec<f64> = (0..n)
                     .map(|p| scale as f64 * (0..hd).map(|d| q[d] as f64 * kd[p * stride + off + d]).sum::<f64>())
                     .collect();
                 let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
-                let want: Vec<f64> = (0..hd).map(|d| (0..n).map(|p| e[p] / z * vd[p * stride + off + d]).sum()).collect();
+                let want: Vec<f64> =
+                    (0..hd).map(|d| (0..n).map(|p| e[p] / z * vd[p * stride + off + d]).sum()).collect();
                 for path in crate::available_kernel_paths() {
                     let (mut scores, mut out) = (alloc::vec![0.0f32; n], alloc::vec![0.0f32; hd]);
                     attend_on(path, &q, kv, vv, stride, off, scale, &mut scores, &mut out);

@@ -507,7 +507,8 @@ impl Session {
         let recent = r.u32s()?;
         let _ = kv;
         let (kr, vr) = self.state.cache.row_bytes();
-        let need = (kr + vr).checked_mul(pos).and_then(|b| b.checked_mul(n_layer)).ok_or_else(|| bad("size out of range"))?;
+        let need =
+            (kr + vr).checked_mul(pos).and_then(|b| b.checked_mul(n_layer)).ok_or_else(|| bad("size out of range"))?;
         if r.b.len() != need {
             return Err(bad("the KV cache's size does not match"));
         }

@@ -87,8 +87,11 @@ fn forward_seqs_equals_each_sequence_alone() {
                 let mut one = [Seq { cache, tokens: &c.prefix, want: Logits::None }];
                 model.forward_seqs(&mut ws, &pool, &mut one).unwrap();
             }
-            let mut seqs: Vec<Seq> =
-                cs.iter().zip(caches.iter_mut()).map(|(c, cache)| Seq { cache, tokens: &c.feed, want: c.want }).collect();
+            let mut seqs: Vec<Seq> = cs
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(c, cache)| Seq { cache, tokens: &c.feed, want: c.want })
+                .collect();
             let got = model.forward_seqs(&mut ws, &pool, &mut seqs).unwrap().to_vec();
             let want: Vec<f32> = alone.concat();
             assert_eq!(got.len(), want.len(), "{}: logits rows", spec.arch);
@@ -147,14 +150,20 @@ fn forward_seqs_checks_everything_before_touching_a_cache() {
     let r = model.forward_seqs(
         &mut ws,
         &pool,
-        &mut [Seq { cache: &mut ca, tokens: &good, want: Logits::Last }, Seq { cache: &mut cb, tokens: &long, want: Logits::Last }],
+        &mut [
+            Seq { cache: &mut ca, tokens: &good, want: Logits::Last },
+            Seq { cache: &mut cb, tokens: &long, want: Logits::Last },
+        ],
     );
     assert!(matches!(r, Err(pith::Error::ContextOverflow { needed: 5, n_ctx: 4 })), "{:?}", r.err());
     let bad = [1u32, 9999];
     let r = model.forward_seqs(
         &mut ws,
         &pool,
-        &mut [Seq { cache: &mut ca, tokens: &good, want: Logits::Last }, Seq { cache: &mut cb, tokens: &bad, want: Logits::Last }],
+        &mut [
+            Seq { cache: &mut ca, tokens: &good, want: Logits::Last },
+            Seq { cache: &mut cb, tokens: &bad, want: Logits::Last },
+        ],
     );
     assert!(matches!(r, Err(pith::Error::BadToken { id: 9999, .. })), "{:?}", r.err());
     assert_eq!((ca.pos, cb.pos), (0, 0), "a rejected step leaves every cache as it was");

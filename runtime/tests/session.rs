@@ -104,7 +104,7 @@ fn restored_state_continues_exactly() {
 /// restoring it into a session of other cache types is a clear error.
 #[test]
 fn quantized_cache_state_round_trips_and_types_must_match() {
-    use pith::CacheType::{Q4_0, Q8_0, F16};
+    use pith::CacheType::{F16, Q4_0, Q8_0};
     let m = model();
     let collect = |s: &mut Session| {
         let mut t = String::new();

@@ -69,9 +69,10 @@ impl fmt::Display for CacheType {
 impl FromStr for CacheType {
     type Err = String;
     fn from_str(s: &str) -> core::result::Result<Self, String> {
-        CacheType::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
-            alloc::format!("'{s}' is not a KV cache type (f16, q8_0, q4_0)")
-        })
+        CacheType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| alloc::format!("'{s}' is not a KV cache type (f16, q8_0, q4_0)"))
     }
 }
 

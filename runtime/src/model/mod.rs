@@ -370,7 +370,13 @@ impl State {
     }
 
     /// [`State::new`] with keys stored as `k` and values as `v`.
-    pub fn with_cache_types(model: &Model<'_>, n_ctx: usize, n_batch: usize, k: CacheType, v: CacheType) -> Result<Self> {
+    pub fn with_cache_types(
+        model: &Model<'_>,
+        n_ctx: usize,
+        n_batch: usize,
+        k: CacheType,
+        v: CacheType,
+    ) -> Result<Self> {
         let cache = KvCache::new(model, n_ctx, k, v)?;
         Ok(State { ws: Workspace::new(model, n_ctx, n_batch)?, cache })
     }
@@ -595,8 +601,15 @@ impl Model<'_> {
                     s.kf.resize(n_pos * kvd, 0.0);
                     s.vf.resize(n_pos * kvd, 0.0);
                     cache.widen(li, &mut s.kf, &mut s.vf);
-                    let shape =
-                        attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n: gn, scale, window };
+                    let shape = attention::Shape {
+                        n_head: c.n_head,
+                        n_head_kv: c.n_head_kv,
+                        head_dim: hd,
+                        p0,
+                        n: gn,
+                        scale,
+                        window,
+                    };
                     attention::attention_batch(pool, &shape, q, &s.kf, &s.vf, att, &mut s.att_tmp);
                 } else {
                     // One token reads the cache in place. One chunk per head; a single token's
