@@ -546,7 +546,7 @@ mod tests {
     /// Quantized caches (and a mix with f16) on every path against the oracle: the rows
     /// dequantized to f32 by the crate's `dequantize_row`, then attention in f64. Only the
     /// order of f32 operations differs (the block scale applied after the block's dot product):
-    /// |v| ≤ 2 after quantization and the weights sum to 1, so 2e-5 absolute.
+    /// |v| ≤ 2 after quantization and the weights sum to 1, so 2e-5 absolute (measured ≤ 4.1e-7).
     #[test]
     fn attend_quantized_matches_dequantize_then_f64_on_every_path() {
         use crate::GgmlType;
@@ -601,6 +601,8 @@ mod tests {
                 for path in crate::available_kernel_paths() {
                     let (mut scores, mut out) = (alloc::vec![0.0f32; n], alloc::vec![0.0f32; hd]);
                     attend_on(path, &q, kv, vv, stride, off, scale, &mut scores, &mut out);
+                    let worst = out.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+                    std::println!("{path} {kt:?}/{vt:?} ({hd},{stride},{off},{n}): max |err| {worst:.2e}");
                     for (d, (&g, &w)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (g as f64 - w).abs() <= 2e-5,
