@@ -2,7 +2,7 @@
 //! bandwidth, and a STREAM-style read-bandwidth probe to put the generation figure next to
 //! the machine's limit.
 
-use pith::model::{Logits, Model, State};
+use pith::model::{CacheType, Logits, Model, State};
 use pith::parallel::Pool;
 use pith::tensor::Precision;
 use pith::Result;
@@ -22,6 +22,8 @@ pub struct BenchResult {
     pub weight_gb_per_second: Option<f64>,
     pub kernels: String,
     pub precision: String,
+    pub cache_type_k: String,
+    pub cache_type_v: String,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -48,8 +50,14 @@ fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
 }
 
 /// Prompt processing: `n_prompt` tokens in one batch from an empty cache.
-pub fn bench_pp(model: &Model<'_>, pool: &Pool, n_prompt: usize, precision: Precision) -> Result<f64> {
-    let mut st = State::new(model, n_prompt, n_prompt)?;
+pub fn bench_pp(
+    model: &Model<'_>,
+    pool: &Pool,
+    n_prompt: usize,
+    precision: Precision,
+    (k, v): (CacheType, CacheType),
+) -> Result<f64> {
+    let mut st = State::with_cache_types(model, n_prompt, n_prompt, k, v)?;
     st.set_precision(precision);
     let toks = tokens(n_prompt, model.config.n_vocab);
     let t = Instant::now();
@@ -58,8 +66,14 @@ pub fn bench_pp(model: &Model<'_>, pool: &Pool, n_prompt: usize, precision: Prec
 }
 
 /// Generation: `n_gen` single-token steps from an empty cache.
-pub fn bench_tg(model: &Model<'_>, pool: &Pool, n_gen: usize, precision: Precision) -> Result<f64> {
-    let mut st = State::new(model, n_gen + 1, 1)?;
+pub fn bench_tg(
+    model: &Model<'_>,
+    pool: &Pool,
+    n_gen: usize,
+    precision: Precision,
+    (k, v): (CacheType, CacheType),
+) -> Result<f64> {
+    let mut st = State::with_cache_types(model, n_gen + 1, 1, k, v)?;
     st.set_precision(precision);
     let toks = tokens(n_gen, model.config.n_vocab);
     // One warm-up token (page faults, thread start) outside the timing, as llama-bench does.

@@ -7,7 +7,7 @@ use pith::chat::Message;
 use pith::engine::{Engine, Stop};
 use pith::file::MappedFile;
 use pith::sampling::{Sampler, SamplerConfig};
-use pith::State;
+use pith::{CacheType, State};
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -167,6 +167,11 @@ struct BenchArgs {
     /// Matmul arithmetic: q8 (8-bit activations, integer dot products: the fast path) or f32.
     #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Context size (tokens) at which the KV cache's memory is reported.
+    #[arg(long = "kv-ctx", default_value_t = 8192)]
+    kv_ctx: usize,
     /// Also measure the machine's read bandwidth (STREAM-style, a 256 MB buffer and a weights-sized
     /// one) and put the generation figures next to the bounds it implies.
     #[arg(long)]
@@ -187,6 +192,28 @@ struct ModelArgs {
     /// dequantized weights).
     #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Args)]
+struct CacheArgs {
+    /// KV cache type of the keys: f16, q8_0 or q4_0 (the block types need a head_dim that is a
+    /// multiple of 32).
+    #[arg(long = "cache-type-k", default_value = "f16", value_parser = parse_cache_type)]
+    cache_type_k: CacheType,
+    /// KV cache type of the values: f16, q8_0 or q4_0.
+    #[arg(long = "cache-type-v", default_value = "f16", value_parser = parse_cache_type)]
+    cache_type_v: CacheType,
+}
+
+impl CacheArgs {
+    fn types(&self) -> (CacheType, CacheType) {
+        (self.cache_type_k, self.cache_type_v)
+    }
+}
+
+fn parse_cache_type(s: &str) -> Result<CacheType, String> {
+    s.parse()
 }
 
 fn parse_precision(s: &str) -> Result<pith::Precision, String> {
@@ -271,6 +298,8 @@ struct RunArgs {
     #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
     ctx: usize,
     #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
     sample: SampleArgs,
 }
 
@@ -287,6 +316,8 @@ struct ChatArgs {
     /// Context size in tokens.
     #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
     ctx: usize,
+    #[command(flatten)]
+    cache: CacheArgs,
     #[command(flatten)]
     sample: SampleArgs,
 }
@@ -333,6 +364,8 @@ struct PerplexityArgs {
     /// Chunks to evaluate (0 = all).
     #[arg(long = "chunks", default_value_t = 0)]
     chunks: usize,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 type Res<T> = Result<T, String>;
@@ -449,8 +482,11 @@ fn run(a: RunArgs) -> Res<ExitCode> {
     let file = open(&a.model)?;
     let map = t0.elapsed();
     // The state (KV cache, buffers) is allocated while the tokenizer is built.
-    let (eng, mut state, lt) =
-        Engine::load_timed_with(&file, a.model.threads, |m| State::new(m, a.ctx, 512)).map_err(|e| e.to_string())?;
+    let (eng, mut state, lt) = Engine::load_timed_with(&file, a.model.threads, |m| {
+        let (k, v) = a.cache.types();
+        State::with_cache_types(m, a.ctx, 512, k, v)
+    })
+    .map_err(|e| e.to_string())?;
     warn_load(&eng);
     state.set_precision(a.model.precision);
     let t1 = std::time::Instant::now();
@@ -523,7 +559,8 @@ fn chat(a: ChatArgs) -> Res<ExitCode> {
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
     warn_load(&eng);
-    let mut state = State::new(&eng.model, a.ctx, 512).map_err(|e| e.to_string())?;
+    let (k, v) = a.cache.types();
+    let mut state = State::with_cache_types(&eng.model, a.ctx, 512, k, v).map_err(|e| e.to_string())?;
     state.set_precision(a.model.precision);
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<Message> = Vec::new();
@@ -680,6 +717,8 @@ fn perplexity(a: PerplexityArgs) -> Res<ExitCode> {
     let file = open(&a.model)?;
     let eng = Engine::load(&file, a.model.threads).map_err(|e| e.to_string())?;
     warn_load(&eng);
+    let (k, v) = a.cache.types();
+    pith::KvCache::bytes_for(&eng.model, a.ctx.max(1), k, v).map_err(|e| e.to_string())?;
     let tokens = eng.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
     let bos = if eng.tokenizer.add_bos() { eng.tokenizer.bos() } else { None };
     if a.ctx < 4 {
@@ -706,11 +745,12 @@ fn perplexity(a: PerplexityArgs) -> Res<ExitCode> {
     );
     let t1 = std::time::Instant::now();
     let mut out = Out::new();
-    let stats = pith::perplexity::perplexity(
+    let stats = pith::perplexity::perplexity_with_cache(
         &eng.model,
         &eng.pool,
         &tokens,
         pith::perplexity::PerplexityParams { n_ctx: a.ctx, max_chunks: a.chunks, bos, precision: a.model.precision },
+        a.cache.types(),
         |s| {
             out.write(format!("[{}]{:.4},", s.chunks, s.ppl()));
             out.flush();
@@ -764,6 +804,10 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
     let wbytes = model.weight_bytes() as f64;
     let kernels = pith_kernels::kernel_path().to_string();
     let precision = format!("{:?}", a.precision).to_lowercase();
+    let (ck, cv) = a.cache.types();
+    // The KV cache of `--kv-ctx` tokens in these types (allocated untouched: its pages are
+    // only reserved), also checking the types against the model before any test runs.
+    let kv_bytes = pith::KvCache::new(&model, a.kv_ctx, ck, cv).map_err(|e| e.to_string())?.bytes();
     let mut results = Vec::new();
     for &t in &a.threads {
         let pool = pith::Pool::new(t).map_err(|e| e.to_string())?;
@@ -777,13 +821,17 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
             weight_gb_per_second: gbps,
             kernels: kernels.clone(),
             precision: precision.clone(),
+            cache_type_k: ck.to_string(),
+            cache_type_v: cv.to_string(),
         };
         if a.n_prompt > 0 {
-            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, a.precision)).map_err(|e| e.to_string())?;
+            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, a.precision, (ck, cv)))
+                .map_err(|e| e.to_string())?;
             results.push(mk(format!("pp{}", a.n_prompt), r, None));
         }
         if a.n_gen > 0 {
-            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, a.precision)).map_err(|e| e.to_string())?;
+            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, a.precision, (ck, cv)))
+                .map_err(|e| e.to_string())?;
             results.push(mk(format!("tg{}", a.n_gen), r, Some(r.0 * wbytes / 1e9)));
         }
     }
@@ -808,7 +856,7 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     out.line(format!(
-        "model: {} ({:.1} MB of weights), kernels: {kernels}, precision: {precision}",
+        "model: {} ({:.1} MB of weights), kernels: {kernels}, precision: {precision}, KV cache: K {ck}, V {cv}",
         file.path().display(),
         wbytes / 1e6
     ));
@@ -824,6 +872,12 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
     if let Some(b) = rss {
         out.line(format!("peak RSS: {:.1} MB", b as f64 / 1e6));
     }
+    out.line(format!(
+        "KV cache (K {ck}, V {cv}) at {} tokens: {:.1} MB ({} bytes)",
+        a.kv_ctx,
+        kv_bytes as f64 / 1e6,
+        kv_bytes
+    ));
     for (t, what, bytes, gbps) in bw {
         let bound = gbps * 1e9 / wbytes;
         let tg = results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map(|r| r.tokens_per_second);

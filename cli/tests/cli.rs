@@ -495,3 +495,61 @@ fn ctrl_c_at_the_chat_prompt_exits() {
     drop(si);
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
 }
+
+/// A KV cache type that does not exist is a usage error (status 2) naming the allowed types, on
+/// every subcommand that takes the flags; a type the model cannot use is a clear error.
+#[test]
+fn bad_cache_types_are_refused() {
+    for (sub, extra) in
+        [("run", &["-p", "hi"][..]), ("chat", &[][..]), ("perplexity", &["-f", "/dev/null"][..]), ("bench", &[][..])]
+    {
+        for flag in ["--cache-type-k", "--cache-type-v"] {
+            let mut args = vec![sub, flag, "q5_0", "-m", "/nonexistent.gguf"];
+            args.extend_from_slice(extra);
+            let o = pith(&args, None);
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{sub} {flag}: {err}");
+            assert!(err.contains("'q5_0' is not a KV cache type (f16, q8_0, q4_0)"), "{sub} {flag}: {err}");
+        }
+    }
+    // Subcommands without a KV cache do not take the flags.
+    let o = pith(&["tokenize", "--cache-type-k", "f16", "-p", "hi"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+/// `pith bench` prints the cache types and the KV cache's size, which follows the types.
+#[test]
+fn bench_reports_the_cache_types_and_size() {
+    let m = model();
+    let run = |t: &str| {
+        let o = pith(
+            &[
+                "bench",
+                "-m",
+                m.to_str().unwrap(),
+                "-p",
+                "0",
+                "-n",
+                "2",
+                "-r",
+                "1",
+                "-t",
+                "1",
+                "--cache-type-k",
+                t,
+                "--cache-type-v",
+                t,
+            ],
+            None,
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let (f16, q8) = (run("f16"), run("q8_0"));
+    assert!(f16.contains("KV cache: K f16, V f16"), "{f16}");
+    assert!(q8.contains("KV cache: K q8_0, V q8_0"), "{q8}");
+    // SmolLM2-135M: 30 layers, kv_dim 192, 8192 tokens: f16 2 bytes a value, q8_0 34 per 32.
+    let f16_bytes = 2 * 30 * 8192 * 192 * 2;
+    assert!(f16.contains(&format!("({f16_bytes} bytes)")), "{f16}");
+    assert!(q8.contains(&format!("({} bytes)", 2 * 30 * 8192 * 192 / 32 * 34)), "{q8}");
+}

@@ -32,6 +32,6 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use model::{Config, Logits, Model, State};
+pub use model::{CacheType, Config, KvCache, Logits, Model, Seq, State, Workspace};
 pub use parallel::Pool;
 pub use tensor::Precision;

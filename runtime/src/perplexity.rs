@@ -5,7 +5,7 @@
 //! second half is scored: the logits at positions `n_ctx/2 .. n_ctx-2` predict the tokens after
 //! them. PPL = exp(mean NLL over every scored token so far).
 
-use crate::model::{Logits, Model, State};
+use crate::model::{CacheType, Logits, Model, State};
 use crate::parallel::Pool;
 use crate::{Error, Precision, Result};
 
@@ -124,6 +124,18 @@ pub fn perplexity(
     pool: &Pool,
     tokens: &[u32],
     params: PerplexityParams,
+    on_chunk: impl FnMut(&PerplexityStats),
+) -> Result<PerplexityStats> {
+    perplexity_with_cache(model, pool, tokens, params, (CacheType::F16, CacheType::F16), on_chunk)
+}
+
+/// [`perplexity`] with the KV cache's keys and values stored as `(k, v)`.
+pub fn perplexity_with_cache(
+    model: &Model<'_>,
+    pool: &Pool,
+    tokens: &[u32],
+    params: PerplexityParams,
+    (k, v): (CacheType, CacheType),
     mut on_chunk: impl FnMut(&PerplexityStats),
 ) -> Result<PerplexityStats> {
     let PerplexityParams { n_ctx, max_chunks, bos, precision } = params;
@@ -136,7 +148,7 @@ pub fn perplexity(
     })?;
     let n_vocab = model.config.n_vocab;
     let first = n_ctx / 2;
-    let mut state = State::new(model, n_ctx, n_ctx)?;
+    let mut state = State::with_cache_types(model, n_ctx, n_ctx, k, v)?;
     state.set_precision(precision);
     let mut stats = PerplexityStats::default();
     let mut chunk = vec![0u32; n_ctx];

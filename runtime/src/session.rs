@@ -14,13 +14,12 @@ use crate::chat::{ChatTemplate, Message};
 use crate::engine::{decode_loop, Generation, Stop};
 use crate::file::MappedFile;
 use crate::gguf::Gguf;
-use crate::model::{Config, Model, State};
+use crate::model::{CacheType, Config, Model, State};
 use crate::parallel::Pool;
 use crate::sampling::{Sampler, SamplerConfig, SamplerSnapshot};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use core::ops::ControlFlow;
-use half::f16;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -235,14 +234,26 @@ pub struct Session {
     pending: Option<u32>,
 }
 
-const STATE_MAGIC: &[u8; 8] = b"PITHSES1";
+/// Version 2: the KV cache's K and V types follow the dimensions.
+const STATE_MAGIC: &[u8; 8] = b"PITHSES2";
 
 impl Session {
     /// A session of `n_ctx` tokens; `threads` workers (None = the model's default).
     pub fn new(model: Arc<LoadedModel>, n_ctx: usize, threads: Option<usize>) -> Result<Self> {
+        Self::with_cache_types(model, n_ctx, threads, CacheType::F16, CacheType::F16)
+    }
+
+    /// [`Session::new`] with the KV cache's keys stored as `k` and values as `v`.
+    pub fn with_cache_types(
+        model: Arc<LoadedModel>,
+        n_ctx: usize,
+        threads: Option<usize>,
+        k: CacheType,
+        v: CacheType,
+    ) -> Result<Self> {
         let state = {
             let m = model.bind()?;
-            State::new(&m, n_ctx, 512)?
+            State::with_cache_types(&m, n_ctx, 512, k, v)?
         };
         let pool = Pool::new(threads.unwrap_or_else(|| model.threads()))?;
         Ok(Session {
@@ -278,6 +289,11 @@ impl Session {
     /// Tokens in the KV cache.
     pub fn n_past(&self) -> usize {
         self.state.pos
+    }
+
+    /// How the KV cache stores keys and values.
+    pub fn cache_types(&self) -> (CacheType, CacheType) {
+        self.state.cache.types()
     }
 
     /// A handle that stops this session's current generation from any thread.
@@ -413,6 +429,8 @@ impl Session {
         for v in [c.n_layer, c.kv_dim(), c.n_vocab, c.n_embd, self.model.bytes.bytes().len(), self.state.pos] {
             w.extend_from_slice(&(v as u64).to_le_bytes());
         }
+        let (kt, vt) = self.state.cache.types();
+        w.extend_from_slice(&[kt.code(), vt.code()]);
         put_u32s(&mut w, &self.tokens);
         put_u32s(&mut w, &self.pending.into_iter().collect::<Vec<_>>());
         let s = &self.sampler.config;
@@ -427,12 +445,11 @@ impl Session {
         w.extend_from_slice(&snap.rng_stream.to_le_bytes());
         w.extend_from_slice(&snap.rng_word_pos.to_le_bytes());
         put_u32s(&mut w, &snap.recent);
-        let (kv, n_ctx, pos) = (c.kv_dim(), self.state.n_ctx, self.state.pos);
-        let (k, v) = self.state.kv_cache();
-        for cache in [k, v] {
+        let pos = self.state.pos;
+        for which in [0, 1] {
             for l in 0..c.n_layer {
-                let rows = &cache[l * n_ctx * kv..][..pos * kv];
-                w.extend_from_slice(bytemuck::cast_slice::<f16, u8>(rows));
+                let (k, v) = self.state.cache.layer_bytes(l, pos);
+                w.extend_from_slice(if which == 0 { k } else { v });
             }
         }
         w
@@ -457,6 +474,15 @@ impl Session {
         {
             return Err(bad("saved from a different model"));
         }
+        let types = r.take(2)?;
+        let saved = (CacheType::from_code(types[0]), CacheType::from_code(types[1]));
+        let (Some(kt), Some(vt)) = saved else { return Err(bad("unknown KV cache type")) };
+        let (skt, svt) = self.state.cache.types();
+        if (kt, vt) != (skt, svt) {
+            return Err(Error::BadSessionState(format!(
+                "saved with a KV cache of K {kt}, V {vt}; this session's is K {skt}, V {svt}"
+            )));
+        }
         if pos > self.state.n_ctx {
             return Err(Error::ContextOverflow { needed: pos, n_ctx: self.state.n_ctx });
         }
@@ -479,18 +505,18 @@ impl Session {
         let rng_stream = r.u64()?;
         let rng_word_pos = u128::from_le_bytes(r.take(16)?.try_into().map_err(|_| bad("truncated"))?);
         let recent = r.u32s()?;
-        let row_bytes = pos * kv * 2;
-        let need = row_bytes.checked_mul(2 * n_layer).ok_or_else(|| bad("size out of range"))?;
+        let _ = kv;
+        let (kr, vr) = self.state.cache.row_bytes();
+        let need =
+            (kr + vr).checked_mul(pos).and_then(|b| b.checked_mul(n_layer)).ok_or_else(|| bad("size out of range"))?;
         if r.b.len() != need {
             return Err(bad("the KV cache's size does not match"));
         }
-        let n_ctx = self.state.n_ctx;
-        let (k, v) = self.state.kv_cache_mut();
-        for cache in [k, v] {
+        for which in [0, 1] {
             for l in 0..n_layer {
-                let src = r.take(row_bytes)?;
-                let dst = &mut cache[l * n_ctx * kv..][..pos * kv];
-                bytemuck::cast_slice_mut::<f16, u8>(dst).copy_from_slice(src);
+                let (k, v) = self.state.cache.layer_bytes_mut(l, pos);
+                let dst = if which == 0 { k } else { v };
+                dst.copy_from_slice(r.take(dst.len())?);
             }
         }
         self.state.reset();

@@ -99,3 +99,32 @@ fn restored_state_continues_exactly() {
     assert!(b.restore_state(&bad).is_err());
     assert!(b.restore_state(&state[..state.len() - 1]).is_err());
 }
+
+/// A session with a quantized KV cache saves and restores its blocks (continuing exactly);
+/// restoring it into a session of other cache types is a clear error.
+#[test]
+fn quantized_cache_state_round_trips_and_types_must_match() {
+    use pith::CacheType::{F16, Q4_0, Q8_0};
+    let m = model();
+    let collect = |s: &mut Session| {
+        let mut t = String::new();
+        s.generate("", &greedy(6), |p| {
+            t.push_str(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        t
+    };
+    let mut a = Session::with_cache_types(m.clone(), 128, Some(1), Q8_0, Q4_0).unwrap();
+    assert_eq!(a.cache_types(), (Q8_0, Q4_0));
+    a.generate("Once upon a time", &greedy(4), |_| ControlFlow::Continue(())).unwrap();
+    let state = a.save_state();
+    let original = collect(&mut a);
+    let mut b = Session::with_cache_types(m.clone(), 128, Some(1), Q8_0, Q4_0).unwrap();
+    b.restore_state(&state).unwrap();
+    assert_eq!(collect(&mut b), original);
+    let mut c = Session::with_cache_types(m, 128, Some(1), F16, F16).unwrap();
+    let e = c.restore_state(&state).unwrap_err().to_string();
+    assert!(e.contains("K q8_0, V q4_0") && e.contains("K f16, V f16"), "{e}");
+    assert_eq!(c.n_past(), 0, "a refused state leaves the session as it was");
+}

@@ -11,9 +11,11 @@
 
 pub mod arch;
 mod attention;
+mod cache;
 mod config;
 
 pub use arch::{Arch, Gate, Need};
+pub use cache::{CacheType, KvCache};
 pub use config::{Config, RopeStyle, SlidingWindow};
 
 use crate::gguf::Gguf;
@@ -25,7 +27,6 @@ use alloc::collections::BTreeSet;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
-use half::f16;
 use pith_kernels::GgmlType;
 
 /// One transformer block's weights.
@@ -241,15 +242,14 @@ pub enum Logits {
     None,
 }
 
-/// Per-sequence state: the KV cache, the position, and reusable activation buffers.
-pub struct State {
-    pub n_ctx: usize,
-    /// Tokens already in the cache.
-    pub pos: usize,
-    /// Largest batch processed at once.
+/// The shared half of a forward pass: activation buffers, RoPE tables and matmul scratch,
+/// sized for steps of up to `n_batch` tokens at positions below `n_ctx_max`. One workspace
+/// serves any number of [`KvCache`]s (one per sequence), one step at a time.
+pub struct Workspace {
+    /// Largest position (exclusive) the RoPE tables cover.
+    pub n_ctx_max: usize,
+    /// Largest number of tokens processed in one step.
     pub n_batch: usize,
-    k_cache: Vec<f16>,         // (n_layer, n_ctx, kv_dim)
-    v_cache: Vec<f16>,         // (n_layer, n_ctx, kv_dim)
     x: Vec<f32>,               // (n, n_embd) residual stream
     xb: Vec<f32>,              // (n, n_embd) normed input
     q: Vec<f32>,               // (n, q_dim)
@@ -259,64 +259,54 @@ pub struct State {
     proj: Vec<f32>,            // (n, n_embd) projection output
     hb: Vec<f32>,              // (n, n_ff)
     hb2: Vec<f32>,             // (n, n_ff)
-    logits: Vec<f32>,          // (n_out, n_vocab)
-    kf: Vec<f32>,              // (n_pos, kv_dim) one layer's keys, widened for attention
-    vf: Vec<f32>,              // (n_pos, kv_dim) one layer's values, widened for attention
-    att_tmp: Vec<f32>,         // batch: (n_head, n_batch rounded up, head_dim); decode: (n_head, n_pos + head_dim)
-    rope: Vec<(f32, f32)>,     // (n_ctx, rope_dim / 2) cos, sin
-    rope_swa: Vec<(f32, f32)>, // (n_ctx, rope_dim / 2) for sliding-window layers, or empty
+    logits: Vec<f32>,          // (n_out of all sequences, n_vocab)
+    step_logits: Vec<f32>,     // (n_out of a step, n_vocab) when its rows are not contiguous in `logits`
+    kf: Vec<f32>,              // (n_pos, kv_dim) one sequence's layer keys, widened for attention
+    vf: Vec<f32>,              // (n_pos, kv_dim) one sequence's layer values, widened for attention
+    att_tmp: Vec<f32>,         // batch: (n_head, n rounded up, head_dim); decode: (n_head, n_pos + head_dim)
+    tpos: Vec<usize>,          // (n) each token's position in its sequence
+    rope: Vec<(f32, f32)>,     // (n_ctx_max, rope_dim / 2) cos, sin
+    rope_swa: Vec<(f32, f32)>, // (n_ctx_max, rope_dim / 2) for sliding-window layers, or empty
     scratch: MatmulScratch,
 }
 
-impl State {
-    /// A fresh state for `model` holding up to `n_ctx` tokens, processing at most `n_batch` at once.
-    pub fn new(model: &Model<'_>, n_ctx: usize, n_batch: usize) -> Result<Self> {
+impl Workspace {
+    /// Buffers for `model`, RoPE tables for positions `..n_ctx_max`, steps of up to `n_batch`
+    /// tokens (buffers grow with the largest step seen).
+    pub fn new(model: &Model<'_>, n_ctx_max: usize, n_batch: usize) -> Result<Self> {
         let c = &model.config;
-        if n_ctx == 0 {
+        if n_ctx_max == 0 {
             return Err(Error::BadHyperParam { key: "n_ctx".to_string(), reason: "must be at least 1".to_string() });
         }
-        let cache = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.kv_dim())).ok_or_else(|| {
-            Error::BadHyperParam { key: "n_ctx".to_string(), reason: "KV cache size overflows".to_string() }
-        })?;
-        let kv_cache = || -> Result<Vec<f16>> {
-            let too_big = || Error::BadHyperParam {
-                key: "n_ctx".to_string(),
-                reason: alloc::format!("a KV cache for {n_ctx} tokens ({} bytes) cannot be allocated", cache * 4),
-            };
-            Vec::<f16>::new().try_reserve_exact(cache).map_err(|_| too_big())?;
-            // Zeroed memory straight from the allocator: fresh pages, touched only as positions
-            // are written (a memset of the whole cache cost ~5 ms of start-up).
-            bytemuck::allocation::try_cast_vec(alloc::vec![0u16; cache]).map_err(|_| too_big())
-        };
-        let (k_cache, v_cache) = (kv_cache()?, kv_cache()?);
         // Rotation tables: theta = pos * scale * base^(-2i/rope_dim) / divisor_i, for the global
         // layers and (their own base, no scaling, no divisors) for the windowed ones.
-        let table = |theta: f32, scale: f32, divisors: Option<&[f32]>| {
+        let table = |theta: f32, scale: f32, divisors: Option<&[f32]>| -> Result<Vec<(f32, f32)>> {
             let half = c.rope_dim / 2;
             let freqs: Vec<f32> = (0..half)
                 .map(|i| math::powf(theta, -2.0 * i as f32 / c.rope_dim as f32) / divisors.map_or(1.0, |d| d[i]))
                 .collect();
-            let mut rope = Vec::with_capacity(n_ctx * half);
-            for p in 0..n_ctx {
+            let mut rope = Vec::new();
+            rope.try_reserve_exact(n_ctx_max.saturating_mul(half)).map_err(|_| Error::BadHyperParam {
+                key: "n_ctx".to_string(),
+                reason: alloc::format!("RoPE tables for {n_ctx_max} positions cannot be allocated"),
+            })?;
+            for p in 0..n_ctx_max {
                 let pos = p as f32 * scale;
                 for &freq in &freqs {
                     let (s, co) = math::sin_cos(pos * freq);
                     rope.push((co, s));
                 }
             }
-            rope
+            Ok(rope)
         };
-        let rope = table(c.rope_theta, c.rope_freq_scale, model.rope_freqs);
+        let rope = table(c.rope_theta, c.rope_freq_scale, model.rope_freqs)?;
         let rope_swa = match &c.sliding_window {
-            Some(sw) if sw.layers.iter().any(|&w| w) => table(sw.rope_theta, 1.0, None),
+            Some(sw) if sw.layers.iter().any(|&w| w) => table(sw.rope_theta, 1.0, None)?,
             _ => Vec::new(),
         };
-        Ok(State {
-            n_ctx,
-            pos: 0,
+        Ok(Workspace {
+            n_ctx_max,
             n_batch: n_batch.max(1),
-            k_cache,
-            v_cache,
             x: Vec::new(),
             xb: Vec::new(),
             q: Vec::new(),
@@ -327,9 +317,11 @@ impl State {
             hb: Vec::new(),
             hb2: Vec::new(),
             logits: Vec::new(),
+            step_logits: Vec::new(),
             kf: Vec::new(),
             vf: Vec::new(),
             att_tmp: Vec::new(),
+            tpos: Vec::new(),
             rope,
             rope_swa,
             scratch: MatmulScratch::default(),
@@ -340,27 +332,76 @@ impl State {
     pub fn set_precision(&mut self, p: Precision) {
         self.scratch.precision = p;
     }
+}
 
-    /// Forgets every cached token.
-    pub fn reset(&mut self) {
-        self.pos = 0;
+/// One sequence's part of a [`Model::forward_seqs`] step: its cache, the tokens to append at
+/// positions `cache.pos..`, and which of their logits it wants.
+pub struct Seq<'c> {
+    pub cache: &'c mut KvCache,
+    pub tokens: &'c [u32],
+    pub want: Logits,
+}
+
+/// A single sequence's state: a [`Workspace`] and the [`KvCache`] it fills. Derefs to the
+/// cache (`state.pos`, `state.n_ctx`).
+pub struct State {
+    pub ws: Workspace,
+    pub cache: KvCache,
+}
+
+impl core::ops::Deref for State {
+    type Target = KvCache;
+    fn deref(&self) -> &KvCache {
+        &self.cache
+    }
+}
+
+impl core::ops::DerefMut for State {
+    fn deref_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+}
+
+impl State {
+    /// A fresh state for `model` holding up to `n_ctx` tokens (f16 cache), processing at most
+    /// `n_batch` at once.
+    pub fn new(model: &Model<'_>, n_ctx: usize, n_batch: usize) -> Result<Self> {
+        Self::with_cache_types(model, n_ctx, n_batch, CacheType::F16, CacheType::F16)
     }
 
-    /// Drops cached tokens from position `pos` on.
-    pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+    /// [`State::new`] with keys stored as `k` and values as `v`.
+    pub fn with_cache_types(
+        model: &Model<'_>,
+        n_ctx: usize,
+        n_batch: usize,
+        k: CacheType,
+        v: CacheType,
+    ) -> Result<Self> {
+        let cache = KvCache::new(model, n_ctx, k, v)?;
+        Ok(State { ws: Workspace::new(model, n_ctx, n_batch)?, cache })
     }
 
-    /// The key and value caches, each laid out (n_layer, n_ctx, kv_dim); positions `..pos` are
-    /// live. For saving and restoring a session (`engine::Session::save_state`).
-    pub fn kv_cache(&self) -> (&[f16], &[f16]) {
-        (&self.k_cache, &self.v_cache)
+    /// Chooses how activations meet weights in every matmul (see [`Precision`]).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.ws.set_precision(p);
     }
 
-    /// [`State::kv_cache`], writable (restoring a session; set `pos` to match).
-    pub fn kv_cache_mut(&mut self) -> (&mut [f16], &mut [f16]) {
-        (&mut self.k_cache, &mut self.v_cache)
+    /// Largest batch processed at once.
+    pub fn n_batch(&self) -> usize {
+        self.ws.n_batch
     }
+}
+
+/// One sequence's tokens in one step: `n` tokens from `t0` of its call, at positions `p0..`.
+struct Seg {
+    seq: usize,
+    t0: usize,
+    n: usize,
+    p0: usize,
+    /// First token of the segment (0-based within it) that gets logits.
+    out_from: usize,
+    /// Row of the call's logits the segment's first output goes to.
+    out_row: usize,
 }
 
 impl Model<'_> {
@@ -379,36 +420,102 @@ impl Model<'_> {
         want: Logits,
         obs: &mut dyn Observer,
     ) -> Result<&'s [f32]> {
-        let nv = self.config.n_vocab;
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= nv) {
-            return Err(Error::BadToken { id, n_vocab: nv });
-        }
-        let needed = state.pos + tokens.len();
-        if needed > state.n_ctx {
-            return Err(Error::ContextOverflow { needed, n_ctx: state.n_ctx });
-        }
-        let start = match want {
-            Logits::Last => tokens.len().saturating_sub(1),
-            Logits::From(s) => s.min(tokens.len()),
-            Logits::None => tokens.len(),
-        };
-        state.logits.clear();
-        let mut done = 0;
-        while done < tokens.len() {
-            let n = state.n_batch.min(tokens.len() - done);
-            let batch = &tokens[done..done + n];
-            // Logits for this batch's tokens at or after `start`.
-            let out_from = start.saturating_sub(done).min(n);
-            self.forward_batch(state, pool, batch, out_from, obs);
-            done += n;
-        }
-        Ok(&state.logits)
+        let State { ws, cache } = state;
+        self.run_seqs(ws, pool, &mut [Seq { cache, tokens, want }], obs)
     }
 
-    /// One batch of `n` tokens; logits for batch positions `out_from..n` are appended.
-    fn forward_batch(&self, s: &mut State, pool: &Pool, tokens: &[u32], out_from: usize, obs: &mut dyn Observer) {
+    /// Several sequences in one forward pass (continuous batching). All tokens of all sequences
+    /// go through each matmul together (one weight read per step); each sequence's tokens take
+    /// that sequence's positions and attend only to its own cache. Returns the wanted logits of
+    /// every sequence, concatenated in `seqs` order, (Σ n_out, n_vocab).
+    ///
+    /// Steps hold up to `ws.n_batch` tokens (sequences are taken in order; a longer call is
+    /// split, a sequence's tokens over consecutive steps). Within a step a sequence of one token
+    /// uses the decode attention path, of more the batch path, and the elementwise work is per
+    /// token, so its results are those of [`Model::forward`] on it alone with the same split.
+    /// Everything is checked (token ids, each cache's context and the workspace's RoPE range)
+    /// before any cache changes.
+    pub fn forward_seqs<'w>(&self, ws: &'w mut Workspace, pool: &Pool, seqs: &mut [Seq<'_>]) -> Result<&'w [f32]> {
+        self.run_seqs(ws, pool, seqs, &mut NoObserver)
+    }
+
+    fn run_seqs<'w>(
+        &self,
+        ws: &'w mut Workspace,
+        pool: &Pool,
+        seqs: &mut [Seq<'_>],
+        obs: &mut dyn Observer,
+    ) -> Result<&'w [f32]> {
+        let nv = self.config.n_vocab;
+        for s in seqs.iter() {
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= nv) {
+                return Err(Error::BadToken { id, n_vocab: nv });
+            }
+            if !s.cache.fits(self) {
+                return Err(Error::BadHyperParam {
+                    key: "kv_cache".to_string(),
+                    reason: "the KV cache was made for a model of another shape".to_string(),
+                });
+            }
+            let needed = s.cache.pos + s.tokens.len();
+            if needed > s.cache.n_ctx {
+                return Err(Error::ContextOverflow { needed, n_ctx: s.cache.n_ctx });
+            }
+            if needed > ws.n_ctx_max {
+                return Err(Error::ContextOverflow { needed, n_ctx: ws.n_ctx_max });
+            }
+        }
+        // Where each sequence's logits start (`start`: its first token with logits).
+        let mut starts = Vec::with_capacity(seqs.len());
+        let mut rows = Vec::with_capacity(seqs.len());
+        let mut n_out = 0;
+        for s in seqs.iter() {
+            let n = s.tokens.len();
+            let start = match s.want {
+                Logits::Last => n.saturating_sub(1),
+                Logits::From(f) => f.min(n),
+                Logits::None => n,
+            };
+            starts.push(start);
+            rows.push(n_out);
+            n_out += n - start;
+        }
+        ws.logits.clear();
+        ws.logits.resize(n_out * nv, 0.0);
+        let mut done = alloc::vec![0usize; seqs.len()];
+        let mut segs = Vec::new();
+        loop {
+            segs.clear();
+            let mut budget = ws.n_batch;
+            for (i, s) in seqs.iter().enumerate() {
+                let left = s.tokens.len() - done[i];
+                if left == 0 || budget == 0 {
+                    continue;
+                }
+                let n = left.min(budget);
+                let t0 = done[i];
+                let out_from = starts[i].saturating_sub(t0).min(n);
+                let out_row = rows[i] + (t0 + out_from).saturating_sub(starts[i]);
+                segs.push(Seg { seq: i, t0, n, p0: s.cache.pos, out_from, out_row });
+                budget -= n;
+            }
+            if segs.is_empty() {
+                break;
+            }
+            self.forward_step(ws, pool, seqs, &segs, obs);
+            for g in &segs {
+                done[g.seq] += g.n;
+                seqs[g.seq].cache.pos += g.n;
+            }
+        }
+        Ok(&ws.logits)
+    }
+
+    /// One step: the segments' tokens together through every matmul; logits of each segment's
+    /// tokens `out_from..` written at its `out_row`.
+    fn forward_step(&self, s: &mut Workspace, pool: &Pool, seqs: &mut [Seq<'_>], segs: &[Seg], obs: &mut dyn Observer) {
         let c = &self.config;
-        let n = tokens.len();
+        let n: usize = segs.iter().map(|g| g.n).sum();
         let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
         for (buf, len) in [
             (&mut s.x, n * d),
@@ -423,17 +530,23 @@ impl Model<'_> {
         ] {
             buf.resize(len, 0.0);
         }
-        for (t, &tok) in tokens.iter().enumerate() {
-            let row = &mut s.x[t * d..(t + 1) * d];
-            self.token_embd.dequantize_row(tok as usize, row);
-            if c.embd_scale != 1.0 {
-                row.iter_mut().for_each(|v| *v *= c.embd_scale);
+        s.tpos.clear();
+        let mut t = 0;
+        for g in segs {
+            for (j, &tok) in seqs[g.seq].tokens[g.t0..g.t0 + g.n].iter().enumerate() {
+                s.tpos.push(g.p0 + j);
+                let row = &mut s.x[t * d..(t + 1) * d];
+                self.token_embd.dequantize_row(tok as usize, row);
+                if c.embd_scale != 1.0 {
+                    row.iter_mut().for_each(|v| *v *= c.embd_scale);
+                }
+                t += 1;
             }
         }
-        let p0 = s.pos;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block. The elementwise work between matmuls is shared out over whole
-            // tokens of the batch (run inline for a single token).
+            // tokens of the step (run inline for a single token); none of it depends on which
+            // other tokens share the step.
             if li == 0 {
                 let (x, norm, eps) = (&s.x, l.attn_norm, c.rms_eps);
                 per_token(pool, n, &mut s.xb, d, &|t0, xb| {
@@ -448,11 +561,13 @@ impl Model<'_> {
             let window = c.window(li);
             let rope = if window.is_some() { &s.rope_swa } else { &s.rope };
             let (rd, style, hd, eps) = (c.rope_dim / 2, c.rope_style, c.head_dim, c.rms_eps);
+            let tpos = &s.tpos;
             per_token2(pool, n, (&mut s.q, qd), (&mut s.k, kvd), &|t0, q, k| {
                 add_bias(q, l.bq);
                 add_bias(k, l.bk);
                 for (t, (qt, kt)) in q.chunks_exact_mut(qd).zip(k.chunks_exact_mut(kvd)).enumerate() {
-                    let rot = &rope[(p0 + t0 + t) * rd..(p0 + t0 + t + 1) * rd];
+                    let p = tpos[t0 + t];
+                    let rot = &rope[p * rd..(p + 1) * rd];
                     for h in qt.chunks_exact_mut(hd) {
                         if let Some(w) = l.q_norm {
                             math::rmsnorm_in_place(h, w, eps);
@@ -467,47 +582,59 @@ impl Model<'_> {
                     }
                 }
             });
-            let layer_off = li * s.n_ctx * kvd;
-            for t in 0..n {
-                let at = layer_off + (p0 + t) * kvd;
-                narrow(&s.k[t * kvd..(t + 1) * kvd], &mut s.k_cache[at..at + kvd]);
-                narrow(&s.v[t * kvd..(t + 1) * kvd], &mut s.v_cache[at..at + kvd]);
-            }
-            let n_pos = p0 + n;
-            let q = &s.q;
             let group = c.n_head / c.n_head_kv;
             let scale = c.attn_scale;
-            if n > 1 {
-                // Widen this layer's cached keys and values once; every query of the batch reuses them.
-                s.kf.resize(n_pos * kvd, 0.0);
-                s.vf.resize(n_pos * kvd, 0.0);
-                widen(&s.k_cache[layer_off..layer_off + n_pos * kvd], &mut s.kf);
-                widen(&s.v_cache[layer_off..layer_off + n_pos * kvd], &mut s.vf);
-                let shape =
-                    attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, p0, n, scale, window };
-                attention::attention_batch(pool, &shape, q, &s.kf, &s.vf, &mut s.att, &mut s.att_tmp);
-            } else {
-                // One token reads the f16 cache in place. One chunk per head; a single token's
-                // heads over a short context are less work than handing them to threads
-                // (measured: 32 positions).
-                // A windowed layer reads only the window's positions.
-                let lo = window.map_or(0, |w| n_pos.saturating_sub(w));
-                let n_seen = n_pos - lo;
-                let (kc, vc) = (&s.k_cache[layer_off + lo * kvd..], &s.v_cache[layer_off + lo * kvd..]);
-                let single = Pool::single();
-                let att_pool = if n_seen < 32 { &single } else { pool };
-                // Per head: its scores, then its output (scratch reused across tokens; it grows
-                // with the context by doubling, not once per token).
-                let stride = n_seen + hd;
-                s.att_tmp.resize(c.n_head * stride, 0.0);
-                att_pool.for_each_chunk(&mut s.att_tmp[..c.n_head * stride], stride, &|h, buf: &mut [f32]| {
-                    let (scores, out) = buf.split_at_mut(n_seen);
-                    let qh = &q[h * hd..(h + 1) * hd];
-                    pith_kernels::attend_f16(qh, kc, vc, kvd, (h / group) * hd, scale, scores, out);
-                });
-                for (o, buf) in s.att.chunks_exact_mut(hd).zip(s.att_tmp.chunks_exact(stride)) {
-                    o.copy_from_slice(&buf[n_seen..]);
+            let mut a = 0; // the segment's first token in the step
+            for g in segs {
+                let cache = &mut *seqs[g.seq].cache;
+                for t in 0..g.n {
+                    let r = (a + t) * kvd..(a + t + 1) * kvd;
+                    cache.write(li, g.p0 + t, &s.k[r.clone()], &s.v[r]);
                 }
+                let (p0, gn) = (g.p0, g.n);
+                let n_pos = p0 + gn;
+                let q = &s.q[a * qd..(a + gn) * qd];
+                let att = &mut s.att[a * qd..(a + gn) * qd];
+                if gn > 1 {
+                    // Widen this layer's cached keys and values once; every query of the
+                    // sequence's batch reuses them.
+                    s.kf.resize(n_pos * kvd, 0.0);
+                    s.vf.resize(n_pos * kvd, 0.0);
+                    cache.widen(li, &mut s.kf, &mut s.vf);
+                    let shape = attention::Shape {
+                        n_head: c.n_head,
+                        n_head_kv: c.n_head_kv,
+                        head_dim: hd,
+                        p0,
+                        n: gn,
+                        scale,
+                        window,
+                    };
+                    attention::attention_batch(pool, &shape, q, &s.kf, &s.vf, att, &mut s.att_tmp);
+                } else {
+                    // One token reads the cache in place. One chunk per head; a single token's
+                    // heads over a short context are less work than handing them to threads
+                    // (measured: 32 positions).
+                    // A windowed layer reads only the window's positions.
+                    let lo = window.map_or(0, |w| n_pos.saturating_sub(w));
+                    let n_seen = n_pos - lo;
+                    let (kc, vc) = cache.rows(li, lo);
+                    let single = Pool::single();
+                    let att_pool = if n_seen < 32 { &single } else { pool };
+                    // Per head: its scores, then its output (scratch reused across tokens; it
+                    // grows with the context by doubling, not once per token).
+                    let stride = n_seen + hd;
+                    s.att_tmp.resize(c.n_head * stride, 0.0);
+                    att_pool.for_each_chunk(&mut s.att_tmp[..c.n_head * stride], stride, &|h, buf: &mut [f32]| {
+                        let (scores, out) = buf.split_at_mut(n_seen);
+                        let qh = &q[h * hd..(h + 1) * hd];
+                        pith_kernels::attend(qh, kc, vc, kvd, (h / group) * hd, scale, scores, out);
+                    });
+                    for (o, buf) in att.chunks_exact_mut(hd).zip(s.att_tmp.chunks_exact(stride)) {
+                        o.copy_from_slice(&buf[n_seen..]);
+                    }
+                }
+                a += gn;
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
@@ -519,15 +646,17 @@ impl Model<'_> {
                     math::rmsnorm(o, xt, norm, eps);
                 }
             });
-            // Feed-forward block (SwiGLU or GeGLU).
+            // Feed-forward block (SwiGLU or GeGLU), one token's row at a time.
             obs.matmul_input(Some(li), Site::FfnIn, &s.xb, n);
             matmul_many(pool, &mut s.scratch, &[&l.w_gate, &l.w_up], &s.xb, n, &mut [&mut s.hb, &mut s.hb2]);
             let (up, gate) = (&s.hb2, c.traits.gate);
             per_token(pool, n, &mut s.hb, ff, &|t0, g| {
-                let u = &up[t0 * ff..t0 * ff + g.len()];
-                match gate {
-                    Gate::Silu => pith_kernels::silu_mul(g, u),
-                    Gate::GeluTanh => pith_kernels::gelu_mul(g, u),
+                for (i, gt) in g.chunks_exact_mut(ff).enumerate() {
+                    let u = &up[(t0 + i) * ff..(t0 + i + 1) * ff];
+                    match gate {
+                        Gate::Silu => pith_kernels::silu_mul(gt, u),
+                        Gate::GeluTanh => pith_kernels::gelu_mul(gt, u),
+                    }
                 }
             });
             obs.matmul_input(Some(li), Site::FfnDown, &s.hb, n);
@@ -543,22 +672,48 @@ impl Model<'_> {
                 }
             });
         }
-        s.pos += n;
-        let n_out = n - out_from;
+        // Final norm of the tokens that get logits, gathered in order.
+        let mut r = 0;
+        let mut a = 0;
+        let mut contiguous = true;
+        let mut next_row = None;
+        for g in segs {
+            for t in g.out_from..g.n {
+                let src = (a + t) * d;
+                math::rmsnorm(&mut s.xb[r * d..(r + 1) * d], &s.x[src..src + d], self.output_norm, c.rms_eps);
+                r += 1;
+            }
+            if g.out_from < g.n {
+                contiguous &= next_row.is_none_or(|nr| nr == g.out_row);
+                next_row = Some(g.out_row + g.n - g.out_from);
+            }
+            a += g.n;
+        }
+        let n_out = r;
         if n_out == 0 {
             return;
         }
-        for t in out_from..n {
-            let r = (t - out_from) * d;
-            math::rmsnorm(&mut s.xb[r..r + d], &s.x[t * d..(t + 1) * d], self.output_norm, c.rms_eps);
-        }
+        let nv = c.n_vocab;
         obs.matmul_input(None, Site::Output, &s.xb[..n_out * d], n_out);
-        let base = s.logits.len();
-        s.logits.resize(base + n_out * c.n_vocab, 0.0);
-        matmul(pool, &mut s.scratch, &self.output, &s.xb[..n_out * d], n_out, &mut s.logits[base..]);
+        let out: &mut [f32] = if contiguous {
+            let first = segs.iter().find(|g| g.out_from < g.n).map_or(0, |g| g.out_row);
+            &mut s.logits[first * nv..(first + n_out) * nv]
+        } else {
+            s.step_logits.resize(n_out * nv, 0.0);
+            &mut s.step_logits[..n_out * nv]
+        };
+        matmul(pool, &mut s.scratch, &self.output, &s.xb[..n_out * d], n_out, out);
         if let Some(cap) = c.logit_softcap {
-            for v in &mut s.logits[base..] {
+            for v in out.iter_mut() {
                 *v = cap * libm::tanhf(*v / cap);
+            }
+        }
+        if !contiguous {
+            let mut r = 0;
+            for g in segs {
+                let k = g.n - g.out_from;
+                s.logits[g.out_row * nv..(g.out_row + k) * nv].copy_from_slice(&s.step_logits[r * nv..(r + k) * nv]);
+                r += k;
             }
         }
     }
@@ -596,16 +751,6 @@ fn per_token2(pool: &Pool, n: usize, (a, wa): (&mut [f32], usize), (b, wb): (&mu
             });
         }
     }
-}
-
-/// f16 → f32 for a slice.
-fn widen(src: &[f16], dst: &mut [f32]) {
-    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
-}
-
-/// f32 → f16 (round to nearest even) for a slice.
-fn narrow(src: &[f32], dst: &mut [f16]) {
-    half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
 }
 
 /// `x += p` over whole rows of `x`, or `x += rmsnorm(p) · w` with a post-norm `w`.
