@@ -142,6 +142,8 @@ struct ServeArgs {
     /// Largest request body in bytes (more are answered 413).
     #[arg(long = "max-body", default_value_t = 4 << 20)]
     max_body: usize,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Args)]
@@ -787,6 +789,8 @@ fn serve(a: ServeArgs) -> Res<ExitCode> {
         api_key: a.api_key,
         insecure: a.insecure,
         max_body: a.max_body,
+        cache_k: a.cache.cache_type_k,
+        cache_v: a.cache.cache_type_v,
     };
     pith_serve::serve(opts)?;
     Ok(ExitCode::SUCCESS)

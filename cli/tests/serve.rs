@@ -384,7 +384,7 @@ fn api_key_and_bind_policy() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key"), "{}", String::from_utf8_lossy(&out.stderr));
-    let s = Server::start(&["--api-key", "sekrit"]);
+    let s = Server::start(&["--api-key", "sekrit", "--cache-type-k", "q8_0", "--cache-type-v", "q4_0"]);
     let (st, b) = s.request("POST", "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#, "");
     assert_eq!(st, 401, "{b}");
     let (st, b) =

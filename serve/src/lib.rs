@@ -58,6 +58,9 @@ pub struct ServeOptions {
     pub insecure: bool,
     /// Largest request body in bytes (more get 413).
     pub max_body: usize,
+    /// KV cache types of every slot.
+    pub cache_k: pith::model::CacheType,
+    pub cache_v: pith::model::CacheType,
 }
 
 impl Default for ServeOptions {
@@ -75,6 +78,8 @@ impl Default for ServeOptions {
             api_key: None,
             insecure: false,
             max_body: 4 << 20,
+            cache_k: pith::model::CacheType::F16,
+            cache_v: pith::model::CacheType::F16,
         }
     }
 }
@@ -260,14 +265,25 @@ fn load(app: &App) -> Result<String, String> {
     if n_ctx == 0 {
         return Err("-c must be at least 1".into());
     }
-    let cfg = SlotConfig { parallel: o.parallel, n_ctx, n_batch: o.n_batch.max(1), threads: o.threads, queue: o.queue };
+    let cfg = SlotConfig {
+        parallel: o.parallel,
+        n_ctx,
+        n_batch: o.n_batch.max(1),
+        threads: o.threads,
+        queue: o.queue,
+        cache_k: o.cache_k,
+        cache_v: o.cache_v,
+    };
     let sched = Scheduler::start(model.clone(), cfg)?;
     let msg = format!(
-        "pith serve: model '{}' ready in {:.1} s: {} slots of {} tokens",
+        "pith serve: model '{}' ready in {:.1} s: {} slots of {} tokens, KV cache {}/{} ({:.1} MB)",
         app.model_id,
         t0.elapsed().as_secs_f64(),
         o.parallel,
-        n_ctx
+        n_ctx,
+        o.cache_k,
+        o.cache_v,
+        sched.kv_bytes as f64 / 1e6
     );
     let vocab = Arc::new(OnceLock::new());
     let (v, m) = (vocab.clone(), model.clone());

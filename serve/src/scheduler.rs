@@ -16,7 +16,7 @@
 //! answer does not depend on who else is being served.
 
 use crate::api::{ApiError, GenParams, Usage};
-use pith::model::{Logits, Model, State};
+use pith::model::{CacheType, KvCache, Logits, Model, Seq, Workspace};
 use pith::sampling::Sampler;
 use pith::session::{LoadedModel, StopMatcher};
 use pith::tokenizer::StreamDecoder;
@@ -129,10 +129,14 @@ pub struct SlotConfig {
     pub n_batch: usize,
     pub threads: usize,
     pub queue: usize,
+    pub cache_k: CacheType,
+    pub cache_v: CacheType,
 }
 
 /// The HTTP side's handle on the worker.
 pub struct Scheduler {
+    /// Memory of all slots' KV caches.
+    pub kv_bytes: usize,
     tx: mpsc::Sender<Job>,
     pub metrics: Arc<Metrics>,
     pub config: SlotConfig,
@@ -157,7 +161,7 @@ impl Scheduler {
             .spawn(move || worker(model, config, rx, m, s, ready_tx))
             .map_err(|e| format!("starting the worker thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Scheduler { tx, metrics, config, stop, worker: Some(worker) }),
+            Ok(Ok(kv_bytes)) => Ok(Scheduler { kv_bytes, tx, metrics, config, stop, worker: Some(worker) }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the worker thread ended while starting".into()),
         }
@@ -233,32 +237,32 @@ struct Active {
     seq: u64,
 }
 
-/// A slot's KV cache (with its own buffers, until the runtime's shared workspace lands).
-type Cache = State;
-
-fn new_cache(model: &Model<'_>, cfg: &SlotConfig) -> pith::Result<Cache> {
-    State::new(model, cfg.n_ctx, cfg.n_batch)
-}
-
-/// One token for each of `feeds` (slot index, token), in one step; the logits of each, in
-/// order.
+/// One token for each of `feeds` (slot index, token), in one forward pass; the logits of each,
+/// in order.
 fn decode_step(
     model: &Model<'_>,
+    ws: &mut Workspace,
     pool: &Pool,
     slots: &mut [Slot],
     feeds: &[(usize, [u32; 1])],
-    n_vocab: usize,
 ) -> pith::Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(feeds.len() * n_vocab);
+    // Mutable borrows of the chosen slots' caches, in `feeds` order (indices ascend).
+    let mut seqs: Vec<Seq<'_>> = Vec::with_capacity(feeds.len());
+    let mut rest: &mut [Slot] = slots;
+    let mut base = 0;
     for (i, f) in feeds {
-        let l = model.forward(&mut slots[*i].cache, pool, f, Logits::Last)?;
-        out.extend_from_slice(&l[..n_vocab]);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(i - base + 1);
+        base = i + 1;
+        rest = tail;
+        if let Some(s) = head.last_mut() {
+            seqs.push(Seq { cache: &mut s.cache, tokens: f, want: Logits::Last });
+        }
     }
-    Ok(out)
+    model.forward_seqs(ws, pool, &mut seqs).map(<[f32]>::to_vec)
 }
 
 struct Slot {
-    cache: Cache,
+    cache: KvCache,
     /// The tokens the cache holds (`cache.pos` of them).
     tokens: Vec<u32>,
     last_used: u64,
@@ -271,23 +275,24 @@ fn worker(
     rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let setup = || -> Result<_, String> {
         let model = loaded.bind().map_err(|e| e.to_string())?;
+        let ws = Workspace::new(&model, cfg.n_ctx, cfg.n_batch).map_err(|e| e.to_string())?;
         let slots = (0..cfg.parallel)
             .map(|_| {
-                new_cache(&model, &cfg)
+                KvCache::new(&model, cfg.n_ctx, cfg.cache_k, cfg.cache_v)
                     .map(|cache| Slot { cache, tokens: Vec::new(), last_used: 0, active: None })
                     .map_err(|e| e.to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
         let pool = Pool::new(cfg.threads).map_err(|e| e.to_string())?;
-        Ok((model, slots, pool))
+        Ok((model, ws, slots, pool))
     };
-    let (model, mut slots, pool) = match setup() {
+    let (model, mut ws, mut slots, pool) = match setup() {
         Ok(v) => {
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(Ok(v.2.iter().map(|s| s.cache.bytes()).sum()));
             v
         }
         Err(e) => {
@@ -357,7 +362,7 @@ fn worker(
             let chunk: Vec<u32> = a.to_feed.drain(..n).collect();
             let last = a.to_feed.is_empty();
             let want = if last { Logits::Last } else { Logits::None };
-            let r = model.forward(&mut s.cache, &pool, &chunk, want);
+            let r = model.forward_seqs(&mut ws, &pool, &mut [Seq { cache: &mut s.cache, tokens: &chunk, want }]);
             metrics.prompt_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
             match r {
                 Ok(l) => {
@@ -382,7 +387,7 @@ fn worker(
         }
         if !feeds.is_empty() {
             let order: Vec<usize> = feeds.iter().map(|f| f.0).collect();
-            let r = decode_step(&model, &pool, &mut slots, &feeds, n_vocab);
+            let r = decode_step(&model, &mut ws, &pool, &mut slots, &feeds);
             match r {
                 Ok(all) => {
                     for (k, (i, f)) in feeds.iter().enumerate() {
