@@ -269,10 +269,12 @@ fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>]
 /// A small batch (2 ..= [`SMALL_BATCH`] tokens) against several weights in one parallel
 /// region: each token is quantized as [`matmul_one_token`] quantizes it, the weights' rows are
 /// laid end to end and cut into one range per thread as there, and each thread walks its range
-/// [`SMALL_BATCH_ROWS`] rows at a time, running the same kernel for every token on those rows
-/// before moving on. Each output is the one-token computation of the same row and token (the
-/// decode kernels compute every row on its own), so a token's results do not depend on the
-/// batch, and the weights are read from memory once per call.
+/// [`SMALL_BATCH_ROWS`] rows at a time, running the decode kernel for every token on those rows
+/// before moving on (`gemv_q8_many`: Q4_0 / Q4_1 on AVX-512 decode each weight group once for up
+/// to 4 tokens, other types run the one-token kernel per token). Each output is the one-token
+/// computation of the same row and token (the decode kernels compute every row on its own), so
+/// a token's results do not depend on the batch, and the weights are read from memory once per
+/// call.
 fn matmul_small_batch(
     pool: &Pool,
     scratch: &mut MatmulScratch,
@@ -301,7 +303,11 @@ fn matmul_small_batch(
             vq.quantize(xt);
         }
     }
-    let vqs = &scratch.vqs[..n_tok];
+    let mut vq_refs: [&pith_kernels::VecQ8; SMALL_BATCH] = [&scratch.vqs[0]; SMALL_BATCH];
+    for (r, vq) in vq_refs.iter_mut().zip(&scratch.vqs[..n_tok]) {
+        *r = vq;
+    }
+    let vq_refs = &vq_refs[..n_tok];
     let chunk_rows = total.div_ceil(pool.threads());
     // Chunk c (rows c·chunk_rows.., `rows` of them) is held at c·chunk_rows·n_tok as (n_tok, rows).
     scratch.out_t.resize(total * n_tok, 0.0);
@@ -318,11 +324,15 @@ fn matmul_small_batch(
             let (w, r0) = (ws[wi], g - base);
             let n = (w.n_rows - r0).min(rows - done).min(SMALL_BATCH_ROWS);
             let rb = w.row_bytes();
-            for (t, (vq, xt)) in vqs.iter().zip(x.chunks_exact(k)).enumerate() {
-                let o = &mut chunk[t * rows + done..t * rows + done + n];
-                if gemv(w) {
-                    pith_kernels::gemv_q8(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, vq, o);
-                } else {
+            // Token t's outputs for these rows.
+            let mut o: [&mut [f32]; SMALL_BATCH] = Default::default();
+            for (o, per_tok) in o.iter_mut().zip(chunk.chunks_mut(rows)) {
+                *o = &mut per_tok[done..done + n];
+            }
+            if gemv(w) {
+                pith_kernels::gemv_q8_many(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, &vq_refs, &mut o[..n_tok]);
+            } else {
+                for (o, xt) in o.iter_mut().zip(x.chunks_exact(k)) {
                     for (i, o) in o.iter_mut().enumerate() {
                         *o = pith_kernels::vec_dot_f32(w.ty, w.row(r0 + i), xt);
                     }
