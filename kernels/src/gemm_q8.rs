@@ -857,8 +857,8 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
 
 /// `outs[t][r] = Σ_c w[r][c] · xs[t][c]` for several quantized tokens, on
 /// [`kernel_path`](crate::kernel_path): each `outs[t]` holds exactly the bits of
-/// [`gemv_q8`] on `xs[t]` alone. Types with a several-token kernel on the path (Q4_0 and Q4_1 on
-/// AVX-512) decode each weight group once for up to 4 tokens; the others run the decode kernel
+/// [`gemv_q8`] on `xs[t]` alone. Types with a several-token kernel on the path (Q4_0, Q4_1 and
+/// Q8_0 on AVX-512) decode each weight group once for up to 4 tokens; the others run the decode kernel
 /// once per token.
 pub fn gemv_q8_many(ty: GgmlType, w: &[u8], n_rows: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
     gemv_q8_many_with(crate::kernel_path(), ty, w, n_rows, xs, outs)

@@ -122,7 +122,7 @@ static TABLE: [TypeKernels; 12] = [
     with_all_paths!(BlockQ4_1, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot, many: gemv_many_q4_1_avx512),
     with_x86!(BlockQ5_0, avx512: gemv_q5_avx512::<false>, avx2: gemv_q5_avx2::<false>),
     with_x86!(BlockQ5_1, avx512: gemv_q5_avx512::<true>, avx2: gemv_q5_avx2::<true>),
-    with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot),
+    with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot, many: gemv_many_q8_0_avx512),
     with_x86!(BlockQ2K, avx512: gemv_q23k_avx512::<false>),
     with_x86!(BlockQ3K, avx512: gemv_q23k_avx512::<true>),
     with_x86!(BlockQ4K, avx512: gemv_q45k_avx512::<false>),

@@ -270,7 +270,7 @@ fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>]
 /// region: each token is quantized as [`matmul_one_token`] quantizes it, the weights' rows are
 /// laid end to end and cut into one range per thread as there, and each thread walks its range
 /// [`SMALL_BATCH_ROWS`] rows at a time, running the decode kernel for every token on those rows
-/// before moving on (`gemv_q8_many`: Q4_0 / Q4_1 on AVX-512 decode each weight group once for up
+/// before moving on (`gemv_q8_many`: Q4_0 / Q4_1 / Q8_0 on AVX-512 decode each weight group once for up
 /// to 4 tokens, other types run the one-token kernel per token). Each output is the one-token
 /// computation of the same row and token (the decode kernels compute every row on its own), so
 /// a token's results do not depend on the batch, and the weights are read from memory once per

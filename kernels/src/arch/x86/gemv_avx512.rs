@@ -407,3 +407,113 @@ unsafe fn gemv_q4_rows_many<const R: usize, const T: usize, const Q41: bool>(
     }
     out
 }
+
+/// `outs[t][r] = row r · xs[t]` for Q8_0 rows and several tokens, each row's weights loaded and
+/// flipped once per [`MANY_T`] tokens; every (row, token) takes exactly the steps of
+/// [`gemv_q8_0_avx512`], so each `outs[t]` has the bits of that kernel on `xs[t]` alone.
+pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    let k = xs.first().map_or(0, |x| x.k());
+    let nb = k / QA;
+    let n_rows = if rb == 0 { 0 } else { w.len() / rb };
+    assert!(rb == nb * 34 && w.len() == n_rows * rb && xs.len() == outs.len(), "gemv_q8: shapes");
+    for (x, o) in xs.iter().zip(outs.iter()) {
+        assert!(x.k() == k && o.len() == n_rows, "gemv_q8: shapes");
+        assert!(x.acts.q.len() == k && x.neg128.len() == k / 4 && x.dl.len() == k / 4, "gemv_q8: activations");
+    }
+    let mut r = 0;
+    while r < n_rows {
+        let nr = (n_rows - r).min(2);
+        let rows = &w[r * rb..(r + nr) * rb];
+        let mut t = 0;
+        while t < xs.len() {
+            let nt = (xs.len() - t).min(MANY_T);
+            let x = &xs[t..t + nt];
+            // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `nr` rows
+            // of `nb` blocks, each token the per-lane arrays of `nb` blocks (asserted above).
+            let res = unsafe {
+                match (nr, nt) {
+                    (1, 1) => gemv_q8_0_rows_many::<1, 1>(rows, rb, x),
+                    (1, 2) => gemv_q8_0_rows_many::<1, 2>(rows, rb, x),
+                    (1, 3) => gemv_q8_0_rows_many::<1, 3>(rows, rb, x),
+                    (1, _) => gemv_q8_0_rows_many::<1, 4>(rows, rb, x),
+                    (_, 1) => gemv_q8_0_rows_many::<2, 1>(rows, rb, x),
+                    (_, 2) => gemv_q8_0_rows_many::<2, 2>(rows, rb, x),
+                    (_, 3) => gemv_q8_0_rows_many::<2, 3>(rows, rb, x),
+                    (_, _) => gemv_q8_0_rows_many::<2, 4>(rows, rb, x),
+                }
+            };
+            for (o, v) in outs[t..t + nt].iter_mut().zip(&res) {
+                o[r..r + nr].copy_from_slice(&v[..nr]);
+            }
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+/// [`gemv_q8_0_rows`] for `R` rows against `T` tokens (`xs[..T]`): each row's pair of blocks is
+/// loaded, flipped and its scales converted once, then each token's accumulator takes exactly
+/// the steps `gemv_q8_0_rows` gives it. Result `[t][i]`: row `i` against token `t`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` 34-byte blocks; `xs` holds `T` tokens,
+/// each with codes and per-lane arrays of `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
+    rows: &[u8],
+    rb: usize,
+    xs: &[&VecQ8],
+) -> [[f32; 4]; MANY_T] {
+    let nb = xs[0].k() / QA;
+    let flip = _mm512_set1_epi8(-128);
+    let idx = _mm512_set_epi16(
+        17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0,
+    );
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let base = rows.as_ptr();
+    for pr in 0..nb.div_ceil(2) {
+        let pair = pr * 2 + 1 < nb;
+        let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
+        for i in 0..R {
+            // SAFETY: as in `gemv_q8_0_rows`: row i's blocks 2pr (and 2pr + 1 when `pair`) lie
+            // inside `rows`; a pair's first 64 bytes are inside it, a lone block is read masked.
+            let p = base.add(i * rb + 2 * pr * 34);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            let (wa, wb, win) = if pair {
+                (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_loadu_si256(p.add(36).cast()),
+                    _mm512_loadu_si512(p.cast()),
+                )
+            } else {
+                (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_setzero_si256(),
+                    _mm512_maskz_loadu_epi8((1u64 << 34) - 1, p.cast()),
+                )
+            };
+            let u = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb), flip);
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, win)));
+            for (t, x) in xs.iter().take(T).enumerate() {
+                // SAFETY: lanes 16pr.. and codes 64pr.. of each token belong to blocks 2pr (and
+                // 2pr + 1 when `pair`); the masks keep an odd last block's reads inside.
+                let xq = _mm512_maskz_loadu_epi32(lanes, x.acts.q.as_ptr().add(64 * pr).cast());
+                let init = _mm512_maskz_loadu_epi32(lanes, x.neg128.as_ptr().add(16 * pr));
+                let dx = _mm512_maskz_loadu_ps(lanes, x.dl.as_ptr().add(16 * pr));
+                let dot = _mm512_dpbusd_epi32(init, u, xq);
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[i][t]);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; MANY_T];
+    for (t, o) in out.iter_mut().enumerate().take(T) {
+        let mut sums = [_mm512_setzero_ps(); 4];
+        for (i, s) in sums.iter_mut().enumerate().take(R) {
+            *s = acc[i][t];
+        }
+        *o = reduce4(sums);
+    }
+    out
+}

@@ -38,6 +38,10 @@ pub(crate) fn gemv_many_q4_1_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &m
     gemv_avx512::gemv_many_q4_avx512::<true>(w, rb, xs, outs)
 }
 
+pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    gemv_avx512::gemv_many_q8_0_avx512(w, rb, xs, outs)
+}
+
 pub(crate) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     gemv_avx512::gemv_q8_0_avx512(w, rb, x, out)
 }
