@@ -247,8 +247,9 @@ unsafe fn reduce4(v: [__m512; 4]) -> [f32; 4] {
     out
 }
 
-/// Tokens per pass of the many-token Q4 kernel: each weight group is decoded once for them.
-const MANY_T: usize = 4;
+/// Most tokens per pass of the several-token kernels: each weight group is decoded once for
+/// them (two rows at a time for up to 4 tokens, one row for 5 to 8: at most 16 accumulators).
+const MANY_T: usize = 8;
 
 /// `outs[t][r] = row r · xs[t]` for Q4_0 / Q4_1 rows and several tokens: each row's weights are
 /// decoded once per [`MANY_T`] tokens instead of once per token. Every (row, token) goes through
@@ -268,12 +269,14 @@ pub(crate) fn gemv_many_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, xs: &[&V
     }
     let mut r = 0;
     while r < n_rows {
-        let nr = (n_rows - r).min(2);
+        let nr = (n_rows - r).min(if xs.len() > 4 { 1 } else { 2 });
         let rows = &w[r * rb..(r + nr) * rb];
         let mut t = 0;
         while t < xs.len() {
             let nt = (xs.len() - t).min(MANY_T);
             let x = &xs[t..t + nt];
+            // Two rows only with at most 4 tokens (`nr` above).
+            debug_assert!(nr == 1 || nt <= 4);
             // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `nr` rows
             // of `nb` blocks, each token the grouped activations of `ng` groups (asserted above).
             let res = unsafe {
@@ -281,7 +284,12 @@ pub(crate) fn gemv_many_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, xs: &[&V
                     (1, 1) => gemv_q4_rows_many::<1, 1, Q41>(rows, rb, x),
                     (1, 2) => gemv_q4_rows_many::<1, 2, Q41>(rows, rb, x),
                     (1, 3) => gemv_q4_rows_many::<1, 3, Q41>(rows, rb, x),
-                    (1, _) => gemv_q4_rows_many::<1, 4, Q41>(rows, rb, x),
+                    (1, 4) => gemv_q4_rows_many::<1, 4, Q41>(rows, rb, x),
+                    (1, 5) => gemv_q4_rows_many::<1, 5, Q41>(rows, rb, x),
+                    (1, 6) => gemv_q4_rows_many::<1, 6, Q41>(rows, rb, x),
+                    (1, 7) => gemv_q4_rows_many::<1, 7, Q41>(rows, rb, x),
+                    (1, 8) => gemv_q4_rows_many::<1, 8, Q41>(rows, rb, x),
+                    (1, _) => unreachable!("at most MANY_T tokens per pass"),
                     (_, 1) => gemv_q4_rows_many::<2, 1, Q41>(rows, rb, x),
                     (_, 2) => gemv_q4_rows_many::<2, 2, Q41>(rows, rb, x),
                     (_, 3) => gemv_q4_rows_many::<2, 3, Q41>(rows, rb, x),
@@ -423,12 +431,14 @@ pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &m
     }
     let mut r = 0;
     while r < n_rows {
-        let nr = (n_rows - r).min(2);
+        let nr = (n_rows - r).min(if xs.len() > 4 { 1 } else { 2 });
         let rows = &w[r * rb..(r + nr) * rb];
         let mut t = 0;
         while t < xs.len() {
             let nt = (xs.len() - t).min(MANY_T);
             let x = &xs[t..t + nt];
+            // Two rows only with at most 4 tokens (`nr` above).
+            debug_assert!(nr == 1 || nt <= 4);
             // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `nr` rows
             // of `nb` blocks, each token the per-lane arrays of `nb` blocks (asserted above).
             let res = unsafe {
@@ -436,7 +446,12 @@ pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &m
                     (1, 1) => gemv_q8_0_rows_many::<1, 1>(rows, rb, x),
                     (1, 2) => gemv_q8_0_rows_many::<1, 2>(rows, rb, x),
                     (1, 3) => gemv_q8_0_rows_many::<1, 3>(rows, rb, x),
-                    (1, _) => gemv_q8_0_rows_many::<1, 4>(rows, rb, x),
+                    (1, 4) => gemv_q8_0_rows_many::<1, 4>(rows, rb, x),
+                    (1, 5) => gemv_q8_0_rows_many::<1, 5>(rows, rb, x),
+                    (1, 6) => gemv_q8_0_rows_many::<1, 6>(rows, rb, x),
+                    (1, 7) => gemv_q8_0_rows_many::<1, 7>(rows, rb, x),
+                    (1, 8) => gemv_q8_0_rows_many::<1, 8>(rows, rb, x),
+                    (1, _) => unreachable!("at most MANY_T tokens per pass"),
                     (_, 1) => gemv_q8_0_rows_many::<2, 1>(rows, rb, x),
                     (_, 2) => gemv_q8_0_rows_many::<2, 2>(rows, rb, x),
                     (_, 3) => gemv_q8_0_rows_many::<2, 3>(rows, rb, x),
