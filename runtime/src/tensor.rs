@@ -330,7 +330,7 @@ fn matmul_small_batch(
                 *o = &mut per_tok[done..done + n];
             }
             if gemv(w) {
-                pith_kernels::gemv_q8_many(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, &vq_refs, &mut o[..n_tok]);
+                pith_kernels::gemv_q8_many(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, vq_refs, &mut o[..n_tok]);
             } else {
                 for (o, xt) in o.iter_mut().zip(x.chunks_exact(k)) {
                     for (i, o) in o.iter_mut().enumerate() {

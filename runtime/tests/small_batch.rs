@@ -25,7 +25,7 @@ fn weight_bytes(ty: GgmlType, n_rows: usize, n_cols: usize, seed: u32) -> Vec<u8
         for v in row.iter_mut() {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             *v = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-            if s % 29 == 0 {
+            if s.is_multiple_of(29) {
                 *v *= 6.0;
             }
         }
@@ -110,7 +110,7 @@ fn small_batches_equal_each_token_alone() {
             let cases: Vec<(Vec<usize>, usize)> =
                 vec![(vec![37, 3, 100], k_small), (vec![1], k_small), (vec![1536, 576, 64], 576), (vec![576], 1536)];
             for (shapes, k) in cases {
-                if ty.block_size() > 32 && k % ty.block_size() != 0 {
+                if ty.block_size() > 32 && !k.is_multiple_of(ty.block_size()) {
                     continue;
                 }
                 let bytes: Vec<Vec<u8>> =

@@ -260,7 +260,7 @@ pub(crate) fn gemv_many_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, xs: &[&V
     let bs = if Q41 { 20 } else { 18 };
     let nb = xs.first().map_or(0, |x| x.k()) / QA;
     let ng = nb.div_ceil(4);
-    let n_rows = if rb == 0 { 0 } else { w.len() / rb };
+    let n_rows = w.len().checked_div(rb).unwrap_or(0);
     assert!(rb == nb * bs && w.len() == n_rows * rb && xs.len() == outs.len(), "gemv_q8: shapes");
     for (x, o) in xs.iter().zip(outs.iter()) {
         assert!(x.k() == nb * QA && o.len() == n_rows, "gemv_q8: shapes");
@@ -423,7 +423,7 @@ pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &m
     assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
     let k = xs.first().map_or(0, |x| x.k());
     let nb = k / QA;
-    let n_rows = if rb == 0 { 0 } else { w.len() / rb };
+    let n_rows = w.len().checked_div(rb).unwrap_or(0);
     assert!(rb == nb * 34 && w.len() == n_rows * rb && xs.len() == outs.len(), "gemv_q8: shapes");
     for (x, o) in xs.iter().zip(outs.iter()) {
         assert!(x.k() == k && o.len() == n_rows, "gemv_q8: shapes");
@@ -490,7 +490,7 @@ unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
     for pr in 0..nb.div_ceil(2) {
         let pair = pr * 2 + 1 < nb;
         let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
-        for i in 0..R {
+        for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as in `gemv_q8_0_rows`: row i's blocks 2pr (and 2pr + 1 when `pair`) lie
             // inside `rows`; a pair's first 64 bytes are inside it, a lone block is read masked.
             let p = base.add(i * rb + 2 * pr * 34);
@@ -518,7 +518,7 @@ unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
                 let init = _mm512_maskz_loadu_epi32(lanes, x.neg128.as_ptr().add(16 * pr));
                 let dx = _mm512_maskz_loadu_ps(lanes, x.dl.as_ptr().add(16 * pr));
                 let dot = _mm512_dpbusd_epi32(init, u, xq);
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[i][t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[t]);
             }
         }
     }
