@@ -629,6 +629,46 @@ pub(crate) mod tests {
         }
     }
 
+    /// The several-token decode: every token's outputs are the bits of its own `gemv_q8`, on
+    /// every path, for every type (those with a several-token kernel and the others), for 1 to
+    /// 9 tokens and row counts that are not multiples of the kernels' steps.
+    #[test]
+    fn gemv_many_equals_gemv_per_token() {
+        let mut rng = rng(21);
+        for path in crate::available_kernel_paths() {
+            for ty in grid_types() {
+                let k = if ty.block_size() == 256 { 512 } else { 576 };
+                for n_rows in [1, 2, 5, 16] {
+                    let w = weights(ty, n_rows, k, &mut rng);
+                    for n_tok in [1, 2, 3, 4, 5, 8, 9] {
+                        let x = acts(n_tok, k, &mut rng);
+                        let vs: Vec<VecQ8> = x
+                            .chunks_exact(k)
+                            .map(|xt| {
+                                let mut v = VecQ8::default();
+                                v.quantize_for(path, xt);
+                                v
+                            })
+                            .collect();
+                        let refs: Vec<&VecQ8> = vs.iter().collect();
+                        let mut got = vec![f32::NAN; n_tok * n_rows];
+                        gemv_q8_many_on(path, ty, &w, n_rows, &refs, &mut rows_of(&mut got, n_rows));
+                        for (t, v) in vs.iter().enumerate() {
+                            let mut want = vec![0.0f32; n_rows];
+                            gemv_q8_on(path, ty, &w, n_rows, v, &mut want);
+                            let bits = |s: &[f32]| s.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(
+                                bits(&got[t * n_rows..(t + 1) * n_rows]),
+                                bits(&want),
+                                "{path} {ty} {n_rows} rows, token {t} of {n_tok}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_shapes_are_refused() {
         assert!(!gemm_q8_supported(GgmlType::Q4_K, 128));
@@ -813,4 +853,50 @@ fn gemv_q8_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, x: &Vec
     let Some((runs_on, kernel)) = crate::gemv_kernel(ty, path) else { unreachable!("checked by gemv_q8_supported") };
     assert!(x.serves(runs_on), "gemv_q8: the token was not quantized for the {runs_on} kernels");
     kernel(w, rb, x, out)
+}
+
+/// `outs[t][r] = Σ_c w[r][c] · xs[t][c]` for several quantized tokens, on
+/// [`kernel_path`](crate::kernel_path): each `outs[t]` holds exactly the bits of
+/// [`gemv_q8`] on `xs[t]` alone. Types with a several-token kernel on the path (Q4_0, Q4_1 and
+/// Q8_0 on AVX-512) decode each weight group once for up to 4 tokens; the others run the decode kernel
+/// once per token.
+pub fn gemv_q8_many(ty: GgmlType, w: &[u8], n_rows: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    gemv_q8_many_with(crate::kernel_path(), ty, w, n_rows, xs, outs)
+}
+
+/// [`gemv_q8_many`] on an explicit kernel path (panics if the CPU lacks it).
+pub fn gemv_q8_many_on(
+    path: KernelPath,
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    xs: &[&VecQ8],
+    outs: &mut [&mut [f32]],
+) {
+    assert!(path.is_available(), "gemv_q8_many_on: kernel path {path} is not available here");
+    gemv_q8_many_with(path, ty, w, n_rows, xs, outs)
+}
+
+fn gemv_q8_many_with(path: KernelPath, ty: GgmlType, w: &[u8], n_rows: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    assert_eq!(xs.len(), outs.len(), "gemv_q8_many: one output per token");
+    let Some(first) = xs.first() else { return };
+    let k = first.k();
+    assert!(gemv_q8_supported(ty, k), "gemv_q8: no kernel for {ty} rows of {k}");
+    let rb = ty.row_bytes(k).unwrap_or(0);
+    assert_eq!(w.len(), n_rows * rb, "gemv_q8: {} bytes for {n_rows} rows of {rb}", w.len());
+    let Some(tk) = crate::type_kernels(ty) else { unreachable!("checked by gemv_q8_supported") };
+    let (runs_on, kernel, many) = tk.gemv_with_many(path);
+    for (x, o) in xs.iter().zip(outs.iter()) {
+        assert_eq!(x.k(), k, "gemv_q8_many: tokens of different lengths");
+        assert!(x.serves(runs_on), "gemv_q8: the token was not quantized for the {runs_on} kernels");
+        assert_eq!(o.len(), n_rows, "gemv_q8: output length");
+    }
+    match many {
+        Some(many) if xs.len() > 1 => many(w, rb, xs, outs),
+        _ => {
+            for (x, o) in xs.iter().zip(outs.iter_mut()) {
+                kernel(w, rb, x, o);
+            }
+        }
+    }
 }

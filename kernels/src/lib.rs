@@ -88,13 +88,13 @@ pub use dispatch::{
 };
 pub use gemm::{gemm_f32, gemm_f32_nn, Mat};
 pub use gemm_q8::{
-    gemm_q8, gemm_q8_on, gemm_q8_supported, gemv_q8, gemv_q8_on, gemv_q8_supported, ActsQ8, ActsQ8Part, PackedTile,
-    VecQ8, GEMM_Q8_ROWS,
+    gemm_q8, gemm_q8_on, gemm_q8_supported, gemv_q8, gemv_q8_many, gemv_q8_many_on, gemv_q8_on, gemv_q8_supported,
+    ActsQ8, ActsQ8Part, PackedTile, VecQ8, GEMM_Q8_ROWS,
 };
 pub use simd::{
     available_kernel_paths, best_kernel_path, has_simd_kernel, kernel_path, reset_kernel_path, set_kernel_path,
     KernelPath,
 };
-pub use table::{gemv_kernel, kernel_table, type_kernels, GemvFn, TypeKernels};
+pub use table::{gemv_kernel, kernel_table, type_kernels, GemvFn, GemvManyFn, TypeKernels};
 pub use types::{GgmlType, ALL_TYPES, QK_K};
 pub use vmath::{gelu_mul, silu_mul, softmax_scaled};

@@ -19,6 +19,11 @@ pub(crate) type UnpackFn = fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
 /// A decode kernel: `out[r] = row r of w · x`, rows of `rb` bytes.
 pub type GemvFn = fn(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]);
 
+/// A decode kernel for several tokens: `outs[t][r] = row r of w · xs[t]`, each `outs[t]` the
+/// same bits as the path's [`GemvFn`] on `xs[t]` alone (the weights decoded once for several
+/// tokens).
+pub type GemvManyFn = fn(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]);
+
 /// Number of kernel paths (the slots of [`TypeKernels::gemv`]).
 const PATHS: usize = KernelPath::ALL.len();
 
@@ -33,6 +38,9 @@ pub struct TypeKernels {
     pub(crate) unpack: UnpackFn,
     /// Decode kernels, indexed by [`KernelPath`] (`None`: the path has no kernel of its own).
     gemv: [Option<GemvFn>; PATHS],
+    /// Several-token decode kernels, by path, where a type has one (`None`: the path's
+    /// [`GemvFn`] runs once per token).
+    gemv_many: [Option<GemvManyFn>; PATHS],
 }
 
 /// The generic kernels of a [`Grid`] type on every path this build has.
@@ -54,7 +62,7 @@ const fn generic<T: Grid>() -> TypeKernels {
             gemv[KernelPath::NeonDotprod as usize] = Some(crate::arch::arm::gemv_grid_sdot::<T> as GemvFn);
         }
     }
-    TypeKernels { ty: T::TY, group: T::GROUP, unpack: T::unpack, gemv }
+    TypeKernels { ty: T::TY, group: T::GROUP, unpack: T::unpack, gemv, gemv_many: [None; PATHS] }
 }
 
 /// `row` with the hand-written kernel `f` on `path`.
@@ -71,7 +79,7 @@ use crate::{q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0, q5_1::BlockQ5_1, 
 /// Q4_0, Q4_1 and Q8_0: a generic row with the hand-written kernels of every path
 /// (`gemv_<t>_avx512`, `_avx2`, `_neon`, `_sdot` in `arch/`).
 macro_rules! with_all_paths {
-    ($block:ty, $avx512:ident, $avx2:ident, $neon:ident, $sdot:ident) => {{
+    ($block:ty, $avx512:ident, $avx2:ident, $neon:ident, $sdot:ident $(, many: $many:ident)?) => {{
         #[allow(unused_mut)]
         let mut row = generic::<$block>();
         #[cfg(target_arch = "x86_64")]
@@ -79,6 +87,12 @@ macro_rules! with_all_paths {
             row = with(row, KernelPath::Avx512, crate::arch::x86::$avx512);
             row = with(row, KernelPath::Avx2, crate::arch::x86::$avx2);
         }
+        $(
+        #[cfg(target_arch = "x86_64")]
+        {
+            row.gemv_many[KernelPath::Avx512 as usize] = Some(crate::arch::x86::$many as GemvManyFn);
+        }
+        )?
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
         {
             row = with(row, KernelPath::Neon, crate::arch::arm::$neon);
@@ -104,11 +118,11 @@ macro_rules! with_x86 {
 
 /// The table, one row per weight type with integer kernels.
 static TABLE: [TypeKernels; 12] = [
-    with_all_paths!(BlockQ4_0, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot),
-    with_all_paths!(BlockQ4_1, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot),
+    with_all_paths!(BlockQ4_0, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot, many: gemv_many_q4_0_avx512),
+    with_all_paths!(BlockQ4_1, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot, many: gemv_many_q4_1_avx512),
     with_x86!(BlockQ5_0, avx512: gemv_q5_avx512::<false>, avx2: gemv_q5_avx2::<false>),
     with_x86!(BlockQ5_1, avx512: gemv_q5_avx512::<true>, avx2: gemv_q5_avx2::<true>),
-    with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot),
+    with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot, many: gemv_many_q8_0_avx512),
     with_x86!(BlockQ2K, avx512: gemv_q23k_avx512::<false>),
     with_x86!(BlockQ3K, avx512: gemv_q23k_avx512::<true>),
     with_x86!(BlockQ4K, avx512: gemv_q45k_avx512::<false>),
@@ -145,10 +159,16 @@ impl TypeKernels {
     /// path's own, else the next one down (AVX-512 → AVX2 → scalar; NEON i8mm → dotprod →
     /// NEON → scalar).
     pub fn gemv(&self, path: KernelPath) -> (KernelPath, GemvFn) {
+        let (p, f, _) = self.gemv_with_many(path);
+        (p, f)
+    }
+
+    /// [`gemv`](Self::gemv), and the several-token kernel of the path it resolves to, if any.
+    pub fn gemv_with_many(&self, path: KernelPath) -> (KernelPath, GemvFn, Option<GemvManyFn>) {
         let mut p = path;
         loop {
             if let Some(f) = self.gemv[p as usize] {
-                return (p, f);
+                return (p, f, self.gemv_many[p as usize]);
             }
             match next_down(p) {
                 Some(n) => p = n,

@@ -62,6 +62,23 @@ pub struct MatmulScratch {
     acts: pith_kernels::ActsQ8,
     /// One token with `Precision::Q8`: activations quantized for the decode kernels.
     vq: pith_kernels::VecQ8,
+    /// Small batches with `Precision::Q8`: each token quantized as `vq` is.
+    vqs: Vec<pith_kernels::VecQ8>,
+}
+
+/// Batches of 2 to this many tokens under `Precision::Q8` run the decode kernels once per token
+/// ([`matmul_small_batch`]): each token's results are bit-identical to its own one-token matmul
+/// whatever else is in the batch, and packing 16-row tiles for the gemm costs more than it
+/// saves at this size.
+pub const SMALL_BATCH: usize = 8;
+
+/// Rows of one step of a small batch: every token runs the decode kernel over them while they
+/// are in L1 (16 rows of a 1536-column Q4_1 matrix: 15 KiB), so the weights come from memory once.
+const SMALL_BATCH_ROWS: usize = 16;
+
+/// Whether a batch of `n_tok` tokens takes [`matmul_small_batch`].
+fn takes_small_batch(precision: Precision, n_tok: usize) -> bool {
+    precision == Precision::Q8 && (2..=SMALL_BATCH).contains(&n_tok)
 }
 
 /// Whether a batch of `n_tok` tokens against `w` takes the integer gemm.
@@ -131,6 +148,10 @@ pub fn matmul(pool: &Pool, scratch: &mut MatmulScratch, w: &Weight<'_>, x: &[f32
     let (n_rows, n_cols) = (w.n_rows, w.n_cols);
     assert_eq!(x.len(), n_tok * n_cols, "matmul: activation shape");
     assert_eq!(out.len(), n_tok * n_rows, "matmul: output shape");
+    if takes_small_batch(scratch.precision, n_tok) {
+        matmul_small_batch(pool, scratch, &[w], x, n_tok, &mut [out]);
+        return;
+    }
     if takes_gemm_q8(scratch.precision, w, n_tok) {
         quantize_batch(pool, &mut scratch.acts, x, n_cols);
         matmul_gemm_q8(pool, &scratch.acts, w, out);
@@ -169,6 +190,10 @@ pub fn matmul_many(
     outs: &mut [&mut [f32]],
 ) {
     assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
+    if takes_small_batch(scratch.precision, n_tok) {
+        matmul_small_batch(pool, scratch, ws, x, n_tok, outs);
+        return;
+    }
     if ws.iter().all(|w| takes_gemm_q8(scratch.precision, w, n_tok) && w.n_cols == ws[0].n_cols) {
         // One quantization of the shared input for every weight.
         quantize_batch(pool, &mut scratch.acts, x, ws[0].n_cols);
@@ -238,6 +263,102 @@ fn matmul_one_token(pool: &Pool, scratch: &mut MatmulScratch, ws: &[&Weight<'_>]
     for out in outs.iter_mut() {
         out.copy_from_slice(&scratch.out_t[at..at + out.len()]);
         at += out.len();
+    }
+}
+
+/// A small batch (2 ..= [`SMALL_BATCH`] tokens) against several weights in one parallel
+/// region: each token is quantized as [`matmul_one_token`] quantizes it, the weights' rows are
+/// laid end to end and cut into one range per thread as there, and each thread walks its range
+/// [`SMALL_BATCH_ROWS`] rows at a time, running the decode kernel for every token on those rows
+/// before moving on (`gemv_q8_many`: Q4_0 / Q4_1 / Q8_0 on AVX-512 decode each weight group once for up
+/// to 4 tokens, other types run the one-token kernel per token). Each output is the one-token
+/// computation of the same row and token (the decode kernels compute every row on its own), so
+/// a token's results do not depend on the batch, and the weights are read from memory once per
+/// call.
+fn matmul_small_batch(
+    pool: &Pool,
+    scratch: &mut MatmulScratch,
+    ws: &[&Weight<'_>],
+    x: &[f32],
+    n_tok: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let k = ws.first().map_or(0, |w| w.n_cols);
+    assert_eq!(x.len(), n_tok * k, "matmul: activation shape");
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.n_cols, k, "matmul: activation shape");
+        assert_eq!(out.len(), n_tok * w.n_rows, "matmul: output shape");
+    }
+    let total: usize = ws.iter().map(|w| w.n_rows).sum();
+    if total == 0 {
+        return;
+    }
+    let q8 = scratch.precision == Precision::Q8;
+    let gemv = |w: &Weight<'_>| q8 && pith_kernels::gemv_q8_supported(w.ty, w.n_cols);
+    if scratch.vqs.len() < n_tok {
+        scratch.vqs.resize_with(n_tok, Default::default);
+    }
+    if ws.iter().any(|w| gemv(w)) {
+        for (vq, xt) in scratch.vqs.iter_mut().zip(x.chunks_exact(k)) {
+            vq.quantize(xt);
+        }
+    }
+    let mut vq_refs: [&pith_kernels::VecQ8; SMALL_BATCH] = [&scratch.vqs[0]; SMALL_BATCH];
+    for (r, vq) in vq_refs.iter_mut().zip(&scratch.vqs[..n_tok]) {
+        *r = vq;
+    }
+    let vq_refs = &vq_refs[..n_tok];
+    let chunk_rows = total.div_ceil(pool.threads());
+    // Chunk c (rows c·chunk_rows.., `rows` of them) is held at c·chunk_rows·n_tok as (n_tok, rows).
+    scratch.out_t.resize(total * n_tok, 0.0);
+    let run = |ci: usize, chunk: &mut [f32]| {
+        let rows = chunk.len() / n_tok;
+        let (mut wi, mut base, mut done) = (0, 0, 0);
+        while done < rows {
+            // Global row g → (weight, local row).
+            let g = ci * chunk_rows + done;
+            while g >= base + ws[wi].n_rows {
+                base += ws[wi].n_rows;
+                wi += 1;
+            }
+            let (w, r0) = (ws[wi], g - base);
+            let n = (w.n_rows - r0).min(rows - done).min(SMALL_BATCH_ROWS);
+            let rb = w.row_bytes();
+            // Token t's outputs for these rows.
+            let mut o: [&mut [f32]; SMALL_BATCH] = Default::default();
+            for (o, per_tok) in o.iter_mut().zip(chunk.chunks_mut(rows)) {
+                *o = &mut per_tok[done..done + n];
+            }
+            if gemv(w) {
+                pith_kernels::gemv_q8_many(w.ty, &w.data[r0 * rb..(r0 + n) * rb], n, vq_refs, &mut o[..n_tok]);
+            } else {
+                for (o, xt) in o.iter_mut().zip(x.chunks_exact(k)) {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = pith_kernels::vec_dot_f32(w.ty, w.row(r0 + i), xt);
+                    }
+                }
+            }
+            done += n;
+        }
+    };
+    pool.for_each_chunk(&mut scratch.out_t, chunk_rows * n_tok, &run);
+    // Back to (n_tok, n_rows) per weight.
+    let buf = &scratch.out_t;
+    let mut base = 0;
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let mut r = 0;
+        while r < w.n_rows {
+            let g = base + r;
+            let c0 = g / chunk_rows * chunk_rows;
+            let rows = chunk_rows.min(total - c0);
+            let n = (c0 + rows - g).min(w.n_rows - r);
+            for t in 0..n_tok {
+                let from = c0 * n_tok + t * rows + (g - c0);
+                out[t * w.n_rows + r..t * w.n_rows + r + n].copy_from_slice(&buf[from..from + n]);
+            }
+            r += n;
+        }
+        base += w.n_rows;
     }
 }
 

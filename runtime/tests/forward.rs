@@ -55,12 +55,16 @@ fn check_with(spec: &TinySpec, precision: Precision, bounds: Bounds) {
             let b = bounds.incremental;
             assert!(e < b, "{:?} {precision:?}: incremental vs batch at pos {p}: {e:.2e}", spec.weight_type);
         }
-        // Small batches (n_batch 5) give the same result as one batch.
+        // Small batches (n_batch 5) give the same result as one batch. Under Precision::Q8
+        // batches of up to `SMALL_BATCH` tokens run the decode kernels (each token bit-identical
+        // to its one-token matmul), so against the one batch of 12 (the gemm) they differ as
+        // token-by-token does: by the 8-bit codes that f32 order can flip.
         let mut st = State::new(&model, 32, 5).unwrap();
         st.set_precision(precision);
         let split = model.forward(&mut st, &pool, &toks, Logits::From(0)).unwrap();
         let e = rel_err(split, &all.iter().map(|&v| v as f64).collect::<Vec<_>>());
-        assert!(e < 1e-4, "{:?}: batch of 5 vs one batch: {e:.2e}", spec.weight_type);
+        let b = if precision == Precision::Q8 { bounds.incremental.max(1e-4) } else { 1e-4 };
+        assert!(e < b, "{:?}: batch of 5 vs one batch: {e:.2e}", spec.weight_type);
     }
 }
 

@@ -90,17 +90,79 @@ fn perplexity_q8_ten_chunks_match_llama_cpp_q4_1() {
     assert!(rel < 0.005, "{} vs {want}", s.ppl());
 }
 
+/// `toks` fed in calls of `parts` tokens (one fresh state), the last call's last logits.
+fn logits_in_parts(eng: &Engine<'_>, toks: &[u32], parts: &[usize], precision: pith::Precision) -> Vec<f32> {
+    assert_eq!(parts.iter().sum::<usize>(), toks.len());
+    let mut st = State::new(&eng.model, 64, 64).unwrap();
+    st.set_precision(precision);
+    let mut at = 0;
+    let mut last = Vec::new();
+    for (i, &n) in parts.iter().enumerate() {
+        let want = if i + 1 == parts.len() { Logits::Last } else { Logits::None };
+        last = eng.model.forward(&mut st, &eng.pool, &toks[at..at + n], want).unwrap().to_vec();
+        at += n;
+    }
+    last
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// A prompt fed in two calls through the KV cache gives the logits of one call over the whole
+/// prompt, when both run the same matmul kernels: a cache or position bug gives errors of
+/// order 1. Under Precision::Q8 a batch of up to `SMALL_BATCH` tokens runs the decode kernels
+/// and a larger one the gemm, so the Q8 splits keep every call on one side of that line.
 #[test]
 fn kv_cache_reuse_equals_full_recompute() {
+    use pith::tensor::SMALL_BATCH;
+    use pith::Precision::{F32, Q8};
+    let file = MappedFile::open(model_path()).unwrap();
+    let eng = Engine::load(&file, 2).unwrap();
+    let enc = |s: &str| eng.tokenizer.encode(s, false).unwrap();
+    // F32 (nothing requantized): the split 7 + 3 of a 10-token prompt, whole on the f32 gemm.
+    let toks = enc("The quick brown fox jumps over the lazy dog because");
+    let (full, inc) = (logits_in_parts(&eng, &toks, &[toks.len()], F32), logits_in_parts(&eng, &toks, &[7, 3], F32));
+    assert!(max_diff(&full, &inc) < 1e-3, "F32: incremental logits differ by {}", max_diff(&full, &inc));
+    // Q8 on the gemm: both calls and the whole prompt more than SMALL_BATCH tokens.
+    let long =
+        enc("The quick brown fox jumps over the lazy dog because it was late for dinner, and the dog did not care");
+    let n = long.len();
+    assert!(n > 2 * SMALL_BATCH + 1, "{n} tokens");
+    let (full, inc) = (logits_in_parts(&eng, &long, &[n], Q8), logits_in_parts(&eng, &long, &[n - 9, 9], Q8));
+    assert!(max_diff(&full, &inc) < 1e-3, "Q8 gemm: incremental logits differ by {}", max_diff(&full, &inc));
+    // Q8 on the decode kernels: a prompt of SMALL_BATCH tokens, whole and as 5 + 3.
+    let short = &long[..SMALL_BATCH];
+    let (full, inc) = (logits_in_parts(&eng, short, &[SMALL_BATCH], Q8), logits_in_parts(&eng, short, &[5, 3], Q8));
+    assert!(max_diff(&full, &inc) < 1e-3, "Q8 decode kernels: incremental logits differ by {}", max_diff(&full, &inc));
+}
+
+/// The same split across the kernels (the whole 10-token prompt on the gemm, its 7 + 3 on the
+/// decode kernels) is not within 1e-3 under Precision::Q8, and that is rounding, not a cache bug:
+/// the two kernels sum in different f32 orders (~1e-7 of an output apart, tested in
+/// pith-kernels), which flips 8-bit activation codes at rounding ties in later matmuls, and a
+/// flipped code moves its input by a whole quantization step. Measured here: gemm vs decode
+/// kernels 0.74 max over the logits (RMS 3.6), each against the F32 logits 0.58 (gemm) and 0.92
+/// (decode kernels), and the F32 path, which requantizes nothing, splits to within 1e-3 (the
+/// test above). So the bound is that of 8-bit activations themselves: both within 1.5 (about
+/// 2x the largest measured gap) of F32, of each other, and the same greedy token.
+#[test]
+fn kv_cache_reuse_across_kernels_stays_within_q8_rounding() {
+    use pith::Precision::{F32, Q8};
     let file = MappedFile::open(model_path()).unwrap();
     let eng = Engine::load(&file, 2).unwrap();
     let toks = eng.tokenizer.encode("The quick brown fox jumps over the lazy dog because", false).unwrap();
-    let mut a = State::new(&eng.model, 64, 64).unwrap();
-    let full = eng.model.forward(&mut a, &eng.pool, &toks, Logits::Last).unwrap().to_vec();
-    let mut b = State::new(&eng.model, 64, 64).unwrap();
-    let (head, tail) = toks.split_at(toks.len() - 3);
-    eng.model.forward(&mut b, &eng.pool, head, Logits::None).unwrap();
-    let inc = eng.model.forward(&mut b, &eng.pool, tail, Logits::Last).unwrap();
-    let max = full.iter().zip(inc).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(max < 1e-3, "incremental logits differ by {max}");
+    assert!(toks.len() > pith::tensor::SMALL_BATCH && 7 <= pith::tensor::SMALL_BATCH);
+    let exact = logits_in_parts(&eng, &toks, &[toks.len()], F32);
+    let gemm = logits_in_parts(&eng, &toks, &[toks.len()], Q8);
+    let decode = logits_in_parts(&eng, &toks, &[7, 3], Q8);
+    let (d, dg, dd) = (max_diff(&gemm, &decode), max_diff(&gemm, &exact), max_diff(&decode, &exact));
+    eprintln!("Q8 gemm vs decode kernels {d:.3}; vs F32: gemm {dg:.3}, decode kernels {dd:.3}");
+    assert!(d < 1.5 && dg < 1.5 && dd < 1.5, "{d} {dg} {dd}");
+    assert_eq!(argmax(&gemm), argmax(&decode));
+    assert_eq!(argmax(&gemm), argmax(&exact));
 }

@@ -246,3 +246,289 @@ unsafe fn reduce4(v: [__m512; 4]) -> [f32; 4] {
     _mm_storeu_ps(out.as_mut_ptr(), r);
     out
 }
+
+/// Most tokens per pass of the several-token kernels: each weight group is decoded once for
+/// them (two rows at a time for up to 4 tokens, one row for 5 to 8: at most 16 accumulators).
+const MANY_T: usize = 8;
+
+/// `outs[t][r] = row r · xs[t]` for Q4_0 / Q4_1 rows and several tokens: each row's weights are
+/// decoded once per [`MANY_T`] tokens instead of once per token. Every (row, token) goes through
+/// exactly the operations of [`gemv_q4_avx512`] in the same order, so each `outs[t]` has the bits
+/// of a `gemv_q4_avx512` of `xs[t]` alone.
+pub(crate) fn gemv_many_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    let bs = if Q41 { 20 } else { 18 };
+    let nb = xs.first().map_or(0, |x| x.k()) / QA;
+    let ng = nb.div_ceil(4);
+    let n_rows = w.len().checked_div(rb).unwrap_or(0);
+    assert!(rb == nb * bs && w.len() == n_rows * rb && xs.len() == outs.len(), "gemv_q8: shapes");
+    for (x, o) in xs.iter().zip(outs.iter()) {
+        assert!(x.k() == nb * QA && o.len() == n_rows, "gemv_q8: shapes");
+        assert!(x.lo4.len() == ng * 64 && x.hi4.len() == ng * 64 && x.n8g.len() == ng * 16, "gemv_q8: activations");
+        assert!(x.dg.len() == ng * 16 && x.dsg.len() == ng * 16, "gemv_q8: activations");
+    }
+    let mut r = 0;
+    while r < n_rows {
+        let nr = (n_rows - r).min(if xs.len() > 4 { 1 } else { 2 });
+        let rows = &w[r * rb..(r + nr) * rb];
+        let mut t = 0;
+        while t < xs.len() {
+            let nt = (xs.len() - t).min(MANY_T);
+            let x = &xs[t..t + nt];
+            // Two rows only with at most 4 tokens (`nr` above).
+            debug_assert!(nr == 1 || nt <= 4);
+            // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `nr` rows
+            // of `nb` blocks, each token the grouped activations of `ng` groups (asserted above).
+            let res = unsafe {
+                match (nr, nt) {
+                    (1, 1) => gemv_q4_rows_many::<1, 1, Q41>(rows, rb, x),
+                    (1, 2) => gemv_q4_rows_many::<1, 2, Q41>(rows, rb, x),
+                    (1, 3) => gemv_q4_rows_many::<1, 3, Q41>(rows, rb, x),
+                    (1, 4) => gemv_q4_rows_many::<1, 4, Q41>(rows, rb, x),
+                    (1, 5) => gemv_q4_rows_many::<1, 5, Q41>(rows, rb, x),
+                    (1, 6) => gemv_q4_rows_many::<1, 6, Q41>(rows, rb, x),
+                    (1, 7) => gemv_q4_rows_many::<1, 7, Q41>(rows, rb, x),
+                    (1, 8) => gemv_q4_rows_many::<1, 8, Q41>(rows, rb, x),
+                    (1, _) => unreachable!("at most MANY_T tokens per pass"),
+                    (_, 1) => gemv_q4_rows_many::<2, 1, Q41>(rows, rb, x),
+                    (_, 2) => gemv_q4_rows_many::<2, 2, Q41>(rows, rb, x),
+                    (_, 3) => gemv_q4_rows_many::<2, 3, Q41>(rows, rb, x),
+                    (_, _) => gemv_q4_rows_many::<2, 4, Q41>(rows, rb, x),
+                }
+            };
+            for (o, v) in outs[t..t + nt].iter_mut().zip(&res) {
+                o[r..r + nr].copy_from_slice(&v[..nr]);
+            }
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+/// [`gemv_q4_rows`] for `R` rows against `T` tokens (`xs[..T]`) at once: the weights of each
+/// row and group are loaded and unpacked once, then each token's accumulators take exactly the
+/// steps `gemv_q4_rows` gives them. Result `[t][i]`: row `i` against token `t`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` blocks; `xs` holds `T` tokens, each with
+/// grouped arrays of `nb.div_ceil(4)` groups.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+unsafe fn gemv_q4_rows_many<const R: usize, const T: usize, const Q41: bool>(
+    rows: &[u8],
+    rb: usize,
+    xs: &[&VecQ8],
+) -> [[f32; 4]; MANY_T] {
+    let nb = xs[0].k() / QA;
+    let bs = if Q41 { 20 } else { 18 };
+    let qs_at = if Q41 { 4 } else { 2 };
+    let m4 = _mm512_set1_epi8(0x0f);
+    let h = (bs / 2) as i16;
+    // The permutation of `gemv_q4_rows`: per-lane scale words (low half), offsets (high half).
+    let idx = _mm512_set_epi16(
+        3 * h + 1,
+        3 * h + 1,
+        3 * h + 1,
+        3 * h + 1,
+        2 * h + 1,
+        2 * h + 1,
+        2 * h + 1,
+        2 * h + 1,
+        h + 1,
+        h + 1,
+        h + 1,
+        h + 1,
+        1,
+        1,
+        1,
+        1,
+        3 * h,
+        3 * h,
+        3 * h,
+        3 * h,
+        2 * h,
+        2 * h,
+        2 * h,
+        2 * h,
+        h,
+        h,
+        h,
+        h,
+        0,
+        0,
+        0,
+        0,
+    );
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut acc_m = [[_mm512_setzero_ps(); T]; R];
+    let base = rows.as_ptr();
+    for g in 0..nb.div_ceil(4) {
+        let nbk = (nb - 4 * g).min(4);
+        for i in 0..R {
+            // SAFETY: as in `gemv_q4_rows`: row i's group g starts inside `rows`; a full group's
+            // 4·bs ≥ 64 bytes are inside the row, a short group is read through byte masks.
+            let p = base.add(i * rb + 4 * g * bs);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            let (wq, win) = if nbk == 4 {
+                let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
+                let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
+                let w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * bs + qs_at).cast()));
+                let w = _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * bs + qs_at).cast()));
+                (w, _mm512_loadu_si512(p.cast()))
+            } else {
+                let mut w = _mm512_setzero_si512();
+                for b in 0..nbk {
+                    let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(b * bs + qs_at).cast()));
+                    w = _mm512_mask_mov_epi32(w, 0xf << (4 * b), piece);
+                }
+                let bytes = nbk * bs;
+                let mask: u64 = if bytes >= 64 { u64::MAX } else { (1u64 << bytes) - 1 };
+                (w, _mm512_maskz_loadu_epi8(mask, p.cast()))
+            };
+            let lo = _mm512_and_si512(wq, m4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(wq), m4);
+            let dm = _mm512_permutexvar_epi16(idx, win);
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
+            let mw = if Q41 { _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dm)) } else { _mm512_setzero_ps() };
+            for (t, x) in xs.iter().take(T).enumerate() {
+                // SAFETY: group g's 16 lanes / 64 codes lie inside each token's grouped arrays.
+                let xlo = _mm512_loadu_si512(x.lo4.as_ptr().add(64 * g).cast());
+                let xhi = _mm512_loadu_si512(x.hi4.as_ptr().add(64 * g).cast());
+                let init =
+                    if Q41 { _mm512_setzero_si512() } else { _mm512_loadu_si512(x.n8g.as_ptr().add(16 * g).cast()) };
+                let dx = _mm512_loadu_ps(x.dg.as_ptr().add(16 * g));
+                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[i][t]);
+                if Q41 {
+                    acc_m[i][t] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.dsg.as_ptr().add(16 * g)), acc_m[i][t]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; MANY_T];
+    for (t, o) in out.iter_mut().enumerate().take(T) {
+        let mut sums = [_mm512_setzero_ps(); 4];
+        for (i, s) in sums.iter_mut().enumerate().take(R) {
+            *s = if Q41 { _mm512_add_ps(acc[i][t], acc_m[i][t]) } else { acc[i][t] };
+        }
+        *o = reduce4(sums);
+    }
+    out
+}
+
+/// `outs[t][r] = row r · xs[t]` for Q8_0 rows and several tokens, each row's weights loaded and
+/// flipped once per [`MANY_T`] tokens; every (row, token) takes exactly the steps of
+/// [`gemv_q8_0_avx512`], so each `outs[t]` has the bits of that kernel on `xs[t]` alone.
+pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    assert!(crate::KernelPath::Avx512.is_available(), "gemv_q8: AVX-512 VNNI is not available");
+    let k = xs.first().map_or(0, |x| x.k());
+    let nb = k / QA;
+    let n_rows = w.len().checked_div(rb).unwrap_or(0);
+    assert!(rb == nb * 34 && w.len() == n_rows * rb && xs.len() == outs.len(), "gemv_q8: shapes");
+    for (x, o) in xs.iter().zip(outs.iter()) {
+        assert!(x.k() == k && o.len() == n_rows, "gemv_q8: shapes");
+        assert!(x.acts.q.len() == k && x.neg128.len() == k / 4 && x.dl.len() == k / 4, "gemv_q8: activations");
+    }
+    let mut r = 0;
+    while r < n_rows {
+        let nr = (n_rows - r).min(if xs.len() > 4 { 1 } else { 2 });
+        let rows = &w[r * rb..(r + nr) * rb];
+        let mut t = 0;
+        while t < xs.len() {
+            let nt = (xs.len() - t).min(MANY_T);
+            let x = &xs[t..t + nt];
+            // Two rows only with at most 4 tokens (`nr` above).
+            debug_assert!(nr == 1 || nt <= 4);
+            // SAFETY: AVX-512 F/BW/VL/VNNI are available (asserted above); `rows` holds `nr` rows
+            // of `nb` blocks, each token the per-lane arrays of `nb` blocks (asserted above).
+            let res = unsafe {
+                match (nr, nt) {
+                    (1, 1) => gemv_q8_0_rows_many::<1, 1>(rows, rb, x),
+                    (1, 2) => gemv_q8_0_rows_many::<1, 2>(rows, rb, x),
+                    (1, 3) => gemv_q8_0_rows_many::<1, 3>(rows, rb, x),
+                    (1, 4) => gemv_q8_0_rows_many::<1, 4>(rows, rb, x),
+                    (1, 5) => gemv_q8_0_rows_many::<1, 5>(rows, rb, x),
+                    (1, 6) => gemv_q8_0_rows_many::<1, 6>(rows, rb, x),
+                    (1, 7) => gemv_q8_0_rows_many::<1, 7>(rows, rb, x),
+                    (1, 8) => gemv_q8_0_rows_many::<1, 8>(rows, rb, x),
+                    (1, _) => unreachable!("at most MANY_T tokens per pass"),
+                    (_, 1) => gemv_q8_0_rows_many::<2, 1>(rows, rb, x),
+                    (_, 2) => gemv_q8_0_rows_many::<2, 2>(rows, rb, x),
+                    (_, 3) => gemv_q8_0_rows_many::<2, 3>(rows, rb, x),
+                    (_, _) => gemv_q8_0_rows_many::<2, 4>(rows, rb, x),
+                }
+            };
+            for (o, v) in outs[t..t + nt].iter_mut().zip(&res) {
+                o[r..r + nr].copy_from_slice(&v[..nr]);
+            }
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+/// [`gemv_q8_0_rows`] for `R` rows against `T` tokens (`xs[..T]`): each row's pair of blocks is
+/// loaded, flipped and its scales converted once, then each token's accumulator takes exactly
+/// the steps `gemv_q8_0_rows` gives it. Result `[t][i]`: row `i` against token `t`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; `rows` holds `R` rows of `nb` 34-byte blocks; `xs` holds `T` tokens,
+/// each with codes and per-lane arrays of `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c,fma")]
+unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
+    rows: &[u8],
+    rb: usize,
+    xs: &[&VecQ8],
+) -> [[f32; 4]; MANY_T] {
+    let nb = xs[0].k() / QA;
+    let flip = _mm512_set1_epi8(-128);
+    let idx = _mm512_set_epi16(
+        17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0,
+    );
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let base = rows.as_ptr();
+    for pr in 0..nb.div_ceil(2) {
+        let pair = pr * 2 + 1 < nb;
+        let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as in `gemv_q8_0_rows`: row i's blocks 2pr (and 2pr + 1 when `pair`) lie
+            // inside `rows`; a pair's first 64 bytes are inside it, a lone block is read masked.
+            let p = base.add(i * rb + 2 * pr * 34);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            let (wa, wb, win) = if pair {
+                (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_loadu_si256(p.add(36).cast()),
+                    _mm512_loadu_si512(p.cast()),
+                )
+            } else {
+                (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_setzero_si256(),
+                    _mm512_maskz_loadu_epi8((1u64 << 34) - 1, p.cast()),
+                )
+            };
+            let u = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb), flip);
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, win)));
+            for (t, x) in xs.iter().take(T).enumerate() {
+                // SAFETY: lanes 16pr.. and codes 64pr.. of each token belong to blocks 2pr (and
+                // 2pr + 1 when `pair`); the masks keep an odd last block's reads inside.
+                let xq = _mm512_maskz_loadu_epi32(lanes, x.acts.q.as_ptr().add(64 * pr).cast());
+                let init = _mm512_maskz_loadu_epi32(lanes, x.neg128.as_ptr().add(16 * pr));
+                let dx = _mm512_maskz_loadu_ps(lanes, x.dl.as_ptr().add(16 * pr));
+                let dot = _mm512_dpbusd_epi32(init, u, xq);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[t]);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; MANY_T];
+    for (t, o) in out.iter_mut().enumerate().take(T) {
+        let mut sums = [_mm512_setzero_ps(); 4];
+        for (i, s) in sums.iter_mut().enumerate().take(R) {
+            *s = acc[i][t];
+        }
+        *o = reduce4(sums);
+    }
+    out
+}

@@ -30,6 +30,18 @@ pub(crate) fn gemv_q4_1_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) 
     gemv_avx512::gemv_q4_avx512::<true>(w, rb, x, out)
 }
 
+pub(crate) fn gemv_many_q4_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    gemv_avx512::gemv_many_q4_avx512::<false>(w, rb, xs, outs)
+}
+
+pub(crate) fn gemv_many_q4_1_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    gemv_avx512::gemv_many_q4_avx512::<true>(w, rb, xs, outs)
+}
+
+pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &mut [&mut [f32]]) {
+    gemv_avx512::gemv_many_q8_0_avx512(w, rb, xs, outs)
+}
+
 pub(crate) fn gemv_q8_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     gemv_avx512::gemv_q8_0_avx512(w, rb, x, out)
 }
