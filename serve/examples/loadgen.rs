@@ -75,7 +75,7 @@ struct Outcome {
 /// Sends a streamed chat request and reads the SSE answer (HTTP/1.1 chunked).
 fn stream_chat(o: &Opts, messages: &Value) -> Outcome {
     let mut body = json!({"messages": messages, "max_tokens": o.max_tokens, "temperature": 0, "stream": true,
-                          "stream_options": {"include_usage": true}, "ignore_eos": true, "cache_prompt": true});
+                          "stream_options": {"include_usage": true}, "ignore_eos": true, "cache_prompt": o.prefix});
     if let Some(m) = &o.model {
         body["model"] = json!(m);
     }

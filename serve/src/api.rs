@@ -112,6 +112,11 @@ pub struct Sampling {
     /// llama.cpp's extension: never stop at end-of-generation tokens (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// llama.cpp's extension: reuse the part of the prompt a slot already holds (default true).
+    /// Reuse changes how the rest of the prompt is split into batches, which can move logits by
+    /// float rounding; `false` computes the whole prompt, so an answer is reproducible
+    /// bit for bit whatever the slot held.
+    pub cache_prompt: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +187,7 @@ pub struct GenParams {
     pub include_usage: bool,
     pub response_format: Option<Value>,
     pub ignore_eos: bool,
+    pub cache_prompt: bool,
 }
 
 /// Most `top_logprobs` alternatives.
@@ -269,6 +275,7 @@ impl Sampling {
             include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
             response_format: self.response_format.clone().filter(|v| !v.is_null()),
             ignore_eos: self.ignore_eos,
+            cache_prompt: self.cache_prompt.unwrap_or(true),
         })
     }
 }

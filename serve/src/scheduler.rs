@@ -200,6 +200,7 @@ impl Scheduler {
                     include_usage: false,
                     response_format: None,
                     ignore_eos: false,
+                    cache_prompt: true,
                 },
                 mask: None,
                 events: tx,
@@ -453,7 +454,7 @@ fn admit(s: &mut Slot, job: Job, seq: u64, metrics: &Metrics) {
         return;
     }
     // Keep at least one prompt token to compute: its logits give the first sample.
-    let common = common_prefix(&s.tokens, p).min(p.len() - 1);
+    let common = if job.params.cache_prompt { common_prefix(&s.tokens, p).min(p.len() - 1) } else { 0 };
     s.cache.truncate(common);
     s.tokens.truncate(common);
     let mut sampler = Sampler::new(job.params.sampling.clone());
