@@ -126,7 +126,9 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
-    #[serde(flatten)]
+    /// Read from the same object by [`parse_request`] (not `#[serde(flatten)]`, which breaks
+    /// on numbers when serde_json's `arbitrary_precision` is on anywhere in the build).
+    #[serde(skip)]
     pub sampling: Sampling,
 }
 
@@ -138,7 +140,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
-    #[serde(flatten)]
+    /// As in [`ChatRequest::sampling`].
+    #[serde(skip)]
     pub sampling: Sampling,
 }
 
@@ -156,6 +159,36 @@ pub struct TokenizeRequest {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DetokenizeRequest {
     pub tokens: Vec<i64>,
+}
+
+/// A chat or text completion request: its own fields and the sampling fields, both read from
+/// the one JSON object.
+pub trait WithSampling: serde::de::DeserializeOwned {
+    fn set_sampling(&mut self, s: Sampling);
+}
+
+impl WithSampling for ChatRequest {
+    fn set_sampling(&mut self, s: Sampling) {
+        self.sampling = s;
+    }
+}
+
+impl WithSampling for CompletionRequest {
+    fn set_sampling(&mut self, s: Sampling) {
+        self.sampling = s;
+    }
+}
+
+/// Parses a completion request body (see [`parse`]).
+pub fn parse_request<T: WithSampling>(body: &[u8]) -> Result<T, ApiError> {
+    let v: Value = parse(body)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("invalid request: expected a JSON object"));
+    }
+    let invalid = |e: serde_json::Error| ApiError::bad_request(format!("invalid request: {e}"));
+    let mut r: T = serde_json::from_value(v.clone()).map_err(invalid)?;
+    r.set_sampling(serde_json::from_value(v).map_err(invalid)?);
+    Ok(r)
 }
 
 /// Parses a JSON body; a syntax error or a wrong type names where it is.
@@ -366,7 +399,7 @@ impl CompletionRequest {
 /// that takes one: parse, check ranges, build the messages and render them with a chat
 /// template (the fuzz target `serve_request` drives this with arbitrary bytes).
 pub fn check_body(body: &[u8], template: &pith::chat::ChatTemplate) -> Vec<Result<(), ApiError>> {
-    let chat = parse::<ChatRequest>(body).and_then(|r| {
+    let chat = parse_request::<ChatRequest>(body).and_then(|r| {
         let p = r.sampling.params(r.top_logprobs()?)?;
         if let Some(f) = &p.response_format {
             crate::constrain::ResponseFormat::from_openai(f).map_err(ApiError::bad_request)?;
@@ -375,7 +408,7 @@ pub fn check_body(body: &[u8], template: &pith::chat::ChatTemplate) -> Vec<Resul
         template.render(&m, true).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(())
     });
-    let text = parse::<CompletionRequest>(body).and_then(|r| {
+    let text = parse_request::<CompletionRequest>(body).and_then(|r| {
         r.sampling.params(r.top_logprobs()?)?;
         r.prompt().map(|_| ())
     });
@@ -398,31 +431,32 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_field() {
-        let e = parse::<ChatRequest>(br#"{"messages": [], "temperature": "hot"}"#).unwrap_err();
+        let e = parse_request::<ChatRequest>(br#"{"messages": [], "temperature": "hot"}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("invalid request"), "{}", e.message);
-        let e = parse::<ChatRequest>(br#"{"messages": [{"role": "user", "content": "x"}"#).unwrap_err();
+        let e = parse_request::<ChatRequest>(br#"{"messages": [{"role": "user", "content": "x"}"#).unwrap_err();
         assert!(e.message.contains("invalid JSON"), "{}", e.message);
-        let e = parse::<ChatRequest>(b"").unwrap_err();
+        let e = parse_request::<ChatRequest>(b"").unwrap_err();
         assert!(e.message.contains("empty"), "{}", e.message);
-        let e = parse::<ChatRequest>(br#"{"model": "m"}"#).unwrap_err();
+        let e = parse_request::<ChatRequest>(br#"{"model": "m"}"#).unwrap_err();
         assert!(e.message.contains("messages"), "{}", e.message);
     }
 
     #[test]
     fn ranges_are_checked() {
-        let r: ChatRequest = parse(br#"{"messages": [{"role":"user","content":"hi"}], "top_p": 0}"#).unwrap();
+        let r: ChatRequest = parse_request(br#"{"messages": [{"role":"user","content":"hi"}], "top_p": 0}"#).unwrap();
         assert!(r.sampling.params(None).unwrap_err().message.contains("top_p"));
-        let r: ChatRequest = parse(br#"{"messages": [{"role":"user","content":"hi"}], "n": 2}"#).unwrap();
+        let r: ChatRequest = parse_request(br#"{"messages": [{"role":"user","content":"hi"}], "n": 2}"#).unwrap();
         assert!(r.sampling.params(None).unwrap_err().message.contains("n:"));
-        let r: ChatRequest = parse(br#"{"messages": [{"role":"user","content":"hi"}], "max_tokens": 0}"#).unwrap();
+        let r: ChatRequest =
+            parse_request(br#"{"messages": [{"role":"user","content":"hi"}], "max_tokens": 0}"#).unwrap();
         assert!(r.sampling.params(None).unwrap_err().message.contains("max_tokens"));
         let r: ChatRequest =
-            parse(br#"{"messages": [{"role":"user","content":"hi"}], "stop": ["a","b","c","d","e"]}"#).unwrap();
+            parse_request(br#"{"messages": [{"role":"user","content":"hi"}], "stop": ["a","b","c","d","e"]}"#).unwrap();
         assert!(r.sampling.params(None).unwrap_err().message.contains("stop"));
-        let r: ChatRequest = parse(br#"{"messages": [{"role":"wizard","content":"hi"}]}"#).unwrap();
+        let r: ChatRequest = parse_request(br#"{"messages": [{"role":"wizard","content":"hi"}]}"#).unwrap();
         assert!(r.messages().unwrap_err().message.contains("role"));
-        let r: ChatRequest = parse(
+        let r: ChatRequest = parse_request(
             br#"{"messages": [{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
                  "max_tokens": -1, "temperature": 0, "seed": 5, "stop": "x", "logprobs": true, "top_logprobs": 3}"#,
         )

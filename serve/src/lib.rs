@@ -486,7 +486,7 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
     app.count("chat_completions");
     let r = async {
         app.authorize(&headers)?;
-        let req: api::ChatRequest = api::parse(&app.body(body).await?)?;
+        let req: api::ChatRequest = api::parse_request(&app.body(body).await?)?;
         app.check_model(&req.sampling.model)?;
         let params = req.sampling.params(req.top_logprobs()?)?;
         let messages = req.messages()?;
@@ -503,7 +503,7 @@ async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body
     app.count("completions");
     let r = async {
         app.authorize(&headers)?;
-        let req: api::CompletionRequest = api::parse(&app.body(body).await?)?;
+        let req: api::CompletionRequest = api::parse_request(&app.body(body).await?)?;
         app.check_model(&req.sampling.model)?;
         if req.echo {
             return Err(ApiError::bad_request("echo is not supported"));
