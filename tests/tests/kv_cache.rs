@@ -6,7 +6,8 @@
 //! vocabulary and the shared steps, measured: f32 matmuls 0.41–0.90, q8 matmuls 0.71–1.61) and
 //! some prompts meet near-ties (measured, f32 matmuls: p5 parts at step 6,
 //! f16's top-2 gap 0.008; q8 matmuls: p3 at step 5 (gap 0.045), p4 at step 0 (0.040), p5 at
-//! step 6 (0.027); p1 and p2 are the same throughout). So the check is: identical tokens up to
+//! step 6 (0.027); p1 and p2 were the same throughout; since prompts of up to 8 tokens run the
+//! decode kernels, q8 matmuls part p1 at step 1, gap 0.124). So the check is: identical tokens up to
 //! the first step whose f16 top-2 gap is below [`NEAR_TIE`], and every logit of the shared
 //! steps within a bound (f32 1.5, q8 2.5) of f16's. A broken cache shifts logits by far more
 //! and parts at step 0 at a wide gap.
@@ -16,8 +17,9 @@ use pith::file::MappedFile;
 use pith::{CacheType, Logits, Precision, State};
 use std::path::PathBuf;
 
-/// A divergence is accepted only where f16's two best logits are closer than this.
-const NEAR_TIE: f32 = 0.05;
+/// A divergence is accepted only where f16's two best logits are closer than this (well under
+/// the cache's logit shifts above; measured partings 0.008–0.124).
+const NEAR_TIE: f32 = 0.15;
 
 /// Greedy tokens (argmax, first index on ties: the sampler's greedy rule), per step the gap
 /// between the two largest logits, and every step's logits.
