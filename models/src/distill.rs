@@ -7,8 +7,10 @@
 //! The optimizer (AdamW), the schedule and the checkpoints are written here, so their state is
 //! ours to save and resume.
 //!
-//! The teacher runs on pith's own forward pass (f32 arithmetic) on the fly; the student on
-//! candle. Loss per predicted token, averaged: `α·CE(labels) + (1 − α)·T²·KL(p_T ‖ q_T)` with
+//! The teacher's logits are computed on the fly: on the CPU by pith's own forward pass (f32
+//! arithmetic), on a GPU by the same candle forward as the student's, frozen, so that nothing
+//! leaves the device. Sequences are batched (`--batch`), the forward pass runs in f32 (TF32
+//! matmuls on a GPU) or bf16 over f32 master weights. Loss per predicted token, averaged: `α·CE(labels) + (1 − α)·T²·KL(p_T ‖ q_T)` with
 //! `p_T = softmax(teacher/T)`, `q_T = softmax(student/T)`. AdamW (decay on matrices only),
 //! linear warm-up then cosine decay to 10 % of the peak rate, gradients accumulated over
 //! `--accum` sequences per step.
@@ -36,9 +38,23 @@ pub struct DistillArgs {
     /// Tokens per sequence.
     #[arg(short = 'c', long = "ctx", default_value_t = 256)]
     pub ctx: usize,
-    /// Sequences per optimizer step (gradient accumulation).
+    /// Forward passes per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 4)]
     pub accum: usize,
+    /// Sequences per forward pass (a step trains on batch × accum sequences).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// The forward pass's dtype: f32, or bf16 (mixed precision: f32 master weights and
+    /// optimizer state, the loss in f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Quantization-aware distillation: the student's linear weights pass through fake
+    /// quantization on this type's grid (Q4_0, Q4_1, Q4_K, Q8_0) with a straight-through gradient.
+    #[arg(long)]
+    pub qat: Option<String>,
+    /// Stop after this many seconds: write a checkpoint and say how to resume.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
@@ -109,15 +125,25 @@ mod train {
         CompressError::BadOption(format!("training: {e}"))
     }
 
-    /// A llama student as candle variables, by GGUF tensor name.
+    /// A llama model as candle tensors, by GGUF tensor name: a student (its weights are
+    /// variables, trained) or a frozen teacher (plain tensors, no autograd graph).
     pub struct Student {
         pub cfg: Config,
         pub tied: bool,
+        /// The trained weights (empty for a frozen model).
         pub vars: BTreeMap<String, Var>,
+        /// Every weight in the storage dtype (the variables' own tensors for a student).
+        weights: BTreeMap<String, Tensor>,
+        /// Storage dtype of the weights and the optimizer state.
         pub dtype: DType,
+        /// Dtype of the forward pass's matmuls and activations (bf16 = mixed precision over f32
+        /// master weights; the loss is always computed in f32 or wider).
+        pub compute: DType,
+        /// Fake quantization of the linear weights (`--qat`), straight-through gradient.
+        pub qat: Option<GgmlType>,
         pub device: Device,
-        cos: Tensor,
-        sin: Tensor,
+        cos: Tensor, // (n_ctx, 1, head_dim/2, 1), compute dtype
+        sin: Tensor, // (n_ctx, 1, head_dim/2, 1)
     }
 
     /// The names of a llama model's tensors.
@@ -148,20 +174,43 @@ mod train {
     impl Student {
         /// Binds the student's weights (dequantized) as variables.
         pub fn from_gguf(g: &Gguf<'_>, dtype: DType, device: &Device, n_ctx: usize) -> Result<Self> {
-            let cfg = crate::prune::check_llama(g, "student")?;
+            Self::bind(g, dtype, dtype, device, n_ctx, true, "student")
+        }
+
+        /// Binds a frozen model (the teacher) whose forward pass runs in `compute`.
+        pub fn frozen(g: &Gguf<'_>, compute: DType, device: &Device, n_ctx: usize) -> Result<Self> {
+            Self::bind(g, compute, compute, device, n_ctx, false, "teacher")
+        }
+
+        fn bind(
+            g: &Gguf<'_>,
+            dtype: DType,
+            compute: DType,
+            device: &Device,
+            n_ctx: usize,
+            train: bool,
+            role: &str,
+        ) -> Result<Self> {
+            let cfg = crate::prune::check_llama(g, role)?;
             if cfg.rope_dim != cfg.head_dim || g.tensor("rope_freqs.weight").is_some() {
-                return Err(CompressError::BadOption(
-                    "distill: partial RoPE and llama 3.1's rope_freqs are not supported by the student".into(),
-                ));
+                return Err(CompressError::BadOption(format!(
+                    "distill: partial RoPE and llama 3.1's rope_freqs are not supported for the {role}"
+                )));
             }
             let tied = g.tensor("output.weight").is_none();
-            let mut vars = BTreeMap::new();
+            let (mut vars, mut weights) = (BTreeMap::new(), BTreeMap::new());
             for n in names(&cfg, tied) {
                 let t =
                     g.tensor(&n).ok_or_else(|| CompressError::Tensor { tensor: n.clone(), why: "missing".into() })?;
                 let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
                 let v = Tensor::from_vec(to_f32(t), shape, device).and_then(|x| x.to_dtype(dtype)).map_err(ce)?;
-                vars.insert(n, Var::from_tensor(&v).map_err(ce)?);
+                if train {
+                    let var = Var::from_tensor(&v).map_err(ce)?;
+                    weights.insert(n.clone(), var.as_tensor().clone());
+                    vars.insert(n, var);
+                } else {
+                    weights.insert(n, v);
+                }
             }
             // RoPE angles as pith computes them: pos·scale·base^(−2i/rope_dim), adjacent pairs.
             let half = cfg.head_dim / 2;
@@ -176,16 +225,48 @@ mod train {
                 }
             }
             let mk = |v: Vec<f64>| {
-                Tensor::from_vec(v, (n_ctx, 1, half, 1), device).and_then(|t| t.to_dtype(dtype)).map_err(ce)
+                Tensor::from_vec(v, (n_ctx, 1, half, 1), device).and_then(|t| t.to_dtype(compute)).map_err(ce)
             };
-            Ok(Student { cos: mk(c)?, sin: mk(s)?, cfg, tied, vars, dtype, device: device.clone() })
+            Ok(Student {
+                cos: mk(c)?,
+                sin: mk(s)?,
+                cfg,
+                tied,
+                vars,
+                weights,
+                dtype,
+                compute,
+                qat: None,
+                device: device.clone(),
+            })
         }
 
-        fn w(&self, n: &str) -> Result<&Tensor> {
-            self.vars
-                .get(n)
-                .map(Var::as_tensor)
-                .ok_or_else(|| CompressError::Tensor { tensor: n.into(), why: "missing".into() })
+        /// Runs the forward pass in `compute` (bf16: mixed precision) from now on.
+        pub fn set_compute(&mut self, compute: DType) -> Result<()> {
+            self.compute = compute;
+            self.cos = self.cos.to_dtype(compute).map_err(ce)?;
+            self.sin = self.sin.to_dtype(compute).map_err(ce)?;
+            Ok(())
+        }
+
+        /// The weight `n` as the forward pass uses it: in the compute dtype, and for a linear
+        /// weight under `--qat` through fake quantization (straight-through gradient).
+        fn w(&self, n: &str) -> Result<Tensor> {
+            let w =
+                self.weights.get(n).ok_or_else(|| CompressError::Tensor { tensor: n.into(), why: "missing".into() })?;
+            let w = match self.qat {
+                Some(ty) if n.starts_with("blk.") && w.rank() == 2 => {
+                    let q = fake_quant(&w.detach(), ty)?;
+                    // w + (q − w) with the difference cut from the graph: forward q, gradient 1.
+                    (w + (q - w.detach()).map_err(ce)?).map_err(ce)?
+                }
+                _ => w.clone(),
+            };
+            if w.dtype() == self.compute {
+                Ok(w)
+            } else {
+                w.to_dtype(self.compute).map_err(ce)
+            }
         }
 
         fn rmsnorm(&self, x: &Tensor, g: &str) -> Result<Tensor> {
@@ -193,49 +274,63 @@ mod train {
             let ms = x.sqr().and_then(|s| s.mean_keepdim(D::Minus1)).map_err(ce)?;
             let inv = ms.affine(1.0, eps).and_then(|m| m.sqrt()).and_then(|m| m.recip()).map_err(ce)?;
             let g = self.w(g)?;
-            x.broadcast_mul(&inv).and_then(|y| y.broadcast_mul(g)).map_err(ce)
+            x.broadcast_mul(&inv).and_then(|y| y.broadcast_mul(&g)).map_err(ce)
         }
 
+        /// x (N, in) · Wᵀ, W (out, in).
         fn linear(&self, x: &Tensor, w: &str) -> Result<Tensor> {
             x.matmul(&self.w(w)?.t().map_err(ce)?).map_err(ce)
         }
 
-        /// (T, H, hd) rotated by the position's angles, pairs (2i, 2i+1).
-        fn rope(&self, x: &Tensor, t: usize) -> Result<Tensor> {
-            let (tt, h, hd) = x.dims3().map_err(ce)?;
-            let x = x.reshape((tt, h, hd / 2, 2)).map_err(ce)?;
-            let (a, b) = (x.narrow(3, 0, 1).map_err(ce)?, x.narrow(3, 1, 1).map_err(ce)?);
+        /// (B, T, H, hd) rotated by the position's angles, pairs (2i, 2i+1).
+        fn rope(&self, x: &Tensor) -> Result<Tensor> {
+            let (b, t, h, hd) = x.dims4().map_err(ce)?;
+            let x = x.reshape((b, t, h, hd / 2, 2)).map_err(ce)?;
+            let (a, bb) = (x.narrow(4, 0, 1).map_err(ce)?, x.narrow(4, 1, 1).map_err(ce)?);
             let (c, s) = (self.cos.narrow(0, 0, t).map_err(ce)?, self.sin.narrow(0, 0, t).map_err(ce)?);
-            let r0 = a.broadcast_mul(&c).and_then(|p| p.broadcast_sub(&b.broadcast_mul(&s)?)).map_err(ce)?;
-            let r1 = a.broadcast_mul(&s).and_then(|p| p.broadcast_add(&b.broadcast_mul(&c)?)).map_err(ce)?;
-            Tensor::cat(&[r0, r1], 3).and_then(|r| r.reshape((tt, h, hd))).map_err(ce)
+            let r0 = a.broadcast_mul(&c).and_then(|p| p.broadcast_sub(&bb.broadcast_mul(&s)?)).map_err(ce)?;
+            let r1 = a.broadcast_mul(&s).and_then(|p| p.broadcast_add(&bb.broadcast_mul(&c)?)).map_err(ce)?;
+            Tensor::cat(&[r0, r1], 4).and_then(|r| r.reshape((b, t, h, hd))).map_err(ce)
         }
 
         /// Logits (T, n_vocab) of a sequence from position 0.
         pub fn forward(&self, tokens: &[u32]) -> Result<Tensor> {
+            self.forward_batch(tokens, 1)
+        }
+
+        /// Logits (B·T, n_vocab) of `b` sequences of equal length laid end to end in `tokens`,
+        /// each from position 0, in the compute dtype.
+        pub fn forward_batch(&self, tokens: &[u32], b: usize) -> Result<Tensor> {
             let c = &self.cfg;
-            let t = tokens.len();
-            let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
-            let ids = Tensor::from_vec(tokens.to_vec(), t, &self.device).map_err(ce)?;
-            let mut x = self.w("token_embd.weight")?.index_select(&ids, 0).map_err(ce)?;
+            if b == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(b) {
+                return Err(CompressError::BadOption(format!(
+                    "{} tokens do not split into {b} sequences",
+                    tokens.len()
+                )));
+            }
+            let t = tokens.len() / b;
+            let (h, kv, hd, d) = (c.n_head, c.n_head_kv, c.head_dim, c.n_embd);
+            let ids = Tensor::from_vec(tokens.to_vec(), b * t, &self.device).map_err(ce)?;
+            let mut x = self.w("token_embd.weight")?.index_select(&ids, 0).map_err(ce)?; // (B·T, d)
             let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-            let mask = Tensor::from_vec(mask, (t, t), &self.device).and_then(|m| m.to_dtype(self.dtype)).map_err(ce)?;
+            let mask =
+                Tensor::from_vec(mask, (t, t), &self.device).and_then(|m| m.to_dtype(self.compute)).map_err(ce)?;
             let scale = 1.0 / (hd as f64).sqrt();
             for l in 0..c.n_layer {
                 let n = |s: &str| format!("blk.{l}.{s}");
                 let xb = self.rmsnorm(&x, &n("attn_norm.weight"))?;
-                let q = self.linear(&xb, &n("attn_q.weight"))?.reshape((t, h, hd)).map_err(ce)?;
-                let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((t, kv, hd)).map_err(ce)?;
-                let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((t, kv, hd)).map_err(ce)?;
-                let q = self.rope(&q, t)?.transpose(0, 1).and_then(|q| q.contiguous()).map_err(ce)?; // (H, T, hd)
-                let k = self.rope(&k, t)?;
+                let q = self.linear(&xb, &n("attn_q.weight"))?.reshape((b, t, h, hd)).map_err(ce)?;
+                let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
+                let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
+                let q = self.rope(&q)?.transpose(1, 2).and_then(|q| q.contiguous()).map_err(ce)?; // (B, H, T, hd)
+                let k = self.rope(&k)?;
                 // GQA: each KV head serves h / kv query heads, in order.
                 let widen = |m: Tensor| -> Result<Tensor> {
-                    m.transpose(0, 1)
-                        .and_then(|m| m.unsqueeze(1))
-                        .and_then(|m| m.broadcast_as((kv, h / kv, t, hd)))
+                    m.transpose(1, 2)
+                        .and_then(|m| m.unsqueeze(2))
+                        .and_then(|m| m.broadcast_as((b, kv, h / kv, t, hd)))
                         .and_then(|m| m.contiguous())
-                        .and_then(|m| m.reshape((h, t, hd)))
+                        .and_then(|m| m.reshape((b, h, t, hd)))
                         .map_err(ce)
                 };
                 let (k, v) = (widen(k)?, widen(v)?);
@@ -247,9 +342,9 @@ mod train {
                 let att = softmax(&att)?;
                 let o = att
                     .matmul(&v)
-                    .and_then(|o| o.transpose(0, 1))
+                    .and_then(|o| o.transpose(1, 2))
                     .and_then(|o| o.contiguous())
-                    .and_then(|o| o.reshape((t, h * hd)))
+                    .and_then(|o| o.reshape((b * t, h * hd)))
                     .map_err(ce)?;
                 x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;
                 let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
@@ -258,9 +353,62 @@ mod train {
                 let a = g.silu().and_then(|g| g * u).map_err(ce)?;
                 x = (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)?;
             }
+            debug_assert_eq!(x.dims(), &[b * t, d]);
             let xb = self.rmsnorm(&x, "output_norm.weight")?;
             self.linear(&xb, if self.tied { "token_embd.weight" } else { "output.weight" })
         }
+    }
+
+    /// The weight `w` (rows, cols) rounded to the grid of `ty` (scales computed as the quantizer
+    /// computes them, per block of 32 along a row): what the quantized file will hold.
+    /// Q4_0 / Q8_0: symmetric, the block's signed extreme on the grid's end (−8 / ±127);
+    /// Q4_1 and Q4_K: asymmetric 16 levels from the block's min to its max (Q4_K also rounds
+    /// the sub-block scales to 6 bits of a super-block scale; that second rounding is left out).
+    pub fn fake_quant(w: &Tensor, ty: GgmlType) -> Result<Tensor> {
+        let dims = w.dims().to_vec();
+        let n = w.elem_count();
+        if !n.is_multiple_of(32) {
+            return Ok(w.clone());
+        }
+        let x = w.to_dtype(DType::F32).and_then(|x| x.reshape((n / 32, 32))).map_err(ce)?;
+        let tiny = 1e-30;
+        let q = match ty {
+            GgmlType::Q4_0 | GgmlType::Q8_0 => {
+                // The element of largest magnitude (the first of equals), with its sign.
+                let at = x.abs().and_then(|a| a.argmax_keepdim(1)).map_err(ce)?;
+                let signed = x.gather(&at, 1).map_err(ce)?;
+                let (lo, hi) = if ty == GgmlType::Q4_0 { (-8.0, 7.0) } else { (-127.0, 127.0) };
+                let d = if ty == GgmlType::Q4_0 {
+                    signed.affine(-1.0 / 8.0, 0.0)
+                } else {
+                    signed.abs().and_then(|a| a.affine(1.0 / 127.0, 0.0))
+                }
+                .map_err(ce)?;
+                let safe = d.abs().and_then(|a| a.ge(tiny)).map_err(ce)?;
+                let inv = safe.where_cond(&d.recip().map_err(ce)?, &d.zeros_like().map_err(ce)?).map_err(ce)?;
+                x.broadcast_mul(&inv)
+                    .and_then(|v| v.round())
+                    .and_then(|v| v.clamp(lo, hi))
+                    .and_then(|v| v.broadcast_mul(&d))
+                    .map_err(ce)?
+            }
+            GgmlType::Q4_1 | GgmlType::Q4_K => {
+                let mn = x.min_keepdim(1).map_err(ce)?;
+                let mx = x.max_keepdim(1).map_err(ce)?;
+                let d = (mx - &mn).and_then(|r| r.affine(1.0 / 15.0, 0.0)).map_err(ce)?;
+                let safe = d.ge(tiny).map_err(ce)?;
+                let inv = safe.where_cond(&d.recip().map_err(ce)?, &d.zeros_like().map_err(ce)?).map_err(ce)?;
+                x.broadcast_sub(&mn)
+                    .and_then(|v| v.broadcast_mul(&inv))
+                    .and_then(|v| v.round())
+                    .and_then(|v| v.clamp(0.0, 15.0))
+                    .and_then(|v| v.broadcast_mul(&d))
+                    .and_then(|v| v.broadcast_add(&mn))
+                    .map_err(ce)?
+            }
+            other => return Err(CompressError::BadOption(format!("--qat {other}: Q4_0, Q4_1, Q4_K or Q8_0"))),
+        };
+        q.reshape(dims).and_then(|q| q.to_dtype(w.dtype())).map_err(ce)
     }
 
     /// Softmax over the last dimension (the maximum subtracted as a constant).
@@ -281,6 +429,14 @@ mod train {
     /// The distillation loss, averaged over positions: `alpha·CE + (1 − alpha)·T²·KL(p_T ‖ q_T)`.
     /// `student`, `teacher`: (T, V) logits; `labels`: the next token of each position.
     pub fn loss(student: &Tensor, teacher: &Tensor, labels: &[u32], alpha: f64, temp: f64) -> Result<Tensor> {
+        // Half-precision logits (a bf16 forward pass) are widened: the softmaxes run in f32.
+        let wide = |x: &Tensor| -> Result<Tensor> {
+            match x.dtype() {
+                DType::BF16 | DType::F16 => x.to_dtype(DType::F32).map_err(ce),
+                _ => Ok(x.clone()),
+            }
+        };
+        let (student, teacher) = (&wide(student)?, &wide(teacher)?);
         let (t, _) = student.dims2().map_err(ce)?;
         let dev = student.device();
         let mut total = Tensor::zeros((), student.dtype(), dev).map_err(ce)?;
@@ -375,9 +531,22 @@ mod train {
         alpha: f64,
         temp: f64,
     ) -> Result<(f64, BTreeMap<String, Tensor>)> {
-        let n = tokens.len() - 1;
-        let logits = s.forward(&tokens[..n])?;
-        let l = loss(&logits, teacher_logits, &tokens[1..], alpha, temp)?;
+        grads_batch(s, &[tokens], teacher_logits, alpha, temp)
+    }
+
+    /// Gradients of every variable for a batch of sequences of equal length (their inputs are
+    /// all but the last token, their labels all but the first), and the loss averaged over
+    /// every predicted token. `teacher_logits`: (B·(len − 1), V).
+    pub fn grads_batch(
+        s: &Student,
+        seqs: &[&[u32]],
+        teacher_logits: &Tensor,
+        alpha: f64,
+        temp: f64,
+    ) -> Result<(f64, BTreeMap<String, Tensor>)> {
+        let (inputs, labels) = split_batch(seqs)?;
+        let logits = s.forward_batch(&inputs, seqs.len())?;
+        let l = loss(&logits, teacher_logits, &labels, alpha, temp)?;
         let value = l.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce)?;
         let gs = l.backward().map_err(ce)?;
         let mut out = BTreeMap::new();
@@ -387,6 +556,18 @@ mod train {
             }
         }
         Ok((value, out))
+    }
+
+    /// The inputs (every sequence without its last token) and labels (without its first) of a
+    /// batch, laid end to end.
+    fn split_batch(seqs: &[&[u32]]) -> Result<(Vec<u32>, Vec<u32>)> {
+        let len = seqs.first().map_or(0, |s| s.len());
+        if len < 2 || seqs.iter().any(|s| s.len() != len) {
+            return Err(CompressError::BadOption("a batch needs sequences of one length ≥ 2".into()));
+        }
+        let inputs = seqs.iter().flat_map(|s| s[..len - 1].iter().copied()).collect();
+        let labels = seqs.iter().flat_map(|s| s[1..].iter().copied()).collect();
+        Ok((inputs, labels))
     }
 
     /// The teacher's logits for `tokens` (all positions), as a (T, V) tensor.
@@ -402,6 +583,32 @@ mod train {
         Tensor::from_vec(l.to_vec(), (tokens.len(), model.config.n_vocab), &s.device)
             .and_then(|t| t.to_dtype(s.dtype))
             .map_err(ce)
+    }
+
+    /// Where the teacher runs: pith's own forward pass on the CPU (the fastest CPU path), or
+    /// candle on the student's GPU, so that its logits never leave the device.
+    enum Teacher<'a> {
+        Pith { model: &'a Model<'a>, state: State, pool: &'a Pool },
+        Device(Student),
+    }
+
+    impl Teacher<'_> {
+        /// Logits (B·T, V) of the inputs of a batch (each sequence without its last token).
+        fn logits(&mut self, seqs: &[&[u32]], s: &Student) -> Result<Tensor> {
+            match self {
+                Teacher::Pith { model, state, pool } => {
+                    let parts = seqs
+                        .iter()
+                        .map(|q| teacher_logits(model, state, pool, &q[..q.len() - 1], s))
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&parts, 0).map_err(ce)
+                }
+                Teacher::Device(t) => {
+                    let (inputs, _) = split_batch(seqs)?;
+                    Ok(t.forward_batch(&inputs, seqs.len())?.detach())
+                }
+            }
+        }
     }
 
     /// The student's weights (and optimizer state, for a checkpoint) as GGUF over `base`'s
@@ -470,27 +677,21 @@ mod train {
         Ok(())
     }
 
-    /// Mean loss over `seqs` (no gradients kept).
-    fn eval_loss(
-        s: &Student,
-        teacher: &Model<'_>,
-        state: &mut State,
-        pool: &Pool,
-        seqs: &[&[u32]],
-        a: &DistillArgs,
-    ) -> Result<(f64, f64)> {
-        let (mut kd, mut ce_sum) = (0.0, 0.0);
-        for seq in seqs {
-            let n = seq.len() - 1;
-            let tl = teacher_logits(teacher, state, pool, &seq[..n], s)?;
-            let sl = s.forward(&seq[..n])?.detach();
-            let l = loss(&sl, &tl, &seq[1..], a.alpha, a.temperature)?;
-            let c = loss(&sl, &tl, &seq[1..], 1.0, 1.0)?;
+    /// Mean loss over `seqs` (no gradients kept): the distillation loss and the plain CE.
+    fn eval_loss(s: &Student, teacher: &mut Teacher<'_>, seqs: &[&[u32]], a: &DistillArgs) -> Result<(f64, f64)> {
+        let (mut kd, mut ce_sum, mut n) = (0.0, 0.0, 0usize);
+        for batch in seqs.chunks(a.batch.max(1)) {
+            let tl = teacher.logits(batch, s)?;
+            let (inputs, labels) = split_batch(batch)?;
+            let sl = s.forward_batch(&inputs, batch.len())?.detach();
+            let l = loss(&sl, &tl, &labels, a.alpha, a.temperature)?;
+            let c = loss(&sl, &tl, &labels, 1.0, 1.0)?;
             let f = |t: Tensor| t.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce);
-            kd += f(l)?;
-            ce_sum += f(c)?;
+            kd += f(l)? * batch.len() as f64;
+            ce_sum += f(c)? * batch.len() as f64;
+            n += batch.len();
         }
-        let n = seqs.len().max(1) as f64;
+        let n = n.max(1) as f64;
         Ok((kd / n, ce_sum / n))
     }
 
@@ -506,12 +707,27 @@ mod train {
 
     /// Runs `pith-compress distill`.
     pub fn run(a: &DistillArgs) -> Result<()> {
-        if a.ctx < 2 || a.accum == 0 || a.tokens == 0 {
-            return Err(CompressError::BadOption("--ctx ≥ 2, --accum ≥ 1 and --tokens ≥ 1".into()));
+        if a.ctx < 2 || a.accum == 0 || a.tokens == 0 || a.batch == 0 {
+            return Err(CompressError::BadOption("--ctx ≥ 2, --accum ≥ 1, --batch ≥ 1 and --tokens ≥ 1".into()));
         }
         if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
             return Err(CompressError::BadOption("--alpha in [0, 1], --temperature > 0".into()));
         }
+        let compute = match a.dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            other => return Err(CompressError::BadOption(format!("--dtype {other}: f32 or bf16"))),
+        };
+        let qat = match &a.qat {
+            None => None,
+            Some(q) => Some(match q.to_ascii_uppercase().as_str() {
+                "Q4_0" => GgmlType::Q4_0,
+                "Q4_1" => GgmlType::Q4_1,
+                "Q8_0" => GgmlType::Q8_0,
+                "Q4_K" | "Q4_K_M" | "Q4_K_S" => GgmlType::Q4_K,
+                other => return Err(CompressError::BadOption(format!("--qat {other}: Q4_0, Q4_1, Q4_K or Q8_0"))),
+            }),
+        };
         let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
             let mut p = a.output.clone().into_os_string();
             p.push(".ckpt");
@@ -521,18 +737,29 @@ mod train {
         inputs.extend(a.files.iter().map(PathBuf::as_path));
         crate::output::check_output(&a.output, a.force, &inputs)?;
         let dev = device(&a.device)?;
+        if compute == DType::BF16 && dev.is_cpu() {
+            return Err(CompressError::BadOption(
+                "--dtype bf16 needs --device cuda (candle's CPU backend has no bf16 matmul)".into(),
+            ));
+        }
+        if dev.is_cuda() {
+            // f32 matmuls on the tensor cores (TF32 inputs, f32 accumulation).
+            candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        }
         let tfile = pith::file::MappedFile::open(&a.teacher)?;
-        let teacher = pith::engine::Engine::load(&tfile, a.threads)?;
-        crate::prune::check_llama(&teacher.gguf, "teacher")?;
+        let teacher_engine = pith::engine::Engine::load(&tfile, a.threads)?;
+        crate::prune::check_llama(&teacher_engine.gguf, "teacher")?;
         let sfile = pith::file::MappedFile::open(&a.student)?;
         let sg = sfile.gguf()?;
-        let student = Student::from_gguf(&sg, DType::F32, &dev, a.ctx)?;
-        check_vocab(&teacher.gguf, &sg, teacher.model.config.n_vocab, student.cfg.n_vocab)?;
+        let mut student = Student::from_gguf(&sg, DType::F32, &dev, a.ctx)?;
+        student.set_compute(compute)?;
+        student.qat = qat;
+        check_vocab(&teacher_engine.gguf, &sg, teacher_engine.model.config.n_vocab, student.cfg.n_vocab)?;
         // Text → tokens (the teacher's tokenizer, which the student shares).
         let mut tokens = Vec::new();
         for f in &a.files {
             let text = crate::imatrix::read_calibration(f)?;
-            tokens.extend(teacher.tokenizer.encode(&text, false)?);
+            tokens.extend(teacher_engine.tokenizer.encode(&text, false)?);
         }
         let seq = a.ctx + 1;
         let n_seq = tokens.len() / seq;
@@ -542,7 +769,7 @@ mod train {
                 why: format!("{} tokens: fewer than {} sequences of {seq}", tokens.len(), a.val_seqs + 1),
             });
         }
-        let bos = if teacher.tokenizer.add_bos() { teacher.tokenizer.bos() } else { None };
+        let bos = if teacher_engine.tokenizer.add_bos() { teacher_engine.tokenizer.bos() } else { None };
         let seqs: Vec<Vec<u32>> = (0..n_seq)
             .map(|i| {
                 let mut s = tokens[i * seq..(i + 1) * seq].to_vec();
@@ -552,28 +779,48 @@ mod train {
                 s
             })
             .collect();
-        let (train, val) = seqs.split_at(n_seq - a.val_seqs);
-        let val: Vec<&[u32]> = val.iter().map(Vec::as_slice).collect();
-        let steps = a.tokens.div_ceil(a.ctx * a.accum);
+        // The held-out sequences are spread over the text (every k-th), not only its end, so
+        // that the validation loss covers every file.
+        let stride = (n_seq / a.val_seqs.max(1)).max(1);
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for (i, q) in seqs.iter().enumerate() {
+            if a.val_seqs > 0 && i % stride == stride - 1 && val.len() < a.val_seqs {
+                val.push(q.as_slice());
+            } else {
+                train.push(q.as_slice());
+            }
+        }
+        let per_step = a.batch * a.accum;
+        let steps = a.tokens.div_ceil(a.ctx * per_step);
         let mut opt = AdamW::new(&student, a.weight_decay)?;
         if let Some(r) = &a.resume {
             resume(&student, &mut opt, r)?;
             crate::progress::note(&format!("distill: resumed from {} at step {}", r.display(), opt.step));
         }
-        let mut state = State::new(&teacher.model, a.ctx, a.ctx)?;
-        state.set_precision(Precision::F32);
+        let mut teacher = if dev.is_cpu() {
+            let mut state = State::new(&teacher_engine.model, a.ctx, a.ctx)?;
+            state.set_precision(Precision::F32);
+            Teacher::Pith { model: &teacher_engine.model, state, pool: &teacher_engine.pool }
+        } else {
+            Teacher::Device(Student::frozen(&teacher_engine.gguf, compute, &dev, a.ctx)?)
+        };
         crate::progress::note(&format!(
-            "distill: {} train / {} held-out sequences of {}; {steps} steps of {} sequences ({} tokens); α {} T {}; {}",
+            "distill: {} train / {} held-out sequences of {} ({} tokens of text); {steps} steps of {} × {} sequences ({} tokens, {:.1} epochs); α {} T {}; {} {}{}",
             train.len(),
             val.len(),
             a.ctx,
+            tokens.len(),
             a.accum,
-            steps * a.accum * a.ctx,
+            a.batch,
+            steps * per_step * a.ctx,
+            (steps * per_step) as f64 / train.len() as f64,
             a.alpha,
             a.temperature,
-            a.device
+            a.device,
+            a.dtype,
+            qat.map(|q| format!("; fake quantization {q}")).unwrap_or_default()
         ));
-        let (v0, c0) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
+        let (v0, c0) = eval_loss(&student, &mut teacher, &val, a)?;
         crate::progress::note(&format!(
             "distill: step {} validation loss {v0:.4} (CE {c0:.4}, PPL {:.2})",
             opt.step,
@@ -583,15 +830,23 @@ mod train {
         pb.set_position(opt.step as u64);
         let t0 = std::time::Instant::now();
         let mut trained_tokens = 0usize;
-        let mut next = opt.step * a.accum;
+        let mut perm_cache: (usize, Vec<usize>) = (usize::MAX, Vec::new());
+        let mut next = opt.step * per_step;
         while opt.step < steps {
             let mut sum: BTreeMap<String, Tensor> = BTreeMap::new();
             let mut lsum = 0.0;
             for _ in 0..a.accum {
-                let sq = &train[next % train.len()];
-                next += 1;
-                let tl = teacher_logits(&teacher.model, &mut state, &teacher.pool, &sq[..a.ctx], &student)?;
-                let (l, g) = grads(&student, sq, &tl, a.alpha, a.temperature)?;
+                let mut batch = Vec::with_capacity(a.batch);
+                for _ in 0..a.batch {
+                    let e = next / train.len();
+                    if perm_cache.0 != e {
+                        perm_cache = (e, shuffled(train.len(), e as u64 + 1));
+                    }
+                    batch.push(train[perm_cache.1[next % train.len()]]);
+                    next += 1;
+                }
+                let tl = teacher.logits(&batch, &student)?;
+                let (l, g) = grads_batch(&student, &batch, &tl, a.alpha, a.temperature)?;
                 lsum += l;
                 for (n, gt) in g {
                     let acc = match sum.remove(&n) {
@@ -600,7 +855,7 @@ mod train {
                     };
                     sum.insert(n, acc);
                 }
-                trained_tokens += a.ctx;
+                trained_tokens += a.ctx * a.batch;
             }
             for g in sum.values_mut() {
                 *g = g.affine(1.0 / a.accum as f64, 0.0).map_err(ce)?;
@@ -609,13 +864,18 @@ mod train {
             opt.step(&student, &sum, lr)?;
             let el = t0.elapsed().as_secs_f64();
             pb.set_position(opt.step as u64);
-            pb.set_message(format!(
+            let msg = format!(
                 "loss {:.4} lr {lr:.2e} {:.0} tok/s",
                 lsum / a.accum as f64,
                 trained_tokens as f64 / el.max(1e-9)
-            ));
-            if a.val_every > 0 && opt.step % a.val_every == 0 {
-                let (v, c) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
+            );
+            pb.set_message(msg.clone());
+            let val_now = a.val_every > 0 && opt.step % a.val_every == 0;
+            if pb.is_hidden() && (val_now || opt.step == 1) {
+                crate::progress::note(&format!("distill: step {}/{steps}: {msg}", opt.step));
+            }
+            if val_now {
+                let (v, c) = eval_loss(&student, &mut teacher, &val, a)?;
                 let line = format!("step {}: validation loss {v:.4} (CE {c:.4}, PPL {:.2})", opt.step, c.exp());
                 // A hidden bar (stderr not a terminal) swallows println: print the line itself.
                 if pb.is_hidden() {
@@ -624,21 +884,53 @@ mod train {
                     pb.println(line);
                 }
             }
-            if a.checkpoint_every > 0 && opt.step % a.checkpoint_every == 0 && opt.step < steps {
+            let out_of_time = a.time_limit.is_some_and(|lim| el >= lim);
+            if opt.step < steps && ((a.checkpoint_every > 0 && opt.step % a.checkpoint_every == 0) || out_of_time) {
                 save(&student, &sg, Some(&opt), &ckpt, &inputs)?;
+            }
+            if out_of_time && opt.step < steps {
+                pb.finish_and_clear();
+                crate::progress::note(&format!(
+                    "distill: --time-limit reached at step {}/{steps} ({trained_tokens} tokens, {:.0} tok/s); checkpoint {}: continue with the same command and --resume {}",
+                    opt.step,
+                    trained_tokens as f64 / el.max(1e-9),
+                    ckpt.display(),
+                    ckpt.display()
+                ));
+                return Ok(());
             }
         }
         pb.finish_and_clear();
-        let (v, c) = eval_loss(&student, &teacher.model, &mut state, &teacher.pool, &val, a)?;
+        let (v, c) = eval_loss(&student, &mut teacher, &val, a)?;
         let el = t0.elapsed().as_secs_f64();
         crate::progress::note(&format!(
             "distill: {trained_tokens} tokens in {el:.0} s ({:.0} tok/s); validation loss {v0:.4} → {v:.4} (CE {c:.4}, PPL {:.2})",
             trained_tokens as f64 / el.max(1e-9),
             c.exp()
         ));
+        // Under --qat the written weights are the fake-quantized ones' latent values; the
+        // quantizer rounds them to the grid the training saw.
         save(&student, &sg, None, &a.output, &inputs)?;
         crate::progress::note(&format!("distill: → {}", a.output.display()));
         Ok(())
+    }
+
+    /// A fixed pseudo-random permutation of `0..n` for epoch `seed` (SplitMix64, Fisher–Yates).
+    fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).collect();
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        for i in (1..n).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
     }
 
     /// The student must predict over the teacher's vocabulary.

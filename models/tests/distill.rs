@@ -8,7 +8,8 @@ use pith::gguf::Gguf;
 use pith::model::{Logits, Model, State};
 use pith::testing::{build, spm_vocab, TinySpec};
 use pith::{Pool, Precision};
-use pith_models::distill::{grads, loss, lr_at, teacher_logits, AdamW, Student};
+use pith_kernels::GgmlType;
+use pith_models::distill::{fake_quant, grads, grads_batch, loss, lr_at, teacher_logits, AdamW, Student};
 use pith_models::prune::AlignedBytes;
 use std::process::Command;
 
@@ -112,6 +113,109 @@ fn one_step_lowers_the_loss() {
     assert!((lr_at(100, 100, 10, 1.0) - 0.1).abs() < 1e-12 && lr_at(50, 100, 10, 1.0) < 1.0);
 }
 
+#[test]
+fn a_batch_computes_each_sequence_alone_and_the_frozen_teacher_the_same() {
+    let b = tiny(5);
+    let g = Gguf::parse(b.as_slice()).unwrap();
+    let s = Student::from_gguf(&g, DType::F64, &Device::Cpu, 16).unwrap();
+    let frozen = Student::frozen(&g, DType::F64, &Device::Cpu, 16).unwrap();
+    let (a, c) = (&TOKS[..6], &TOKS[6..12]);
+    let both: Vec<u32> = a.iter().chain(c).copied().collect();
+    let batch: Vec<f64> = s.forward_batch(&both, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let alone: Vec<f64> = [s.forward(a).unwrap(), s.forward(c).unwrap()]
+        .iter()
+        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+        .collect();
+    assert_eq!(batch.len(), alone.len());
+    for (x, y) in batch.iter().zip(&alone) {
+        assert!((x - y).abs() < 1e-9, "{x} vs {y}");
+    }
+    let f: Vec<f64> = frozen.forward_batch(&both, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(f, batch);
+    assert!(s.forward_batch(&TOKS, 2).is_err(), "13 tokens do not split into 2 sequences");
+    // The batch's gradients are the mean of each sequence's (equal lengths).
+    let tb = tiny(6);
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    st.set_precision(Precision::F32);
+    let mut tl = |q: &[u32]| teacher_logits(&tm, &mut st, &Pool::single(), &q[..q.len() - 1], &s).unwrap();
+    let (ta, tc) = (tl(a), tl(c));
+    let (_, ga) = grads(&s, a, &ta, 0.5, 2.0).unwrap();
+    let (_, gc) = grads(&s, c, &tc, 0.5, 2.0).unwrap();
+    let (_, gb) = grads_batch(&s, &[a, c], &Tensor::cat(&[&ta, &tc], 0).unwrap(), 0.5, 2.0).unwrap();
+    for n in ["blk.0.attn_q.weight", "blk.1.ffn_down.weight", "token_embd.weight"] {
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for ((x, y), z) in v(&gb[n]).iter().zip(v(&ga[n])).zip(v(&gc[n])) {
+            assert!((x - (y + z) / 2.0).abs() < 1e-12, "{n}: {x} vs mean of {y}, {z}");
+        }
+    }
+}
+
+#[test]
+fn fake_quantization_is_the_quantizers_grid() {
+    // Rows of 64 with a spread of magnitudes, a constant block and a zero block.
+    let mut w: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * (1.0 + (i / 32) as f32)).collect();
+    w[64..96].iter_mut().for_each(|x| *x = 0.25);
+    w[96..128].iter_mut().for_each(|x| *x = 0.0);
+    let t = Tensor::from_vec(w.clone(), (4, 64), &Device::Cpu).unwrap();
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let fq: Vec<f32> = fake_quant(&t, ty).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mut bytes = vec![0u8; ty.row_bytes(w.len()).unwrap()];
+        pith_kernels::quantize_row(ty, &w, &mut bytes);
+        let mut deq = vec![0f32; w.len()];
+        pith_kernels::dequantize_row(ty, &bytes, &mut deq);
+        for (i, (x, y)) in fq.iter().zip(&deq).enumerate() {
+            // The file stores the block scale in f16: the two agree to its rounding.
+            let amax = w[i / 32 * 32..i / 32 * 32 + 32].iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!((x - y).abs() <= 2e-3 * amax + 1e-7, "{ty} [{i}]: fake {x} vs file {y} (w {})", w[i]);
+        }
+    }
+    // Q4_K: at most 16 levels in each block of 32, and within half a step of the weight.
+    let fq: Vec<f32> = fake_quant(&t, GgmlType::Q4_K).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    for (blk, orig) in fq.chunks(32).zip(w.chunks(32)) {
+        let mut levels: Vec<u32> = blk.iter().map(|x| x.to_bits()).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(levels.len() <= 16);
+        let (lo, hi) = orig.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        for (x, y) in blk.iter().zip(orig) {
+            assert!((x - y).abs() <= (hi - lo) / 30.0 + 1e-6);
+        }
+    }
+    assert!(fake_quant(&t, GgmlType::Q6_K).is_err());
+}
+
+#[test]
+fn quantization_aware_steps_train_through_the_grid() {
+    let (tb, sb) = (tiny(1), tiny(2));
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let sg = Gguf::parse(sb.as_slice()).unwrap();
+    let mut s = Student::from_gguf(&sg, DType::F32, &Device::Cpu, 16).unwrap();
+    s.qat = Some(GgmlType::Q4_0);
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    let n = TOKS.len() - 1;
+    let tl = teacher_logits(&tm, &mut st, &Pool::single(), &TOKS[..n], &s).unwrap();
+    // The forward pass sees the grid: the logits differ from the unquantized student's.
+    let plain = {
+        let p = Student::from_gguf(&sg, DType::F32, &Device::Cpu, 16).unwrap();
+        p.forward(&TOKS[..n]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let q: Vec<f32> = s.forward(&TOKS[..n]).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(plain.iter().zip(&q).any(|(a, b)| (a - b).abs() > 1e-4));
+    // Straight-through: every linear weight gets a gradient, and steps lower the loss.
+    let mut opt = AdamW::new(&s, 0.0).unwrap();
+    let (before, g) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+    assert!(g.contains_key("blk.0.attn_q.weight") && g.contains_key("blk.1.ffn_down.weight"));
+    for _ in 0..5 {
+        let (_, g) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+        opt.step(&s, &g, 3e-3).unwrap();
+    }
+    let (after, _) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+    assert!(after < before, "{before} → {after}");
+}
+
 const WORDS: [&str; 8] = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"];
 
 fn with_vocab(dir: &std::path::Path, name: &str, n_ff: usize, extra: usize, seed: u64) -> std::path::PathBuf {
@@ -200,6 +304,26 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     v.push(os("--force"));
     let (ok, err) = call(v);
     assert!(!ok && err.contains("vocabulary"), "{err}");
+    // Batched, quantization-aware, stopped by the time limit: a checkpoint and the
+    // command to continue; the output is not written.
+    let out2 = p.join("out2.gguf");
+    let ckpt2 = p.join("c2.ckpt");
+    let mut v = base(&student);
+    v[7] = out2.clone().into_os_string();
+    v[19] = ckpt2.clone().into_os_string();
+    v.extend([os("--batch"), os("2"), os("--qat"), os("q4_0"), os("--time-limit"), os("0")]);
+    let mut bf16 = v.clone();
+    bf16.extend([os("--dtype"), os("bf16")]);
+    let (ok, err) = call(bf16);
+    assert!(!ok && err.contains("--dtype bf16 needs --device cuda"), "{err}");
+    let (ok, err) = call(v.clone());
+    assert!(ok && err.contains("--time-limit reached at step 1") && err.contains("--resume"), "{err}");
+    assert!(ckpt2.exists() && !out2.exists());
+    v.truncate(v.len() - 2);
+    v.extend([os("--resume"), ckpt2.into_os_string()]);
+    let (ok, err) = call(v);
+    assert!(ok && err.contains("at step 1") && err.contains("fake quantization q4_0"), "{err}");
+    assert!(out2.exists());
     let empty = p.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     let mut v = base(&student);
