@@ -504,9 +504,9 @@ mod train {
                 // Decay on matrices only (not norms).
                 let wd = if w.rank() >= 2 { self.weight_decay } else { 0.0 };
                 let new = (w.affine(1.0 - lr * wd, 0.0).map_err(ce)? - upd.affine(lr, 0.0).map_err(ce)?).map_err(ce)?;
-                var.set(&new).map_err(ce)?;
-                self.m.insert(n.clone(), m);
-                self.v.insert(n.clone(), v);
+                var.set(&new.detach()).map_err(ce)?;
+                self.m.insert(n.clone(), m.detach());
+                self.v.insert(n.clone(), v.detach());
             }
             Ok(())
         }
@@ -552,7 +552,9 @@ mod train {
         let mut out = BTreeMap::new();
         for (name, var) in &s.vars {
             if let Some(g) = gs.get(var.as_tensor()) {
-                out.insert(name.clone(), g.clone());
+                // Detached, so that no gradient can hold its step's graph alive (the test
+                // checks that neither they nor the AdamW moments track an op).
+                out.insert(name.clone(), g.detach());
             }
         }
         Ok((value, out))

