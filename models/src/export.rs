@@ -115,7 +115,12 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// between llama.cpp's layout and Hugging Face's: within each head, Hugging Face row
 /// `j * head_dim / 2 + i` is GGUF row `2 * i + j` (`j` in 0..2). `to_hf`: GGUF → Hugging Face.
 pub fn permute_qk(data: &[u8], rows: usize, n_head: usize, to_hf: bool) -> Option<Vec<u8>> {
-    if rows == 0 || n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || data.len() % rows != 0 {
+    if rows == 0
+        || n_head == 0
+        || !rows.is_multiple_of(n_head)
+        || !(rows / n_head).is_multiple_of(2)
+        || !data.len().is_multiple_of(rows)
+    {
         return None;
     }
     let (hd, rb) = (rows / n_head, data.len() / rows);
@@ -169,6 +174,18 @@ struct Hyper {
 }
 
 impl Hyper {
+    /// Refuses sizes no model has (they would only overflow the shape arithmetic).
+    fn checked(self, what: &str, n_tensors: usize) -> Result<Self> {
+        let sizes = [self.n_embd, self.n_ff, self.head_dim, self.n_head, self.n_head_kv, self.n_vocab];
+        if sizes.iter().any(|&v| v == 0 || v > 1 << 26) {
+            return Err(model_err(what, format!("implausible sizes {self:?}")));
+        }
+        if self.n_layer == 0 || self.n_layer * LAYER_NAMES.len() > n_tensors {
+            return Err(model_err(what, format!("{} layers, but there are only {n_tensors} tensors", self.n_layer)));
+        }
+        Ok(self)
+    }
+
     /// The Hugging Face shape (rows, columns; one number for a vector) of GGUF tensor `name`.
     fn shape_of(&self, gguf: &str) -> Option<Vec<usize>> {
         let (d, q, kv, ff) = (self.n_embd, self.n_head * self.head_dim, self.n_head_kv * self.head_dim, self.n_ff);
@@ -483,7 +500,7 @@ pub fn export(g: &Gguf<'_>, what: &str) -> Result<(HfModel, ExportReport)> {
             return Err(model_err(what, format!("llama.rope.scaling.type '{s}' is not supported by export")));
         }
     }
-    let h = hyper_of_gguf(g, what)?;
+    let h = hyper_of_gguf(g, what)?.checked(what, g.tensors.len())?;
     if let Some(n) = g.get_u64("llama.rope.dimension_count")? {
         if n as usize != h.head_dim {
             return Err(model_err(
@@ -634,8 +651,9 @@ pub fn export(g: &Gguf<'_>, what: &str) -> Result<(HfModel, ExportReport)> {
     Ok((m, rep))
 }
 
-fn majority(v: &[Dtype]) -> Option<Dtype> {
-    let mut counts: Vec<(Dtype, usize)> = Vec::new();
+/// The most frequent element (the last of equally frequent ones).
+fn majority<T: Copy + PartialEq>(v: &[T]) -> Option<T> {
+    let mut counts: Vec<(T, usize)> = Vec::new();
     for &d in v {
         match counts.iter_mut().find(|(x, _)| *x == d) {
             Some(c) => c.1 += 1,
@@ -1110,6 +1128,7 @@ pub fn convert(mut m: HfModel, ty: Option<GgmlType>) -> Result<(GgufBuilder, Con
         (Some(false) | None, true) => false,
         (Some(false), false) => return Err(model_err("safetensors", "tensor lm_head.weight is missing")),
     };
+    let h = h.checked(what, by_name.len() + 1)?;
     let names = h.tensor_names(tied);
     let mut out: HashMap<String, (Vec<u64>, GgmlType, Vec<u8>)> = HashMap::new();
     for name in &names {
@@ -1144,16 +1163,7 @@ pub fn convert(mut m: HfModel, ty: Option<GgmlType>) -> Result<(GgufBuilder, Con
     }
     let matrix_types: Vec<GgmlType> =
         names.iter().filter_map(|n| out.get(n)).filter(|(d, _, _)| d.len() == 2).map(|(_, t, _)| *t).collect();
-    let file_type = {
-        let mut counts: Vec<(GgmlType, usize)> = Vec::new();
-        for &t in &matrix_types {
-            match counts.iter_mut().find(|(x, _)| *x == t) {
-                Some(c) => c.1 += 1,
-                None => counts.push((t, 1)),
-            }
-        }
-        counts.iter().max_by_key(|(_, n)| *n).map_or(0, |(t, _)| file_type_of(*t))
-    };
+    let file_type = majority(&matrix_types).map_or(0, file_type_of);
     let derived = derive_metadata(&m, file_type, &mut rep.notes)?;
     let carry = c.get(CARRY_KEY);
     let mut b = GgufBuilder::new();
@@ -1282,7 +1292,7 @@ pub fn read_hf(dir: &Path) -> Result<HfModel> {
 
 fn write_json(dir: &Path, name: &str, j: &Json) -> Result<()> {
     let p = dir.join(name);
-    let mut bytes = serde_json::to_vec_pretty(j).map_err(|e| model_err(&p.display(), e.to_string()))?;
+    let mut bytes = serde_json::to_vec_pretty(j).map_err(|e| model_err(p.display(), e.to_string()))?;
     bytes.push(b'\n');
     std::fs::write(&p, bytes).map_err(|e| CompressError::io(&p, e))
 }
