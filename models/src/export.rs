@@ -10,7 +10,8 @@
 //!   the two halves of a head, ggml adjacent pairs. Export undoes it, convert re-applies it.
 //! * **Metadata**: `config.json` (LlamaForCausalLM), `tokenizer.json` (byte-level BPE: the
 //!   vocabulary, merges and the pre-tokenizer regexes llama.cpp uses for the file's
-//!   `tokenizer.ggml.pre`), `tokenizer_config.json` (special tokens, chat template),
+//!   `tokenizer.ggml.pre`; SentencePiece: transformers' byte-fallback BPE form, merges derived
+//!   from the scores), `tokenizer_config.json` (special tokens, chat template),
 //!   `generation_config.json`. Everything else — GGUF keys Hugging Face has no place for
 //!   (`general.name`, `tokenizer.ggml.pre`, ...), the order and value type of every key, the
 //!   order of the tensors — goes into a `pith_gguf_metadata` entry of `config.json`: a key's
@@ -668,6 +669,7 @@ const TYPE_UNKNOWN: i32 = 2;
 const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_UNUSED: i32 = 5;
+const TYPE_BYTE: i32 = 6;
 
 /// The tokenizer files for `g`'s tokenizer: `None` when it has none.
 fn export_tokenizer(g: &Gguf<'_>, h: &Hyper, what: &str, notes: &mut Vec<String>) -> Result<Option<(Json, Json)>> {
@@ -675,25 +677,37 @@ fn export_tokenizer(g: &Gguf<'_>, h: &Hyper, what: &str, notes: &mut Vec<String>
         notes.push("the file has no tokenizer; no tokenizer.json written".into());
         return Ok(None);
     };
-    if model != "gpt2" {
-        return Err(model_err(
-            what,
-            format!(
-                "tokenizer.ggml.model '{model}' is not supported: export writes byte-level BPE ('gpt2') \
-                 tokenizers only{}",
-                if model == "llama" { " (this one is SentencePiece)" } else { "" }
-            ),
-        ));
-    }
+    let spm = match model {
+        "gpt2" => false,
+        "llama" => true,
+        _ => {
+            return Err(model_err(
+                what,
+                format!(
+                    "tokenizer.ggml.model '{model}' is not supported: export writes byte-level BPE ('gpt2') and \
+                     SentencePiece ('llama') tokenizers"
+                ),
+            ))
+        }
+    };
     let arr = |k: &str| -> Result<_> { g.get_array(k)?.ok_or_else(|| model_err(what, format!("{k} is missing"))) };
     let tokens: Vec<&str> = arr("tokenizer.ggml.tokens")?
         .strings()
         .ok_or_else(|| model_err(what, "tokenizer.ggml.tokens is not an array of strings"))?
         .collect();
-    let merges: Vec<&str> = arr("tokenizer.ggml.merges")?
-        .strings()
-        .ok_or_else(|| model_err(what, "tokenizer.ggml.merges is not an array of strings"))?
-        .collect();
+    let merges: Vec<String> = if spm {
+        let scores: Vec<f32> = match g.get_array("tokenizer.ggml.scores")? {
+            Some(a) => a.f32s().ok_or_else(|| model_err(what, "tokenizer.ggml.scores is not numbers"))?.collect(),
+            None => vec![0.0; tokens.len()],
+        };
+        spm_merges(&tokens, &scores)
+    } else {
+        arr("tokenizer.ggml.merges")?
+            .strings()
+            .ok_or_else(|| model_err(what, "tokenizer.ggml.merges is not an array of strings"))?
+            .map(String::from)
+            .collect()
+    };
     let types: Vec<i64> = match g.get_array("tokenizer.ggml.token_type")? {
         Some(a) => a.ints().ok_or_else(|| model_err(what, "tokenizer.ggml.token_type is not integers"))?.collect(),
         None => vec![TYPE_NORMAL as i64; tokens.len()],
@@ -714,6 +728,7 @@ fn export_tokenizer(g: &Gguf<'_>, h: &Hyper, what: &str, notes: &mut Vec<String>
     }
     let pre = g.get_str("tokenizer.ggml.pre")?;
     let (pre_tokenizer, ignore_merges) = match pre.and_then(pith::tokenizer::bpe_pre_split) {
+        _ if spm => (Json::Null, false),
         Some((regexes, ignore)) => {
             let mut seq: Vec<Json> = regexes
                 .iter()
@@ -735,8 +750,9 @@ fn export_tokenizer(g: &Gguf<'_>, h: &Hyper, what: &str, notes: &mut Vec<String>
     };
     let add_bos = g.get_bool("tokenizer.ggml.add_bos_token")?;
     let add_eos = g.get_bool("tokenizer.ggml.add_eos_token")?;
-    let (bos, eos) = (id("bos_token_id")?, id("eos_token_id")?);
-    let bos = bos.filter(|_| add_bos == Some(true));
+    // llama.cpp's defaults where the keys are absent: SentencePiece adds BOS, BPE does not.
+    let (bos, eos) = (id("bos_token_id")?.or(Some(1).filter(|_| spm)), id("eos_token_id")?);
+    let bos = bos.filter(|_| add_bos.unwrap_or(spm));
     let eos = eos.filter(|_| add_eos == Some(true));
     let post_processor = if bos.is_some() || eos.is_some() {
         let piece = |seq: &str, type_id: u32| -> Vec<Json> {
@@ -757,18 +773,47 @@ fn export_tokenizer(g: &Gguf<'_>, h: &Hyper, what: &str, notes: &mut Vec<String>
     } else {
         json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
     };
+    let (normalizer, decoder, unk_token) = if spm {
+        // Hugging Face's LlamaTokenizerFast form: spaces as ▁ (and one in front), byte fallback.
+        let space_prefix = g.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+        let mut norms = Vec::new();
+        if space_prefix {
+            norms.push(json!({"type": "Prepend", "prepend": "▁"}));
+        }
+        norms.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+        let mut decoders = vec![
+            json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+        ];
+        if space_prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        let unk = id("unknown_token_id")?.or(Some(0).filter(|&u| u < tokens.len())).map(|u| tokens[u]);
+        (
+            json!({"type": "Sequence", "normalizers": norms}),
+            json!({"type": "Sequence", "decoders": decoders}),
+            json!(unk),
+        )
+    } else {
+        (
+            Json::Null,
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+            Json::Null,
+        )
+    };
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "decoder": decoder,
         "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "type": "BPE", "dropout": null, "unk_token": unk_token, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": spm, "byte_fallback": spm,
             "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges,
         },
     });
@@ -797,6 +842,37 @@ fn export_tokenizer(g: &Gguf<'_>, h: &Hyper, what: &str, notes: &mut Vec<String>
         tc["chat_template"] = json!(t);
     }
     Ok(Some((tokenizer, tc)))
+}
+
+/// `<0xXX>`: a SentencePiece byte token.
+fn is_byte_token(t: &str) -> bool {
+    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// BPE merges that reproduce SentencePiece's score-driven merging (as transformers'
+/// `SentencePieceExtractor` derives them): every split of a token into two tokens, ranked by
+/// the merged token's score, highest first (ties: the merged token's id, then the split's ids).
+fn spm_merges(tokens: &[&str], scores: &[f32]) -> Vec<String> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !is_byte_token(t) {
+            index.entry(t).or_insert(i);
+        }
+    }
+    let mut merges: Vec<(f32, usize, usize, usize, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if index.get(t) != Some(&i) {
+            continue;
+        }
+        for (k, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(k);
+            if let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) {
+                merges.push((scores.get(i).copied().unwrap_or(0.0), i, ia, ib, format!("{a} {b}")));
+            }
+        }
+    }
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2, x.3).cmp(&(y.1, y.2, y.3))));
+    merges.into_iter().map(|m| m.4).collect()
 }
 
 // ---- the GGUF metadata a Hugging Face model gives ------------------------------------------------
@@ -833,6 +909,19 @@ fn hyper_of_config(c: &Json, what: &str) -> Result<Hyper> {
         eps: f("rms_norm_eps", 1e-6)?,
         theta: f("rope_theta", 10000.0)?,
     })
+}
+
+/// The steps of a `Sequence` normalizer or pre-tokenizer (or the one step it is).
+fn json_seq<'a>(j: Option<&'a Json>, key: &str) -> impl Iterator<Item = &'a Json> {
+    let steps = match j {
+        Some(j) => match j.get(key).and_then(Json::as_array) {
+            Some(a) => a.iter().collect(),
+            None if !j.is_null() => vec![j],
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+    steps.into_iter()
 }
 
 /// A special token of `tokenizer_config.json` (a string, or an object with `content`).
@@ -876,13 +965,7 @@ fn derive_metadata(m: &HfModel, file_type: u32, notes: &mut Vec<String>) -> Resu
     if mtype != "BPE" {
         return Err(model_err(what, format!("model type '{mtype}' is not supported (byte-level BPE only)")));
     }
-    if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
-        return Err(model_err(
-            what,
-            "a SentencePiece-style BPE (byte_fallback) is not supported; convert writes byte-level BPE ('gpt2') \
-             tokenizers only",
-        ));
-    }
+    let spm = model.get("byte_fallback").and_then(Json::as_bool) == Some(true);
     let vocab =
         model.get("vocab").and_then(Json::as_object).ok_or_else(|| model_err(what, "model.vocab is missing"))?;
     let mut by_id: BTreeMap<usize, (String, i32)> = BTreeMap::new();
@@ -896,6 +979,16 @@ fn derive_metadata(m: &HfModel, file_type: u32, notes: &mut Vec<String>) -> Resu
         };
         let special = a.get("special").and_then(Json::as_bool).unwrap_or(false);
         by_id.insert(i as usize, (t.into(), if special { TYPE_CONTROL } else { TYPE_USER_DEFINED }));
+    }
+    if spm {
+        let unk = model.get("unk_token").and_then(Json::as_str);
+        for (t, ty) in by_id.values_mut() {
+            if Some(t.as_str()) == unk {
+                *ty = TYPE_UNKNOWN;
+            } else if *ty == TYPE_NORMAL && is_byte_token(t) {
+                *ty = TYPE_BYTE;
+            }
+        }
     }
     let n = by_id.keys().next_back().map_or(0, |&k| k + 1).max(h.n_vocab);
     let (mut tokens, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -926,19 +1019,50 @@ fn derive_metadata(m: &HfModel, file_type: u32, notes: &mut Vec<String>) -> Resu
         })
         .collect::<Option<_>>()
         .ok_or_else(|| model_err(what, "model.merges holds something other than pairs"))?;
-    out.push(("tokenizer.ggml.model".into(), OwnedValue::String("gpt2".into())));
-    if let Some(pre) = pre_name(tok.get("pre_tokenizer"), model.get("ignore_merges").and_then(Json::as_bool)) {
-        out.push(("tokenizer.ggml.pre".into(), OwnedValue::String(pre.into())));
-    } else {
-        notes.push(
-            "the pre-tokenizer of tokenizer.json is not one convert recognises; tokenizer.ggml.pre is 'default'".into(),
-        );
-        out.push(("tokenizer.ggml.pre".into(), OwnedValue::String("default".into())));
-    }
     let index: HashMap<&str, usize> = tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
-    out.push(("tokenizer.ggml.tokens".into(), OwnedValue::strings(tokens.iter().cloned())));
-    out.push(("tokenizer.ggml.token_type".into(), OwnedValue::i32s(types)));
-    out.push(("tokenizer.ggml.merges".into(), OwnedValue::strings(merges)));
+    if spm {
+        // Scores that make SentencePiece's merging follow the merge ranks: a token's score is
+        // minus the rank of the first merge giving it; tokens no merge gives score 0.
+        let mut scores = vec![0f32; tokens.len()];
+        let mut seen = vec![false; tokens.len()];
+        for (rank, m) in merges.iter().enumerate() {
+            if let Some((a, b)) = m.split_once(' ') {
+                if let Some(&i) = index.get(format!("{a}{b}").as_str()) {
+                    if !seen[i] {
+                        seen[i] = true;
+                        scores[i] = -(rank as f32);
+                    }
+                }
+            }
+        }
+        let pre = tok.get("pre_tokenizer");
+        let space_prefix = json_seq(tok.get("normalizer"), "normalizers")
+            .any(|n| n.get("type").and_then(Json::as_str) == Some("Prepend"))
+            || json_seq(pre, "pretokenizers").any(|p| {
+                p.get("type").and_then(Json::as_str) == Some("Metaspace")
+                    && p.get("prepend_scheme").and_then(Json::as_str) != Some("never")
+                    && p.get("add_prefix_space").and_then(Json::as_bool) != Some(false)
+            });
+        out.push(("tokenizer.ggml.model".into(), OwnedValue::String("llama".into())));
+        out.push(("tokenizer.ggml.tokens".into(), OwnedValue::strings(tokens.iter().cloned())));
+        out.push(("tokenizer.ggml.scores".into(), OwnedValue::f32s(scores)));
+        out.push(("tokenizer.ggml.token_type".into(), OwnedValue::i32s(types)));
+        out.push(("tokenizer.ggml.add_space_prefix".into(), OwnedValue::Bool(space_prefix)));
+    } else {
+        out.push(("tokenizer.ggml.model".into(), OwnedValue::String("gpt2".into())));
+        if let Some(pre) = pre_name(tok.get("pre_tokenizer"), model.get("ignore_merges").and_then(Json::as_bool)) {
+            out.push(("tokenizer.ggml.pre".into(), OwnedValue::String(pre.into())));
+        } else {
+            notes.push(
+                "the pre-tokenizer of tokenizer.json is not one convert recognises; tokenizer.ggml.pre is 'default'"
+                    .into(),
+            );
+            out.push(("tokenizer.ggml.pre".into(), OwnedValue::String("default".into())));
+        }
+        out.push(("tokenizer.ggml.tokens".into(), OwnedValue::strings(tokens.iter().cloned())));
+        out.push(("tokenizer.ggml.token_type".into(), OwnedValue::i32s(types)));
+        out.push(("tokenizer.ggml.merges".into(), OwnedValue::strings(merges)));
+    }
     let tc = m.tokenizer_config.as_ref();
     let by_text = |k: &str| token_text(tc.and_then(|t| t.get(k))).and_then(|s| index.get(s).copied());
     let ids = [

@@ -419,12 +419,21 @@ fn bad_input_is_refused_and_leaves_nothing() {
     std::fs::write(d.p("qwen.gguf"), qwen).unwrap();
     let e = err_of(do_export(&d.p("qwen.gguf"), &d.p("out"), false));
     assert!(e.contains("general.architecture is 'qwen2'") && e.contains("llama"), "{e}");
-    // SentencePiece tokenizer.
+    // A tokenizer model export does not write.
     let toks = spm_vocab(&["the"], 0);
     let (spm, _) = build(&TinySpec { n_vocab: toks.len(), vocab: Some(toks), ..Default::default() });
-    std::fs::write(d.p("spm.gguf"), spm).unwrap();
+    let g = Gguf::parse(&spm).unwrap();
+    let mut b = GgufBuilder::new();
+    for (k, v) in &g.metadata {
+        b.kv(k, OwnedValue::from_value(v));
+    }
+    b.kv("tokenizer.ggml.model", OwnedValue::String("t5".into()));
+    for t in &g.tensors {
+        b.tensor(t.name, &t.dims, t.ty, t.data.to_vec());
+    }
+    std::fs::write(d.p("spm.gguf"), b.to_bytes()).unwrap();
     let e = err_of(do_export(&d.p("spm.gguf"), &d.p("out"), false));
-    assert!(e.contains("tokenizer.ggml.model 'llama' is not supported"), "{e}");
+    assert!(e.contains("tokenizer.ggml.model 't5' is not supported"), "{e}");
     // A missing tensor in the GGUF.
     let bytes = model(&spec(GgmlType::F32, false, 1), false);
     let g = Gguf::parse(&bytes).unwrap();
@@ -536,4 +545,73 @@ fn the_binary_has_both_commands() {
     run(&[Path::new("export"), &d.p("in.gguf"), &d.p("hf")]);
     run(&[Path::new("convert"), &d.p("hf"), &d.p("back.gguf")]);
     assert!(std::fs::read(d.p("back.gguf")).unwrap() == bytes);
+}
+
+/// The fixtures' SentencePiece vocabulary (byte tokens, <unk> <s> </s>; scores −length, many
+/// tied, or with `distinct` −id, as Llama 2's are).
+fn spm_model(seed: u64, distinct: bool) -> (Vec<u8>, TinySpec) {
+    let mut toks = spm_vocab(&["the", "cat", "sat", "on", "mat", "t", "c", "s", "m", "th", "ca", "ma"], 0);
+    // Pieces without ▁, so that words are reached by several merge paths.
+    toks.extend(["he", "at", "th", "the", "ca", "cat", "ma", "mat", "on", "ti", "ic", "tic"].map(String::from));
+    let sp = TinySpec { n_vocab: toks.len(), vocab: Some(toks), seed, ..Default::default() };
+    let (bytes, _) = build(&sp);
+    if !distinct {
+        return (bytes, sp);
+    }
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut b = GgufBuilder::new();
+    for (k, v) in &g.metadata {
+        b.kv(k, OwnedValue::from_value(v));
+    }
+    let n = sp.n_vocab;
+    b.kv("tokenizer.ggml.scores", OwnedValue::f32s((0..n).map(|i| if i < 259 { 0.0 } else { -(i as f32) })));
+    for t in &g.tensors {
+        b.tensor(t.name, &t.dims, t.ty, t.data.to_vec());
+    }
+    (b.to_bytes(), sp)
+}
+
+#[test]
+fn sentencepiece_round_trip_is_byte_exact() {
+    let d = Dir::new();
+    let (bytes, _) = spm_model(21, false);
+    std::fs::write(d.p("in.gguf"), &bytes).unwrap();
+    do_export(&d.p("in.gguf"), &d.p("hf"), false).unwrap();
+    let tok: Json = serde_json::from_slice(&std::fs::read(d.p("hf/tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tok["model"]["byte_fallback"], Json::Bool(true));
+    assert_eq!(tok["model"]["unk_token"], Json::String("<unk>".into()));
+    let merges = tok["model"]["merges"].as_array().unwrap();
+    for m in ["h e", "c at", "ca t", "m at", "ma t", "▁ the", "▁t he", "▁th e"] {
+        assert!(merges.contains(&Json::String(m.into())), "{m}");
+    }
+    do_convert(&d.p("hf"), &d.p("back.gguf"), None).unwrap();
+    assert!(std::fs::read(d.p("back.gguf")).unwrap() == bytes);
+}
+
+/// Without the carried scores (a folder another tool wrote), the scores convert derives from
+/// the merge ranks tokenize as the original scores do (distinct scores: where two pairs tie,
+/// SentencePiece merges the leftmost and BPE the higher-ranked, which can part).
+#[test]
+fn sentencepiece_folder_without_carried_metadata_tokenizes_the_same() {
+    let d = Dir::new();
+    let (bytes, _) = spm_model(22, true);
+    std::fs::write(d.p("in.gguf"), &bytes).unwrap();
+    do_export(&d.p("in.gguf"), &d.p("hf"), false).unwrap();
+    let mut c = read_config(&d.p("hf"));
+    c.as_object_mut().unwrap().remove("pith_gguf_metadata");
+    write_config(&d.p("hf"), &c);
+    do_convert(&d.p("hf"), &d.p("back.gguf"), None).unwrap();
+    let back = std::fs::read(d.p("back.gguf")).unwrap();
+    let (ga, gb) = (Gguf::parse(&bytes).unwrap(), Gguf::parse(&back).unwrap());
+    for k in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"] {
+        assert_eq!(ga.get(k), gb.get(k), "{k}");
+    }
+    let (ta, tb) = (Tokenizer::from_gguf(&ga).unwrap(), Tokenizer::from_gguf(&gb).unwrap());
+    for text in ["the cat sat on the mat", "he sat at the cat mat", "thematic cats, 42 é", "  the  mat "] {
+        let ids = ta.encode(text, true).unwrap();
+        assert_eq!(ids, tb.encode(text, true).unwrap(), "{text:?}");
+    }
+    let toks: Vec<u32> = (0..8).map(|i| (i * 29 % 300) as u32).collect();
+    let (a, b) = (logits(&d.p("in.gguf"), &toks), logits(&d.p("back.gguf"), &toks));
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
