@@ -156,6 +156,8 @@ pub struct HfModel {
     pub tokenizer: Option<Json>,
     pub tokenizer_config: Option<Json>,
     pub generation_config: Option<Json>,
+    /// `chat_template.jinja` (where transformers 5 saves the template).
+    pub chat_template: Option<String>,
     pub tensors: Vec<HfTensor>,
 }
 
@@ -589,7 +591,14 @@ pub fn export(g: &Gguf<'_>, what: &str) -> Result<(HfModel, ExportReport)> {
             generation_config[k] = v.clone();
         }
     }
-    let mut m = HfModel { config, tokenizer, tokenizer_config, generation_config: Some(generation_config), tensors };
+    let mut m = HfModel {
+        config,
+        tokenizer,
+        tokenizer_config,
+        generation_config: Some(generation_config),
+        chat_template: None,
+        tensors,
+    };
 
     // What reading the Hugging Face files back gives; carry the rest.
     let reread = |j: &Option<Json>| -> Result<Option<Json>> {
@@ -603,6 +612,7 @@ pub fn export(g: &Gguf<'_>, what: &str) -> Result<(HfModel, ExportReport)> {
         tokenizer: reread(&m.tokenizer)?,
         tokenizer_config: reread(&m.tokenizer_config)?,
         generation_config: None,
+        chat_template: None,
         tensors: Vec::new(),
     };
     let derived: HashMap<String, OwnedValue> =
@@ -907,7 +917,15 @@ fn hyper_of_config(c: &Json, what: &str) -> Result<Hyper> {
         n_vocab: need("vocab_size")?,
         // transformers' LlamaConfig defaults.
         eps: f("rms_norm_eps", 1e-6)?,
-        theta: f("rope_theta", 10000.0)?,
+        // transformers 5 writes it into `rope_parameters`.
+        theta: match c
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .filter(|_| c.get("rope_theta").is_none())
+        {
+            Some(j) => json_f32(j).ok_or_else(|| model_err(what, "rope_parameters.rope_theta is not a number"))?,
+            None => f("rope_theta", 10000.0)?,
+        },
     })
 }
 
@@ -1076,12 +1094,29 @@ fn derive_metadata(m: &HfModel, file_type: u32, notes: &mut Vec<String>) -> Resu
             out.push((format!("tokenizer.ggml.{k}"), u32v(v)));
         }
     }
-    for k in ["add_bos_token", "add_eos_token"] {
-        if let Some(b) = tc.and_then(|t| t.get(k)).and_then(Json::as_bool) {
-            out.push((format!("tokenizer.ggml.{k}"), OwnedValue::Bool(b)));
-        }
+    // tokenizer_config.json's flags, else what tokenizer.json's post-processor does (transformers
+    // 5 saves no flags).
+    let single: Vec<&str> = tok
+        .get("post_processor")
+        .map(|p| json_seq(Some(p), "processors").collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.get("type").and_then(Json::as_str) == Some("TemplateProcessing"))
+        .flat_map(|p| p.get("single").and_then(Json::as_array).cloned().unwrap_or_default())
+        .map(|piece| match piece.get("SpecialToken").and_then(|t| t.get("id")).and_then(Json::as_str) {
+            Some(_) => "special",
+            None => "sequence",
+        })
+        .collect();
+    let seq_at = single.iter().position(|&p| p == "sequence");
+    let from_post = [seq_at.is_some_and(|i| i > 0), seq_at.is_some_and(|i| i + 1 < single.len())];
+    for (k, post) in ["add_bos_token", "add_eos_token"].into_iter().zip(from_post) {
+        let b = tc.and_then(|t| t.get(k)).and_then(Json::as_bool).unwrap_or(post);
+        out.push((format!("tokenizer.ggml.{k}"), OwnedValue::Bool(b)));
     }
-    match tc.and_then(|t| t.get("chat_template")) {
+    let template =
+        tc.and_then(|t| t.get("chat_template")).cloned().or_else(|| m.chat_template.clone().map(Json::String));
+    match template.as_ref() {
         Some(Json::String(s)) => out.push(("tokenizer.chat_template".into(), OwnedValue::String(s.clone()))),
         Some(Json::Array(list)) => {
             for t in list {
@@ -1212,8 +1247,12 @@ pub fn convert(mut m: HfModel, ty: Option<GgmlType>) -> Result<(GgufBuilder, Con
             format!("model_type {mt:?} / architectures {archs:?}: convert handles llama (LlamaForCausalLM) only"),
         ));
     }
-    if c.get("rope_scaling").is_some_and(|r| !r.is_null()) {
-        return Err(model_err(what, "rope_scaling is not supported by convert"));
+    for k in ["rope_scaling", "rope_parameters"] {
+        let Some(r) = c.get(k).filter(|r| !r.is_null()) else { continue };
+        let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str);
+        if ty != Some("default") {
+            return Err(model_err(what, format!("{k} of type {ty:?} is not supported by convert (plain RoPE only)")));
+        }
     }
     if let Some(act) = c.get("hidden_act").and_then(Json::as_str) {
         if act != "silu" {
@@ -1308,9 +1347,10 @@ pub fn convert(mut m: HfModel, ty: Option<GgmlType>) -> Result<(GgufBuilder, Con
                             (_, _, Some(j)) => value_from_json(t, elem, j)
                                 .ok_or_else(|| bad(&format!("the value of {key} is not a {tname}")))?,
                             (_, None, None) => {
-                                return Err(bad(&format!(
-                                    "{key} has no value, and the Hugging Face files do not give one as {tname}"
-                                )))
+                                rep.notes.push(format!(
+                                    "{CARRY_KEY} lists {key}, which the Hugging Face files no longer give; left out"
+                                ));
+                                continue;
                             }
                         }
                     }
@@ -1410,6 +1450,14 @@ pub fn read_hf(dir: &Path) -> Result<HfModel> {
         tokenizer: read_json_opt(&dir.join("tokenizer.json"))?,
         tokenizer_config: read_json_opt(&dir.join("tokenizer_config.json"))?,
         generation_config: read_json_opt(&dir.join("generation_config.json"))?,
+        chat_template: {
+            let p = dir.join("chat_template.jinja");
+            match std::fs::read_to_string(&p) {
+                Ok(s) => Some(s),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(CompressError::io(&p, e)),
+            }
+        },
         tensors,
     })
 }

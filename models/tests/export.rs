@@ -386,6 +386,49 @@ fn a_plain_hugging_face_folder_converts() {
     assert_eq!(ids, tb.encode(text, true).unwrap());
 }
 
+/// A folder as transformers 5's `save_pretrained` leaves the exported one: `rope_theta` inside
+/// `rope_parameters`, `dtype` for `torch_dtype`, no `add_bos_token`, the chat template in
+/// `chat_template.jinja`, merges as pairs; `pith_gguf_metadata` kept. It converts to the
+/// original file, byte for byte.
+#[test]
+fn a_folder_saved_by_transformers_5_round_trips() {
+    let d = Dir::new();
+    let bytes = model(&spec(GgmlType::F32, true, 12), true);
+    std::fs::write(d.p("in.gguf"), &bytes).unwrap();
+    do_export(&d.p("in.gguf"), &d.p("hf"), false).unwrap();
+    let hf = d.p("hf");
+    let mut c = read_config(&hf);
+    let o = c.as_object_mut().unwrap();
+    let theta = o.remove("rope_theta").unwrap();
+    o.remove("rope_scaling");
+    o.insert("rope_parameters".into(), serde_json::json!({"rope_theta": theta, "rope_type": "default"}));
+    let dt = o.remove("torch_dtype").unwrap();
+    o.insert("dtype".into(), dt);
+    write_config(&hf, &c);
+    let tcp = hf.join("tokenizer_config.json");
+    let mut tc: Json = serde_json::from_slice(&std::fs::read(&tcp).unwrap()).unwrap();
+    let o = tc.as_object_mut().unwrap();
+    assert_eq!(o.remove("add_bos_token"), Some(Json::Bool(false)));
+    let template = o.remove("chat_template").unwrap();
+    std::fs::write(hf.join("chat_template.jinja"), template.as_str().unwrap()).unwrap();
+    std::fs::write(&tcp, serde_json::to_vec(&tc).unwrap()).unwrap();
+    let tp = hf.join("tokenizer.json");
+    let mut tok: Json = serde_json::from_slice(&std::fs::read(&tp).unwrap()).unwrap();
+    for m in tok["model"]["merges"].as_array_mut().unwrap() {
+        let (a, b) = m.as_str().unwrap().split_once(' ').unwrap();
+        *m = serde_json::json!([a, b]);
+    }
+    std::fs::write(&tp, serde_json::to_vec(&tok).unwrap()).unwrap();
+    do_convert(&hf, &d.p("back.gguf"), None).unwrap();
+    assert!(std::fs::read(d.p("back.gguf")).unwrap() == bytes);
+    // RoPE scaling is refused by name.
+    let mut c = read_config(&hf);
+    c["rope_parameters"]["rope_type"] = serde_json::json!("llama3");
+    write_config(&hf, &c);
+    let e = err_of(do_convert(&hf, &d.p("x.gguf"), None));
+    assert!(e.contains("rope_parameters") && e.contains("llama3"), "{e}");
+}
+
 #[test]
 fn convert_to_f16_keeps_vectors_f32() {
     let d = Dir::new();
