@@ -13,7 +13,8 @@ use pith::testing::{build, spm_vocab, Rng, TinySpec};
 use pith::tokenizer::Tokenizer;
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
-use pith_models::export::{self, ConvertArgs, ExportArgs};
+use pith_models::convert::{self, ConvertArgs};
+use pith_models::export::{self, ExportArgs};
 use pith_models::CompressError;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -141,12 +142,7 @@ fn do_export(input: &Path, output: &Path, force: bool) -> Result<(), CompressErr
 }
 
 fn do_convert(input: &Path, output: &Path, ty: Option<&str>) -> Result<(), CompressError> {
-    export::run_convert(&ConvertArgs {
-        input: input.into(),
-        output: output.into(),
-        ty: ty.map(String::from),
-        force: false,
-    })
+    convert::run(&ConvertArgs { input: input.into(), output: output.into(), ty: ty.map(String::from), force: false })
 }
 
 fn logits(path: &Path, tokens: &[u32]) -> Vec<f32> {

@@ -28,7 +28,7 @@ enum Cmd {
     /// Write a llama GGUF as a Hugging Face model folder (safetensors, config, tokenizer).
     Export(pith_models::export::ExportArgs),
     /// Write a Hugging Face llama model folder as a GGUF (the inverse of export).
-    Convert(pith_models::export::ConvertArgs),
+    Convert(pith_models::convert::ConvertArgs),
 }
 
 fn main() {
@@ -60,7 +60,7 @@ fn main() {
         Cmd::Lowrank(a) => pith_models::lowrank::run(&a),
         Cmd::Distill(a) => pith_models::distill::run(&a),
         Cmd::Export(a) => pith_models::export::run_export(&a),
-        Cmd::Convert(a) => pith_models::export::run_convert(&a),
+        Cmd::Convert(a) => pith_models::convert::run(&a),
     };
     match r {
         Ok(()) => {}
