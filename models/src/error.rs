@@ -34,6 +34,10 @@ pub enum CompressError {
     /// The text `pith-compress eval` scores is unusable (empty, not UTF-8, too short).
     #[error("evaluation text {path}: {why}")]
     EvalText { path: PathBuf, why: String },
+    /// A model (a GGUF file, a Hugging Face folder or one of its files) that export or convert
+    /// cannot take; names the file or part at fault.
+    #[error("{what}: {why}")]
+    Model { what: String, why: String },
     /// A model cannot be compared with the base (vocabulary), or failed to run; names the model.
     #[error("{model}: {why}")]
     EvalModel { model: String, why: String },
@@ -45,5 +49,11 @@ impl CompressError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CompressError::Io { path: path.into(), source }
+    }
+}
+
+impl From<pith::gguf::GgufError> for CompressError {
+    fn from(e: pith::gguf::GgufError) -> Self {
+        CompressError::Runtime(e.into())
     }
 }

@@ -10,14 +10,17 @@
 //! - [`eval`]: perplexity and KL divergence against a base model, and [`plot`] for the SVG;
 //! - [`prune`]: Minitron-style width and depth pruning by activation importance;
 //! - [`lowrank`]: activation-whitened SVD of the linear weights (merged back to dense);
+//! - [`export`] and [`convert`]: a llama GGUF to a Hugging Face model folder and back;
 //! - [`distill`]: knowledge distillation on candle (feature `train`);
 //! - [`output`]: atomic output files.
 
 pub use pith_fetch::*;
 
+pub mod convert;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod gptq;
 pub mod imatrix;
 pub mod lowrank;

@@ -1159,6 +1159,16 @@ const PRE_MINICPM5: &[&str] = &[
 ];
 const PRE_DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", RE_GPT2, r"\p{N}+", "[0-9][0-9][0-9]"];
 
+/// The regexes llama.cpp splits text with before byte-level BPE for `tokenizer.ggml.pre` =
+/// `pre` (applied in order, each splitting the pieces the previous ones left; matches and the
+/// text between them are kept as pieces), and whether words found whole in the vocabulary skip
+/// the merges. `None` for a name pith does not know or one that is not byte-level. This is what
+/// `pith-compress export` writes as a Hugging Face `tokenizer.json` pre-tokenizer.
+pub fn bpe_pre_split(pre: &str) -> Option<(&'static [&'static str], bool)> {
+    let c = pre_config(pre).ok()?;
+    c.byte_encode.then_some((c.regexes, c.ignore_merges))
+}
+
 fn pre_config(pre: &str) -> Result<PreConfig, Error> {
     let cfg = |name: &'static str, regexes: &'static [&'static str]| PreConfig {
         name,

@@ -25,6 +25,10 @@ enum Cmd {
     Lowrank(pith_models::lowrank::LowrankArgs),
     /// Train a (pruned) student on a teacher's distributions (a build with the `train` feature).
     Distill(pith_models::distill::DistillArgs),
+    /// Write a llama GGUF as a Hugging Face model folder (safetensors, config, tokenizer).
+    Export(pith_models::export::ExportArgs),
+    /// Write a Hugging Face llama model folder as a GGUF (the inverse of export).
+    Convert(pith_models::convert::ConvertArgs),
 }
 
 fn main() {
@@ -55,6 +59,8 @@ fn main() {
         Cmd::Prune(a) => pith_models::prune::run(&a),
         Cmd::Lowrank(a) => pith_models::lowrank::run(&a),
         Cmd::Distill(a) => pith_models::distill::run(&a),
+        Cmd::Export(a) => pith_models::export::run_export(&a),
+        Cmd::Convert(a) => pith_models::convert::run(&a),
     };
     match r {
         Ok(()) => {}
