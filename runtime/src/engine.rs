@@ -29,16 +29,17 @@ impl<'a> Engine<'a> {
 
     /// [`Engine::load`], also saying where the time went.
     ///
-    /// After the GGUF header is parsed, the tokenizer is built on a second thread while this one
-    /// binds the weights, starts the thread team and faults the weights' pages in (the first
-    /// forward pass would otherwise stop at a page fault for every 64 KiB of weights): on two
-    /// cores, the slowest of those steps sets the start-up time, not their sum.
+    /// A second thread faults the weights' pages in from the start (the first forward pass would
+    /// otherwise stop at a page fault for every 64 KiB of weights) while this one parses the
+    /// GGUF header, binds the weights, builds the tokenizer and starts the thread team, then
+    /// helps with whatever of the map is left: on two cores, start-up takes about half the sum
+    /// of the two.
     pub fn load_timed(file: &'a MappedFile, threads: usize) -> Result<(Self, LoadTimings)> {
         Self::load_timed_with(file, threads, |_| Ok(())).map(|(e, (), t)| (e, t))
     }
 
-    /// [`Engine::load_timed`] that also runs `prepare` on the bound model while the tokenizer is
-    /// still being built (`pith run` allocates its [`State`] there); its time is
+    /// [`Engine::load_timed`] that also runs `prepare` on the bound model while the pages are
+    /// still being faulted in (`pith run` allocates its [`State`] there); its time is
     /// [`LoadTimings::prepare`].
     pub fn load_timed_with<S>(
         file: &'a MappedFile,
@@ -47,35 +48,45 @@ impl<'a> Engine<'a> {
     ) -> Result<(Self, S, LoadTimings)> {
         use std::time::Instant;
         let mut t = LoadTimings::default();
-        let start = Instant::now();
-        let gguf = file.gguf()?;
-        t.parse = start.elapsed();
-        let (model, tokenizer, pool, prepared) = std::thread::scope(|s| -> Result<_> {
-            let g = &gguf;
-            let tok = s.spawn(move || {
+        let claimed = std::sync::atomic::AtomicU64::new(0);
+        let (gguf, model, tokenizer, pool, prepared) = std::thread::scope(|s| -> Result<_> {
+            let faults = s.spawn(|| {
                 let start = Instant::now();
-                Tokenizer::from_gguf(g).map(|tk| (tk, start.elapsed()))
+                file.prefault_pieces(&claimed, false);
+                start.elapsed()
             });
+            let loaded = (|| -> Result<_> {
+                let start = Instant::now();
+                let gguf = file.gguf()?;
+                t.parse = start.elapsed();
+                let start = Instant::now();
+                let model = Model::from_gguf(&gguf).map_err(|e| file.context(e));
+                t.bind = start.elapsed();
+                let start = Instant::now();
+                // (Without a model there is nothing to prepare; its own error is returned below.)
+                let prepared = model.as_ref().map_err(|e| Error::Tokenizer(e.to_string())).and_then(prepare);
+                t.prepare = start.elapsed();
+                let start = Instant::now();
+                // A tokenizer error is reported before a model error, as when it was built alongside.
+                let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| file.context(e))?;
+                t.tokenizer = start.elapsed();
+                let start = Instant::now();
+                let pool = Pool::new(threads);
+                t.threads = start.elapsed();
+                let model = model?;
+                Ok((gguf, model, tokenizer, pool?, prepared?))
+            })();
             let start = Instant::now();
-            let model = Model::from_gguf(&gguf).map_err(|e| file.context(e));
-            t.bind = start.elapsed();
-            let start = Instant::now();
-            let pool = Pool::new(threads);
-            t.threads = start.elapsed();
-            let start = Instant::now();
-            file.prefault();
-            t.prefault = start.elapsed();
-            let start = Instant::now();
-            // (Without a model there is nothing to prepare; its own error is returned below.)
-            let prepared = model.as_ref().map_err(|e| Error::Tokenizer(e.to_string())).and_then(prepare);
-            t.prepare = start.elapsed();
-            let start = Instant::now();
-            let tok = tok.join().map_err(|_| file.context(Error::Tokenizer("the tokenizer build panicked".into())))?;
-            t.tokenizer_wait = start.elapsed();
-            let (tokenizer, took) = tok.map_err(|e| file.context(e))?;
-            t.tokenizer = took;
-            let model = model?;
-            Ok((model, tokenizer, pool?, prepared?))
+            if loaded.is_ok() {
+                file.prefault_pieces(&claimed, true); // what the other thread has not got to yet
+            } else {
+                MappedFile::stop_prefault(&claimed);
+            }
+            let faulted =
+                faults.join().map_err(|_| file.context(Error::Threads("the page-fault thread panicked".into())));
+            t.prefault_wait = start.elapsed();
+            t.prefault = faulted?;
+            loaded
         })?;
         let start = Instant::now();
         let tok_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
@@ -220,25 +231,25 @@ pub(crate) fn decode_loop(
     Ok(out)
 }
 
-/// Where [`Engine::load_timed`] spent its time. `tokenizer` ran on a second thread alongside
-/// `bind`, `threads`, `prefault` and `prepare`; `tokenizer_wait` is how long the loading thread then waited
-/// for it.
+/// Where [`Engine::load_timed`] spent its time. `prefault` ran on a second thread alongside
+/// `parse`, `bind`, `prepare`, `tokenizer` and `threads`; `prefault_wait` is how long the loading
+/// thread then spent on the pages left and waiting for that thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadTimings {
     /// GGUF header, metadata and tensor table.
     pub parse: std::time::Duration,
     /// Binding the weights (shapes and types checked).
     pub bind: std::time::Duration,
-    /// Starting the thread team.
-    pub threads: std::time::Duration,
-    /// Faulting the weights' pages in ([`MappedFile::prefault`]).
-    pub prefault: std::time::Duration,
     /// The caller's `prepare` step ([`Engine::load_timed_with`]).
     pub prepare: std::time::Duration,
-    /// Building the tokenizer from `tokenizer.ggml.*` (second thread).
+    /// Building the tokenizer from `tokenizer.ggml.*`.
     pub tokenizer: std::time::Duration,
-    /// Waiting for the tokenizer after the steps above.
-    pub tokenizer_wait: std::time::Duration,
+    /// Starting the thread team.
+    pub threads: std::time::Duration,
+    /// Faulting the weights' pages in ([`MappedFile::prefault_pieces`], second thread).
+    pub prefault: std::time::Duration,
+    /// Faulting the pages that thread had not got to, and waiting for it, after the steps above.
+    pub prefault_wait: std::time::Duration,
     /// Compiling the chat template.
     pub template: std::time::Duration,
 }

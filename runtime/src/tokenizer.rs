@@ -145,6 +145,13 @@ impl Vocab {
             hasher: FastHash::new(),
             has_duplicates: false,
         };
+        // Write to each page of the (zeroed, untouched) index before the inserts read it: a read
+        // maps the shared zero page, and the insert's write then replaces it, which flushes the
+        // TLB of every core running this process — an interrupt per page (~4 ms for the 1 MiB
+        // index while the other loading thread runs).
+        for s in v.slots.iter_mut().step_by(512) {
+            *s = std::hint::black_box(0);
+        }
         for (i, t) in texts.enumerate() {
             if t.is_empty() {
                 v.buf.push_str(&format!("[EMPTY_{i}]")); // llama.cpp's name for an empty token
@@ -212,11 +219,48 @@ enum Algo {
     Bpe(Box<BpeModel>),
 }
 
+/// The merge rules "a b", found by text as llama.cpp's `bpe_ranks` finds them, but indexed by
+/// the token that `a` + `b` make: the rule joining two adjacent symbols is looked up with the
+/// token their joined text is (one vocabulary look-up) and the left symbol's length. Building
+/// it takes no look-ups of the halves (keyed by the halves' ids, two hash look-ups per rule were
+/// most of the tokenizer's start-up).
+struct Merges {
+    /// Per token: the rank and left-half length (bytes) of the first rule making it (rank
+    /// `NONE`: no rule makes it).
+    by_result: Vec<(u32, u32)>,
+    /// Later rules making the same token with another split: (token << 32 | left length) →
+    /// rank; rare.
+    more: HashMap<u64, u32, FastHash>,
+    /// Rules whose joined text is not a token (the joined symbol has no id): (a, b) → rank;
+    /// rare.
+    text: HashMap<(String, String), u32>,
+}
+
+impl Merges {
+    /// The rule joining adjacent symbols whose texts are `joined[..split]` and
+    /// `joined[split..]`: its rank, and the id of the joined text (`NONE` if not a token).
+    fn find(&self, vocab: &Vocab, joined: &str, split: usize) -> Option<(u32, u32)> {
+        match vocab.get(joined) {
+            Some(t) => {
+                let (rank, s) = self.by_result[t as usize];
+                if rank == NONE {
+                    None
+                } else if s as usize == split {
+                    Some((rank, t))
+                } else if self.more.is_empty() {
+                    None
+                } else {
+                    self.more.get(&pair(t, split as u32)).map(|&r| (r, t))
+                }
+            }
+            None if self.text.is_empty() => None,
+            None => self.text.get(&(joined[..split].to_owned(), joined[split..].to_owned())).map(|&r| (r, NONE)),
+        }
+    }
+}
+
 struct BpeModel {
-    /// (left id << 32 | right id) → (rank, id of the concatenation or `NONE`).
-    merges: HashMap<u64, (u32, u32), FastHash>,
-    /// Merges whose halves are not both tokens (llama.cpp matches merges by text); rare.
-    text_merges: HashMap<(String, String), u32>,
+    merges: Merges,
     pre: PreTokenizer,
     /// Map bytes to GPT-2's printable characters before merging (false for `gemma4`).
     byte_encode: bool,
@@ -881,18 +925,10 @@ fn bpe_merge(
             return;
         }
         let (l, r) = (&syms[left as usize], &syms[right as usize]);
-        let found = if l.id != NONE && r.id != NONE {
-            bpe.merges.get(&pair(l.id, r.id)).copied()
-        } else if !bpe.text_merges.is_empty() {
-            let (lt, rt) = (text(l), text(r));
-            bpe.text_merges.get(&(lt.to_owned(), rt.to_owned())).map(|&rank| {
-                let joined = [lt, rt].concat();
-                (rank, vocab.get(&joined).unwrap_or(NONE))
-            })
-        } else {
-            None
-        };
-        if let Some((rank, merged)) = found {
+        // Adjacent symbols: the right one starts where the left one ends.
+        debug_assert_eq!(l.start + l.len, r.start);
+        let joined = &word[l.start as usize..(r.start + r.len) as usize];
+        if let Some((rank, merged)) = bpe.merges.find(vocab, joined, l.len as usize) {
             heap.push(BpeBigram { rank, left, right, llen: l.len, rlen: r.len, merged });
         }
     };
@@ -1233,8 +1269,11 @@ fn build_bpe(g: &Gguf<'_>, vocab: &Vocab, cfg: PreConfig) -> Result<BpeModel, Er
     // listed twice keeps its first rank (all as llama.cpp's `bpe_ranks`).
     let arr = g.get_array("tokenizer.ggml.merges")?.ok_or_else(|| err("tokenizer.ggml.merges is missing"))?;
     let list = arr.strings().ok_or_else(|| err("tokenizer.ggml.merges is not an array of strings"))?;
-    let mut merges = HashMap::with_capacity_and_hasher(arr.len(), FastHash::new());
-    let mut text_merges = HashMap::new();
+    let mut merges = Merges {
+        by_result: vec![(NONE, 0); vocab.len()],
+        more: HashMap::with_hasher(FastHash::new()),
+        text: HashMap::new(),
+    };
     let mut joined = String::new();
     let mut last = NONE;
     for (rank, m) in list.enumerate() {
@@ -1243,34 +1282,38 @@ fn build_bpe(g: &Gguf<'_>, vocab: &Vocab, cfg: PreConfig) -> Result<BpeModel, Er
             continue;
         };
         let (a, b) = (&m[..sp], &m[sp + 1..]);
-        match (vocab.get(a), vocab.get(b)) {
-            (Some(ia), Some(ib)) => {
-                // Vocabularies usually list merge results in merge order: try the token after
-                // the previous result before hashing.
-                let guess = last.wrapping_add(1);
-                let t = vocab.text(guess);
-                let merged =
-                    if !vocab.has_duplicates && t.len() == a.len() + b.len() && t.starts_with(a) && t.ends_with(b) {
-                        guess
-                    } else {
-                        joined.clear();
-                        joined.push_str(a);
-                        joined.push_str(b);
-                        vocab.get(&joined).unwrap_or(NONE)
-                    };
-                if merged != NONE {
-                    last = merged;
+        // Vocabularies usually list merge results in merge order: try the token after the
+        // previous result before hashing. (No token's text is empty, so "a " makes none.)
+        let guess = last.wrapping_add(1);
+        let t = vocab.text(guess);
+        let made = if b.is_empty() {
+            None
+        } else if !vocab.has_duplicates && t.len() == a.len() + b.len() && t.starts_with(a) && t.ends_with(b) {
+            Some(guess)
+        } else {
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            vocab.get(&joined)
+        };
+        match made {
+            Some(id) => {
+                last = id;
+                let split = a.len() as u32;
+                let first = &mut merges.by_result[id as usize];
+                if first.0 == NONE {
+                    *first = (rank, split);
+                } else if first.1 != split {
+                    merges.more.entry(pair(id, split)).or_insert(rank);
                 }
-                merges.entry(pair(ia, ib)).or_insert((rank, merged));
             }
-            _ => {
-                text_merges.entry((a.to_owned(), b.to_owned())).or_insert(rank);
+            None => {
+                merges.text.entry((a.to_owned(), b.to_owned())).or_insert(rank);
             }
         }
     }
     Ok(BpeModel {
         merges,
-        text_merges,
         pre,
         byte_encode: cfg.byte_encode,
         escape_whitespace: cfg.escape_whitespace,

@@ -88,17 +88,14 @@ impl Store {
             key: "n_ctx".to_string(),
             reason: alloc::format!("a KV cache for {n_ctx} tokens cannot be allocated"),
         };
-        // Zeroed memory straight from the allocator: fresh pages, touched only as positions
-        // are written (a memset of the whole cache cost ~5 ms of start-up).
+        // Zeroed memory straight from the allocator (`calloc`: fresh pages from `mmap`, touched
+        // only as positions are written; a memset of the whole cache cost ~5 ms of start-up), and
+        // fallibly. (Not a `try_reserve` probe before `vec![0; n]`: glibc raises its mmap
+        // threshold when the probe's mapping is freed, so the real allocation then came from the
+        // heap and `calloc` cleared all of it — the same ~3-5 ms.)
         Ok(match ty {
-            CacheType::F16 => {
-                Vec::<u16>::new().try_reserve_exact(units).map_err(|_| too_big())?;
-                Store::F16(bytemuck::allocation::try_cast_vec(alloc::vec![0u16; units]).map_err(|_| too_big())?)
-            }
-            _ => {
-                Vec::<u8>::new().try_reserve_exact(units).map_err(|_| too_big())?;
-                Store::Blocks(ty, alloc::vec![0u8; units])
-            }
+            CacheType::F16 => Store::F16(bytemuck::allocation::try_zeroed_vec(units).map_err(|_| too_big())?),
+            _ => Store::Blocks(ty, bytemuck::allocation::try_zeroed_vec(units).map_err(|_| too_big())?),
         })
     }
 
