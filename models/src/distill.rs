@@ -590,8 +590,8 @@ mod train {
     /// Where the teacher runs: pith's own forward pass on the CPU (the fastest CPU path), or
     /// candle on the student's GPU, so that its logits never leave the device.
     enum Teacher<'a> {
-        Pith { model: &'a Model<'a>, state: State, pool: &'a Pool },
-        Device(Student),
+        Pith { model: &'a Model<'a>, state: Box<State>, pool: &'a Pool },
+        Device(Box<Student>),
     }
 
     impl Teacher<'_> {
@@ -802,9 +802,9 @@ mod train {
         let mut teacher = if dev.is_cpu() {
             let mut state = State::new(&teacher_engine.model, a.ctx, a.ctx)?;
             state.set_precision(Precision::F32);
-            Teacher::Pith { model: &teacher_engine.model, state, pool: &teacher_engine.pool }
+            Teacher::Pith { model: &teacher_engine.model, state: Box::new(state), pool: &teacher_engine.pool }
         } else {
-            Teacher::Device(Student::frozen(&teacher_engine.gguf, compute, &dev, a.ctx)?)
+            Teacher::Device(Box::new(Student::frozen(&teacher_engine.gguf, compute, &dev, a.ctx)?))
         };
         crate::progress::note(&format!(
             "distill: {} train / {} held-out sequences of {} ({} tokens of text); {steps} steps of {} × {} sequences ({} tokens, {:.1} epochs); α {} T {}; {} {}{}",
