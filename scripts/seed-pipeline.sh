@@ -19,7 +19,8 @@
 # or any llama GGUF), WIKI (Wikipedia leads), SHAKESPEARE (tinyshakespeare), WIKITEXT (the
 # evaluation text; default ../shared/data/wikitext-2-raw-test.txt). PITH_COMPRESS: the binary
 # (default: built here with `--features train`, or `cuda` with --device cuda). Hyper-parameters:
-# CTX (512), BATCH (16), ACCUM (2), LR (6e-4), WARMUP (30). Students are build outputs in OUT.
+# CTX (512), BATCH (16), ACCUM (2), LR (6e-4), WARMUP (30). RUNS: which distillations, e.g.
+# "kd ce" (default: kd ce depth-kd qat; --quick: kd ce). Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOKENS=65536 DEVICE=cpu OUT=target/seed-pipeline QUICK=0 DEADLINE="" DTYPE=f32
@@ -87,8 +88,13 @@ log "prune: depth to the width-pruned size (${params:-96M})"
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM" --lr "$LR" --warmup "$WARMUP"
     --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every 0 --force)
-RUNS=(${RUNS:-kd ce})
-[[ $QUICK == 1 || -n ${RUNS_SET:-} ]] || RUNS=(kd ce depth-kd qat)
+if [[ -n ${RUNS:-} ]]; then
+    read -ra RUNS <<< "$RUNS"
+elif [[ $QUICK == 1 ]]; then
+    RUNS=(kd ce)
+else
+    RUNS=(kd ce depth-kd qat)
+fi
 now() { date +%s; }
 if [[ $TOKENS == auto ]]; then
     log "measuring the training speed (40 s)"
@@ -124,8 +130,8 @@ for r in "${RUNS[@]}"; do
 done
 
 # --- quantization and evaluation -------------------------------------------------------------
-qrows=(kd)
-[[ $QUICK == 1 ]] || qrows=(kd qat)
+qrows=()  # the distilled width students that were run
+for r in kd qat; do if [[ -n ${RESULT[$r]:-} ]]; then qrows+=("$r"); fi; done
 for r in "${qrows[@]}"; do
     "$PC" imatrix "${RESULT[$r]}" -f "$WIKI" -o "$OUT/$r.imatrix.gguf" -c 512 --chunks "$CAL_CHUNKS" --force
     "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force

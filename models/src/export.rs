@@ -81,13 +81,17 @@ pub(crate) fn tensor_err(tensor: &str, why: impl Into<String>) -> CompressError 
     CompressError::Tensor { tensor: tensor.into(), why: why.into() }
 }
 
+/// GGUF ↔ Hugging Face names of the tensors outside the layers.
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
 /// The Hugging Face name of a GGUF llama tensor.
 pub fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
+    if let Some((_, hf)) = TOP_NAMES.iter().find(|(g, _)| *g == gguf) {
+        return Some((*hf).into());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
@@ -99,11 +103,8 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 
 /// The GGUF name of a Hugging Face llama tensor.
 pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
+    if let Some((g, _)) = TOP_NAMES.iter().find(|(_, h)| *h == hf) {
+        return Some((*g).into());
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
@@ -285,29 +286,11 @@ fn type_of_name(s: &str) -> Option<ValueType> {
     (0..=12).filter_map(ValueType::from_id).find(|&t| type_name(t) == s)
 }
 
-fn value_type(v: &OwnedValue) -> ValueType {
-    match v {
-        OwnedValue::U8(_) => ValueType::U8,
-        OwnedValue::I8(_) => ValueType::I8,
-        OwnedValue::U16(_) => ValueType::U16,
-        OwnedValue::I16(_) => ValueType::I16,
-        OwnedValue::U32(_) => ValueType::U32,
-        OwnedValue::I32(_) => ValueType::I32,
-        OwnedValue::F32(_) => ValueType::F32,
-        OwnedValue::Bool(_) => ValueType::Bool,
-        OwnedValue::String(_) => ValueType::String,
-        OwnedValue::Array(..) => ValueType::Array,
-        OwnedValue::U64(_) => ValueType::U64,
-        OwnedValue::I64(_) => ValueType::I64,
-        OwnedValue::F64(_) => ValueType::F64,
-    }
-}
-
 /// `u32`, `string`, `array<i32>`, ...
 fn full_type_name(v: &OwnedValue) -> String {
     match v {
         OwnedValue::Array(t, _) => format!("array<{}>", type_name(*t)),
-        _ => type_name(value_type(v)).into(),
+        _ => type_name(v.value_type()).into(),
     }
 }
 
@@ -410,7 +393,7 @@ pub(crate) fn cast(v: &OwnedValue, t: ValueType, elem: Option<ValueType>) -> Opt
         ValueType::I64 => OwnedValue::I64(as_int(v)?.try_into().ok()?),
         ValueType::F32 => OwnedValue::F32(float(v)? as f32),
         ValueType::F64 => OwnedValue::F64(float(v)?),
-        ValueType::Bool | ValueType::String => (value_type(v) == t).then(|| v.clone())?,
+        ValueType::Bool | ValueType::String => (v.value_type() == t).then(|| v.clone())?,
         ValueType::Array => {
             let OwnedValue::Array(_, items) = v else { return None };
             let e = elem?;

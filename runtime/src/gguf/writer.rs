@@ -25,7 +25,8 @@ pub enum OwnedValue {
 }
 
 impl OwnedValue {
-    fn value_type(&self) -> ValueType {
+    /// The GGUF value type this value is written as.
+    pub fn value_type(&self) -> ValueType {
         match self {
             OwnedValue::U8(_) => ValueType::U8,
             OwnedValue::I8(_) => ValueType::I8,
