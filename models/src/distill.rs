@@ -55,6 +55,12 @@ pub struct DistillArgs {
     /// Stop after this many seconds: write a checkpoint and say how to resume.
     #[arg(long)]
     pub time_limit: Option<f64>,
+    /// Train for this many seconds of wall time instead of to `--tokens` (which then only caps
+    /// the run): the learning-rate schedule follows the time spent, so the run ends with the
+    /// rate decayed and writes its output. The time spent is kept in checkpoints, so a
+    /// `--resume`d run continues the same schedule.
+    #[arg(long)]
+    pub budget: Option<f64>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
@@ -460,10 +466,13 @@ mod train {
         Ok(total)
     }
 
-    /// AdamW state per variable.
+    /// AdamW state per variable. The moments are written in place (`Var::set`), like the
+    /// weights: nothing that lives from one step to the next is allocated anew each step. On a
+    /// GPU such buffers, re-allocated between a step's transient ones, pin the stream-ordered
+    /// pool's blocks, and its footprint grows step after step until an allocation fails.
     pub struct AdamW {
-        pub m: BTreeMap<String, Tensor>,
-        pub v: BTreeMap<String, Tensor>,
+        pub m: BTreeMap<String, Var>,
+        pub v: BTreeMap<String, Var>,
         pub step: usize,
         pub beta1: f64,
         pub beta2: f64,
@@ -476,8 +485,8 @@ mod train {
             let mut m = BTreeMap::new();
             let mut v = BTreeMap::new();
             for (n, var) in &s.vars {
-                m.insert(n.clone(), var.as_tensor().zeros_like().map_err(ce)?);
-                v.insert(n.clone(), var.as_tensor().zeros_like().map_err(ce)?);
+                m.insert(n.clone(), zeros_var(var)?);
+                v.insert(n.clone(), zeros_var(var)?);
             }
             Ok(AdamW { m, v, step: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay })
         }
@@ -489,13 +498,14 @@ mod train {
             let (c1, c2) = (1.0 - b1.powi(self.step as i32), 1.0 - b2.powi(self.step as i32));
             for (n, var) in &s.vars {
                 let Some(g) = grads.get(n) else { continue };
-                let (m, v) = match (self.m.get(n), self.v.get(n)) {
+                let (mv, vv) = match (self.m.get(n), self.v.get(n)) {
                     (Some(m), Some(v)) => (m, v),
                     _ => continue,
                 };
-                let m = (m.affine(b1, 0.0).map_err(ce)? + g.affine(1.0 - b1, 0.0).map_err(ce)?).map_err(ce)?;
-                let v = (v.affine(b2, 0.0).map_err(ce)? + g.sqr().and_then(|g| g.affine(1.0 - b2, 0.0)).map_err(ce)?)
-                    .map_err(ce)?;
+                let m = (mv.affine(b1, 0.0).map_err(ce)? + g.affine(1.0 - b1, 0.0).map_err(ce)?).map_err(ce)?;
+                let v = (vv.affine(b2, 0.0).map_err(ce)?
+                    + g.sqr().and_then(|g| g.affine(1.0 - b2, 0.0)).map_err(ce)?)
+                .map_err(ce)?;
                 let upd = m
                     .affine(1.0 / c1, 0.0)
                     .and_then(|mh| mh.div(&v.affine(1.0 / c2, 0.0)?.sqrt()?.affine(1.0, self.eps)?))
@@ -505,10 +515,53 @@ mod train {
                 let wd = if w.rank() >= 2 { self.weight_decay } else { 0.0 };
                 let new = (w.affine(1.0 - lr * wd, 0.0).map_err(ce)? - upd.affine(lr, 0.0).map_err(ce)?).map_err(ce)?;
                 var.set(&new.detach()).map_err(ce)?;
-                self.m.insert(n.clone(), m.detach());
-                self.v.insert(n.clone(), v.detach());
+                mv.set(&m.detach()).map_err(ce)?;
+                vv.set(&v.detach()).map_err(ce)?;
             }
             Ok(())
+        }
+    }
+
+    /// A zero `Var` shaped like `like`, on its device.
+    fn zeros_var(like: &Var) -> Result<Var> {
+        Var::zeros(like.shape(), like.dtype(), like.device()).map_err(ce)
+    }
+
+    /// Gradients summed over a step's micro-batches into buffers allocated once (see `AdamW`).
+    pub struct GradSum {
+        sum: BTreeMap<String, Var>,
+        have: std::collections::BTreeSet<String>,
+    }
+
+    impl GradSum {
+        pub fn new(s: &Student) -> Result<Self> {
+            let sum = s.vars.iter().map(|(n, v)| Ok((n.clone(), zeros_var(v)?))).collect::<Result<_>>()?;
+            Ok(GradSum { sum, have: Default::default() })
+        }
+
+        /// Adds one micro-batch's gradients.
+        pub fn add(&mut self, grads: BTreeMap<String, Tensor>) -> Result<()> {
+            for (n, g) in grads {
+                let Some(acc) = self.sum.get(&n) else { continue };
+                if self.have.insert(n) {
+                    acc.set(&g).map_err(ce)?;
+                } else {
+                    acc.set(&(acc.as_tensor() + g).map_err(ce)?).map_err(ce)?;
+                }
+            }
+            Ok(())
+        }
+
+        /// The mean over `n` micro-batches of every gradient added since the last call (the
+        /// means are transient; the sums start again from zero).
+        pub fn take_mean(&mut self, n: usize) -> Result<BTreeMap<String, Tensor>> {
+            let mut out = BTreeMap::new();
+            for name in std::mem::take(&mut self.have) {
+                if let Some(acc) = self.sum.get(&name) {
+                    out.insert(name, acc.as_tensor().affine(1.0 / n as f64, 0.0).map_err(ce)?);
+                }
+            }
+            Ok(out)
         }
     }
 
@@ -518,7 +571,12 @@ mod train {
             return peak * (step + 1) as f64 / warmup as f64;
         }
         let span = total.saturating_sub(warmup).max(1) as f64;
-        let p = ((step - warmup) as f64 / span).min(1.0);
+        lr_cosine((step - warmup) as f64 / span, peak)
+    }
+
+    /// The cosine part of the schedule at progress `p` (0 → `peak`, 1 and beyond → 10 %).
+    pub fn lr_cosine(p: f64, peak: f64) -> f64 {
+        let p = p.clamp(0.0, 1.0);
         let min = 0.1 * peak;
         min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * p).cos())
     }
@@ -615,7 +673,7 @@ mod train {
 
     /// The student's weights (and optimizer state, for a checkpoint) as GGUF over `base`'s
     /// metadata and any tensors the student does not train.
-    fn save(s: &Student, base: &Gguf<'_>, opt: Option<&AdamW>, path: &Path, inputs: &[&Path]) -> Result<()> {
+    fn save(s: &Student, base: &Gguf<'_>, opt: Option<(&AdamW, f64)>, path: &Path, inputs: &[&Path]) -> Result<()> {
         let mut b = carry_metadata(base);
         b.kv("general.file_type", OwnedValue::U32(0));
         let vals = |t: &Tensor| -> Result<Vec<u8>> {
@@ -634,8 +692,9 @@ mod train {
                 }
             }
         }
-        if let Some(o) = opt {
+        if let Some((o, spent)) = opt {
             b.kv("pith.distill.step", OwnedValue::U32(o.step as u32));
+            b.kv("pith.distill.seconds", OwnedValue::F32(spent as f32));
             for n in trained {
                 let dims = base.tensor(n).map(|t| t.dims.clone()).unwrap_or_default();
                 if let (Some(m), Some(v)) = (o.m.get(n), o.v.get(n)) {
@@ -648,8 +707,8 @@ mod train {
     }
 
     /// Loads a checkpoint's weights and optimizer state into `s` / `opt`, refusing one made
-    /// for another shape.
-    fn resume(s: &Student, opt: &mut AdamW, path: &Path) -> Result<()> {
+    /// for another shape; returns the training seconds it had spent.
+    fn resume(s: &Student, opt: &mut AdamW, path: &Path) -> Result<f64> {
         let bad = |why: String| CompressError::BadOption(format!("checkpoint {}: {why}", path.display()));
         let file = pith::file::MappedFile::open(path)?;
         let g = file.gguf()?;
@@ -672,11 +731,13 @@ mod train {
             let m = load(&format!("{n}.adam_m"), var.as_tensor())?;
             let v = load(&format!("{n}.adam_v"), var.as_tensor())?;
             var.set(&w).map_err(ce)?;
-            opt.m.insert(n.clone(), m);
-            opt.v.insert(n.clone(), v);
+            if let (Some(om), Some(ov)) = (opt.m.get(n), opt.v.get(n)) {
+                om.set(&m).map_err(ce)?;
+                ov.set(&v).map_err(ce)?;
+            }
         }
         opt.step = step as usize;
-        Ok(())
+        Ok(g.get_f32("pith.distill.seconds").map_err(pith::Error::from)?.unwrap_or(0.0) as f64)
     }
 
     /// Mean loss over `seqs` (no gradients kept): the distillation loss and the plain CE.
@@ -695,6 +756,36 @@ mod train {
         }
         let n = n.max(1) as f64;
         Ok((kd / n, ce_sum / n))
+    }
+
+    /// On a GPU: bytes (in use, total), after handing the stream-ordered allocator's cached
+    /// free blocks back to the driver when fewer than a quarter of the bytes are free. Blocks
+    /// freed during one backward pass stay in the pool, fragmented, until a trim; without it a
+    /// long run can fail to allocate with most of its "used" memory idle. `None` on the CPU.
+    #[cfg(feature = "cuda")]
+    fn gpu_memory(dev: &Device) -> Option<(usize, usize)> {
+        use candle_core::cuda::cudarc::driver::result;
+        let Device::Cuda(d) = dev else { return None };
+        let stream = d.cuda_stream();
+        let ctx = stream.context();
+        let (free, total) = ctx.mem_get_info().ok()?;
+        if free < total / 4 {
+            stream.synchronize().ok()?;
+            // SAFETY: the device handle comes from the live context, and its default pool lives
+            // as long as the device; trimming only releases blocks no allocation holds.
+            unsafe {
+                let pool = result::device::get_default_mem_pool(ctx.cu_device()).ok()?;
+                result::mem_pool::trim_to(pool, 0).ok()?;
+            }
+            let (free, total) = ctx.mem_get_info().ok()?;
+            return Some((total - free, total));
+        }
+        Some((total - free, total))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn gpu_memory(_: &Device) -> Option<(usize, usize)> {
+        None
     }
 
     fn device(name: &str) -> Result<Device> {
@@ -794,10 +885,19 @@ mod train {
         }
         let per_step = a.batch * a.accum;
         let steps = a.tokens.div_ceil(a.ctx * per_step);
+        if a.budget.is_some_and(|b| b.is_nan() || b <= 0.0) {
+            return Err(CompressError::BadOption("--budget: seconds > 0".into()));
+        }
         let mut opt = AdamW::new(&student, a.weight_decay)?;
+        // Training seconds spent before this process (a resumed run's), for --budget.
+        let mut spent0 = 0.0;
         if let Some(r) = &a.resume {
-            resume(&student, &mut opt, r)?;
-            crate::progress::note(&format!("distill: resumed from {} at step {}", r.display(), opt.step));
+            spent0 = resume(&student, &mut opt, r)?;
+            crate::progress::note(&format!(
+                "distill: resumed from {} at step {} ({spent0:.0} s trained)",
+                r.display(),
+                opt.step
+            ));
         }
         let mut teacher = if dev.is_cpu() {
             let mut state = State::new(&teacher_engine.model, a.ctx, a.ctx)?;
@@ -806,16 +906,22 @@ mod train {
         } else {
             Teacher::Device(Box::new(Student::frozen(&teacher_engine.gguf, compute, &dev, a.ctx)?))
         };
+        let plan = match a.budget {
+            Some(b) => format!("{b:.0} s of training in steps of {} × {} sequences", a.accum, a.batch),
+            None => format!(
+                "{steps} steps of {} × {} sequences ({} tokens, {:.1} epochs)",
+                a.accum,
+                a.batch,
+                steps * per_step * a.ctx,
+                (steps * per_step) as f64 / train.len() as f64
+            ),
+        };
         crate::progress::note(&format!(
-            "distill: {} train / {} held-out sequences of {} ({} tokens of text); {steps} steps of {} × {} sequences ({} tokens, {:.1} epochs); α {} T {}; {} {}{}",
+            "distill: {} train / {} held-out sequences of {} ({} tokens of text); {plan}; α {} T {}; {} {}{}",
             train.len(),
             val.len(),
             a.ctx,
             tokens.len(),
-            a.accum,
-            a.batch,
-            steps * per_step * a.ctx,
-            (steps * per_step) as f64 / train.len() as f64,
             a.alpha,
             a.temperature,
             a.device,
@@ -828,14 +934,21 @@ mod train {
             opt.step,
             c0.exp()
         ));
-        let pb = crate::progress::bar(steps as u64, "distill");
-        pb.set_position(opt.step as u64);
+        // The bar counts steps, or under --budget the seconds of the budget.
+        let pb = match a.budget {
+            Some(b) => crate::progress::bar(b.ceil() as u64, "distill"),
+            None => crate::progress::bar(steps as u64, "distill"),
+        };
+        let position = |step: usize, spent: f64| if a.budget.is_some() { spent as u64 } else { step as u64 };
+        let of_steps = if a.budget.is_some() { String::new() } else { format!("/{steps}") };
+        pb.set_position(position(opt.step, spent0));
         let t0 = std::time::Instant::now();
         let mut trained_tokens = 0usize;
         let mut perm_cache: (usize, Vec<usize>) = (usize::MAX, Vec::new());
         let mut next = opt.step * per_step;
+        let mut gpu: Option<(usize, usize)> = None;
+        let mut sum = GradSum::new(&student)?;
         while opt.step < steps {
-            let mut sum: BTreeMap<String, Tensor> = BTreeMap::new();
             let mut lsum = 0.0;
             for _ in 0..a.accum {
                 let mut batch = Vec::with_capacity(a.batch);
@@ -850,31 +963,35 @@ mod train {
                 let tl = teacher.logits(&batch, &student)?;
                 let (l, g) = grads_batch(&student, &batch, &tl, a.alpha, a.temperature)?;
                 lsum += l;
-                for (n, gt) in g {
-                    let acc = match sum.remove(&n) {
-                        Some(s) => (s + gt).map_err(ce)?,
-                        None => gt,
-                    };
-                    sum.insert(n, acc);
-                }
+                sum.add(g)?;
                 trained_tokens += a.ctx * a.batch;
+                gpu = gpu_memory(&dev).or(gpu);
             }
-            for g in sum.values_mut() {
-                *g = g.affine(1.0 / a.accum as f64, 0.0).map_err(ce)?;
-            }
-            let lr = lr_at(opt.step, steps, a.warmup, a.lr);
-            opt.step(&student, &sum, lr)?;
+            let mean = sum.take_mean(a.accum)?;
+            // Under --budget the schedule's progress is the larger of the steps' and the time's.
+            let lr = match a.budget {
+                Some(b) if opt.step >= a.warmup => {
+                    let by_steps = (opt.step - a.warmup) as f64 / steps.saturating_sub(a.warmup).max(1) as f64;
+                    lr_cosine(by_steps.max((spent0 + t0.elapsed().as_secs_f64()) / b), a.lr)
+                }
+                _ => lr_at(opt.step, steps, a.warmup, a.lr),
+            };
+            opt.step(&student, &mean, lr)?;
+            drop(mean);
             let el = t0.elapsed().as_secs_f64();
-            pb.set_position(opt.step as u64);
+            let budget_spent = a.budget.is_some_and(|b| spent0 + el >= b);
+            pb.set_position(position(opt.step, spent0 + el));
             let msg = format!(
-                "loss {:.4} lr {lr:.2e} {:.0} tok/s",
+                "loss {:.4} lr {lr:.2e} {:.0} tok/s{}",
                 lsum / a.accum as f64,
-                trained_tokens as f64 / el.max(1e-9)
+                trained_tokens as f64 / el.max(1e-9),
+                gpu.map(|(u, t)| format!(" GPU {:.1}/{:.0} GiB", u as f64 / 1073741824.0, t as f64 / 1073741824.0))
+                    .unwrap_or_default()
             );
             pb.set_message(msg.clone());
             let val_now = a.val_every > 0 && opt.step % a.val_every == 0;
-            if pb.is_hidden() && (val_now || opt.step == 1) {
-                crate::progress::note(&format!("distill: step {}/{steps}: {msg}", opt.step));
+            if pb.is_hidden() && (val_now || opt.step == 1 || opt.step % 10 == 0) {
+                crate::progress::note(&format!("distill: step {}{of_steps}: {msg}", opt.step));
             }
             if val_now {
                 let (v, c) = eval_loss(&student, &mut teacher, &val, a)?;
@@ -887,13 +1004,16 @@ mod train {
                 }
             }
             let out_of_time = a.time_limit.is_some_and(|lim| el >= lim);
+            if budget_spent {
+                break;
+            }
             if opt.step < steps && ((a.checkpoint_every > 0 && opt.step % a.checkpoint_every == 0) || out_of_time) {
-                save(&student, &sg, Some(&opt), &ckpt, &inputs)?;
+                save(&student, &sg, Some((&opt, spent0 + el)), &ckpt, &inputs)?;
             }
             if out_of_time && opt.step < steps {
                 pb.finish_and_clear();
                 crate::progress::note(&format!(
-                    "distill: --time-limit reached at step {}/{steps} ({trained_tokens} tokens, {:.0} tok/s); checkpoint {}: continue with the same command and --resume {}",
+                    "distill: --time-limit reached at step {}{of_steps} ({trained_tokens} tokens, {:.0} tok/s); checkpoint {}: continue with the same command and --resume {}",
                     opt.step,
                     trained_tokens as f64 / el.max(1e-9),
                     ckpt.display(),
@@ -909,6 +1029,11 @@ mod train {
             "distill: {trained_tokens} tokens in {el:.0} s ({:.0} tok/s); validation loss {v0:.4} → {v:.4} (CE {c:.4}, PPL {:.2})",
             trained_tokens as f64 / el.max(1e-9),
             c.exp()
+        ));
+        crate::progress::note(&format!(
+            "distill: trained {} steps, {} tokens in all",
+            opt.step,
+            opt.step * per_step * a.ctx
         ));
         // Under --qat the written weights are the fake-quantized ones' latent values; the
         // quantizer rounds them to the grid the training saw.

@@ -3,13 +3,15 @@
 //! loss, and the binary trains, checkpoints, resumes and refuses bad input.
 #![cfg(feature = "train")]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use pith::gguf::Gguf;
 use pith::model::{Logits, Model, State};
 use pith::testing::{build, spm_vocab, TinySpec};
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
-use pith_models::distill::{fake_quant, grads, grads_batch, loss, lr_at, teacher_logits, AdamW, Student};
+use pith_models::distill::{
+    fake_quant, grads, grads_batch, loss, lr_at, lr_cosine, teacher_logits, AdamW, GradSum, Student,
+};
 use pith_models::prune::AlignedBytes;
 use std::process::Command;
 
@@ -108,13 +110,40 @@ fn one_step_lowers_the_loss() {
     // Nothing carries a step's graph into the next step (a graph kept alive by a gradient or
     // a moment would keep every activation of its step on the device).
     assert!(g.values().all(|t| !t.track_op()), "gradients keep their graph");
-    opt.step(&s, &g, 1e-3).unwrap();
-    assert!(opt.m.values().chain(opt.v.values()).all(|t| !t.track_op()), "AdamW moments keep a graph");
-    let (after, _) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
+    // The moments and the gradient sums are updated in place: the same buffers every step, so
+    // nothing long-lived is re-allocated (on a GPU that fragments the allocator's pool).
+    let addr = |t: &Tensor| match &*t.storage_and_layout().0 {
+        Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr() as usize,
+        _ => 0,
+    };
+    let moments = |o: &AdamW| o.m.values().chain(o.v.values()).map(|t| addr(t)).collect::<Vec<_>>();
+    let at_start = moments(&opt);
+    let mut sum = GradSum::new(&s).unwrap();
+    sum.add(g.clone()).unwrap();
+    sum.add(g.clone()).unwrap();
+    let mean = sum.take_mean(2).unwrap();
+    for (n, t) in &mean {
+        let d = (t - &g[n]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "{n}: the mean of two equal gradients differs from them by {d}");
+    }
+    opt.step(&s, &mean, 1e-3).unwrap();
+    assert_eq!(moments(&opt), at_start, "a step re-allocated the AdamW moments");
+    assert!(opt.m.values().all(|m| m.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0));
+    let (after, g2) = grads(&s, &TOKS, &tl, 0.0, 1.0).unwrap();
     assert!(after < before, "{before} → {after}");
+    // A new step's sum starts from zero, not from the last step's.
+    sum.add(g2.clone()).unwrap();
+    for (n, t) in sum.take_mean(1).unwrap() {
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            g2[&n].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
     // The schedule: warm-up to the peak, then down to 10 % of it.
     assert!((lr_at(0, 100, 10, 1.0) - 0.1).abs() < 1e-12 && (lr_at(9, 100, 10, 1.0) - 1.0).abs() < 1e-12);
     assert!((lr_at(100, 100, 10, 1.0) - 0.1).abs() < 1e-12 && lr_at(50, 100, 10, 1.0) < 1.0);
+    assert!((lr_cosine(0.0, 1.0) - 1.0).abs() < 1e-12 && (lr_cosine(0.5, 1.0) - 0.55).abs() < 1e-12);
+    assert!((lr_cosine(3.0, 1.0) - 0.1).abs() < 1e-12);
 }
 
 #[test]
@@ -326,8 +355,28 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     v.truncate(v.len() - 2);
     v.extend([os("--resume"), ckpt2.into_os_string()]);
     let (ok, err) = call(v);
-    assert!(ok && err.contains("at step 1") && err.contains("fake quantization q4_0"), "{err}");
+    assert!(
+        ok && err.contains("at step 1") && err.contains("s trained)") && err.contains("fake quantization q4_0"),
+        "{err}"
+    );
     assert!(out2.exists());
+    // A time budget instead of a token count: the run stops when it is spent (here after the
+    // first step), with the rate decayed, and writes its output.
+    let out3 = p.join("out3.gguf");
+    let mut v = base(&student);
+    v[7] = out3.clone().into_os_string();
+    v[13] = os("100000000");
+    v.extend([os("--budget"), os("0.001")]);
+    let (ok, err) = call(v.clone());
+    assert!(
+        ok && err.contains("0 s of training in steps of 2 × 1") && err.contains("trained 1 steps, 32 tokens in all"),
+        "{err}"
+    );
+    assert!(out3.exists());
+    v.truncate(v.len() - 2);
+    v.extend([os("--budget"), os("0"), os("--force")]);
+    let (ok, err) = call(v);
+    assert!(!ok && err.contains("--budget"), "{err}");
     let empty = p.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     let mut v = base(&student);
