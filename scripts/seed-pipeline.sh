@@ -134,24 +134,28 @@ if [[ $TOKENS == auto ]]; then
     [[ $PARALLEL == 1 ]] || window=$((window / ${#RUNS[@]}))
     [[ $window -ge 30 ]] || { echo "seed-pipeline: the deadline leaves no time to train" >&2; exit 1; }
 fi
-pids=()
+# A run that fails for good does not stop the others: the table shows what did run, names the
+# failed ones, and the script exits non-zero at the end.
+pids=() FAILED=()
 for r in "${RUNS[@]}"; do
     log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $([[ $TOKENS == auto ]] && echo "${window} s" || echo "$TOKENS tokens")"
     if [[ $PARALLEL == 1 ]]; then
-        ( t0=$(now); distill_run "$r" "${window:-0}"; echo $(( $(now) - t0 )) > "$OUT/$r.wall" ) &
+        ( t0=$(now); rc=0; distill_run "$r" "${window:-0}" || rc=$?; echo $(( $(now) - t0 )) > "$OUT/$r.wall"; exit $rc ) &
         pids+=($!)
     else
         t0=$(now)
-        distill_run "$r" "${window:-0}" || exit 1
+        distill_run "$r" "${window:-0}" || FAILED+=("$r")
         echo $(( $(now) - t0 )) > "$OUT/$r.wall"
     fi
 done
-for p in "${pids[@]}"; do wait "$p" || { echo "seed-pipeline: a distillation failed" >&2; exit 1; }; done
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || FAILED+=("${RUNS[$i]}"); done
+DONE=()
 for r in "${RUNS[@]}"; do
     WALL[$r]=$(cat "$OUT/$r.wall")
     RATE[$r]=$(grep -oE '[0-9]+ tok/s' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "?")
     TRAINED[$r]=$(grep -oE '[0-9]+ tokens in all' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "$TOKENS")
-    if [[ -s $OUT/$r.gguf ]]; then RESULT[$r]=$OUT/$r.gguf; else RESULT[$r]=$OUT/$r.ckpt; fi
+    if [[ -s $OUT/$r.gguf ]]; then RESULT[$r]=$OUT/$r.gguf; elif [[ -s $OUT/$r.ckpt ]]; then RESULT[$r]=$OUT/$r.ckpt; else continue; fi
+    DONE+=("$r")
 done
 
 # --- quantization and evaluation -------------------------------------------------------------
@@ -162,17 +166,19 @@ for r in "${qrows[@]}"; do
     "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force
 done
 models=(-m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf")
-for r in "${RUNS[@]}"; do models+=(-m "${RESULT[$r]}"); done
+for r in "${DONE[@]}"; do models+=(-m "${RESULT[$r]}"); done
 for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
 "$PC" eval "${models[@]}" --base "$T" -f "$WIKITEXT" -c 512 --chunks "$CHUNKS" | tee "$OUT/eval.txt"
 {
     echo "| run | student | tokens | wall (s) | tokens/s | output |"
     echo "|---|---|---|---|---|---|"
-    for r in "${RUNS[@]}"; do
+    for r in "${DONE[@]}"; do
         echo "| $r (${EXTRA[$r]}) | ${STUDENT[$r]} | ${TRAINED[$r]} | ${WALL[$r]} | ${RATE[$r]} | $(basename "${RESULT[$r]}") |"
     done
     echo
     echo "device $DEVICE, dtype $DTYPE, ctx $CTX, batch $BATCH × accum $ACCUM, lr $LR, warm-up $WARMUP, runs $([[ $PARALLEL == 1 ]] && echo "side by side" || echo "one after another")"
     [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name --format=csv,noheader
-    ls -l "$OUT"/*.q4_k_m.gguf "$T"
+    [[ ${#FAILED[@]} -eq 0 ]] || echo "failed: ${FAILED[*]} (see their logs in $OUT)"
+    ls -l "$OUT"/*.q4_k_m.gguf "$T" 2> /dev/null || true
 } | tee "$OUT/table.md"
+[[ ${#FAILED[@]} -eq 0 ]]
