@@ -803,6 +803,9 @@ mod train {
         if a.ctx < 2 || a.accum == 0 || a.tokens == 0 || a.batch == 0 {
             return Err(CompressError::BadOption("--ctx ≥ 2, --accum ≥ 1, --batch ≥ 1 and --tokens ≥ 1".into()));
         }
+        if a.budget.is_some_and(|b| b.is_nan() || b <= 0.0) {
+            return Err(CompressError::BadOption("--budget: seconds > 0".into()));
+        }
         if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
             return Err(CompressError::BadOption("--alpha in [0, 1], --temperature > 0".into()));
         }
@@ -885,9 +888,6 @@ mod train {
         }
         let per_step = a.batch * a.accum;
         let steps = a.tokens.div_ceil(a.ctx * per_step);
-        if a.budget.is_some_and(|b| b.is_nan() || b <= 0.0) {
-            return Err(CompressError::BadOption("--budget: seconds > 0".into()));
-        }
         let mut opt = AdamW::new(&student, a.weight_decay)?;
         // Training seconds spent before this process (a resumed run's), for --budget.
         let mut spent0 = 0.0;
