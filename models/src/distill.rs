@@ -131,6 +131,10 @@ mod train {
         CompressError::BadOption(format!("training: {e}"))
     }
 
+    fn ce_msg(e: &str) -> CompressError {
+        CompressError::BadOption(format!("training: {e}"))
+    }
+
     /// A llama model as candle tensors, by GGUF tensor name: a student (its weights are
     /// variables, trained) or a frozen teacher (plain tensors, no autograd graph).
     pub struct Student {
@@ -307,60 +311,84 @@ mod train {
         /// Logits (B·T, n_vocab) of `b` sequences of equal length laid end to end in `tokens`,
         /// each from position 0, in the compute dtype.
         pub fn forward_batch(&self, tokens: &[u32], b: usize) -> Result<Tensor> {
-            let c = &self.cfg;
+            let (ids, t) = self.ids(tokens, b)?;
+            let mask = self.mask(t)?;
+            let mut x = self.embed(&ids)?;
+            for l in 0..self.cfg.n_layer {
+                x = self.layer(l, &x, b, &mask)?;
+            }
+            self.head(&x)
+        }
+
+        /// The token ids of `b` sequences laid end to end, as a tensor, and their length.
+        fn ids(&self, tokens: &[u32], b: usize) -> Result<(Tensor, usize)> {
             if b == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(b) {
                 return Err(CompressError::BadOption(format!(
                     "{} tokens do not split into {b} sequences",
                     tokens.len()
                 )));
             }
-            let t = tokens.len() / b;
-            let (h, kv, hd, d) = (c.n_head, c.n_head_kv, c.head_dim, c.n_embd);
-            let ids = Tensor::from_vec(tokens.to_vec(), b * t, &self.device).map_err(ce)?;
-            let mut x = self.w("token_embd.weight")?.index_select(&ids, 0).map_err(ce)?; // (B·T, d)
+            let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), &self.device).map_err(ce)?;
+            Ok((ids, tokens.len() / b))
+        }
+
+        /// The causal mask (T, T): 0 on and below the diagonal, −∞ above.
+        fn mask(&self, t: usize) -> Result<Tensor> {
             let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-            let mask =
-                Tensor::from_vec(mask, (t, t), &self.device).and_then(|m| m.to_dtype(self.compute)).map_err(ce)?;
+            Tensor::from_vec(mask, (t, t), &self.device).and_then(|m| m.to_dtype(self.compute)).map_err(ce)
+        }
+
+        /// The token embeddings (B·T, d) of `ids` (B·T).
+        fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+            self.w("token_embd.weight")?.index_select(ids, 0).map_err(ce)
+        }
+
+        /// Layer `l` on the residual stream `x` (B·T, d) of `b` sequences: attention, then FFN.
+        fn layer(&self, l: usize, x: &Tensor, b: usize, mask: &Tensor) -> Result<Tensor> {
+            let c = &self.cfg;
+            let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+            let t = x.dim(0).map_err(ce)? / b;
             let scale = 1.0 / (hd as f64).sqrt();
-            for l in 0..c.n_layer {
-                let n = |s: &str| format!("blk.{l}.{s}");
-                let xb = self.rmsnorm(&x, &n("attn_norm.weight"))?;
-                let q = self.linear(&xb, &n("attn_q.weight"))?.reshape((b, t, h, hd)).map_err(ce)?;
-                let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
-                let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
-                let q = self.rope(&q)?.transpose(1, 2).and_then(|q| q.contiguous()).map_err(ce)?; // (B, H, T, hd)
-                let k = self.rope(&k)?;
-                // GQA: each KV head serves h / kv query heads, in order.
-                let widen = |m: Tensor| -> Result<Tensor> {
-                    m.transpose(1, 2)
-                        .and_then(|m| m.unsqueeze(2))
-                        .and_then(|m| m.broadcast_as((b, kv, h / kv, t, hd)))
-                        .and_then(|m| m.contiguous())
-                        .and_then(|m| m.reshape((b, h, t, hd)))
-                        .map_err(ce)
-                };
-                let (k, v) = (widen(k)?, widen(v)?);
-                let att = q
-                    .matmul(&k.t().map_err(ce)?)
-                    .and_then(|s| s.affine(scale, 0.0))
-                    .and_then(|s| s.broadcast_add(&mask))
-                    .map_err(ce)?;
-                let att = softmax(&att)?;
-                let o = att
-                    .matmul(&v)
-                    .and_then(|o| o.transpose(1, 2))
-                    .and_then(|o| o.contiguous())
-                    .and_then(|o| o.reshape((b * t, h * hd)))
-                    .map_err(ce)?;
-                x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;
-                let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
-                let g = self.linear(&xb, &n("ffn_gate.weight"))?;
-                let u = self.linear(&xb, &n("ffn_up.weight"))?;
-                let a = g.silu().and_then(|g| g * u).map_err(ce)?;
-                x = (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)?;
-            }
-            debug_assert_eq!(x.dims(), &[b * t, d]);
-            let xb = self.rmsnorm(&x, "output_norm.weight")?;
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let xb = self.rmsnorm(x, &n("attn_norm.weight"))?;
+            let q = self.linear(&xb, &n("attn_q.weight"))?.reshape((b, t, h, hd)).map_err(ce)?;
+            let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
+            let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
+            let q = self.rope(&q)?.transpose(1, 2).and_then(|q| q.contiguous()).map_err(ce)?; // (B, H, T, hd)
+            let k = self.rope(&k)?;
+            // GQA: each KV head serves h / kv query heads, in order.
+            let widen = |m: Tensor| -> Result<Tensor> {
+                m.transpose(1, 2)
+                    .and_then(|m| m.unsqueeze(2))
+                    .and_then(|m| m.broadcast_as((b, kv, h / kv, t, hd)))
+                    .and_then(|m| m.contiguous())
+                    .and_then(|m| m.reshape((b, h, t, hd)))
+                    .map_err(ce)
+            };
+            let (k, v) = (widen(k)?, widen(v)?);
+            let att = q
+                .matmul(&k.t().map_err(ce)?)
+                .and_then(|s| s.affine(scale, 0.0))
+                .and_then(|s| s.broadcast_add(mask))
+                .map_err(ce)?;
+            let att = softmax(&att)?;
+            let o = att
+                .matmul(&v)
+                .and_then(|o| o.transpose(1, 2))
+                .and_then(|o| o.contiguous())
+                .and_then(|o| o.reshape((b * t, h * hd)))
+                .map_err(ce)?;
+            let x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;
+            let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
+            let g = self.linear(&xb, &n("ffn_gate.weight"))?;
+            let u = self.linear(&xb, &n("ffn_up.weight"))?;
+            let a = g.silu().and_then(|g| g * u).map_err(ce)?;
+            (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)
+        }
+
+        /// The logits (B·T, n_vocab) of the last layer's output `x` (B·T, d).
+        fn head(&self, x: &Tensor) -> Result<Tensor> {
+            let xb = self.rmsnorm(x, "output_norm.weight")?;
             self.linear(&xb, if self.tied { "token_embd.weight" } else { "output.weight" })
         }
     }
@@ -464,6 +492,55 @@ mod train {
             total = (total + kl).map_err(ce)?;
         }
         Ok(total)
+    }
+
+    /// The loss of [`loss`] and its gradient with respect to the student's logits (T, V, f32),
+    /// computed in closed form with no autograd graph:
+    /// `α/T_n·(softmax(s) − onehot(label)) + (1 − α)·T/T_n·(softmax(s/T) − softmax(t/T))` per row,
+    /// `T_n` positions. The graph of the loss would keep a dozen (T, V) intermediates alive until
+    /// the backward pass (4 × 511 positions × 49,152 logits are 400 MB each); this keeps one.
+    pub fn loss_grad(
+        student: &Tensor,
+        teacher: &Tensor,
+        labels: &[u32],
+        alpha: f64,
+        temp: f64,
+    ) -> Result<(f64, Tensor)> {
+        let wide = |x: &Tensor| -> Result<Tensor> {
+            match x.dtype() {
+                DType::BF16 | DType::F16 => x.detach().to_dtype(DType::F32).map_err(ce),
+                _ => Ok(x.detach()),
+            }
+        };
+        let (s, t) = (wide(student)?, wide(teacher)?);
+        let (n, _) = s.dims2().map_err(ce)?;
+        if labels.len() != n {
+            return Err(CompressError::BadOption(format!("{} labels for {n} positions", labels.len())));
+        }
+        let scalar = |x: Tensor| x.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce);
+        let mut value = 0.0;
+        let mut grad = s.zeros_like().map_err(ce)?;
+        if alpha > 0.0 {
+            let ids = Tensor::from_vec(labels.to_vec(), (n, 1), s.device()).map_err(ce)?;
+            let ls = log_softmax(&s)?;
+            value -= alpha * scalar(ls.gather(&ids, 1).and_then(|l| l.mean_all()).map_err(ce)?)?;
+            let ones = Tensor::ones((n, 1), s.dtype(), s.device()).map_err(ce)?;
+            let onehot = s.zeros_like().and_then(|z| z.scatter_add(&ids, &ones, 1)).map_err(ce)?;
+            let g = (ls.exp().map_err(ce)? - onehot).and_then(|g| g.affine(alpha / n as f64, 0.0)).map_err(ce)?;
+            grad = (grad + g).map_err(ce)?;
+        }
+        if alpha < 1.0 {
+            let ls = log_softmax(&s.affine(1.0 / temp, 0.0).map_err(ce)?)?;
+            let lt = log_softmax(&t.affine(1.0 / temp, 0.0).map_err(ce)?)?;
+            let pt = lt.exp().map_err(ce)?;
+            let kl = (&pt * (lt - &ls).map_err(ce)?).and_then(|k| k.sum_all()).map_err(ce)?;
+            value += (1.0 - alpha) * temp * temp * scalar(kl)? / n as f64;
+            let g = (ls.exp().map_err(ce)? - pt)
+                .and_then(|g| g.affine((1.0 - alpha) * temp / n as f64, 0.0))
+                .map_err(ce)?;
+            grad = (grad + g).map_err(ce)?;
+        }
+        Ok((value, grad))
     }
 
     /// AdamW state per variable. The moments are written in place (`Var::set`), like the
@@ -595,6 +672,13 @@ mod train {
     /// Gradients of every variable for a batch of sequences of equal length (their inputs are
     /// all but the last token, their labels all but the first), and the loss averaged over
     /// every predicted token. `teacher_logits`: (B·(len − 1), V).
+    ///
+    /// Activation checkpointing: the forward pass keeps only each layer's input (B·T, d), with
+    /// no graph; the backward pass then runs layer by layer from the top, recomputing one layer
+    /// with its graph and back-propagating the gradient of its output (`sum(y·g)` has gradient
+    /// `g` in `y`) into its weights and its input. Memory is one layer's graph and the logits,
+    /// not the whole model's graph (30 layers of (B, H, T, T) attention scores), for one more
+    /// forward pass. The loss's gradient in the logits comes from [`loss_grad`].
     pub fn grads_batch(
         s: &Student,
         seqs: &[&[u32]],
@@ -603,18 +687,57 @@ mod train {
         temp: f64,
     ) -> Result<(f64, BTreeMap<String, Tensor>)> {
         let (inputs, labels) = split_batch(seqs)?;
-        let logits = s.forward_batch(&inputs, seqs.len())?;
-        let l = loss(&logits, teacher_logits, &labels, alpha, temp)?;
-        let value = l.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce)?;
-        let gs = l.backward().map_err(ce)?;
-        let mut out = BTreeMap::new();
-        for (name, var) in &s.vars {
-            if let Some(g) = gs.get(var.as_tensor()) {
-                // Detached, so that no gradient can hold its step's graph alive (the test
-                // checks that neither they nor the AdamW moments track an op).
-                out.insert(name.clone(), g.detach());
-            }
+        let b = seqs.len();
+        let (ids, t) = s.ids(&inputs, b)?;
+        let mask = s.mask(t)?;
+        let n_layer = s.cfg.n_layer;
+        // Forward: each layer's input, detached (no graph survives a layer).
+        let mut xs = Vec::with_capacity(n_layer + 1);
+        xs.push(s.embed(&ids)?.detach());
+        for l in 0..n_layer {
+            let y = s.layer(l, &xs[l], b, &mask)?.detach();
+            xs.push(y);
         }
+        let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
+        // Adds the gradients of every variable found in `gs` to `out` (the tied embedding gets
+        // one from the head and one from the input).
+        let mut collect = |gs: &candle_core::backprop::GradStore| -> Result<()> {
+            for (name, var) in &s.vars {
+                if let Some(g) = gs.get(var.as_tensor()) {
+                    // Detached, so that no gradient can hold its step's graph alive (the test
+                    // checks that neither they nor the AdamW moments track an op).
+                    let g = g.detach();
+                    let sum = match out.remove(name) {
+                        Some(prev) => (prev + g).map_err(ce)?,
+                        None => g,
+                    };
+                    out.insert(name.clone(), sum);
+                }
+            }
+            Ok(())
+        };
+        // The head and the loss.
+        let top = Var::from_tensor(&xs[n_layer]).map_err(ce)?;
+        let logits = s.head(top.as_tensor())?;
+        let (value, g) = loss_grad(&logits, teacher_logits, &labels, alpha, temp)?;
+        let g = g.to_dtype(logits.dtype()).map_err(ce)?;
+        let gs = (logits * g).and_then(|p| p.sum_all()).and_then(|p| p.backward()).map_err(ce)?;
+        collect(&gs)?;
+        let mut gx = gs.get(top.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for the head"))?;
+        drop(gs);
+        // The layers, from the top: recompute one with its graph, back-propagate `gx` through it.
+        for l in (0..n_layer).rev() {
+            let input = Var::from_tensor(&xs[l]).map_err(ce)?;
+            xs.truncate(l);
+            let y = s.layer(l, input.as_tensor(), b, &mask)?;
+            let gs = (y * &gx).and_then(|p| p.sum_all()).and_then(|p| p.backward()).map_err(ce)?;
+            collect(&gs)?;
+            gx = gs.get(input.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for a layer"))?;
+        }
+        // The embedding lookup.
+        let x0 = s.embed(&ids)?;
+        let gs = (x0 * &gx).and_then(|p| p.sum_all()).and_then(|p| p.backward()).map_err(ce)?;
+        collect(&gs)?;
         Ok((value, out))
     }
 

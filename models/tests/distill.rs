@@ -10,13 +10,17 @@ use pith::testing::{build, spm_vocab, TinySpec};
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
 use pith_models::distill::{
-    fake_quant, grads, grads_batch, loss, lr_at, lr_cosine, teacher_logits, AdamW, GradSum, Student,
+    fake_quant, grads, grads_batch, loss, loss_grad, lr_at, lr_cosine, teacher_logits, AdamW, GradSum, Student,
 };
 use pith_models::prune::AlignedBytes;
 use std::process::Command;
 
 fn tiny(seed: u64) -> AlignedBytes {
-    let (b, _) = build(&TinySpec { n_layer: 2, n_ff: 96, seed, ..Default::default() });
+    tiny_tied(seed, false)
+}
+
+fn tiny_tied(seed: u64, tied: bool) -> AlignedBytes {
+    let (b, _) = build(&TinySpec { n_layer: 2, n_ff: 96, seed, tied, ..Default::default() });
     AlignedBytes::from(pith_models::prune::without_layers(&Gguf::parse(&b).unwrap(), &[]))
 }
 
@@ -48,7 +52,14 @@ fn the_student_computes_piths_logits() {
 
 #[test]
 fn loss_gradients_match_finite_differences() {
-    let (tb, sb) = (tiny(1), tiny(2));
+    // Untied, then tied (the embedding's gradient sums the head's and the lookup's).
+    for tied in [false, true] {
+        gradients_match_finite_differences(tied);
+    }
+}
+
+fn gradients_match_finite_differences(tied: bool) {
+    let (tb, sb) = (tiny(1), tiny_tied(2, tied));
     let tg = Gguf::parse(tb.as_slice()).unwrap();
     let tm = Model::from_gguf(&tg).unwrap();
     let sg = Gguf::parse(sb.as_slice()).unwrap();
@@ -74,9 +85,13 @@ fn loss_gradients_match_finite_differences() {
         ("blk.0.attn_norm.weight", 3),
         ("output_norm.weight", 9),
         ("token_embd.weight", 17 * 64 + 2),
+        ("token_embd.weight", 5 * 64 + 11),
         ("output.weight", 42 * 64 + 7),
     ] {
-        let var = &s.vars[name];
+        let Some(var) = s.vars.get(name) else {
+            assert!(tied && name == "output.weight", "{name} missing");
+            continue;
+        };
         let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let dims = var.as_tensor().dims().to_vec();
         let set = |d: f64| {
@@ -93,6 +108,40 @@ fn loss_gradients_match_finite_differences() {
         let an: f64 = g[name].flatten_all().unwrap().to_vec1::<f64>().unwrap()[idx];
         assert!((fd - an).abs() <= 1e-6 + 1e-4 * an.abs(), "{name}[{idx}]: finite difference {fd} vs gradient {an}");
     }
+}
+
+#[test]
+fn the_closed_form_gradient_is_the_losss() {
+    // Random logits; the loss's value and autograd gradient are the reference.
+    let (n, v) = (7, 50);
+    let mut r = 12345u64;
+    let mut rnd = |k: usize| -> Vec<f64> {
+        (0..k)
+            .map(|_| {
+                r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((r >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 8.0
+            })
+            .collect()
+    };
+    let s = candle_core::Var::from_vec(rnd(n * v), (n, v), &Device::Cpu).unwrap();
+    let t = Tensor::from_vec(rnd(n * v), (n, v), &Device::Cpu).unwrap();
+    let labels = [3u32, 49, 0, 17, 17, 22, 8];
+    for (alpha, temp) in [(0.0, 1.0), (1.0, 1.0), (0.3, 2.0), (0.0, 0.5)] {
+        let l = loss(s.as_tensor(), &t, &labels, alpha, temp).unwrap();
+        let want_value = l.to_scalar::<f64>().unwrap();
+        let want = l.backward().unwrap().get(s.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let (value, g) = loss_grad(s.as_tensor(), &t, &labels, alpha, temp).unwrap();
+        let got = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert!(
+            (value - want_value).abs() < 1e-12 * want_value.abs().max(1.0),
+            "α {alpha} T {temp}: {value} vs {want_value}"
+        );
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "α {alpha} T {temp}: {a} vs {b}");
+        }
+        assert!(!g.track_op(), "the closed-form gradient carries no graph");
+    }
+    assert!(loss_grad(s.as_tensor(), &t, &labels[1..], 0.5, 1.0).is_err(), "labels must match the positions");
 }
 
 #[test]
