@@ -21,8 +21,9 @@
 # (default: built here with `--features train`, or `cuda` with --device cuda). Hyper-parameters:
 # CTX (512), BATCH (16), ACCUM (2), LR (6e-4), WARMUP (30). RUNS: which distillations, e.g.
 # "kd ce" (default: kd ce depth-kd qat; --quick: kd ce). PARALLEL=1 runs them side by side (one
-# GPU has room for all four). CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run
-# that dies is resumed from its last checkpoint. Students are build outputs in OUT.
+# H200 has room for all four at batch 16, started STAGGER seconds apart: default 20 on cuda).
+# CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run that dies is resumed from its
+# last checkpoint, or started again if it had none. Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOKENS=65536 DEVICE=cpu OUT=target/seed-pipeline QUICK=0 DEADLINE="" DTYPE=f32
@@ -39,7 +40,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $TOKENS == auto && -z $DEADLINE ]] && { echo "seed-pipeline: --tokens auto needs --deadline" >&2; exit 2; }
 CTX=${CTX:-512} BATCH=${BATCH:-16} ACCUM=${ACCUM:-2} LR=${LR:-6e-4} WARMUP=${WARMUP:-30}
-RETRIES=${RETRIES:-3} PARALLEL=${PARALLEL:-0}
+RETRIES=${RETRIES:-3} PARALLEL=${PARALLEL:-0} STAGGER=${STAGGER:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
 CKPT_EVERY=${CKPT_EVERY:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
 CHUNKS=40 CAL_CHUNKS=32 PPL_CHUNKS=2
 if [[ $QUICK == 1 ]]; then CTX=${CTX_QUICK:-64} BATCH=2 ACCUM=1 WARMUP=2 CHUNKS=2 CAL_CHUNKS=4 PPL_CHUNKS=1; fi
@@ -103,22 +104,38 @@ now() { date +%s; }
 declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width)
 declare -A EXTRA=([kd]="--alpha 0" [ce]="--alpha 1" [depth-kd]="--alpha 0" [qat]="--alpha 0 --qat Q4_K")
 declare -A RESULT WALL RATE TRAINED
-# One distillation, resumed from its last checkpoint if the process dies (up to RETRIES times:
-# a GPU that runs out of memory late in a run loses minutes, not the run).
+# One distillation, resumed from its last checkpoint if the process dies, or started again
+# if it died before its first one (up to RETRIES times: a GPU that runs out of memory late in a
+# run loses minutes, not the run). With --tokens auto, $2 is the UNIX time the run must end by:
+# a fresh start gets the time left, a resumed run keeps its budget (the checkpoint holds the
+# seconds already spent).
 distill_run() {
-    local r=$1 budget=$2 tries=0 resume=()
+    local r=$1 end=$2 tries=0 resume=() budget=0
     local args=("${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --checkpoint "$OUT/$r.ckpt")
     # shellcheck disable=SC2206
     args+=(${EXTRA[$r]})
-    if [[ $TOKENS == auto ]]; then args+=(--tokens 1000000000000 --budget "$budget"); else args+=(--tokens "$TOKENS"); fi
     rm -f "$OUT/$r.ckpt" "$OUT/$r.log"
-    until "$PC" distill "${args[@]}" "${resume[@]}" >> "$OUT/$r.log" 2>&1; do
+    while :; do
+        local run=("${args[@]}")
+        if [[ $TOKENS == auto ]]; then
+            [[ ${#resume[@]} -gt 0 ]] || budget=$((end - $(now)))
+            [[ $budget -ge 10 ]] || { log "distill $r: no time left"; return 1; }
+            run+=(--tokens 1000000000000 --budget "$budget")
+        else
+            run+=(--tokens "$TOKENS")
+        fi
+        "$PC" distill "${run[@]}" "${resume[@]}" >> "$OUT/$r.log" 2>&1 && return 0
         tries=$((tries + 1))
-        if [[ $tries -gt $RETRIES || ! -s $OUT/$r.ckpt ]]; then
+        if [[ $tries -gt $RETRIES ]]; then
             log "distill $r failed (see $OUT/$r.log):"; tail -3 "$OUT/$r.log" >&2; return 1
         fi
-        log "distill $r died ($(tail -1 "$OUT/$r.log")); resuming from its checkpoint"
-        resume=(--resume "$OUT/$r.ckpt")
+        if [[ -s $OUT/$r.ckpt ]]; then
+            log "distill $r died ($(tail -1 "$OUT/$r.log")); resuming from its checkpoint"
+            resume=(--resume "$OUT/$r.ckpt")
+        else
+            log "distill $r died before its first checkpoint ($(tail -1 "$OUT/$r.log")); starting it again"
+            sleep "$STAGGER"
+        fi
     done
 }
 if [[ $DEVICE == cuda ]] && command -v nvidia-smi > /dev/null; then
@@ -137,14 +154,21 @@ fi
 # A run that fails for good does not stop the others: the table shows what did run, names the
 # failed ones, and the script exits non-zero at the end.
 pids=() FAILED=()
+first=1
 for r in "${RUNS[@]}"; do
-    log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $([[ $TOKENS == auto ]] && echo "${window} s" || echo "$TOKENS tokens")"
+    # Side by side, the runs start STAGGER seconds apart, so that their first steps (the
+    # largest allocations) do not meet; all end at the same time.
+    if [[ $PARALLEL == 1 && $first == 0 ]]; then sleep "$STAGGER"; fi
+    first=0
+    end=$(( $(now) + ${window:-0} ))
+    [[ $PARALLEL == 1 && $TOKENS == auto ]] && end=$((DEADLINE - reserve))
+    log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $([[ $TOKENS == auto ]] && echo "$((end - $(now))) s" || echo "$TOKENS tokens")"
     if [[ $PARALLEL == 1 ]]; then
-        ( t0=$(now); rc=0; distill_run "$r" "${window:-0}" || rc=$?; echo $(( $(now) - t0 )) > "$OUT/$r.wall"; exit $rc ) &
+        ( t0=$(now); rc=0; distill_run "$r" "$end" || rc=$?; echo $(( $(now) - t0 )) > "$OUT/$r.wall"; exit $rc ) &
         pids+=($!)
     else
         t0=$(now)
-        distill_run "$r" "${window:-0}" || FAILED+=("$r")
+        distill_run "$r" "$end" || FAILED+=("$r")
         echo $(( $(now) - t0 )) > "$OUT/$r.wall"
     fi
 done

@@ -94,6 +94,24 @@ pub struct DistillArgs {
     /// Device: cpu, or cuda (a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Also train on N tokens of text sampled from the teacher itself (sequences of `--ctx`,
+    /// each started from the first 8 tokens of a training sequence, at `--synthetic-temp`),
+    /// mixed with the files' sequences. Held-out sequences stay the files'.
+    #[arg(long, default_value_t = 0)]
+    pub synthetic: usize,
+    /// Sampling temperature of `--synthetic` (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub synthetic_temp: f64,
+    /// Sequences sampled at once for `--synthetic` (default: 256 on a GPU, 8 on the CPU).
+    #[arg(long)]
+    pub synthetic_batch: Option<usize>,
+    /// Also write `--synthetic`'s text here (one sequence per paragraph), to read what the
+    /// student is trained on.
+    #[arg(long)]
+    pub synthetic_out: Option<PathBuf>,
+    /// Seed of `--synthetic`'s sampling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Threads for the teacher (0 = all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
@@ -299,12 +317,12 @@ mod train {
             x.matmul(&self.w(w)?.t().map_err(ce)?).map_err(ce)
         }
 
-        /// (B, T, H, hd) rotated by the position's angles, pairs (2i, 2i+1).
-        fn rope(&self, x: &Tensor) -> Result<Tensor> {
+        /// (B, T, H, hd) at positions `p..p + T` rotated by their angles, pairs (2i, 2i+1).
+        fn rope(&self, x: &Tensor, p: usize) -> Result<Tensor> {
             let (b, t, h, hd) = x.dims4().map_err(ce)?;
             let x = x.reshape((b, t, h, hd / 2, 2)).map_err(ce)?;
             let (a, bb) = (x.narrow(4, 0, 1).map_err(ce)?, x.narrow(4, 1, 1).map_err(ce)?);
-            let (c, s) = (self.cos.narrow(0, 0, t).map_err(ce)?, self.sin.narrow(0, 0, t).map_err(ce)?);
+            let (c, s) = (self.cos.narrow(0, p, t).map_err(ce)?, self.sin.narrow(0, p, t).map_err(ce)?);
             let r0 = a.broadcast_mul(&c).and_then(|p| p.broadcast_sub(&bb.broadcast_mul(&s)?)).map_err(ce)?;
             let r1 = a.broadcast_mul(&s).and_then(|p| p.broadcast_add(&bb.broadcast_mul(&c)?)).map_err(ce)?;
             Tensor::cat(&[r0, r1], 4).and_then(|r| r.reshape((b, t, h, hd))).map_err(ce)
@@ -322,7 +340,7 @@ mod train {
             let mask = self.mask(t)?;
             let mut x = self.embed(&ids)?;
             for l in 0..self.cfg.n_layer {
-                x = self.layer(l, &x, b, &mask)?;
+                x = self.layer(l, &x, b, &mask, None)?;
             }
             self.head(&x)
         }
@@ -341,8 +359,14 @@ mod train {
 
         /// The causal mask (T, T): 0 on and below the diagonal, −∞ above.
         fn mask(&self, t: usize) -> Result<Tensor> {
-            let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-            Tensor::from_vec(mask, (t, t), &self.device).and_then(|m| m.to_dtype(self.compute)).map_err(ce)
+            self.mask_after(t, 0)
+        }
+
+        /// The causal mask (T, P + T) of T new positions after P cached ones.
+        fn mask_after(&self, t: usize, p: usize) -> Result<Tensor> {
+            let n = p + t;
+            let mask: Vec<f32> = (0..t * n).map(|i| if i % n > p + i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+            Tensor::from_vec(mask, (t, n), &self.device).and_then(|m| m.to_dtype(self.compute)).map_err(ce)
         }
 
         /// The token embeddings (B·T, d) of `ids` (B·T).
@@ -351,25 +375,43 @@ mod train {
         }
 
         /// Layer `l` on the residual stream `x` (B·T, d) of `b` sequences: attention, then FFN.
-        fn layer(&self, l: usize, x: &Tensor, b: usize, mask: &Tensor) -> Result<Tensor> {
+        /// With a cache, the T positions follow the cached ones (their keys and values are
+        /// appended to it); `mask` is then (T, P + T).
+        fn layer(&self, l: usize, x: &Tensor, b: usize, mask: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
             let c = &self.cfg;
             let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
             let t = x.dim(0).map_err(ce)? / b;
+            let p = cache.as_ref().and_then(|c| c.k.as_ref()).map_or(Ok(0), |k| k.dim(1)).map_err(ce)?;
             let scale = 1.0 / (hd as f64).sqrt();
             let n = |s: &str| format!("blk.{l}.{s}");
             let xb = self.rmsnorm(x, &n("attn_norm.weight"))?;
             let q = self.linear(&xb, &n("attn_q.weight"))?.reshape((b, t, h, hd)).map_err(ce)?;
             let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
             let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
-            let q = self.rope(&q)?.transpose(1, 2).and_then(|q| q.contiguous()).map_err(ce)?; // (B, H, T, hd)
-            let k = self.rope(&k)?;
+            let q = self.rope(&q, p)?.transpose(1, 2).and_then(|q| q.contiguous()).map_err(ce)?; // (B, H, T, hd)
+            let k = self.rope(&k, p)?;
+            // (B, P + T, kv, hd): the cached positions, then these.
+            let (k, v) = match cache {
+                None => (k, v),
+                Some(c) => {
+                    let join = |old: &Option<Tensor>, new: Tensor| match old {
+                        Some(o) => Tensor::cat(&[o, &new], 1).map_err(ce),
+                        None => Ok(new),
+                    };
+                    let (k, v) = (join(&c.k, k)?, join(&c.v, v)?);
+                    c.k = Some(k.clone());
+                    c.v = Some(v.clone());
+                    (k, v)
+                }
+            };
+            let n_kv = p + t;
             // GQA: each KV head serves h / kv query heads, in order.
             let widen = |m: Tensor| -> Result<Tensor> {
                 m.transpose(1, 2)
                     .and_then(|m| m.unsqueeze(2))
-                    .and_then(|m| m.broadcast_as((b, kv, h / kv, t, hd)))
+                    .and_then(|m| m.broadcast_as((b, kv, h / kv, n_kv, hd)))
                     .and_then(|m| m.contiguous())
-                    .and_then(|m| m.reshape((b, h, t, hd)))
+                    .and_then(|m| m.reshape((b, h, n_kv, hd)))
                     .map_err(ce)
             };
             let (k, v) = (widen(k)?, widen(v)?);
@@ -397,6 +439,104 @@ mod train {
         fn head(&self, x: &Tensor) -> Result<Tensor> {
             let xb = self.rmsnorm(x, "output_norm.weight")?;
             self.linear(&xb, if self.tied { "token_embd.weight" } else { "output.weight" })
+        }
+
+        /// Continues each of `prompts` (of one length) to `len` tokens, sampling at temperature
+        /// `temp` (0: greedy) with the Gumbel-max trick: argmax(logits/temp − ln(−ln u)) is a
+        /// sample of softmax(logits/temp), so only the chosen ids leave the device. Keys and
+        /// values are cached, one step per new token for the whole batch. `noise` fills
+        /// uniform (0, 1) draws.
+        pub fn sample(&self, prompts: &[Vec<u32>], len: usize, temp: f64, noise: &mut Noise) -> Result<Vec<Vec<u32>>> {
+            let b = prompts.len();
+            let p = prompts.first().map_or(0, Vec::len);
+            if b == 0 || p == 0 || prompts.iter().any(|q| q.len() != p) || len > self.cos.dim(0).map_err(ce)? + 1 {
+                return Err(CompressError::BadOption(format!(
+                    "sampling: {b} prompts of one length ≥ 1 continued to at most {} tokens",
+                    self.cos.dim(0).unwrap_or(0) + 1
+                )));
+            }
+            let mut out: Vec<Vec<u32>> = prompts.to_vec();
+            let mut cache: Vec<KvCache> = (0..self.cfg.n_layer).map(|_| KvCache::default()).collect();
+            let mut step: Vec<u32> = prompts.concat();
+            let mut pos = 0;
+            while out[0].len() < len {
+                let t = step.len() / b;
+                let (ids, _) = self.ids(&step, b)?;
+                let mask = self.mask_after(t, pos)?;
+                let mut x = self.embed(&ids)?;
+                for (l, c) in cache.iter_mut().enumerate() {
+                    x = self.layer(l, &x, b, &mask, Some(c))?;
+                }
+                let d = x.dim(1).map_err(ce)?;
+                let last = x
+                    .reshape((b, t, d))
+                    .and_then(|x| x.narrow(1, t - 1, 1))
+                    .and_then(|x| x.reshape((b, d)))
+                    .map_err(ce)?;
+                let logits = self.head(&last)?.to_dtype(DType::F32).map_err(ce)?;
+                let pick = if temp > 0.0 {
+                    let u = noise.uniform(logits.dims2().map_err(ce)?, &self.device)?;
+                    let gumbel =
+                        u.log().and_then(|l| l.neg()).and_then(|l| l.log()).and_then(|l| l.neg()).map_err(ce)?;
+                    logits.affine(1.0 / temp, 0.0).and_then(|l| l + gumbel).map_err(ce)?
+                } else {
+                    logits
+                };
+                step = pick
+                    .argmax_keepdim(1)
+                    .and_then(|i| i.flatten_all())
+                    .and_then(|i| i.to_vec1::<u32>())
+                    .map_err(ce)?;
+                for (o, &tok) in out.iter_mut().zip(&step) {
+                    o.push(tok);
+                }
+                pos += t;
+            }
+            Ok(out)
+        }
+    }
+
+    /// One layer's cached keys and values, (B, positions, kv heads, head dim).
+    #[derive(Default)]
+    struct KvCache {
+        k: Option<Tensor>,
+        v: Option<Tensor>,
+    }
+
+    /// Uniform (0, 1) draws for sampling: from a seeded SplitMix64 on the CPU (reproducible),
+    /// from the GPU's own generator (seeded once) on a GPU, where a (B, V) draw per token would
+    /// otherwise cross the bus.
+    pub struct Noise {
+        state: u64,
+        seeded: bool,
+    }
+
+    impl Noise {
+        pub fn new(seed: u64) -> Self {
+            Noise { state: seed, seeded: false }
+        }
+
+        fn next(&mut self) -> f32 {
+            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            // 24 random bits, centred in their interval: never 0 or 1.
+            ((z >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        }
+
+        fn uniform(&mut self, shape: (usize, usize), dev: &Device) -> Result<Tensor> {
+            if dev.is_cpu() {
+                let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| self.next()).collect();
+                return Tensor::from_vec(v, shape, dev).map_err(ce);
+            }
+            if !self.seeded {
+                dev.set_seed(self.state).map_err(ce)?;
+                self.seeded = true;
+            }
+            // Kept away from 0, where −ln(−ln u) has no value.
+            Tensor::rand(1e-7f32, 1.0f32, shape, dev).map_err(ce)
         }
     }
 
@@ -702,7 +842,7 @@ mod train {
         let mut xs = Vec::with_capacity(n_layer + 1);
         xs.push(s.embed(&ids)?.detach());
         for l in 0..n_layer {
-            let y = s.layer(l, &xs[l], b, &mask)?.detach();
+            let y = s.layer(l, &xs[l], b, &mask, None)?.detach();
             xs.push(y);
         }
         let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -736,7 +876,7 @@ mod train {
         for l in (0..n_layer).rev() {
             let input = Var::from_tensor(&xs[l]).map_err(ce)?;
             xs.truncate(l);
-            let y = s.layer(l, input.as_tensor(), b, &mask)?;
+            let y = s.layer(l, input.as_tensor(), b, &mask, None)?;
             let gs = (y * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
             collect(&gs)?;
             gx = gs.get(input.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for a layer"))?;
@@ -870,6 +1010,49 @@ mod train {
         Ok(g.get_f32("pith.distill.seconds").map_err(pith::Error::from)?.unwrap_or(0.0) as f64)
     }
 
+    /// `--synthetic`: sequences of `seq` tokens sampled from the teacher (a frozen candle copy
+    /// on `dev`), each from the first 8 tokens of a training sequence picked at random.
+    fn synthesize(
+        a: &DistillArgs,
+        g: &Gguf<'_>,
+        dev: &Device,
+        compute: DType,
+        train: &[&[u32]],
+        seq: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        if a.synthetic == 0 || train.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = a.synthetic_batch.unwrap_or(if dev.is_cpu() { 8 } else { 256 }).max(1);
+        let n = a.synthetic.div_ceil(seq);
+        let t0 = std::time::Instant::now();
+        let model = Student::frozen(g, compute, dev, seq)?;
+        let prompt = 8.min(seq - 1);
+        let mut noise = Noise::new(a.seed);
+        let mut pick = a.seed ^ 0x5EED;
+        let mut out = Vec::with_capacity(n);
+        let pb = crate::progress::bar(n as u64, "sample");
+        while out.len() < n {
+            let prompts: Vec<Vec<u32>> = (0..batch.min(n - out.len()))
+                .map(|_| {
+                    pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    train[(pick >> 33) as usize % train.len()][..prompt].to_vec()
+                })
+                .collect();
+            out.extend(model.sample(&prompts, seq, a.synthetic_temp, &mut noise)?);
+            pb.set_position(out.len() as u64);
+        }
+        pb.finish_and_clear();
+        let secs = t0.elapsed().as_secs_f64();
+        crate::progress::note(&format!(
+            "distill: sampled {} sequences of {seq} tokens from the teacher (temperature {}) in {secs:.1} s ({:.0} tokens/s)",
+            n,
+            a.synthetic_temp,
+            (n * seq) as f64 / secs.max(1e-9)
+        ));
+        Ok(out)
+    }
+
     /// Mean loss over `seqs` (no gradients kept): the distillation loss and the plain CE.
     fn eval_loss(s: &Student, teacher: &mut Teacher<'_>, seqs: &[&[u32]], a: &DistillArgs) -> Result<(f64, f64)> {
         let (mut kd, mut ce_sum, mut n) = (0.0, 0.0, 0usize);
@@ -936,6 +1119,9 @@ mod train {
         if a.budget.is_some_and(|b| b.is_nan() || b <= 0.0) {
             return Err(CompressError::BadOption("--budget: seconds > 0".into()));
         }
+        if a.synthetic_temp.is_nan() || a.synthetic_temp < 0.0 {
+            return Err(CompressError::BadOption("--synthetic-temp: ≥ 0".into()));
+        }
         if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
             return Err(CompressError::BadOption("--alpha in [0, 1], --temperature > 0".into()));
         }
@@ -962,6 +1148,9 @@ mod train {
         let mut inputs: Vec<&Path> = vec![&a.teacher, &a.student];
         inputs.extend(a.files.iter().map(PathBuf::as_path));
         crate::output::check_output(&a.output, a.force, &inputs)?;
+        if let Some(t) = &a.synthetic_out {
+            crate::output::check_output(t, a.force, &inputs)?;
+        }
         let dev = device(&a.device)?;
         if compute == DType::BF16 && dev.is_cpu() {
             return Err(CompressError::BadOption(
@@ -1016,6 +1205,12 @@ mod train {
                 train.push(q.as_slice());
             }
         }
+        let syn = synthesize(a, &teacher_engine.gguf, &dev, compute, &train, seq)?;
+        if let Some(path) = &a.synthetic_out {
+            let text: Vec<String> = syn.iter().map(|q| teacher_engine.tokenizer.decode(q, false)).collect();
+            std::fs::write(path, text.join("\n\n")).map_err(|e| CompressError::Io { path: path.clone(), source: e })?;
+        }
+        train.extend(syn.iter().map(Vec::as_slice));
         let per_step = a.batch * a.accum;
         let steps = a.tokens.div_ceil(a.ctx * per_step);
         let mut opt = AdamW::new(&student, a.weight_decay)?;

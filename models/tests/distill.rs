@@ -10,7 +10,7 @@ use pith::testing::{build, spm_vocab, TinySpec};
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
 use pith_models::distill::{
-    fake_quant, grads, grads_batch, loss, loss_grad, lr_at, lr_cosine, teacher_logits, AdamW, GradSum, Student,
+    fake_quant, grads, grads_batch, loss, loss_grad, lr_at, lr_cosine, teacher_logits, AdamW, GradSum, Noise, Student,
 };
 use pith_models::prune::AlignedBytes;
 use std::process::Command;
@@ -434,4 +434,74 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     let (ok, err) = call(v);
     assert!(!ok && err.contains("empty"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), before);
+    // Text sampled from the teacher joins the training sequences (3 of 17 tokens for 40).
+    let out4 = p.join("out4.gguf");
+    let mut v = base(&student);
+    v[7] = out4.clone().into_os_string();
+    v.extend([os("--synthetic"), os("40"), os("--synthetic-batch"), os("2")]);
+    let (ok, err) = call(v.clone());
+    assert!(ok && err.contains("sampled 3 sequences of 17 tokens from the teacher (temperature 1)"), "{err}");
+    assert!(out4.exists());
+    v.extend([os("--synthetic-temp=-1"), os("--force")]);
+    let (ok, err) = call(v);
+    assert!(!ok && err.contains("--synthetic-temp"), "{err}");
+}
+
+/// The model as a sampler: `len` tokens of each prompt, greedy, without a cache (the whole
+/// sequence through the forward pass for every new token).
+fn greedy_uncached(s: &Student, prompt: &[u32], len: usize) -> Vec<u32> {
+    let mut out = prompt.to_vec();
+    while out.len() < len {
+        let l = s.forward(&out).unwrap();
+        let last = l.narrow(0, out.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        out.push(best as u32);
+    }
+    out
+}
+
+#[test]
+fn sampling_with_the_kv_cache_is_the_forward_pass() {
+    for tied in [false, true] {
+        let b = tiny_tied(3, tied);
+        let g = Gguf::parse(b.as_slice()).unwrap();
+        let s = Student::frozen(&g, DType::F64, &Device::Cpu, 16).unwrap();
+        let prompts = vec![vec![1, 17, 5], vec![1, 60, 61], vec![2, 2, 2]];
+        let got = s.sample(&prompts, 17, 0.0, &mut Noise::new(1)).unwrap();
+        for (q, g) in prompts.iter().zip(&got) {
+            assert_eq!(g, &greedy_uncached(&s, q, 17), "tied {tied}, prompt {q:?}");
+        }
+        // Too long for the positions bound, prompts of two lengths: errors.
+        assert!(s.sample(&prompts, 18, 0.0, &mut Noise::new(1)).is_err());
+        assert!(s.sample(&[vec![1], vec![1, 2]], 4, 0.0, &mut Noise::new(1)).is_err());
+    }
+}
+
+#[test]
+fn sampling_draws_from_the_softmax() {
+    let b = tiny(5);
+    let g = Gguf::parse(b.as_slice()).unwrap();
+    let s = Student::frozen(&g, DType::F64, &Device::Cpu, 16).unwrap();
+    let prompt = vec![1u32, 17];
+    let temp = 1.5;
+    let logits = s.forward(&prompt).unwrap().narrow(0, 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = logits.iter().map(|l| ((l - m) / temp).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let n = 6000;
+    let got = s.sample(&vec![prompt.clone(); n], 3, temp, &mut Noise::new(7)).unwrap();
+    let mut count = vec![0usize; logits.len()];
+    for q in &got {
+        count[q[2] as usize] += 1;
+    }
+    for (i, c) in count.iter().enumerate() {
+        let (p, f) = (e[i] / z, *c as f64 / n as f64);
+        // 5 standard deviations of a frequency over n draws.
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        assert!((f - p).abs() <= 5.0 * sd + 1e-3, "token {i}: frequency {f} vs probability {p}");
+    }
+    // The same seed draws the same tokens; another seed others.
+    let again = s.sample(&vec![prompt.clone(); 64], 8, temp, &mut Noise::new(7)).unwrap();
+    assert_eq!(again, s.sample(&vec![prompt.clone(); 64], 8, temp, &mut Noise::new(7)).unwrap());
+    assert_ne!(again, s.sample(&vec![prompt; 64], 8, temp, &mut Noise::new(8)).unwrap());
 }
