@@ -23,7 +23,9 @@
 # "kd ce" (default: kd ce depth-kd qat; --quick: kd ce). PARALLEL=1 runs them side by side (one
 # H200 has room for all four at batch 16, started STAGGER seconds apart: default 20 on cuda).
 # CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run that dies is resumed from its
-# last checkpoint, or started again if it had none. Students are build outputs in OUT.
+# last checkpoint, or started again if it had none. SYNTHETIC (tokens, default 0): text sampled
+# from the teacher added to each run's training text (`distill --synthetic`). Students are build
+# outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOKENS=65536 DEVICE=cpu OUT=target/seed-pipeline QUICK=0 DEADLINE="" DTYPE=f32
@@ -40,7 +42,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $TOKENS == auto && -z $DEADLINE ]] && { echo "seed-pipeline: --tokens auto needs --deadline" >&2; exit 2; }
 CTX=${CTX:-512} BATCH=${BATCH:-16} ACCUM=${ACCUM:-2} LR=${LR:-6e-4} WARMUP=${WARMUP:-30}
-RETRIES=${RETRIES:-3} PARALLEL=${PARALLEL:-0} STAGGER=${STAGGER:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
+RETRIES=${RETRIES:-3} SYNTHETIC=${SYNTHETIC:-0} PARALLEL=${PARALLEL:-0} STAGGER=${STAGGER:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
 CKPT_EVERY=${CKPT_EVERY:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
 CHUNKS=40 CAL_CHUNKS=32 PPL_CHUNKS=2
 if [[ $QUICK == 1 ]]; then CTX=${CTX_QUICK:-64} BATCH=2 ACCUM=1 WARMUP=2 CHUNKS=2 CAL_CHUNKS=4 PPL_CHUNKS=1; fi
@@ -92,7 +94,8 @@ log "prune: depth to the width-pruned size (${params:-96M})"
 
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM" --lr "$LR" --warmup "$WARMUP"
-    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY" --force)
+    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY"
+    --synthetic "$SYNTHETIC" --force)
 if [[ -n ${RUNS:-} ]]; then
     read -ra RUNS <<< "$RUNS"
 elif [[ $QUICK == 1 ]]; then
