@@ -13,10 +13,11 @@
 //! energy they carry per parameter they cost). A matrix whose rank would not save parameters
 //! stays dense.
 //!
-//! Executing the two factors as two matmuls needs a runtime extension (new tensor names bound
-//! by the model loader) that is not built; so the output is the product `A·B` written back as an
-//! ordinary dense matrix (`--merge`, required for now): a file that pith and llama.cpp load,
-//! which shows the accuracy of the factorization, not its size.
+//! Output: each factored matrix `NAME` becomes two tensors, `NAME_a` (n_out × r) and `NAME_b`
+//! (r × n_in), which pith's runtime runs as two matmuls (`model::Linear`): a smaller file and
+//! fewer bytes per token, in a pith extension llama.cpp does not load. `--merge` writes the
+//! product `A·B` back as an ordinary dense matrix instead: a file every runtime loads, which
+//! shows the accuracy of the factorization, not its size.
 
 use crate::error::{CompressError, Result};
 use crate::imatrix::{self, Imatrix};
@@ -70,6 +71,12 @@ impl Factored {
         } else {
             (r * (self.n_out + self.n_in)) as u64
         }
+    }
+
+    /// The factors `A` (n_out × r) and `B` (r × n_in) at rank `r`, or `None` when factoring
+    /// would not save parameters (the matrix stays dense).
+    pub fn factors(&self, r: usize) -> Option<(DMatrix<f64>, DMatrix<f64>)> {
+        (r <= self.useful_rank()).then(|| (self.us.columns(0, r).into_owned(), self.vts.rows(0, r).into_owned()))
     }
 
     /// `A·B` at rank `r` (the matrix itself when `r` does not save parameters).
@@ -220,8 +227,9 @@ pub struct LowrankArgs {
     /// Factor the weights themselves, without activation whitening (the baseline).
     #[arg(long)]
     pub plain: bool,
-    /// Write the product of the factors as ordinary dense matrices (required: the runtime does
-    /// not yet execute factorized weights).
+    /// Write the product of the factors as ordinary dense matrices (a file llama.cpp loads too);
+    /// without it each factored matrix is stored as its two factors, which pith runs as two
+    /// matmuls.
     #[arg(long)]
     pub merge: bool,
     /// Tokens per calibration chunk.
@@ -230,7 +238,7 @@ pub struct LowrankArgs {
     /// Calibration chunks.
     #[arg(long, default_value_t = 32)]
     pub chunks: usize,
-    /// Type of the merged matrices: f32 or f16.
+    /// Type of the written matrices (merged, or the factors): f32 or f16.
     #[arg(long = "type", default_value = "f32")]
     pub ty: String,
     /// Threads (0 = all cores).
@@ -243,11 +251,6 @@ pub struct LowrankArgs {
 
 /// Runs `pith-compress lowrank`.
 pub fn run(a: &LowrankArgs) -> Result<()> {
-    if !a.merge {
-        return Err(CompressError::BadOption(
-            "lowrank writes the factors' product as dense matrices only: pass --merge (the runtime does not yet run factorized weights as two matmuls, and llama.cpp never will)".into(),
-        ));
-    }
     let ty = match a.ty.to_ascii_lowercase().as_str() {
         "f32" => GgmlType::F32,
         "f16" => GgmlType::F16,
@@ -381,16 +384,27 @@ pub fn run(a: &LowrankArgs) -> Result<()> {
         human(other + linear)
     ));
     crate::progress::out(&report)?;
-    // The merged file.
+    // The output: merged matrices, or each factored one as its two factors.
     let mut b: GgufBuilder = carry_metadata(&g);
     let index: std::collections::HashMap<&str, usize> =
         fs.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
+    let rows = |m: &DMatrix<f64>| -> Vec<f32> { m.transpose().iter().map(|&v| v as f32).collect() };
+    let mut n_factored = 0;
     for t in &g.tensors {
         match index.get(t.name) {
+            Some(&i) if !a.merge => match fs[i].factors(ranks[i]) {
+                Some((fa, fb)) => {
+                    let r = ranks[i] as u64;
+                    b.tensor(&format!("{}_a", t.name), &[r, fs[i].n_out as u64], ty, encode(&rows(&fa), ty));
+                    b.tensor(&format!("{}_b", t.name), &[fs[i].n_in as u64, r], ty, encode(&rows(&fb), ty));
+                    n_factored += 1;
+                }
+                None => {
+                    b.tensor(t.name, &t.dims, ty, encode(&rows(&fs[i].merged(ranks[i])), ty));
+                }
+            },
             Some(&i) => {
-                let m = fs[i].merged(ranks[i]);
-                let vals: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-                b.tensor(t.name, &t.dims, ty, encode(&vals, ty));
+                b.tensor(t.name, &t.dims, ty, encode(&rows(&fs[i].merged(ranks[i])), ty));
             }
             None => {
                 b.tensor(t.name, &t.dims, t.ty, t.data.to_vec());
@@ -400,12 +414,18 @@ pub fn run(a: &LowrankArgs) -> Result<()> {
     b.kv(
         "pith.lowrank",
         OwnedValue::String(format!(
-            "{} SVD, merged; linear parameters as factors {} of {}",
+            "{} SVD, {}; linear parameters as factors {} of {}",
             if a.plain { "plain" } else { "whitened" },
+            if a.merge { "merged" } else { "factored (NAME_a · NAME_b)" },
             linear,
             linear_dense
         )),
     );
+    if !a.merge {
+        crate::progress::note(&format!(
+            "lowrank: {n_factored} matrices stored as two factors (pith runs them as two matmuls; llama.cpp cannot load this file: --merge writes one it can)"
+        ));
+    }
     write_gguf(&b, &a.output, a.force, &inputs)?;
     crate::progress::note(&format!("lowrank: → {}", a.output.display()));
     Ok(())

@@ -1,6 +1,7 @@
 //! `pith-compress lowrank`: the whitened SVD is exact at full rank, optimal for the whitened
 //! error (Eckart–Young in the whitened space, never worse there than plain SVD), ranks follow
-//! their rule, and the binary writes a loadable dense model or refuses clearly.
+//! their rule, and the binary writes a model pith runs (two factors, or merged) or refuses
+//! clearly.
 
 use pith::testing::{build, spm_vocab, Rng, TinySpec};
 use pith_models::lowrank::{allot, factor, whitening, RankRule};
@@ -77,7 +78,7 @@ fn ranks_follow_their_rule() {
 }
 
 #[test]
-fn the_binary_merges_and_refuses_bad_input() {
+fn the_binary_factors_merges_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let words = ["the", "cat", "sat", "on", "mat"];
     let vocab = spm_vocab(&words, 0);
@@ -104,8 +105,68 @@ fn the_binary_merges_and_refuses_bad_input() {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
-    let (ok, _, err) = run(&["--rank", "8"]);
-    assert!(!ok && err.contains("--merge") && !out.exists(), "{err}");
+    let logits = |path: &std::path::Path| -> Vec<f32> {
+        let bytes = std::fs::read(path).unwrap();
+        let g = pith::gguf::Gguf::parse(&bytes).unwrap();
+        let m = pith::Model::from_gguf(&g).unwrap();
+        assert!(m.unused.is_empty(), "{:?}", m.unused);
+        let mut st = pith::State::new(&m, 4, 4).unwrap();
+        st.set_precision(pith::Precision::F32);
+        m.forward(&mut st, &pith::Pool::single(), &[1, 2, 3], pith::Logits::From(0)).unwrap().to_vec()
+    };
+    // Without --merge: each factored matrix as its two factors, which pith runs as two matmuls
+    // and which compute what the merged file computes.
+    let (ok, _, err) = run(&["--rank", "8", "-c", "32"]);
+    assert!(ok && err.contains("stored as two factors") && err.contains("llama.cpp cannot load"), "{err}");
+    let bytes = std::fs::read(&out).unwrap();
+    let g = pith::gguf::Gguf::parse(&bytes).unwrap();
+    let a = g.tensor("blk.0.attn_q.weight_a").expect("factor A");
+    let b = g.tensor("blk.0.attn_q.weight_b").expect("factor B");
+    assert!(g.tensor("blk.0.attn_q.weight").is_none());
+    assert_eq!((a.dims[0], b.dims[1]), (8, 8), "rank 8: {:?} {:?}", a.dims, b.dims);
+    let factored = logits(&out);
+    let merged_out = dir.path().join("merged.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_pith-compress"))
+        .args(["lowrank", "--rank", "8", "--merge", "-c", "32", "-f"])
+        .arg(&calib)
+        .arg(&input)
+        .arg(&merged_out)
+        .env("PITH_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged = logits(&merged_out);
+    let scale = merged.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (x, y) in factored.iter().zip(&merged) {
+        assert!((x - y).abs() <= 1e-4 * scale, "factored {x} vs merged {y}");
+    }
+    assert!(factored.len() == merged.len() && bytes.len() < std::fs::read(&merged_out).unwrap().len());
+    // Broken factors: B's rank is not A's, or B is missing — errors naming the tensor.
+    // Each tensor's new dims (None: left out).
+    type Edit<'e> = &'e dyn Fn(&str, &[u64]) -> Option<Vec<u64>>;
+    let rebuilt = |edit: Edit| -> Result<(), String> {
+        let mut w = pith::gguf::writer::GgufBuilder::new();
+        for (k, v) in &g.metadata {
+            w.kv(k, pith::gguf::writer::OwnedValue::from_value(v));
+        }
+        for t in &g.tensors {
+            if let Some(dims) = edit(t.name, &t.dims) {
+                // A reshaped tensor is a factor (f32): zeros of its new size.
+                let n: u64 = dims.iter().product();
+                let data = if dims == t.dims { t.data.to_vec() } else { vec![0u8; n as usize * 4] };
+                w.tensor(t.name, &dims, t.ty, data);
+            }
+        }
+        let bytes = w.to_bytes();
+        let g = pith::gguf::Gguf::parse(&bytes).map_err(|e| e.to_string())?;
+        pith::Model::from_gguf(&g).map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert_eq!(rebuilt(&|_, d| Some(d.to_vec())), Ok(()));
+    let err = rebuilt(&|n, d| Some(if n == "blk.1.ffn_down.weight_b" { vec![d[0], d[1] - 1] } else { d.to_vec() }));
+    assert!(err.as_ref().is_err_and(|e| e.contains("blk.1.ffn_down.weight_b")), "{err:?}");
+    let err = rebuilt(&|n, d| (n != "blk.0.ffn_up.weight_b").then(|| d.to_vec()));
+    assert!(err.as_ref().is_err_and(|e| e.contains("blk.0.ffn_up.weight_b")), "{err:?}");
+    std::fs::remove_file(&out).unwrap();
     let (ok, _, err) = run(&["--energy", "1.5", "--merge"]);
     assert!(!ok && err.contains("--energy 1.5") && !out.exists(), "{err}");
     let (ok, stdout, err) = run(&["--rank", "8", "--merge", "-c", "32"]);

@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::from_gguf(&gguf)?;
     let pool = Pool::new(threads)?;
     let c = &model.config;
-    let (d, ff) = (c.n_embd, model.layers[0].w_gate.n_rows);
+    let (d, ff) = (c.n_embd, model.layers[0].w_gate.w.n_rows);
     let x: Vec<f32> = (0..n * ff.max(d) * 2).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
     let mut scratch = MatmulScratch::default();
     let buf = |len: usize| vec![0.0f32; n * len];
@@ -33,18 +33,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut g, mut u, mut logits) = (buf(ff), buf(ff), buf(model.output.n_rows));
     let mut step = || {
         for l in &model.layers {
-            let (nq, nk, nv) = (l.wq.n_rows, l.wk.n_rows, l.wv.n_rows);
+            let (nq, nk, nv) = (l.wq.w.n_rows, l.wk.w.n_rows, l.wv.w.n_rows);
             matmul_many(
                 &pool,
                 &mut scratch,
-                &[&l.wq, &l.wk, &l.wv],
+                &[&l.wq.w, &l.wk.w, &l.wv.w],
                 &x[..n * d],
                 n,
                 &mut [&mut q[..n * nq], &mut k[..n * nk], &mut v[..n * nv]],
             );
-            matmul(&pool, &mut scratch, &l.wo, &x[..n * l.wo.n_cols], n, &mut o);
-            matmul_many(&pool, &mut scratch, &[&l.w_gate, &l.w_up], &x[..n * d], n, &mut [&mut g, &mut u]);
-            matmul(&pool, &mut scratch, &l.w_down, &x[..n * ff], n, &mut o);
+            matmul(&pool, &mut scratch, &l.wo.w, &x[..n * l.wo.w.n_cols], n, &mut o);
+            matmul_many(&pool, &mut scratch, &[&l.w_gate.w, &l.w_up.w], &x[..n * d], n, &mut [&mut g, &mut u]);
+            matmul(&pool, &mut scratch, &l.w_down.w, &x[..n * ff], n, &mut o);
         }
         matmul(&pool, &mut scratch, &model.output, &x[..n * d], n, &mut logits);
     };

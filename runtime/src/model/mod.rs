@@ -29,23 +29,45 @@ use alloc::vec;
 use alloc::vec::Vec;
 use pith_kernels::GgmlType;
 
+/// A linear layer's weight: one matrix, or two factors run as two matmuls, `y = A·(B·x)`.
+/// The factors are pith's low-rank extension (`pith-compress lowrank` without `--merge`): the
+/// file holds `NAME_a` (n_out, rank) and `NAME_b` (rank, n_in) instead of `NAME`; llama.cpp
+/// does not load such files.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear<'a> {
+    pub w: Weight<'a>,             // (n_out, n_in), or A (n_out, rank) when factored
+    pub right: Option<Weight<'a>>, // B (rank, n_in) when factored
+}
+
+impl Linear<'_> {
+    /// Output features.
+    pub fn n_rows(&self) -> usize {
+        self.w.n_rows
+    }
+
+    /// Bytes of weights read per token.
+    pub fn bytes(&self) -> usize {
+        self.w.data.len() + self.right.map_or(0, |b| b.data.len())
+    }
+}
+
 /// One transformer block's weights.
 pub struct Layer<'a> {
     pub attn_norm: &'a [f32],              // (n_embd)
-    pub wq: Weight<'a>,                    // (q_dim, n_embd)
-    pub wk: Weight<'a>,                    // (kv_dim, n_embd)
-    pub wv: Weight<'a>,                    // (kv_dim, n_embd)
+    pub wq: Linear<'a>,                    // (q_dim, n_embd)
+    pub wk: Linear<'a>,                    // (kv_dim, n_embd)
+    pub wv: Linear<'a>,                    // (kv_dim, n_embd)
     pub bq: Option<&'a [f32]>,             // (q_dim)
     pub bk: Option<&'a [f32]>,             // (kv_dim)
     pub bv: Option<&'a [f32]>,             // (kv_dim)
     pub q_norm: Option<&'a [f32]>,         // (head_dim) per-head RMSNorm of queries
     pub k_norm: Option<&'a [f32]>,         // (head_dim) per-head RMSNorm of keys
-    pub wo: Weight<'a>,                    // (n_embd, q_dim)
+    pub wo: Linear<'a>,                    // (n_embd, q_dim)
     pub post_attn_norm: Option<&'a [f32]>, // (n_embd) on the attention output
     pub ffn_norm: &'a [f32],               // (n_embd)
-    pub w_gate: Weight<'a>,                // (n_ff, n_embd)
-    pub w_up: Weight<'a>,                  // (n_ff, n_embd)
-    pub w_down: Weight<'a>,                // (n_embd, n_ff)
+    pub w_gate: Linear<'a>,                // (n_ff, n_embd)
+    pub w_up: Linear<'a>,                  // (n_ff, n_embd)
+    pub w_down: Linear<'a>,                // (n_embd, n_ff)
     pub post_ffn_norm: Option<&'a [f32]>,  // (n_embd) on the feed-forward output
 }
 
@@ -73,6 +95,21 @@ impl<'a> Binder<'_, 'a> {
     fn weight(&mut self, name: &str, n_rows: usize, n_cols: usize) -> Result<Weight<'a>> {
         self.used.insert(name.to_string());
         weight(self.g, name, n_rows, n_cols)
+    }
+    /// A linear layer's weight: `name`, or its factors `name_a` and `name_b` (see [`Linear`]).
+    fn linear(&mut self, name: &str, n_rows: usize, n_cols: usize) -> Result<Linear<'a>> {
+        let (na, nb) = (alloc::format!("{name}_a"), alloc::format!("{name}_b"));
+        let Some(ta) = self.g.tensor(&na).filter(|_| self.g.tensor(name).is_none()) else {
+            return Ok(Linear { w: self.weight(name, n_rows, n_cols)?, right: None });
+        };
+        // The rank is A's column count; both shapes are then checked as any weight's.
+        let rank = ta.dims.first().and_then(|&r| usize::try_from(r).ok()).unwrap_or(0);
+        if rank == 0 {
+            return Err(Error::ShapeMismatch { tensor: na, expected: vec![1, n_rows as u64], found: ta.dims.clone() });
+        }
+        let w = self.weight(&na, n_rows, rank)?;
+        let right = Some(self.weight(&nb, rank, n_cols)?);
+        Ok(Linear { w, right })
     }
     /// A vector the architecture needs, may use, or does not know (then it is left unused).
     fn vector(&mut self, name: &str, n: usize, need: Need) -> Result<Option<&'a [f32]>> {
@@ -141,20 +178,20 @@ impl<'a> Model<'a> {
             let n = |s: &str| alloc::format!("blk.{i}.{s}");
             layers.push(Layer {
                 attn_norm: b.required(&n("attn_norm.weight"), d)?,
-                wq: b.weight(&n("attn_q.weight"), q, d)?,
-                wk: b.weight(&n("attn_k.weight"), kv, d)?,
-                wv: b.weight(&n("attn_v.weight"), kv, d)?,
+                wq: b.linear(&n("attn_q.weight"), q, d)?,
+                wk: b.linear(&n("attn_k.weight"), kv, d)?,
+                wv: b.linear(&n("attn_v.weight"), kv, d)?,
                 bq: b.vector(&n("attn_q.bias"), q, a.qkv_bias)?,
                 bk: b.vector(&n("attn_k.bias"), kv, a.qkv_bias)?,
                 bv: b.vector(&n("attn_v.bias"), kv, a.qkv_bias)?,
                 q_norm: b.vector(&n("attn_q_norm.weight"), hd, a.qk_norm)?,
                 k_norm: b.vector(&n("attn_k_norm.weight"), hd, a.qk_norm)?,
-                wo: b.weight(&n("attn_output.weight"), d, q)?,
+                wo: b.linear(&n("attn_output.weight"), d, q)?,
                 post_attn_norm: b.vector(&n("post_attention_norm.weight"), d, a.post_norms)?,
                 ffn_norm: b.required(&n("ffn_norm.weight"), d)?,
-                w_gate: b.weight(&n("ffn_gate.weight"), ff, d)?,
-                w_up: b.weight(&n("ffn_up.weight"), ff, d)?,
-                w_down: b.weight(&n("ffn_down.weight"), d, ff)?,
+                w_gate: b.linear(&n("ffn_gate.weight"), ff, d)?,
+                w_up: b.linear(&n("ffn_up.weight"), ff, d)?,
+                w_down: b.linear(&n("ffn_down.weight"), d, ff)?,
                 post_ffn_norm: b.vector(&n("post_ffw_norm.weight"), d, a.post_norms)?,
             });
         }
@@ -180,7 +217,7 @@ impl<'a> Model<'a> {
         }
         for l in &self.layers {
             for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                n += w.data.len();
+                n += w.bytes();
             }
         }
         n
@@ -265,9 +302,50 @@ pub struct Workspace {
     vf: Vec<f32>,              // (n_pos, kv_dim) one sequence's layer values, widened for attention
     att_tmp: Vec<f32>,         // batch: (n_head, n rounded up, head_dim); decode: (n_head, n_pos + head_dim)
     tpos: Vec<usize>,          // (n) each token's position in its sequence
+    lr: Vec<f32>,              // (n, rank) a factored linear's intermediate B·x
     rope: Vec<(f32, f32)>,     // (n_ctx_max, rope_dim / 2) cos, sin
     rope_swa: Vec<(f32, f32)>, // (n_ctx_max, rope_dim / 2) for sliding-window layers, or empty
     scratch: MatmulScratch,
+}
+
+/// `out = l·x` for `n` tokens: one matmul, or for a factored layer two, through `tmp`.
+fn linear(
+    pool: &Pool,
+    scratch: &mut MatmulScratch,
+    tmp: &mut Vec<f32>,
+    l: &Linear<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    match &l.right {
+        None => matmul(pool, scratch, &l.w, x, n, out),
+        Some(b) => {
+            tmp.resize(n * b.n_rows, 0.0);
+            matmul(pool, scratch, b, x, n, tmp);
+            matmul(pool, scratch, &l.w, tmp, n, out);
+        }
+    }
+}
+
+/// [`linear`] for layers sharing their input: one pass over it when none is factored.
+fn linear_many<const K: usize>(
+    pool: &Pool,
+    scratch: &mut MatmulScratch,
+    tmp: &mut Vec<f32>,
+    ls: [&Linear<'_>; K],
+    x: &[f32],
+    n: usize,
+    outs: [&mut Vec<f32>; K],
+) {
+    if ls.iter().all(|l| l.right.is_none()) {
+        let mut outs = outs.map(|o| o.as_mut_slice());
+        matmul_many(pool, scratch, &ls.map(|l| &l.w), x, n, &mut outs);
+    } else {
+        for (l, o) in ls.into_iter().zip(outs) {
+            linear(pool, scratch, tmp, l, x, n, o);
+        }
+    }
 }
 
 impl Workspace {
@@ -322,6 +400,7 @@ impl Workspace {
             vf: Vec::new(),
             att_tmp: Vec::new(),
             tpos: Vec::new(),
+            lr: Vec::new(),
             rope,
             rope_swa,
             scratch: MatmulScratch::default(),
@@ -556,7 +635,15 @@ impl Model<'_> {
                 });
             }
             obs.matmul_input(Some(li), Site::AttnIn, &s.xb, n);
-            matmul_many(pool, &mut s.scratch, &[&l.wq, &l.wk, &l.wv], &s.xb, n, &mut [&mut s.q, &mut s.k, &mut s.v]);
+            linear_many(
+                pool,
+                &mut s.scratch,
+                &mut s.lr,
+                [&l.wq, &l.wk, &l.wv],
+                &s.xb,
+                n,
+                [&mut s.q, &mut s.k, &mut s.v],
+            );
             add_bias(&mut s.v, l.bv);
             let window = c.window(li);
             let rope = if window.is_some() { &s.rope_swa } else { &s.rope };
@@ -637,7 +724,7 @@ impl Model<'_> {
                 a += gn;
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
-            matmul(pool, &mut s.scratch, &l.wo, &s.att, n, &mut s.proj);
+            linear(pool, &mut s.scratch, &mut s.lr, &l.wo, &s.att, n, &mut s.proj);
             // [Post-norm,] residual, then the feed-forward block's norm.
             let (proj, norm, post) = (&s.proj, l.ffn_norm, l.post_attn_norm);
             per_token2(pool, n, (&mut s.x, d), (&mut s.xb, d), &|t0, x, xb| {
@@ -648,7 +735,7 @@ impl Model<'_> {
             });
             // Feed-forward block (SwiGLU or GeGLU), one token's row at a time.
             obs.matmul_input(Some(li), Site::FfnIn, &s.xb, n);
-            matmul_many(pool, &mut s.scratch, &[&l.w_gate, &l.w_up], &s.xb, n, &mut [&mut s.hb, &mut s.hb2]);
+            linear_many(pool, &mut s.scratch, &mut s.lr, [&l.w_gate, &l.w_up], &s.xb, n, [&mut s.hb, &mut s.hb2]);
             let (up, gate) = (&s.hb2, c.traits.gate);
             per_token(pool, n, &mut s.hb, ff, &|t0, g| {
                 for (i, gt) in g.chunks_exact_mut(ff).enumerate() {
@@ -660,7 +747,7 @@ impl Model<'_> {
                 }
             });
             obs.matmul_input(Some(li), Site::FfnDown, &s.hb, n);
-            matmul(pool, &mut s.scratch, &l.w_down, &s.hb, n, &mut s.proj);
+            linear(pool, &mut s.scratch, &mut s.lr, &l.w_down, &s.hb, n, &mut s.proj);
             // [Post-norm,] residual, then the next layer's attention norm.
             let (proj, next, post) = (&s.proj, self.layers.get(li + 1).map(|nl| nl.attn_norm), l.post_ffn_norm);
             per_token2(pool, n, (&mut s.x, d), (&mut s.xb, d), &|t0, x, xb| {
