@@ -606,7 +606,8 @@ pub fn read_hf(dir: &Path) -> Result<HfModel> {
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
     /// Input Hugging Face model folder (llama: config.json, model.safetensors or shards,
-    /// tokenizer.json).
+    /// tokenizer.json), or a glassllm model (`.npz`; its tokenizer beside it as
+    /// `NAME.tokenizer.json`, or --tokenizer).
     pub input: PathBuf,
     /// Output GGUF.
     pub output: PathBuf,
@@ -617,11 +618,20 @@ pub struct ConvertArgs {
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
+    /// The tokenizer JSON of a `.npz` input (default: NAME.tokenizer.json beside it).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Runs `pith-compress convert`.
 pub fn run(a: &ConvertArgs) -> Result<()> {
     let ty = a.ty.as_deref().map(parse_type).transpose()?;
+    if a.input.extension().is_some_and(|e| e == "npz") {
+        return crate::npz::run(&a.input, a.tokenizer.as_deref(), &a.output, ty, a.force);
+    }
+    if a.tokenizer.is_some() {
+        return Err(CompressError::BadOption("--tokenizer is for a .npz input".into()));
+    }
     let files = if a.input.is_dir() { safetensors_files(&a.input).unwrap_or_default() } else { Vec::new() };
     let inputs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     check_output(&a.output, a.force, &inputs)?;

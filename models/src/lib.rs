@@ -24,6 +24,7 @@ pub mod export;
 pub mod gptq;
 pub mod imatrix;
 pub mod lowrank;
+pub mod npz;
 pub mod output;
 pub mod plot;
 pub mod progress;

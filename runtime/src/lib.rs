@@ -1,7 +1,7 @@
 //! pith: on-device inference for compressed language models.
 //!
-//! The GGUF reader and the forward pass are `no_std` + `alloc`; the `std` feature adds the
-//! file map, threads, the tokenizer, chat templates, sampling and the engine (an owning,
+//! The GGUF reader, the forward pass and sampling are `no_std` + `alloc`; the `std` feature adds the
+//! file map, threads, the tokenizer, chat templates and the engine (an owning,
 //! `Send + Sync` [`engine::LoadedModel`] and cancellable [`engine::Session`]s). The command
 //! line is the `pith-cli` crate; the C ABI is `pith-ffi` (targets/ffi).
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -21,7 +21,6 @@ pub mod model;
 pub mod parallel;
 #[cfg(feature = "std")]
 pub mod perplexity;
-#[cfg(feature = "std")]
 pub mod sampling;
 #[cfg(feature = "std")]
 pub mod session;

@@ -22,6 +22,10 @@ mod imp {
     pub fn lnf(x: f64) -> f64 {
         x.ln()
     }
+    #[inline]
+    pub fn logf(x: f32) -> f32 {
+        x.ln()
+    }
 }
 
 #[cfg(not(feature = "std"))]
@@ -45,6 +49,10 @@ mod imp {
     #[inline]
     pub fn lnf(x: f64) -> f64 {
         libm::log(x)
+    }
+    #[inline]
+    pub fn logf(x: f32) -> f32 {
+        libm::logf(x)
     }
 }
 

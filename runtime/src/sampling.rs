@@ -1,11 +1,16 @@
 //! Token sampling: greedy, temperature, top-k, top-p, min-p and repetition penalty, seeded.
 //!
 //! The order follows llama.cpp's default chain: penalties → top-k → top-p → min-p → temperature
-//! → draw. A temperature of 0 (or less) is greedy decoding.
+//! → draw. A temperature of 0 (or less) is greedy decoding. `no_std` + `alloc`: the Cortex-M
+//! firmware samples with this same code.
 
+use crate::math::{expf, logf};
+use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cmp::Reverse;
 use rand::{Rng, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
@@ -155,7 +160,7 @@ impl Sampler {
                 .enumerate()
                 .map(|(i, &l)| penalized(&self.pen, i as u32, l))
                 .fold(f32::NEG_INFINITY, f32::max);
-            let floor = best + c.min_p.ln();
+            let floor = best + logf(c.min_p);
             self.cand.extend(
                 logits
                     .iter()
@@ -282,7 +287,7 @@ fn argmax(c: &[(u32, f32)]) -> u32 {
 
 fn softmax_of(c: &[(u32, f32)], temp: f32) -> Vec<f32> {
     let max = c.iter().map(|e| e.1).fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<f32> = c.iter().map(|e| ((e.1 - max) / temp).exp()).collect();
+    let mut p: Vec<f32> = c.iter().map(|e| expf((e.1 - max) / temp)).collect();
     let sum: f32 = p.iter().sum();
     for v in &mut p {
         *v /= sum;

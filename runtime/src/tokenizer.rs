@@ -780,8 +780,12 @@ impl Tokenizer {
             match self.vocab.get(piece) {
                 Some(id) => out.push(id),
                 None => {
-                    for &b in piece.as_bytes() {
-                        out.push(self.byte_token(b)?);
+                    let bytes: Vec<u32> = piece.as_bytes().iter().map(|&b| self.byte_token(b)).collect::<Result<_, _>>()?;
+                    match self.unk {
+                        // A vocabulary without byte tokens (llama.cpp throws): one unknown token
+                        // per character, as SentencePiece without byte fallback gives.
+                        Some(unk) if bytes.iter().all(|&id| id == unk) => out.push(unk),
+                        _ => out.extend(bytes),
                     }
                 }
             }
