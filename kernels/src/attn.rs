@@ -69,13 +69,13 @@ pub fn attend_f16_scalar(
     let hd = q.len();
     for (p, s) in scores.iter_mut().enumerate() {
         let row = &k[p * stride + off..p * stride + off + hd];
-        *s = q.iter().zip(row).map(|(&a, &b)| a * b.to_f32()).sum();
+        *s = q.iter().zip(row).map(|(&a, &b)| a * crate::f16::f16_to_f32(b)).sum();
     }
     crate::vmath::softmax_scaled_on(KernelPath::Scalar, scores, scale);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         for (o, &b) in out.iter_mut().zip(&v[p * stride + off..p * stride + off + hd]) {
-            *o += w * b.to_f32();
+            *o += w * crate::f16::f16_to_f32(b);
         }
     }
 }
@@ -209,7 +209,7 @@ fn scores_any(simd: bool, q: &[f32], k: KvRows<'_>, stride: usize, off: usize, s
         KvRows::F16(k) => {
             for (p, s) in scores.iter_mut().enumerate() {
                 let row = &k[p * stride + off..p * stride + off + hd];
-                *s = q.iter().zip(row).map(|(&a, &b)| a * b.to_f32()).sum();
+                *s = q.iter().zip(row).map(|(&a, &b)| a * crate::f16::f16_to_f32(b)).sum();
             }
         }
         KvRows::Q8_0(b) | KvRows::Q4_0(b) => {
@@ -250,7 +250,7 @@ fn accumulate_any(simd: bool, v: KvRows<'_>, stride: usize, off: usize, w: &[f32
         KvRows::F16(v) => {
             for (p, &wp) in w.iter().enumerate() {
                 for (o, &b) in out.iter_mut().zip(&v[p * stride + off..p * stride + off + hd]) {
-                    *o += wp * b.to_f32();
+                    *o += wp * crate::f16::f16_to_f32(b);
                 }
             }
         }
@@ -273,7 +273,7 @@ fn accumulate_any(simd: bool, v: KvRows<'_>, stride: usize, off: usize, w: &[f32
 /// A Q8_0 (34 bytes) or Q4_0 (18 bytes) block's integer codes as f32 (Q4_0's minus 8); returns
 /// its scale.
 fn block_codes(blk: &[u8], vals: &mut [f32; 32]) -> f32 {
-    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+    let d = crate::f16::f16_to_f32(f16::from_le_bytes([blk[0], blk[1]]));
     if blk.len() == Q8_0_BYTES {
         for (o, &c) in vals.iter_mut().zip(&blk[2..]) {
             *o = c as i8 as f32;

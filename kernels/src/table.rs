@@ -66,7 +66,14 @@ const fn generic<T: Grid>() -> TypeKernels {
 }
 
 /// `row` with the hand-written kernel `f` on `path`.
-#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_feature = "neon"),
+        all(target_arch = "arm", target_feature = "dsp")
+    )),
+    allow(dead_code)
+)]
 const fn with(mut row: TypeKernels, path: KernelPath, f: GemvFn) -> TypeKernels {
     row.gemv[path as usize] = Some(f);
     row
@@ -102,6 +109,19 @@ macro_rules! with_all_paths {
     }};
 }
 
+/// `row` with a Cortex-M DSP kernel (`arch/armv7em`), in builds for such cores only.
+macro_rules! with_dsp {
+    ($row:expr, $f:ident) => {{
+        #[allow(unused_mut)]
+        let mut row = $row;
+        #[cfg(all(target_arch = "arm", target_feature = "dsp"))]
+        {
+            row = with(row, KernelPath::ArmDsp, crate::arch::armv7em::$f);
+        }
+        row
+    }};
+}
+
 /// A generic row with hand-written x86 kernels on AVX-512 (and AVX2), in x86 builds only.
 macro_rules! with_x86 {
     ($block:ty, avx512: $f:ident $(::<$b:literal>)? $(, avx2: $f2:ident ::<$b2:literal>)?) => {{
@@ -118,11 +138,17 @@ macro_rules! with_x86 {
 
 /// The table, one row per weight type with integer kernels.
 static TABLE: [TypeKernels; 12] = [
-    with_all_paths!(BlockQ4_0, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot, many: gemv_many_q4_0_avx512),
+    with_dsp!(
+        with_all_paths!(BlockQ4_0, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot, many: gemv_many_q4_0_avx512),
+        gemv_q4_0_dsp
+    ),
     with_all_paths!(BlockQ4_1, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot, many: gemv_many_q4_1_avx512),
     with_x86!(BlockQ5_0, avx512: gemv_q5_avx512::<false>, avx2: gemv_q5_avx2::<false>),
     with_x86!(BlockQ5_1, avx512: gemv_q5_avx512::<true>, avx2: gemv_q5_avx2::<true>),
-    with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot, many: gemv_many_q8_0_avx512),
+    with_dsp!(
+        with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot, many: gemv_many_q8_0_avx512),
+        gemv_q8_0_dsp
+    ),
     with_x86!(BlockQ2K, avx512: gemv_q23k_avx512::<false>),
     with_x86!(BlockQ3K, avx512: gemv_q23k_avx512::<true>),
     with_x86!(BlockQ4K, avx512: gemv_q45k_avx512::<false>),
@@ -147,7 +173,7 @@ pub fn kernel_table() -> &'static [TypeKernels] {
 const fn next_down(path: KernelPath) -> Option<KernelPath> {
     match path {
         KernelPath::Scalar => None,
-        KernelPath::Avx2 | KernelPath::Neon => Some(KernelPath::Scalar),
+        KernelPath::Avx2 | KernelPath::Neon | KernelPath::ArmDsp => Some(KernelPath::Scalar),
         KernelPath::Avx512 => Some(KernelPath::Avx2),
         KernelPath::NeonDotprod => Some(KernelPath::Neon),
         KernelPath::NeonI8mm => Some(KernelPath::NeonDotprod),

@@ -7,7 +7,13 @@ fn main() {
     std::fs::copy("memory.x", out.join("memory.x")).expect("copy memory.x");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed=memory.x");
-    for v in ["PITH_FIRMWARE_MODEL", "PITH_FIRMWARE_PROMPT", "PITH_FIRMWARE_N", "PITH_FIRMWARE_TEMP_MILLI", "PITH_FIRMWARE_SEED"] {
+    for v in [
+        "PITH_FIRMWARE_MODEL",
+        "PITH_FIRMWARE_PROMPT",
+        "PITH_FIRMWARE_N",
+        "PITH_FIRMWARE_TEMP_MILLI",
+        "PITH_FIRMWARE_SEED",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     if let Some(m) = std::env::var_os("PITH_FIRMWARE_MODEL") {

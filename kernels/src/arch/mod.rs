@@ -5,5 +5,7 @@
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub(crate) mod arm;
+#[cfg(all(target_arch = "arm", target_feature = "dsp"))]
+pub(crate) mod armv7em;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;

@@ -22,8 +22,9 @@
 //!   (`usmmla`/`smmla`, FEAT_I8MM) likewise: `getauxval(AT_HWCAP2)` (`HWCAP2_I8MM`) on
 //!   Linux/Android, else `cfg(target_feature = "i8mm")`; the `neon-i8mm` path also
 //!   requires dotprod, whose kernels it falls back to.
-//! * Other targets (e.g. Cortex-M `thumbv7em`): only [`KernelPath::Scalar`]; the SIMD
-//!   modules are not compiled.
+//! * 32-bit Arm with the DSP extension (Cortex-M4/M7, `thumbv7em`): [`KernelPath::ArmDsp`],
+//!   from the compile-time `cfg(target_feature = "dsp")`.
+//! * Other targets: only [`KernelPath::Scalar`]; the SIMD modules are not compiled.
 
 use core::fmt;
 use core::str::FromStr;
@@ -67,22 +68,27 @@ pub enum KernelPath {
     /// FEAT_I8MM: Armv8.6-A, e.g. Cortex-A510/A710/X2, Neoverse V1/N2, Apple M2 and later).
     /// Only the prefill gemm has `usmmla` kernels; everything else runs `NeonDotprod`'s.
     NeonI8mm,
+    /// 32-bit Arm M-profile with the DSP extension (Armv7E-M: Cortex-M4/M7, and later M
+    /// cores): `smlad` dual 16-bit multiply-accumulates. Decode kernels for Q8_0 and Q4_0;
+    /// everything else is scalar.
+    ArmDsp,
 }
 
 impl KernelPath {
     /// Every path, from the most portable to the most specialized.
-    pub const ALL: [KernelPath; 6] = [
+    pub const ALL: [KernelPath; 7] = [
         KernelPath::Scalar,
         KernelPath::Avx2,
         KernelPath::Avx512,
         KernelPath::Neon,
         KernelPath::NeonDotprod,
         KernelPath::NeonI8mm,
+        KernelPath::ArmDsp,
     ];
 
     /// The name used by [`Display`](fmt::Display), [`FromStr`] and the runtime's
     /// `PITH_KERNELS` variable: `scalar`, `avx2`, `avx512`, `neon`, `neon-dotprod`,
-    /// `neon-i8mm`.
+    /// `neon-i8mm`, `arm-dsp`.
     pub const fn name(self) -> &'static str {
         match self {
             KernelPath::Scalar => "scalar",
@@ -91,6 +97,7 @@ impl KernelPath {
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
             KernelPath::NeonI8mm => "neon-i8mm",
+            KernelPath::ArmDsp => "arm-dsp",
         }
     }
 
@@ -104,6 +111,9 @@ impl KernelPath {
         }
         if is("neon_i8mm") || is("i8mm") {
             return Some(KernelPath::NeonI8mm);
+        }
+        if is("arm_dsp") || is("dsp") {
+            return Some(KernelPath::ArmDsp);
         }
         KernelPath::ALL.into_iter().find(|p| is(p.name()))
     }
@@ -122,6 +132,9 @@ impl KernelPath {
             KernelPath::Neon => "kernel path neon: this CPU/build is not AArch64 with NEON",
             KernelPath::NeonDotprod => "kernel path neon-dotprod: this CPU/build lacks AArch64 NEON dotprod (sdot)",
             KernelPath::NeonI8mm => "kernel path neon-i8mm: this CPU/build lacks AArch64 NEON i8mm (usmmla) or dotprod",
+            KernelPath::ArmDsp => {
+                "kernel path arm-dsp: this build is not 32-bit Arm with the DSP extension (thumbv7em)"
+            }
         }
     }
 
@@ -143,7 +156,8 @@ impl fmt::Display for KernelPath {
 impl FromStr for KernelPath {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        KernelPath::from_name(s).ok_or("unknown kernel path: use scalar, avx2, avx512, neon, neon-dotprod or neon-i8mm")
+        KernelPath::from_name(s)
+            .ok_or("unknown kernel path: use scalar, avx2, avx512, neon, neon-dotprod, neon-i8mm or arm-dsp")
     }
 }
 
@@ -175,6 +189,9 @@ fn available_mask() -> u8 {
                 m |= 1 << KernelPath::NeonI8mm.index();
             }
         }
+    }
+    if detect::arm_dsp() {
+        m |= 1 << KernelPath::ArmDsp.index();
     }
     AVAILABLE.store(m, Ordering::Relaxed);
     m
@@ -296,6 +313,12 @@ mod detect {
         };
         let v = [r.eax, r.ebx, r.ecx, r.edx][reg];
         (v >> bit) & 1 != 0
+    }
+
+    /// The Armv7E-M DSP extension: a property of the build target (thumbv7em and later M
+    /// profiles), fixed at compile time like the core it runs on.
+    pub fn arm_dsp() -> bool {
+        cfg!(all(target_arch = "arm", target_feature = "dsp"))
     }
 
     /// NEON (Advanced SIMD) is baseline on AArch64 targets with a hardware float ABI.

@@ -5,8 +5,8 @@
 //!
 //! Build-time settings (environment variables; run.sh sets them): PITH_FIRMWARE_MODEL (path of
 //! the GGUF, required), PITH_FIRMWARE_PROMPT, PITH_FIRMWARE_N (tokens to generate),
-//! PITH_FIRMWARE_TEMP_MILLI (temperature in thousandths, 0 = greedy), PITH_FIRMWARE_SEED
-//! (default 42, as `pith run`).
+//! PITH_FIRMWARE_TEMP_MILLI (temperature of the second, sampled run in thousandths; default
+//! 800 as `pith run`), PITH_FIRMWARE_SEED (default 42, as `pith run`). The first run is greedy.
 #![no_std]
 #![no_main]
 
@@ -46,8 +46,8 @@ const fn setting(v: Option<&str>, default: u64) -> u64 {
     n
 }
 const N_PREDICT: usize = setting(option_env!("PITH_FIRMWARE_N"), 32) as usize;
-/// Temperature in thousandths (0 = greedy).
-const TEMP_MILLI: u64 = setting(option_env!("PITH_FIRMWARE_TEMP_MILLI"), 0);
+/// Temperature of the sampled run, in thousandths (the greedy run always comes first).
+const TEMP_MILLI: u64 = setting(option_env!("PITH_FIRMWARE_TEMP_MILLI"), 800);
 const SEED: u64 = setting(option_env!("PITH_FIRMWARE_SEED"), 42);
 
 // ---- heap: embedded-alloc's first-fit heap, counted -------------------------------------------
@@ -169,6 +169,61 @@ fn print_utf8(pending: &mut Vec<u8>) {
     }
 }
 
+/// The DSP decode kernels against the scalar oracle, on this core: random rows of each type
+/// with a DSP kernel and random tokens; the integer sums are exact, so the two differ only by
+/// the f32 rounding of the per-block products, bounded by 1e-5 of `Σ|w·x|`.
+fn dsp_self_test() {
+    use pith_kernels::{dequantize_row, gemv_q8_on, quantize_row, GgmlType, KernelPath, VecQ8};
+    if !KernelPath::ArmDsp.is_available() {
+        fail(&"this build has no DSP kernels (not thumbv7em with the DSP extension?)");
+    }
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let (rows, k) = (8, 256);
+    let mut checked = 0;
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        if kernel_path_of(ty) != KernelPath::ArmDsp {
+            fail(&"a DSP kernel is missing from the kernel table");
+        }
+        let rb = ty.row_bytes(k).unwrap_or(0);
+        let w_f: Vec<f32> = (0..rows * k).map(|i| rnd() * if i % 29 == 0 { 4.0 } else { 1.0 }).collect();
+        let mut w = alloc::vec![0u8; rows * rb];
+        for (src, dst) in w_f.chunks_exact(k).zip(w.chunks_exact_mut(rb)) {
+            quantize_row(ty, src, dst);
+        }
+        let mut deq = alloc::vec![0f32; rows * k];
+        for (src, dst) in w.chunks_exact(rb).zip(deq.chunks_exact_mut(k)) {
+            dequantize_row(ty, src, dst);
+        }
+        for _ in 0..4 {
+            let x: Vec<f32> = (0..k).map(|_| rnd()).collect();
+            let mut v = VecQ8::default();
+            v.quantize_for(KernelPath::ArmDsp, &x);
+            let (mut got, mut want) = (alloc::vec![0f32; rows], alloc::vec![0f32; rows]);
+            gemv_q8_on(KernelPath::ArmDsp, ty, &w, rows, &v, &mut got);
+            gemv_q8_on(KernelPath::Scalar, ty, &w, rows, &v, &mut want);
+            for r in 0..rows {
+                let mag: f32 = deq[r * k..(r + 1) * k].iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                if (got[r] - want[r]).abs() > 1e-5 * mag {
+                    hprintln!("pith-firmware: {} row {}: DSP {} vs scalar {}", ty, r, got[r], want[r]);
+                    fail(&"a DSP kernel disagrees with the scalar oracle");
+                }
+                checked += 1;
+            }
+        }
+    }
+    hprintln!("pith-firmware: DSP kernels (Q8_0, Q4_0) agree with the scalar oracle on {} rows", checked);
+}
+
+fn kernel_path_of(ty: pith_kernels::GgmlType) -> pith_kernels::KernelPath {
+    pith_kernels::gemv_kernel(ty, pith_kernels::KernelPath::ArmDsp).map_or(pith_kernels::KernelPath::Scalar, |(p, _)| p)
+}
+
 fn fail(msg: &dyn core::fmt::Display) -> ! {
     hprintln!("pith-firmware: error: {}", msg);
     debug::exit(debug::EXIT_FAILURE);
@@ -199,6 +254,8 @@ fn main() -> ! {
     let t1 = ticks();
     let per_tick = (2 * loops as u64) as f64 / (t1 - t0).max(1) as f64;
 
+    dsp_self_test();
+
     let bytes: &'static [u8] = &MODEL.0;
     let g = pith::gguf::Gguf::parse(bytes).unwrap_or_else(|e| fail(&e));
     let tok = spm::Spm::from_gguf(&g).unwrap_or_else(|e| fail(&e));
@@ -213,15 +270,9 @@ fn main() -> ! {
     }
     let mut state = State::new(&model, n_ctx, prompt.len()).unwrap_or_else(|e| fail(&e));
     let pool = Pool::single();
-    // `pith run`'s defaults (llama.cpp's chain: top-k 40, top-p 0.95, min-p 0.05).
-    let mut sampler = pith::sampling::Sampler::new(pith::sampling::SamplerConfig {
-        temperature: TEMP_MILLI as f32 / 1000.0,
-        seed: SEED,
-        ..Default::default()
-    });
     let heap_loaded = HEAP.used.load(Ordering::Relaxed);
     hprintln!(
-        "pith-firmware: model {} bytes in flash, {} layers, d {}, vocab {}; prompt {:?} = {} tokens; {} tokens, {}",
+        "pith-firmware: model {} bytes in flash, {} layers, d {}, vocab {}; prompt {:?} = {} tokens; {} tokens greedy, then sampled at temperature {} (seed {})",
         bytes.len(),
         model.config.n_layer,
         model.config.n_embd,
@@ -229,65 +280,80 @@ fn main() -> ! {
         PROMPT,
         prompt.len(),
         N_PREDICT,
-        if TEMP_MILLI == 0 { "greedy" } else { "sampled" }
+        TEMP_MILLI as f32 / 1000.0,
+        SEED
     );
     hprintln!("pith-firmware: prompt ids {:?}", prompt.as_slice());
 
-    let t_prompt = ticks();
-    let mut logits = model.forward(&mut state, &pool, &prompt, Logits::Last).unwrap_or_else(|e| fail(&e));
-    let prefill_ticks = ticks() - t_prompt;
-    // Sized once: no allocation while generating beyond what the model's state holds.
-    let mut pending: Vec<u8> = Vec::with_capacity(256);
-    let mut ids: Vec<u32> = Vec::with_capacity(N_PREDICT);
-    let mut decode_ticks = 0u64;
-    let mut heap_after_first = 0;
-    hprint!("<<<");
-    for i in 0..N_PREDICT {
-        let next = sampler.sample(logits);
-        ids.push(next);
-        tok.piece(next, &mut pending);
-        print_utf8(&mut pending);
-        if i + 1 == N_PREDICT {
-            break;
+    let mut heap_steady = 0;
+    for (label, temp) in [("greedy", 0.0), ("sampled", TEMP_MILLI as f32 / 1000.0)] {
+        state.cache.reset();
+        // `pith run`'s chain and defaults (llama.cpp's: top-k 40, top-p 0.95, min-p 0.05).
+        let mut sampler = pith::sampling::Sampler::new(pith::sampling::SamplerConfig {
+            temperature: temp,
+            seed: SEED,
+            ..Default::default()
+        });
+        let t_prompt = ticks();
+        let mut logits = model.forward(&mut state, &pool, &prompt, Logits::Last).unwrap_or_else(|e| fail(&e));
+        let prefill_ticks = ticks() - t_prompt;
+        // Sized once: no allocation while generating beyond what the model's state holds.
+        let mut pending: Vec<u8> = Vec::with_capacity(256);
+        let mut ids: Vec<u32> = Vec::with_capacity(N_PREDICT);
+        let (mut decode_ticks, mut decoded) = (0u64, 0usize);
+        let mut heap_after_first = None;
+        hprint!("{}<<<", label);
+        for _ in 0..N_PREDICT {
+            let next = sampler.sample(logits);
+            if Some(next) == tok.eos {
+                break;
+            }
+            ids.push(next);
+            tok.piece(next, &mut pending);
+            print_utf8(&mut pending);
+            if ids.len() == N_PREDICT {
+                break;
+            }
+            let t = ticks();
+            logits = model.forward(&mut state, &pool, &[next], Logits::Last).unwrap_or_else(|e| fail(&e));
+            decode_ticks += ticks() - t;
+            decoded += 1;
+            heap_after_first.get_or_insert(HEAP.used.load(Ordering::Relaxed));
         }
-        let t = ticks();
-        logits = model.forward(&mut state, &pool, &[next], Logits::Last).unwrap_or_else(|e| fail(&e));
-        decode_ticks += ticks() - t;
-        if i == 0 {
-            heap_after_first = HEAP.used.load(Ordering::Relaxed);
+        if !pending.is_empty() {
+            hprint!("\u{FFFD}");
         }
+        hprintln!(">>>");
+        let heap_end = HEAP.used.load(Ordering::Relaxed);
+        let ins = |t: u64| t as f64 * per_tick;
+        hprintln!("pith-firmware: {} ids {:?}", label, ids.as_slice());
+        hprintln!(
+            "pith-firmware: {}: prefill {} tokens: {:.0} instructions ({:.0} per token); decode: {:.0} instructions per token (mean of {})",
+            label,
+            prompt.len(),
+            ins(prefill_ticks),
+            ins(prefill_ticks) / prompt.len() as f64,
+            ins(decode_ticks) / decoded.max(1) as f64,
+            decoded
+        );
+        // Heap in use: the same after every token (the model's state is allocated up front;
+        // the sampler's candidate buffers, sized by top-k, on its first token).
+        let first = heap_after_first.unwrap_or(heap_end);
+        if heap_end != first {
+            hprintln!("pith-firmware: heap {} after the first token, {} at the end", first, heap_end);
+            fail(&"heap use grew with the number of generated tokens");
+        }
+        heap_steady = heap_steady.max(heap_end);
     }
-    if !pending.is_empty() {
-        hprint!("\u{FFFD}");
-    }
-    hprintln!(">>>");
-    let heap_end = HEAP.used.load(Ordering::Relaxed);
-    let ins = |t: u64| t as f64 * per_tick;
-    let decoded = N_PREDICT.saturating_sub(1).max(1) as f64;
-    hprintln!("pith-firmware: ids {:?}", ids.as_slice());
     hprintln!("pith-firmware: clock: {:.2} instructions per SysTick tick (calibration loop)", per_tick);
     hprintln!(
-        "pith-firmware: prefill {} tokens: {:.0} instructions ({:.0} per token)",
-        prompt.len(),
-        ins(prefill_ticks),
-        ins(prefill_ticks) / prompt.len() as f64
-    );
-    hprintln!(
-        "pith-firmware: decode: {:.0} instructions per token (mean of {})",
-        ins(decode_ticks) / decoded,
-        N_PREDICT.saturating_sub(1)
-    );
-    hprintln!(
-        "pith-firmware: heap: {} bytes after load, {} after the first token, {} at the end, high-water {}",
+        "pith-firmware: heap: {} bytes after load, {} while generating, high-water {} of {}",
         heap_loaded,
-        heap_after_first,
-        heap_end,
-        HEAP.peak.load(Ordering::Relaxed)
+        heap_steady,
+        HEAP.peak.load(Ordering::Relaxed),
+        HEAP_BYTES
     );
     hprintln!("pith-firmware: stack high-water {} bytes", stack_high_water());
-    if N_PREDICT > 1 && heap_end != heap_after_first {
-        fail(&"heap use grew with the number of generated tokens");
-    }
     debug::exit(debug::EXIT_SUCCESS);
     loop {}
 }

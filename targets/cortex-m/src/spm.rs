@@ -34,10 +34,8 @@ impl<'a> Spm<'a> {
             return Err("the firmware tokenizes SentencePiece-style (llama) vocabularies only");
         }
         let arr = |k| g.get_array(k).ok().flatten();
-        let tokens: Vec<&'a str> = arr("tokenizer.ggml.tokens")
-            .and_then(|a| a.strings())
-            .ok_or("tokenizer.ggml.tokens is missing")?
-            .collect();
+        let tokens: Vec<&'a str> =
+            arr("tokenizer.ggml.tokens").and_then(|a| a.strings()).ok_or("tokenizer.ggml.tokens is missing")?.collect();
         let scores: Vec<f32> = match arr("tokenizer.ggml.scores").and_then(|a| a.f32s()) {
             Some(s) => s.collect(),
             None => alloc::vec![0.0; tokens.len()],
@@ -114,7 +112,14 @@ impl<'a> Spm<'a> {
                         .bytes()
                         .map(|byte| {
                             let h = b"0123456789ABCDEF";
-                            hex.copy_from_slice(&[b'<', b'0', b'x', h[(byte >> 4) as usize], h[(byte & 15) as usize], b'>']);
+                            hex.copy_from_slice(&[
+                                b'<',
+                                b'0',
+                                b'x',
+                                h[(byte >> 4) as usize],
+                                h[(byte & 15) as usize],
+                                b'>',
+                            ]);
                             core::str::from_utf8(&hex).ok().and_then(|t| self.id(t))
                         })
                         .collect();
@@ -135,7 +140,9 @@ impl<'a> Spm<'a> {
         match self.types[id as usize] as i64 {
             TYPE_CONTROL | TYPE_UNKNOWN => {}
             TYPE_BYTE => {
-                if let Some(b) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if let Some(b) =
+                    t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     out.push(b);
                 }
             }
