@@ -49,7 +49,10 @@ pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>> {
             return Err(model_err(&what, format!("entry {name} is not a .npy array")));
         };
         if f.size() > 1 << 30 {
-            return Err(model_err(&what, format!("{name}: {} bytes is more than a model of this kind holds", f.size())));
+            return Err(model_err(
+                &what,
+                format!("{name}: {} bytes is more than a model of this kind holds", f.size()),
+            ));
         }
         let mut bytes = Vec::with_capacity(f.size() as usize);
         f.read_to_end(&mut bytes).map_err(|e| model_err(&what, format!("{name}: {e}")))?;
@@ -101,7 +104,10 @@ pub fn parse_npy(b: &[u8]) -> std::result::Result<NpyArray, String> {
         }
         "<f4" => {
             let d = take(4)?;
-            Ok(NpyArray::Float(shape, d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+            Ok(NpyArray::Float(
+                shape,
+                d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            ))
         }
         u if u.starts_with("<U") => {
             let len: usize = u[2..].parse().map_err(|_| format!("dtype {u}"))?;
@@ -133,12 +139,17 @@ pub struct GlassConfig {
 
 fn config_of(j: &Json, what: &str) -> Result<GlassConfig> {
     let u = |k: &str| -> Result<usize> {
-        j.get(k).and_then(Json::as_u64).filter(|&v| v > 0).map(|v| v as usize).ok_or_else(|| {
-            model_err(what, format!("__config__.{k} is missing or not a positive integer"))
-        })
+        j.get(k)
+            .and_then(Json::as_u64)
+            .filter(|&v| v > 0)
+            .map(|v| v as usize)
+            .ok_or_else(|| model_err(what, format!("__config__.{k} is missing or not a positive integer")))
     };
     let f = |k: &str| -> Result<f32> {
-        j.get(k).and_then(Json::as_f64).map(|v| v as f32).ok_or_else(|| model_err(what, format!("__config__.{k} is missing or not a number")))
+        j.get(k)
+            .and_then(Json::as_f64)
+            .map(|v| v as f32)
+            .ok_or_else(|| model_err(what, format!("__config__.{k} is missing or not a number")))
     };
     let c = GlassConfig {
         vocab: u("vocab_size")?,
@@ -201,7 +212,10 @@ pub fn convert(npz: &Path, tokenizer: &Path, ty: GgmlType) -> Result<(GgufBuilde
     b.kv("tokenizer.ggml.model", s("llama"));
     b.kv("tokenizer.ggml.tokens", OwnedValue::strings(tok.tokens.iter().cloned()));
     b.kv("tokenizer.ggml.scores", OwnedValue::f32s(tok.scores.iter().copied()));
-    b.kv("tokenizer.ggml.token_type", OwnedValue::Array(ValueType::I32, tok.types.iter().map(|&t| OwnedValue::I32(t)).collect()));
+    b.kv(
+        "tokenizer.ggml.token_type",
+        OwnedValue::Array(ValueType::I32, tok.types.iter().map(|&t| OwnedValue::I32(t)).collect()),
+    );
     b.kv("tokenizer.ggml.padding_token_id", OwnedValue::U32(0));
     b.kv("tokenizer.ggml.unknown_token_id", OwnedValue::U32(1));
     b.kv("tokenizer.ggml.bos_token_id", OwnedValue::U32(2));

@@ -780,7 +780,8 @@ impl Tokenizer {
             match self.vocab.get(piece) {
                 Some(id) => out.push(id),
                 None => {
-                    let bytes: Vec<u32> = piece.as_bytes().iter().map(|&b| self.byte_token(b)).collect::<Result<_, _>>()?;
+                    let bytes: Vec<u32> =
+                        piece.as_bytes().iter().map(|&b| self.byte_token(b)).collect::<Result<_, _>>()?;
                     match self.unk {
                         // A vocabulary without byte tokens (llama.cpp throws): one unknown token
                         // per character, as SentencePiece without byte fallback gives.
