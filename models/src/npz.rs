@@ -161,7 +161,7 @@ fn config_of(j: &Json, what: &str) -> Result<GlassConfig> {
         rope_base: f("rope_base")?,
         eps: f("eps")?,
     };
-    if c.d % c.heads != 0 || c.heads % c.kv_heads != 0 || (c.d / c.heads) % 2 != 0 {
+    if !c.d.is_multiple_of(c.heads) || !c.heads.is_multiple_of(c.kv_heads) || !(c.d / c.heads).is_multiple_of(2) {
         return Err(model_err(what, format!("{c:?}: heads must divide d, KV heads divide heads, head size be even")));
     }
     Ok(c)

@@ -142,7 +142,13 @@ fn do_export(input: &Path, output: &Path, force: bool) -> Result<(), CompressErr
 }
 
 fn do_convert(input: &Path, output: &Path, ty: Option<&str>) -> Result<(), CompressError> {
-    convert::run(&ConvertArgs { input: input.into(), output: output.into(), ty: ty.map(String::from), force: false })
+    convert::run(&ConvertArgs {
+        input: input.into(),
+        output: output.into(),
+        ty: ty.map(String::from),
+        force: false,
+        tokenizer: None,
+    })
 }
 
 fn logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
