@@ -126,7 +126,7 @@ struct ServeArgs {
     /// Requests served at once; their decode steps share one forward pass.
     #[arg(long = "parallel", short = 'P', default_value_t = 4)]
     parallel: usize,
-    /// Worker threads (0 = one per core).
+    /// Worker threads (0 = one per performance core: big cores of a big.LITTLE CPU, see `pith::parallel::default_threads`).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
     /// Prompt tokens computed per step (a long prompt is split; other requests decode between).
@@ -188,7 +188,7 @@ struct ModelArgs {
     /// cache if missing).
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
-    /// Worker threads (0 = one per core; more than the logical CPUs is allowed, with a warning).
+    /// Worker threads (0 = one per performance core; more than the logical CPUs is allowed, with a warning).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
     /// Matmul arithmetic: q8 (activations quantized to 8 bits, integer dot products, as

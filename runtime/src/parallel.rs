@@ -20,12 +20,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `threads` threads (0 = one per available core). The caller of a parallel region
-    /// is one of them, so `threads - 1` workers are started.
+    /// A pool of `threads` threads (0 = [`default_threads`]: one per performance core). The
+    /// caller of a parallel region is one of them, so `threads - 1` workers are started.
     #[cfg(feature = "std")]
     pub fn new(threads: usize) -> Result<Self, crate::Error> {
-        let threads =
-            if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+        let threads = if threads == 0 { default_threads() } else { threads };
         let team = if threads > 1 {
             Some(team::Team::new(threads).map_err(|e| crate::Error::Threads(alloc::format!("{e}")))?)
         } else {
@@ -353,10 +352,119 @@ mod team {
     }
 }
 
+/// The default number of threads: one per **performance core** this process may run on.
+///
+/// On big.LITTLE / DynamIQ phones and boards (and hybrid x86), a spinning team that spills onto
+/// the little cores runs at their pace: every step waits for its slowest thread (llama.cpp
+/// users lose up to 100×, llama.cpp #21763). The rule, from Linux's sysfs:
+/// * `cpuN/cpu_capacity` (Arm and hybrid x86: the scheduler's per-core capacity, 1024 for the
+///   fastest, which accounts for both clock and IPC): a core is a performance core if its
+///   capacity is at least half the largest. Little cores are 25–45 % of the big ones on
+///   current Arm SoCs; prime and big cores are 70–100 %, so both count.
+/// * otherwise `cpuN/cpufreq/cpuinfo_max_freq`: at least 80 % of the highest maximum clock
+///   (frequency alone undersells a big core's IPC, hence the stricter cut).
+/// * cores outside this process's affinity (`Cpus_allowed_list`) do not count; the result
+///   never exceeds [`std::thread::available_parallelism`] (which also honours cgroup quotas).
+///
+/// Where sysfs says nothing (not Linux, no such files, all cores alike) it is
+/// `available_parallelism`. `-t N` overrides it.
+#[cfg(feature = "std")]
+pub fn default_threads() -> usize {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let allowed = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).and_then(|l| parse_cpu_list(l.trim()))
+    });
+    performance_cores(std::path::Path::new("/sys/devices/system/cpu"), allowed.as_deref()).map_or(n, |p| p.clamp(1, n))
+}
+
+/// The number of performance cores under `sysfs` (see [`default_threads`]) among `allowed`
+/// (all if `None`); `None` when the files do not tell (missing, or every core alike).
+#[cfg(feature = "std")]
+pub fn performance_cores(sysfs: &std::path::Path, allowed: Option<&[usize]>) -> Option<usize> {
+    let mut cpus: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(sysfs)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id: usize = name.strip_prefix("cpu")?.parse().ok()?;
+            Some((id, e.path()))
+        })
+        .collect();
+    cpus.retain(|(id, _)| allowed.is_none_or(|a| a.contains(id)));
+    let read = |p: std::path::PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    for (file, percent) in [("cpu_capacity", 50u64), ("cpufreq/cpuinfo_max_freq", 80)] {
+        let vals: Option<Vec<u64>> = cpus.iter().map(|(_, p)| read(p.join(file))).collect();
+        let Some(vals) = vals.filter(|v| !v.is_empty()) else { continue };
+        let max = *vals.iter().max()?;
+        if max == 0 || vals.iter().all(|&v| v == max) {
+            return None;
+        }
+        return Some(vals.iter().filter(|&&v| v * 100 >= max * percent).count());
+    }
+    None
+}
+
+/// A Linux CPU list (`0-3,6,8-9`) as CPU numbers.
+#[cfg(feature = "std")]
+fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fake `/sys/devices/system/cpu` with one `file` per core holding `vals[i]`.
+    fn sysfs(file: &str, vals: &[u64]) -> std::path::PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pith-sysfs-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        for (i, v) in vals.iter().enumerate() {
+            let f = dir.join(format!("cpu{i}")).join(file);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, format!("{v}\n")).unwrap();
+        }
+        // Entries that are not cores are ignored.
+        std::fs::create_dir_all(dir.join("cpufreq")).unwrap();
+        std::fs::write(dir.join("online"), "0-7\n").unwrap();
+        dir
+    }
+
+    #[test]
+    fn default_threads_count_performance_cores() {
+        // 4 big + 4 little (capacity): the 4 big.
+        let d = sysfs("cpu_capacity", &[446, 446, 446, 446, 1024, 1024, 1024, 1024]);
+        assert_eq!(performance_cores(&d, None), Some(4));
+        // Prime + 3 big + 4 little: prime and big count.
+        let d = sysfs("cpu_capacity", &[1024, 871, 871, 871, 325, 325, 325, 325]);
+        assert_eq!(performance_cores(&d, None), Some(4));
+        // Affinity: only cores 4..8 (little) and 0 (prime) allowed.
+        assert_eq!(performance_cores(&d, Some(&[0, 4, 5, 6, 7])), Some(1));
+        // Only clocks: 2 at 2.85 GHz, 6 at 1.8 GHz (63 %: little).
+        let d = sysfs(
+            "cpufreq/cpuinfo_max_freq",
+            &[1_800_000, 1_800_000, 1_800_000, 1_800_000, 1_800_000, 1_800_000, 2_850_000, 2_850_000],
+        );
+        assert_eq!(performance_cores(&d, None), Some(2));
+        // All alike, or nothing to read: no opinion (all available cores).
+        assert_eq!(performance_cores(&sysfs("cpu_capacity", &[1024; 4]), None), None);
+        assert_eq!(performance_cores(std::path::Path::new("/nonexistent/pith"), None), None);
+        assert_eq!(parse_cpu_list("0-3,6, 8-9"), Some(vec![0, 1, 2, 3, 6, 8, 9]));
+        assert_eq!(parse_cpu_list("x"), None);
+        let n = std::thread::available_parallelism().unwrap().get();
+        assert!((1..=n).contains(&default_threads()));
+    }
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 

@@ -56,7 +56,7 @@ pub struct LoadedModel {
 /// Load-time options.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// Default worker threads for new sessions (0 = one per core).
+    /// Default worker threads for new sessions (0 = one per performance core).
     pub threads: usize,
 }
 
@@ -155,7 +155,7 @@ impl LoadedModel {
         &self.name
     }
 
-    /// Default worker threads for new sessions (0 = one per core).
+    /// Default worker threads for new sessions (0 = one per performance core).
     pub fn threads(&self) -> usize {
         self.threads.load(Ordering::Relaxed)
     }
@@ -271,7 +271,7 @@ impl Session {
         &self.model
     }
 
-    /// Replaces the thread team (0 = one per core).
+    /// Replaces the thread team (0 = one per performance core).
     pub fn set_threads(&mut self, threads: usize) -> Result<()> {
         self.pool = Pool::new(threads)?;
         Ok(())

@@ -87,7 +87,7 @@ typedef struct PithModelParams {
   uint32_t struct_size;
   // `PITH_ABI_VERSION` the caller was built against.
   uint32_t abi_version;
-  // Default worker threads of new sessions (0 = one per core).
+  // Default worker threads of new sessions (0 = one per performance core).
   int32_t n_threads;
   // Optional; may cancel the load.
   PithProgressFn progress;
@@ -99,7 +99,7 @@ typedef struct PithSessionParams {
   uint32_t struct_size;
   // Context size in tokens (default 2048).
   uint32_t n_ctx;
-  // Worker threads (-1 = the model's default, 0 = one per core).
+  // Worker threads (-1 = the model's default, 0 = one per performance core).
   int32_t n_threads;
 } PithSessionParams;
 
@@ -228,11 +228,12 @@ enum PithStatus pith_model_load_from_buffer(const void *data,
 // `model` is NULL or a model handle not yet freed, not in use by another call.
 enum PithStatus pith_model_free(PithModel *model);
 
-// Changes the default worker threads of sessions created from now on (0 = one per core).
+// Changes the default worker threads of sessions created from now on (0 = one per performance core).
 //
 // # Safety
 // `model` is NULL or a model handle.
-enum PithStatus pith_model_set_threads(PithModel *model, int32_t n_threads);
+enum PithStatus pith_model_set_threads(PithModel *model,
+                                       int32_t n_threads);
 
 // Facts about the model, written up to `info->struct_size` (set it to sizeof first).
 //
@@ -287,7 +288,7 @@ enum PithStatus pith_session_new(const PithModel *model,
 // `session` is NULL or a session handle not yet freed.
 enum PithStatus pith_session_free(PithSession *session);
 
-// Replaces the session's thread team (0 = one per core).
+// Replaces the session's thread team (0 = one per performance core).
 //
 // # Safety
 // `session` is NULL or a session handle.

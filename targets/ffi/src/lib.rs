@@ -104,7 +104,7 @@ pub struct PithModelParams {
     pub struct_size: u32,
     /// `PITH_ABI_VERSION` the caller was built against.
     pub abi_version: u32,
-    /// Default worker threads of new sessions (0 = one per core).
+    /// Default worker threads of new sessions (0 = one per performance core).
     pub n_threads: i32,
     /// Optional; may cancel the load.
     pub progress: PithProgressFn,
@@ -118,7 +118,7 @@ pub struct PithSessionParams {
     pub struct_size: u32,
     /// Context size in tokens (default 2048).
     pub n_ctx: u32,
-    /// Worker threads (-1 = the model's default, 0 = one per core).
+    /// Worker threads (-1 = the model's default, 0 = one per performance core).
     pub n_threads: i32,
 }
 
@@ -655,7 +655,7 @@ pub unsafe extern "C" fn pith_model_free(model: *mut PithModel) -> PithStatus {
     })
 }
 
-/// Changes the default worker threads of sessions created from now on (0 = one per core).
+/// Changes the default worker threads of sessions created from now on (0 = one per performance core).
 ///
 /// # Safety
 /// `model` is NULL or a model handle.
@@ -861,7 +861,7 @@ pub unsafe extern "C" fn pith_session_free(session: *mut PithSession) -> PithSta
     })
 }
 
-/// Replaces the session's thread team (0 = one per core).
+/// Replaces the session's thread team (0 = one per performance core).
 ///
 /// # Safety
 /// `session` is NULL or a session handle.
