@@ -6,6 +6,9 @@
 #   scripts/cross.sh thumbv7em-pith    [CARGO ARGS...]  # pith --no-default-features, no_std
 #   scripts/cross.sh aarch64-test      [CARGO ARGS...]  # cargo test -p pith-kernels under qemu-aarch64
 #   scripts/cross.sh aarch64-ffi       [CARGO ARGS...]  # pith CLI + pith-ffi for aarch64, the C tests under qemu-aarch64
+#   scripts/cross.sh aarch64-bins      [CARGO ARGS...]  # pith CLI + the greedy_gaps example for aarch64 (release)
+#   scripts/cross.sh aarch64-run BIN [ARGS...]          # BIN (relative to the aarch64 release dir,
+#                                                       # e.g. pith, examples/greedy_gaps) under qemu-aarch64
 #   scripts/cross.sh all                                # the first three, in order
 #
 # Extra CARGO ARGS (e.g. --release) are appended to the cargo command.
@@ -81,8 +84,26 @@ aarch64_ffi() {
     done
 }
 
+aarch64_bins() {
+    # What scripts/aarch64-agree.sh runs under qemu: the CLI and runtime/examples/greedy_gaps.rs,
+    # one cargo invocation (one feature set, so neither rebuilds the other's crates).
+    run RUSTC="$DEB_RUSTC" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+        cargo build --release -p pith-cli --bin pith -p pith --example greedy_gaps \
+        --target aarch64-unknown-linux-gnu --target-dir "$CROSS_TARGET_DIR" "$@"
+}
+
+aarch64_run() {
+    # The runner line above ($QEMU_CPU, default max); BIN relative to the aarch64 release dir
+    # unless it is an absolute path. Prints the command on stderr first, as every step here.
+    local bin=${1:?usage: scripts/cross.sh aarch64-run BIN [ARGS...]}
+    shift
+    [[ "$bin" == /* ]] || bin="$CROSS_TARGET_DIR/aarch64-unknown-linux-gnu/release/$bin"
+    # shellcheck disable=SC2086 # the runner line is split into words on purpose
+    run $AARCH64_RUNNER "$bin" "$@"
+}
+
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -93,6 +114,8 @@ case "$cmd" in
     thumbv7em-pith) thumbv7em_pith "$@" ;;
     aarch64-test) aarch64_test "$@" ;;
     aarch64-ffi) aarch64_ffi "$@" ;;
+    aarch64-bins) aarch64_bins "$@" ;;
+    aarch64-run) aarch64_run "$@" ;;
     all)
         thumbv7em_kernels "$@"
         thumbv7em_pith "$@"

@@ -7,6 +7,8 @@
 //! cargo run --release -p pith --example greedy_gaps -- MODEL.gguf PROMPT_FILE N [CTX [q8|f32]]
 //! ```
 //! The prompt file is read as llama.cpp's `-f` reads it: one trailing newline is dropped.
+//! `PITH_KERNELS` picks the kernel path as in the CLI (`scalar`, `avx2`, `neon-dotprod`, …);
+//! the path that ran and the CPU's others go to stderr (`kernels: avx512 (here: scalar avx2 avx512)`).
 //! Prints one JSON object per line: `{"step": i, "id": t, "text": "...", "gap": g}`.
 
 use pith::engine::Engine;
@@ -19,6 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [_, m, p, n] | [_, m, p, n, _] | [_, m, p, n, _, _] => (m, p, n.parse::<usize>()?),
         _ => return Err("usage: greedy_gaps MODEL.gguf PROMPT_FILE N [CTX [q8|f32]]".into()),
     };
+    if let Ok(v) = std::env::var("PITH_KERNELS") {
+        let path: pith_kernels::KernelPath = v.parse().map_err(|e| format!("PITH_KERNELS={v}: {e}"))?;
+        pith_kernels::set_kernel_path(path).map_err(|e| format!("PITH_KERNELS={v}: {e}"))?;
+    }
+    let here: Vec<&str> = pith_kernels::available_kernel_paths().map(|p| p.name()).collect();
+    eprintln!("kernels: {} (here: {})", pith_kernels::kernel_path(), here.join(" "));
     let ctx = args.get(4).map(|c| c.parse::<usize>()).transpose()?.unwrap_or(512);
     let mut prompt = std::fs::read_to_string(prompt_file)?;
     if prompt.ends_with('\n') {
