@@ -17,7 +17,7 @@
 # The scalar path's perplexity (minutes) runs only where the CPU has no second SIMD path.
 #
 #   bash scripts/aarch64-agree.sh       # prints a table; exit 1 on disagreement
-# Env: AGREE_CPUS ("max cortex-a53"), AGREE_CTX (512), AGREE_CHUNKS (2), AGREE_N (16),
+# Env: AGREE_CPUS ("max cortex-a53"), AGREE_PPL_CPUS ("max"), AGREE_CTX (512), AGREE_CHUNKS (2), AGREE_N (16),
 #      AGREE_PPL_TOL (1, percent), AGREE_NEAR_TIE (0.5), AGREE_TEXT
 #      (../shared/data/wikitext-2-raw-test.txt), PITH_MODEL (else the default model, fetched).
 set -euo pipefail
@@ -28,6 +28,9 @@ CTX=${AGREE_CTX:-512}
 CHUNKS=${AGREE_CHUNKS:-2}
 N=${AGREE_N:-16}
 read -r -a CPUS <<<"${AGREE_CPUS:-max cortex-a53}"
+# Perplexity only on these (qemu makes it minutes per CPU; cortex-a53 gave -cpu max's figure to
+# the last digit in every run measured), greedy on all of AGREE_CPUS.
+read -r -a PPL_CPUS <<<"${AGREE_PPL_CPUS:-max}"
 PPL_TOL=${AGREE_PPL_TOL:-1}
 NEAR_TIE=${AGREE_NEAR_TIE:-0.5}
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -98,23 +101,28 @@ for p in "${X86_PATHS[@]}"; do
     greedy "x86-$p" env PITH_KERNELS="$p" "$X86_GAPS"
 done
 ARM=()
+ARM_PPL=()
 for cpu in "${CPUS[@]}"; do
     stage "aarch64 under qemu-aarch64 -cpu $cpu"
-    ppl "aarch64-$cpu" env QEMU_CPU="$cpu" bash scripts/cross.sh aarch64-run pith
+    if [[ " ${PPL_CPUS[*]} " == *" $cpu "* ]]; then
+        ppl "aarch64-$cpu" env QEMU_CPU="$cpu" bash scripts/cross.sh aarch64-run pith
+        ARM_PPL+=("aarch64-$cpu")
+    fi
     greedy "aarch64-$cpu" env QEMU_CPU="$cpu" bash scripts/cross.sh aarch64-run examples/greedy_gaps
     ARM+=("aarch64-$cpu")
 done
 
 stage "compare"
 python3 - "$tmp" "$PPL_TOL" "$NEAR_TIE" "$CTX" "$CHUNKS" "$N" "x86-$X86_DEFAULT" "${X86_PATHS[*]/#/x86-}" \
-    "${X86_PPL[*]/#/x86-}" "${ARM[*]}" "${PROMPTS[*]}" <<'PY'
+    "${X86_PPL[*]/#/x86-}" "${ARM[*]}" "${ARM_PPL[*]}" "${PROMPTS[*]}" <<'PY'
 import json, os, sys
 
 tmp, tol, tie, ctx, chunks, n, ref = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:8]
 x86 = [p for p in sys.argv[8].split() if p != ref]  # x86-64's other paths: shown, not checked
 x86_ppl = [p for p in sys.argv[9].split() if p != ref]
 arm = sys.argv[10].split()
-prompts = [os.path.basename(p)[:-4] for p in sys.argv[11].split()]
+arm_ppl = sys.argv[11].split()
+prompts = [os.path.basename(p)[:-4] for p in sys.argv[12].split()]
 ok = True
 
 def ppl(name):
@@ -130,7 +138,7 @@ r = ppl(ref)
 print(f"\nperplexity, -c {ctx} --chunks {chunks}: aarch64 within {tol:g} % of {ref}")
 print(f"  {'run':<22} {'kernels':<12} {'PPL':>8}  vs {ref}")
 print(f"  {ref:<22} {kernels(ref):<12} {r:8.4f}  (reference)")
-for name in x86_ppl + arm:
+for name in x86_ppl + arm_ppl:
     d = (ppl(name) - r) / r * 100
     verdict = ("ok" if abs(d) <= tol else "FAIL")
     if name in x86:
