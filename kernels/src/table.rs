@@ -247,9 +247,12 @@ mod tests {
     /// get no generic AVX2 / NEON / NEON dotprod kernel (maddubs / the NEON kernels assume codes
     /// ≤ 127), so those paths run the scalar oracle (AVX-512's `vpdpbusd` takes them). Signed
     /// SIMD kernels for them are planned; remove a type from here when it gets them.
+    /// Cortex-M's DSP path has decode kernels for Q4_0 and Q8_0 only (what fits a
+    /// microcontroller's flash), the other types run the scalar oracle there.
     fn known_scalar_gap(ty: GgmlType, path: KernelPath) -> bool {
-        matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS)
-            && matches!(path, KernelPath::Avx2 | KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm)
+        (matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS)
+            && matches!(path, KernelPath::Avx2 | KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm))
+            || (path == KernelPath::ArmDsp && !matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0))
     }
 
     /// No (type, decode, path) cell falls back to the scalar oracle on a CPU with SIMD: every
@@ -279,10 +282,13 @@ mod tests {
                     KernelPath::NeonI8mm => KernelPath::NeonDotprod,
                     p => p,
                 };
-                let compiled = if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
-                    cfg!(target_arch = "x86_64")
-                } else {
-                    path == KernelPath::Scalar || cfg!(all(target_arch = "aarch64", target_feature = "neon"))
+                let compiled = match path {
+                    KernelPath::Scalar => true,
+                    KernelPath::Avx2 | KernelPath::Avx512 => cfg!(target_arch = "x86_64"),
+                    KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm => {
+                        cfg!(all(target_arch = "aarch64", target_feature = "neon"))
+                    }
+                    KernelPath::ArmDsp => cfg!(all(target_arch = "arm", target_feature = "dsp")),
                 };
                 if compiled {
                     assert_eq!(row.gemv(path).0, want, "{} decode on {path}", row.ty);
