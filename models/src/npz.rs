@@ -19,6 +19,7 @@
 use crate::error::{CompressError, Result};
 use crate::export::model_err;
 use crate::output::check_output;
+use crate::prune::encode;
 use crate::quantize::write_gguf;
 use half::f16;
 use pith::gguf::writer::{GgufBuilder, OwnedValue};
@@ -224,12 +225,6 @@ pub fn convert(npz: &Path, tokenizer: &Path, ty: GgmlType) -> Result<(GgufBuilde
     b.kv("tokenizer.ggml.add_eos_token", OwnedValue::Bool(false));
     b.kv("tokenizer.ggml.add_space_prefix", OwnedValue::Bool(false));
 
-    let enc = |v: &[f32], t: GgmlType| -> Vec<u8> {
-        match t {
-            GgmlType::F16 => v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-            _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
-        }
-    };
     // An input × output matrix (`x @ W`, rows = inputs) as GGUF rows (= outputs), padded to
     // `n_out` outputs and `n_in` inputs with zeros.
     let rows_of = |w: &[f32], rin: usize, rout: usize, n_in: usize, n_out: usize| -> Vec<f32> {
@@ -242,7 +237,7 @@ pub fn convert(npz: &Path, tokenizer: &Path, ty: GgmlType) -> Result<(GgufBuilde
         m
     };
     let e = get("E", &[c.vocab, c.d])?;
-    b.tensor("token_embd.weight", &[c.d as u64, c.vocab as u64], ty, enc(&e, ty));
+    b.tensor("token_embd.weight", &[c.d as u64, c.vocab as u64], ty, encode(&e, ty));
     for l in 0..c.layers {
         let p = format!("blocks.{l}.");
         let n1 = get(&format!("{p}norm1.gamma"), &[c.d])?;
@@ -256,18 +251,18 @@ pub fn convert(npz: &Path, tokenizer: &Path, ty: GgmlType) -> Result<(GgufBuilde
         let w2 = get(&format!("{p}ffn.W2"), &[ff, c.d])?;
         let g = format!("blk.{l}.");
         let (d, kvu, ffp) = (c.d as u64, kv as u64, ff_pad as u64);
-        b.tensor(&format!("{g}attn_norm.weight"), &[d], GgmlType::F32, enc(&n1, GgmlType::F32));
-        b.tensor(&format!("{g}attn_q.weight"), &[d, d], ty, enc(&rows_of(&wq, c.d, c.d, c.d, c.d), ty));
-        b.tensor(&format!("{g}attn_k.weight"), &[d, kvu], ty, enc(&rows_of(&wk, c.d, kv, c.d, kv), ty));
-        b.tensor(&format!("{g}attn_v.weight"), &[d, kvu], ty, enc(&rows_of(&wv, c.d, kv, c.d, kv), ty));
-        b.tensor(&format!("{g}attn_output.weight"), &[d, d], ty, enc(&rows_of(&wo, c.d, c.d, c.d, c.d), ty));
-        b.tensor(&format!("{g}ffn_norm.weight"), &[d], GgmlType::F32, enc(&n2, GgmlType::F32));
-        b.tensor(&format!("{g}ffn_gate.weight"), &[d, ffp], ty, enc(&rows_of(&w1, c.d, ff, c.d, ff_pad), ty));
-        b.tensor(&format!("{g}ffn_up.weight"), &[d, ffp], ty, enc(&rows_of(&w3, c.d, ff, c.d, ff_pad), ty));
-        b.tensor(&format!("{g}ffn_down.weight"), &[ffp, d], ty, enc(&rows_of(&w2, ff, c.d, ff_pad, c.d), ty));
+        b.tensor(&format!("{g}attn_norm.weight"), &[d], GgmlType::F32, encode(&n1, GgmlType::F32));
+        b.tensor(&format!("{g}attn_q.weight"), &[d, d], ty, encode(&rows_of(&wq, c.d, c.d, c.d, c.d), ty));
+        b.tensor(&format!("{g}attn_k.weight"), &[d, kvu], ty, encode(&rows_of(&wk, c.d, kv, c.d, kv), ty));
+        b.tensor(&format!("{g}attn_v.weight"), &[d, kvu], ty, encode(&rows_of(&wv, c.d, kv, c.d, kv), ty));
+        b.tensor(&format!("{g}attn_output.weight"), &[d, d], ty, encode(&rows_of(&wo, c.d, c.d, c.d, c.d), ty));
+        b.tensor(&format!("{g}ffn_norm.weight"), &[d], GgmlType::F32, encode(&n2, GgmlType::F32));
+        b.tensor(&format!("{g}ffn_gate.weight"), &[d, ffp], ty, encode(&rows_of(&w1, c.d, ff, c.d, ff_pad), ty));
+        b.tensor(&format!("{g}ffn_up.weight"), &[d, ffp], ty, encode(&rows_of(&w3, c.d, ff, c.d, ff_pad), ty));
+        b.tensor(&format!("{g}ffn_down.weight"), &[ffp, d], ty, encode(&rows_of(&w2, ff, c.d, ff_pad, c.d), ty));
     }
     let nf = get("norm_f.gamma", &[c.d])?;
-    b.tensor("output_norm.weight", &[c.d as u64], GgmlType::F32, enc(&nf, GgmlType::F32));
+    b.tensor("output_norm.weight", &[c.d as u64], GgmlType::F32, encode(&nf, GgmlType::F32));
     if let Some(k) = arrays.keys().next() {
         return Err(model_err(&what, format!("array {k} is not part of a glassllm model this converter knows")));
     }

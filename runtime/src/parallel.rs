@@ -422,14 +422,15 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Where this process's fake sysfs trees go (removed by the test).
+    fn sysfs_root() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("pith-sysfs-{}", std::process::id()))
+    }
+
     /// A fake `/sys/devices/system/cpu` with one `file` per core holding `vals[i]`.
     fn sysfs(file: &str, vals: &[u64]) -> std::path::PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pith-sysfs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = sysfs_root().join(N.fetch_add(1, Ordering::Relaxed).to_string());
         for (i, v) in vals.iter().enumerate() {
             let f = dir.join(format!("cpu{i}")).join(file);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
@@ -464,6 +465,7 @@ mod tests {
         assert_eq!(parse_cpu_list("x"), None);
         let n = std::thread::available_parallelism().unwrap().get();
         assert!((1..=n).contains(&default_threads()));
+        std::fs::remove_dir_all(sysfs_root()).unwrap();
     }
     use std::sync::Mutex;
     use std::time::{Duration, Instant};

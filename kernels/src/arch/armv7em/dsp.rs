@@ -23,48 +23,30 @@ fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     r
 }
 
-/// Bytes 0 and 2 sign-extended to the two halves.
-#[inline(always)]
-fn sxtb16(x: u32) -> u32 {
-    let r: u32;
-    // SAFETY: as above.
-    unsafe {
-        asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
-    };
-    r
+/// One-operand byte-pair extensions: `$insn` widens bytes 0 and 2 (or, with `ror #8`, 1 and 3)
+/// of a word into its two 16-bit halves.
+macro_rules! extend16 {
+    ($($(#[$doc:meta])* $name:ident: $insn:literal;)*) => {$(
+        $(#[$doc])*
+        #[inline(always)]
+        fn $name(x: u32) -> u32 {
+            let r: u32;
+            // SAFETY: a register-only instruction of the DSP extension, which this build targets.
+            unsafe { asm!($insn, r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+            r
+        }
+    )*};
 }
 
-/// Bytes 1 and 3 sign-extended to the two halves.
-#[inline(always)]
-fn sxtb16_ror8(x: u32) -> u32 {
-    let r: u32;
-    // SAFETY: as above.
-    unsafe {
-        asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
-    };
-    r
-}
-
-/// Bytes 0 and 2 zero-extended to the two halves.
-#[inline(always)]
-fn uxtb16(x: u32) -> u32 {
-    let r: u32;
-    // SAFETY: as above.
-    unsafe {
-        asm!("uxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
-    };
-    r
-}
-
-/// Bytes 1 and 3 zero-extended to the two halves.
-#[inline(always)]
-fn uxtb16_ror8(x: u32) -> u32 {
-    let r: u32;
-    // SAFETY: as above.
-    unsafe {
-        asm!("uxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
-    };
-    r
+extend16! {
+    /// Bytes 0 and 2 sign-extended to the two halves.
+    sxtb16: "sxtb16 {r}, {x}";
+    /// Bytes 1 and 3 sign-extended to the two halves.
+    sxtb16_ror8: "sxtb16 {r}, {x}, ror #8";
+    /// Bytes 0 and 2 zero-extended to the two halves.
+    uxtb16: "uxtb16 {r}, {x}";
+    /// Bytes 1 and 3 zero-extended to the two halves.
+    uxtb16_ror8: "uxtb16 {r}, {x}, ror #8";
 }
 
 /// Little-endian word `i` of `b` (4 codes; Cortex-M4/M7 load unaligned words in one `ldr`).
@@ -94,11 +76,9 @@ fn dot4_us(w: u32, x: u32, acc: i32) -> i32 {
     smlad(uxtb16_ror8(w), sxtb16_ror8(x), smlad(uxtb16(w), sxtb16(x), acc))
 }
 
+/// The token's codes as bytes (for word loads) and its per-block scales.
 fn codes(x: &VecQ8) -> (&[u8], &[f32]) {
-    let q = &x.acts.q;
-    // SAFETY: i8 and u8 have the same size and alignment; the bytes are only reinterpreted.
-    let qb = unsafe { core::slice::from_raw_parts(q.as_ptr() as *const u8, q.len()) };
-    (qb, &x.acts.d)
+    (bytemuck::cast_slice(&x.acts.q), &x.acts.d)
 }
 
 /// Q8_0 rows against one token: `out[r] = Σ_b d_w · d_x · Σ_i w_i x_i`.
