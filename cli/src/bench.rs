@@ -49,41 +49,80 @@ fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Prompt processing: `n_prompt` tokens in one batch from an empty cache.
-pub fn bench_pp(
-    model: &Model<'_>,
-    pool: &Pool,
-    n_prompt: usize,
-    precision: Precision,
-    (k, v): (CacheType, CacheType),
-) -> Result<f64> {
-    let mut st = State::with_cache_types(model, n_prompt, n_prompt, k, v)?;
-    st.set_precision(precision);
+/// What every test shares: the arithmetic, the cache types and the depth (tokens already in
+/// the cache when the timed tokens start, as llama-bench's `-d`).
+#[derive(Clone, Copy)]
+pub struct Setup {
+    pub precision: Precision,
+    pub cache: (CacheType, CacheType),
+    pub depth: usize,
+    /// Sequences decoding together in the generation test (one token of each per step).
+    pub sequences: usize,
+}
+
+/// A state for `n_timed` tokens after `setup.depth` cached ones, the cache filled (untimed) in
+/// prompt batches of up to 512.
+fn state_at_depth(model: &Model<'_>, pool: &Pool, n_timed: usize, n_batch: usize, setup: Setup) -> Result<State> {
+    let (k, v) = setup.cache;
+    let mut st = State::with_cache_types(model, setup.depth + n_timed, n_batch.max(512.min(setup.depth)), k, v)?;
+    st.set_precision(setup.precision);
+    let fill = tokens(setup.depth, model.config.n_vocab);
+    for chunk in fill.chunks(512) {
+        model.forward(&mut st, pool, chunk, Logits::None)?;
+    }
+    Ok(st)
+}
+
+/// Prompt processing: `n_prompt` tokens in one batch after `depth` cached tokens.
+pub fn bench_pp(model: &Model<'_>, pool: &Pool, n_prompt: usize, setup: Setup) -> Result<f64> {
+    let mut st = state_at_depth(model, pool, n_prompt, n_prompt, setup)?;
     let toks = tokens(n_prompt, model.config.n_vocab);
     let t = Instant::now();
     model.forward(&mut st, pool, &toks, Logits::Last)?;
     Ok(n_prompt as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Generation: `n_gen` single-token steps from an empty cache.
-pub fn bench_tg(
-    model: &Model<'_>,
-    pool: &Pool,
-    n_gen: usize,
-    precision: Precision,
-    (k, v): (CacheType, CacheType),
-) -> Result<f64> {
-    let mut st = State::with_cache_types(model, n_gen + 1, 1, k, v)?;
-    st.set_precision(precision);
+/// Generation: `n_gen` single-token steps after `depth` cached tokens.
+pub fn bench_tg(model: &Model<'_>, pool: &Pool, n_gen: usize, setup: Setup) -> Result<f64> {
+    let mut st = state_at_depth(model, pool, n_gen + 1, 1, setup)?;
     let toks = tokens(n_gen, model.config.n_vocab);
     // One warm-up token (page faults, thread start) outside the timing, as llama-bench does.
     model.forward(&mut st, pool, &toks[..1], Logits::Last)?;
-    st.reset();
+    st.truncate(setup.depth);
     let t = Instant::now();
     for &tok in &toks {
         model.forward(&mut st, pool, &[tok], Logits::Last)?;
     }
     Ok(n_gen as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Generation of `setup.sequences` sequences together: `n_gen` steps, each one token of every
+/// sequence in one forward pass (as `pith serve --parallel` decodes); aggregate tokens/s.
+pub fn bench_tg_together(model: &Model<'_>, pool: &Pool, n_gen: usize, setup: Setup) -> Result<f64> {
+    use pith::model::{KvCache, Seq, Workspace};
+    let (k, v) = setup.cache;
+    let n = setup.sequences;
+    let n_ctx = setup.depth + n_gen + 1;
+    let mut ws = Workspace::new(model, n_ctx, n.max(512.min(setup.depth.max(1))))?;
+    ws.set_precision(setup.precision);
+    let mut caches = (0..n).map(|_| KvCache::new(model, n_ctx, k, v)).collect::<Result<Vec<_>>>()?;
+    let fill = tokens(setup.depth + 1, model.config.n_vocab);
+    for c in caches.iter_mut() {
+        for chunk in fill.chunks(512) {
+            model.forward_seqs(&mut ws, pool, &mut [Seq { cache: c, tokens: chunk, want: Logits::None }])?;
+        }
+    }
+    let toks = tokens(n_gen * n, model.config.n_vocab);
+    let t = Instant::now();
+    for step in toks.chunks_exact(n) {
+        let mut seqs: Vec<Seq<'_>> = caches
+            .iter_mut()
+            .zip(step.chunks_exact(1))
+            .map(|(c, tok)| Seq { cache: c, tokens: tok, want: Logits::Last })
+            .collect();
+        model.forward_seqs(&mut ws, pool, &mut seqs)?;
+    }
+    Ok((n_gen * n) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Runs `f` `reps` times and summarises.

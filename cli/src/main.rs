@@ -159,6 +159,14 @@ struct BenchArgs {
     /// Tokens for the generation test (0 = skip).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     n_gen: usize,
+    /// Tokens already in the KV cache when each test starts (filled untimed, as llama-bench's
+    /// -d): prompt processing and generation deep into a conversation.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    depth: usize,
+    /// Sequences decoding together in the generation test: each step one forward pass with a
+    /// token of every sequence, as `pith serve --parallel N` runs (aggregate tokens/s).
+    #[arg(short = 's', long = "sequences", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    sequences: u16,
     /// Thread counts to test, comma-separated.
     #[arg(short = 't', long = "threads", value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -799,7 +807,9 @@ fn serve(a: ServeArgs) -> Res<ExitCode> {
 }
 
 fn bench(a: BenchArgs) -> Res<ExitCode> {
-    use crate::bench::{bench_pp, bench_tg, peak_rss_bytes, read_bandwidth, repeat, BenchResult};
+    use crate::bench::{
+        bench_pp, bench_tg, bench_tg_together, peak_rss_bytes, read_bandwidth, repeat, BenchResult, Setup,
+    };
     if a.threads.is_empty() || a.threads.contains(&0) {
         return Err("-t: give thread counts of at least 1, e.g. -t 1,2".into());
     }
@@ -830,15 +840,22 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
             cache_type_k: ck.to_string(),
             cache_type_v: cv.to_string(),
         };
+        let setup = Setup { precision: a.precision, cache: (ck, cv), depth: a.depth, sequences: a.sequences.into() };
+        // llama-bench's names: "pp512", "tg128 @ d4096".
+        let at = if a.depth > 0 { format!(" @ d{}", a.depth) } else { String::new() };
         if a.n_prompt > 0 {
-            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, a.precision, (ck, cv)))
-                .map_err(|e| e.to_string())?;
-            results.push(mk(format!("pp{}", a.n_prompt), r, None));
+            let r = repeat(a.reps, || bench_pp(&model, &pool, a.n_prompt, setup)).map_err(|e| e.to_string())?;
+            results.push(mk(format!("pp{}{at}", a.n_prompt), r, None));
         }
-        if a.n_gen > 0 {
-            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, a.precision, (ck, cv)))
-                .map_err(|e| e.to_string())?;
-            results.push(mk(format!("tg{}", a.n_gen), r, Some(r.0 * wbytes / 1e9)));
+        if a.n_gen > 0 && a.sequences == 1 {
+            let r = repeat(a.reps, || bench_tg(&model, &pool, a.n_gen, setup)).map_err(|e| e.to_string())?;
+            results.push(mk(format!("tg{}{at}", a.n_gen), r, Some(r.0 * wbytes / 1e9)));
+        }
+        if a.n_gen > 0 && a.sequences > 1 {
+            // Weights are read once per step, for every sequence.
+            let r = repeat(a.reps, || bench_tg_together(&model, &pool, a.n_gen, setup)).map_err(|e| e.to_string())?;
+            let steps_gbps = r.0 / f64::from(a.sequences) * wbytes / 1e9;
+            results.push(mk(format!("tg{} x{}{at}", a.n_gen, a.sequences), r, Some(steps_gbps)));
         }
     }
     let rss = peak_rss_bytes();

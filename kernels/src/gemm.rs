@@ -49,26 +49,32 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX-512 F; shapes as checked by `gemm_f32_nn`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn gemm_f32_nn_avx512(a: super::Mat<'_>, b: super::Mat<'_>, out: &mut [f32], ldo: usize) {
+    pub unsafe fn gemm_f32_nn_avx512<const ACC: bool>(
+        a: super::Mat<'_>,
+        b: super::Mat<'_>,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
         let mut i = 0;
         while i < a.rows {
             let mr = (a.rows - i).min(4);
             match mr {
-                4 => gemm_nn_rows::<4>(a, b, out, ldo, i),
-                3 => gemm_nn_rows::<3>(a, b, out, ldo, i),
-                2 => gemm_nn_rows::<2>(a, b, out, ldo, i),
-                _ => gemm_nn_rows::<1>(a, b, out, ldo, i),
+                4 => gemm_nn_rows::<4, ACC>(a, b, out, ldo, i),
+                3 => gemm_nn_rows::<3, ACC>(a, b, out, ldo, i),
+                2 => gemm_nn_rows::<2, ACC>(a, b, out, ldo, i),
+                _ => gemm_nn_rows::<1, ACC>(a, b, out, ldo, i),
             }
             i += mr;
         }
     }
 
-    /// Rows `i..i + MR` of the output, 32 columns per step (masked at the right edge).
+    /// Rows `i..i + MR` of the output, 32 columns per step (masked at the right edge); `ACC`:
+    /// added to what the output holds.
     ///
     /// # Safety
     /// AVX-512 F; rows `i..i + MR` exist; shapes as checked by `gemm_f32_nn`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn gemm_nn_rows<const MR: usize>(
+    unsafe fn gemm_nn_rows<const MR: usize, const ACC: bool>(
         a: super::Mat<'_>,
         b: super::Mat<'_>,
         out: &mut [f32],
@@ -89,6 +95,14 @@ mod x86 {
             };
             // The hot loop: MR rows × 32 columns, one row of B per step.
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            if ACC {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: row i + r of the output, columns j..n (masked).
+                    let op = out.as_ptr().add((i + r) * ldo + j);
+                    acc[0] = _mm512_maskz_loadu_ps(m0, op);
+                    acc[1] = _mm512_maskz_loadu_ps(m1, op.wrapping_add(16));
+                }
+            }
             for p in 0..a.cols {
                 // SAFETY: row p < b.rows; masked-off lanes are not accessed, the rest lie in
                 // columns j..n of the row.
@@ -222,6 +236,22 @@ mod tests {
             }
             // Padding between rows is left alone.
             assert!(x.chunks_exact(so).all(|r| r[n..].iter().all(|&v| v == 7.0)));
+            // Accumulating: the product taken in two pieces along k, added to what is there.
+            if k >= 2 {
+                let (k1, k2) = (k / 2, k - k / 2);
+                let mut z = alloc::vec![7.0; m * so];
+                let a1 = Mat { data: &a, rows: m, cols: k1, stride: sa };
+                let a2 = Mat { data: &a[k1..], rows: m, cols: k2, stride: sa };
+                let b1 = Mat { data: &b, rows: k1, cols: n, stride: sb };
+                let b2 = Mat { data: &b[k1 * sb..], rows: k2, cols: n, stride: sb };
+                gemm_f32_nn_acc(a1, b1, &mut z, so);
+                gemm_f32_nn_acc(a2, b2, &mut z, so);
+                for (i, (p, q)) in z.iter().zip(&y).enumerate() {
+                    let want = if i % so < n { q + 7.0 } else { 7.0 };
+                    let bound = k as f32 * f32::EPSILON * 0.25 * 2.0 + 7.0 * f32::EPSILON;
+                    assert!((p - want).abs() <= bound, "acc {m}x{n}x{k} at {i}: {p} vs {want}");
+                }
+            }
         }
     }
 
@@ -268,6 +298,16 @@ impl Mat<'_> {
 /// `out[i * ldo + j] = Σ_p a(i, p) · b(p, j)`: matrix × matrix with B not transposed (attention's
 /// scores against transposed keys, and its weights against the values as they are cached).
 pub fn gemm_f32_nn(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+    gemm_f32_nn_into::<false>(a, b, out, ldo)
+}
+
+/// [`gemm_f32_nn`] adding the product to what `out` holds: `out[i][j] += Σ_p a[i][p] · b[p][j]`
+/// (a product taken in pieces along the inner dimension).
+pub fn gemm_f32_nn_acc(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+    gemm_f32_nn_into::<true>(a, b, out, ldo)
+}
+
+fn gemm_f32_nn_into<const ACC: bool>(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
     assert_eq!(a.cols, b.rows, "gemm_f32_nn: inner dimensions {} vs {}", a.cols, b.rows);
     a.check("a");
     b.check("b");
@@ -278,17 +318,23 @@ pub fn gemm_f32_nn(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
     if crate::kernel_path() == KernelPath::Avx512 {
         // SAFETY: AVX-512 F is available (the Avx512 path is selected only then); every
         // shape was checked above.
-        unsafe { x86::gemm_f32_nn_avx512(a, b, out, ldo) };
+        unsafe { x86::gemm_f32_nn_avx512::<ACC>(a, b, out, ldo) };
         return;
     }
-    gemm_f32_nn_scalar(a, b, out, ldo);
+    gemm_f32_nn_scalar_into::<ACC>(a, b, out, ldo);
 }
 
 /// The reference for [`gemm_f32_nn`].
 pub fn gemm_f32_nn_scalar(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+    gemm_f32_nn_scalar_into::<false>(a, b, out, ldo)
+}
+
+fn gemm_f32_nn_scalar_into<const ACC: bool>(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
     for i in 0..a.rows {
         let o = &mut out[i * ldo..i * ldo + b.cols];
-        o.fill(0.0);
+        if !ACC {
+            o.fill(0.0);
+        }
         for p in 0..a.cols {
             let av = a.data[i * a.stride + p];
             for (x, &bv) in o.iter_mut().zip(&b.data[p * b.stride..p * b.stride + b.cols]) {

@@ -1,14 +1,23 @@
-//! Causal attention for a batch of queries (prefill), as two small matrix products per
-//! (head, block of queries) on the kernels' f32 gemm: scores `Q Kᵀ`, a masked softmax per
-//! query, then `P V`. Decoding (one query) uses the per-head loop in the parent module.
+//! Causal attention for a batch of queries (prefill, or a new turn after a cached history), as
+//! small matrix products per (head, block of queries) on the kernels' f32 gemm: scores `Q Kᵀ`,
+//! a masked softmax per query, then `P V`. Decoding (one query) uses the per-head loop in the
+//! parent module.
+//!
+//! The cache is read once per call, in parallel, in panels of [`PANEL`] positions: each panel's
+//! keys widened to f32 and transposed (kv_dim, PANEL) so that a block of queries times the panel
+//! is a plain product, and its values widened (PANEL, kv_dim). Every query block then walks the
+//! panels it sees: scores panel by panel into its rows, and `P V` summed over the panels.
 
 use crate::parallel::Pool;
 use alloc::vec;
 use alloc::vec::Vec;
 use pith_kernels::Mat;
 
-/// Queries per block: each block reads the keys and values it needs once.
+/// Largest block of queries: each block reads the keys and values it needs once.
 const QBLOCK: usize = 32;
+
+/// Cached positions per panel.
+const PANEL: usize = 64;
 
 /// The shapes of one batch's attention.
 pub(super) struct Shape {
@@ -25,61 +34,111 @@ pub(super) struct Shape {
     pub window: Option<usize>,
 }
 
+/// One sequence's cached keys and values for one layer, as batch attention reads them.
+pub(super) trait KvSource: Sync {
+    /// Keys of positions `lo..lo + dst.len() / kv_dim`, widened to f32 into `dst` (rows, kv_dim).
+    fn widen_k(&self, lo: usize, dst: &mut [f32]);
+    /// Values, as [`KvSource::widen_k`].
+    fn widen_v(&self, lo: usize, dst: &mut [f32]);
+}
+
 /// `att[t][h]` (n, n_head · head_dim) = attention of query `t` (position `p0 + t`) in head `h`
-/// over positions `0..=p0 + t` (the last `window` of them with a sliding window): `q` (n, n_head · head_dim), `kc` / `vc` (p0 + n, kv_dim).
+/// over positions `0..=p0 + t` (the last `window` of them with a sliding window): `q` (n,
+/// n_head · head_dim); `kv` holds positions `0..p0 + n` (the batch's own already written).
 /// `tmp` is scratch, reused across calls.
 pub(super) fn attention_batch(
     pool: &Pool,
     sh: &Shape,
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
+    kv: &dyn KvSource,
     att: &mut [f32],
     tmp: &mut Vec<f32>,
 ) {
     let (hd, n) = (sh.head_dim, sh.n);
     let (qd, kvd) = (sh.n_head * hd, sh.n_head_kv * hd);
     let group = sh.n_head / sh.n_head_kv;
-    let n_qb = n.div_ceil(QBLOCK);
     assert_eq!(q.len(), n * qd, "attention: query shape");
     assert_eq!(att.len(), n * qd, "attention: output shape");
-    assert!(kc.len() >= (sh.p0 + n) * kvd && vc.len() >= (sh.p0 + n) * kvd, "attention: cache shape");
-    // Keys transposed once per KV head: kt (n_head_kv, hd, n_pos), so scores are a plain
-    // matrix product; queries and values are read in place through strided views.
+    // Pieces of work: (KV head, query block), the group's query heads together, so that each
+    // piece reads its KV head's panels once for all of them (the panels outgrow the per-core
+    // caches on a long history). Query blocks of at most QBLOCK, and enough pieces for every
+    // thread to get a fair share (a short new turn over a long history: few queries, much work
+    // each) but no more: each piece reads its panels again.
+    let want_pieces = 2 * pool.threads();
+    let n_qb = n.div_ceil(QBLOCK).max(want_pieces.div_ceil(sh.n_head_kv)).min(n);
+    let qblock = n.div_ceil(n_qb);
+    let n_qb = n.div_ceil(qblock);
     let n_pos = sh.p0 + n;
-    tmp.resize(sh.n_head * n_qb * QBLOCK * hd + sh.n_head_kv * hd * n_pos, 0.0);
-    let (out_all, kt) = tmp.split_at_mut(sh.n_head * n_qb * QBLOCK * hd);
-    for (pos, row) in kc.chunks_exact(kvd).take(n_pos).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            kt[c * n_pos + pos] = v;
+    let n_pan = n_pos.div_ceil(PANEL);
+    // A panel: [keys transposed (kv_dim, PANEL) | values (PANEL, kv_dim)].
+    let pan_len = 2 * kvd * PANEL;
+    let piece = group * qblock * hd;
+    let out_len = sh.n_head_kv * n_qb * piece;
+    tmp.resize(out_len + n_pan * pan_len, 0.0);
+    let (out_all, panels) = tmp.split_at_mut(out_len);
+    pool.for_each_chunk(&mut panels[..n_pan * pan_len], pan_len, &|b, pan: &mut [f32]| {
+        let lo = b * PANEL;
+        let rows = PANEL.min(n_pos - lo);
+        let (kt, vr) = pan.split_at_mut(kvd * PANEL);
+        let vr = &mut vr[..rows * kvd];
+        // The keys land in the values' place first, then move transposed.
+        kv.widen_k(lo, vr);
+        for (r, row) in vr.chunks_exact(kvd).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                kt[c * PANEL + r] = x;
+            }
         }
-    }
-    let kt = &*kt;
-    // out_all: (n_head, n_qb, QBLOCK, hd); one chunk per (head, query block).
-    pool.for_each_chunk(out_all, QBLOCK * hd, &|i, out: &mut [f32]| {
-        let (h, qb) = (i / n_qb, i % n_qb);
-        let (t0, kvh) = (qb * QBLOCK, h / group);
-        let nq = QBLOCK.min(n - t0);
+        kv.widen_v(lo, vr);
+    });
+    let panels = &*panels;
+    // out_all: (n_head_kv, n_qb, group, qblock, hd); one chunk per (KV head, query block).
+    pool.for_each_chunk(out_all, piece, &|i, out: &mut [f32]| {
+        let (kvh, qb) = (i / n_qb, i % n_qb);
+        let t0 = qb * qblock;
+        let nq = qblock.min(n - t0);
         // Keys 0..n_keys serve every query of the block; the last ones are masked per query.
         let n_keys = sh.p0 + t0 + nq;
-        let q_rows = Mat { data: &q[t0 * qd + h * hd..], rows: nq, cols: hd, stride: qd };
-        let k_t = Mat { data: &kt[kvh * hd * n_pos..], rows: hd, cols: n_keys, stride: n_pos };
-        let mut p = vec![0.0f32; nq * n_keys]; // (nq, n_keys): scores, then weights
-        pith_kernels::gemm_f32_nn(q_rows, k_t, &mut p, n_keys);
+        // The window of the block's first query starts at `first`: panels before it are skipped.
+        let first = sh.window.map_or(0, |w| (sh.p0 + t0 + 1).saturating_sub(w));
+        let b_first = first / PANEL;
+        let b_end = n_keys.div_ceil(PANEL);
+        let span = |b: usize| (b * PANEL, PANEL.min(n_keys - b * PANEL));
+        // (group, nq, n_keys): each head's scores, then its weights.
+        let mut p = vec![0.0f32; group * nq * n_keys];
+        for b in b_first..b_end {
+            let (lo, cols) = span(b);
+            let k_t = Mat { data: &panels[b * pan_len + kvh * hd * PANEL..], rows: hd, cols, stride: PANEL };
+            for (j, pj) in p.chunks_exact_mut(nq * n_keys).enumerate() {
+                let h = kvh * group + j;
+                let q_rows = Mat { data: &q[t0 * qd + h * hd..], rows: nq, cols: hd, stride: qd };
+                pith_kernels::gemm_f32_nn(q_rows, k_t, &mut pj[lo..], n_keys);
+            }
+        }
         for (r, pr) in p.chunks_exact_mut(n_keys).enumerate() {
-            let len = sh.p0 + t0 + r + 1;
+            let len = sh.p0 + t0 + r % nq + 1;
             let lo = sh.window.map_or(0, |w| len.saturating_sub(w));
             pith_kernels::softmax_scaled(&mut pr[lo..len], sh.scale);
             pr[..lo].fill(0.0);
             pr[len..].fill(0.0);
         }
-        let p = Mat { data: &p, rows: nq, cols: n_keys, stride: n_keys };
-        let v = Mat { data: &vc[kvh * hd..], rows: n_keys, cols: hd, stride: kvd };
-        pith_kernels::gemm_f32_nn(p, v, &mut out[..nq * hd], hd);
+        for b in b_first..b_end {
+            let (lo, cols) = span(b);
+            let v = Mat { data: &panels[b * pan_len + kvd * PANEL + kvh * hd..], rows: cols, cols: hd, stride: kvd };
+            for (pj, oj) in p.chunks_exact(nq * n_keys).zip(out.chunks_exact_mut(qblock * hd)) {
+                let pm = Mat { data: &pj[lo..], rows: nq, cols, stride: n_keys };
+                if b == b_first {
+                    pith_kernels::gemm_f32_nn(pm, v, &mut oj[..nq * hd], hd);
+                } else {
+                    pith_kernels::gemm_f32_nn_acc(pm, v, &mut oj[..nq * hd], hd);
+                }
+            }
+        }
     });
     for h in 0..sh.n_head {
+        let (kvh, j) = (h / group, h % group);
         for t in 0..n {
-            let src = ((h * n_qb) * QBLOCK + t) * hd;
+            let (qb, r) = (t / qblock, t % qblock);
+            let src = (((kvh * n_qb + qb) * group + j) * qblock + r) * hd;
             att[t * qd + h * hd..t * qd + (h + 1) * hd].copy_from_slice(&tmp[src..src + hd]);
         }
     }
@@ -88,6 +147,22 @@ pub(super) fn attention_batch(
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
+
+    /// Keys and values held as f32 rows (kv_dim each).
+    struct F32Rows<'a> {
+        k: &'a [f32],
+        v: &'a [f32],
+        kvd: usize,
+    }
+
+    impl KvSource for F32Rows<'_> {
+        fn widen_k(&self, lo: usize, dst: &mut [f32]) {
+            dst.copy_from_slice(&self.k[lo * self.kvd..lo * self.kvd + dst.len()]);
+        }
+        fn widen_v(&self, lo: usize, dst: &mut [f32]) {
+            dst.copy_from_slice(&self.v[lo * self.kvd..lo * self.kvd + dst.len()]);
+        }
+    }
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
@@ -110,6 +185,10 @@ mod tests {
             (9, 3, 64, 0, 33, None),
             (4, 1, 16, 5, 70, Some(9)),
             (2, 2, 8, 40, 3, Some(16)),
+            // A new turn after a long history: many panels, a ragged last one, few queries.
+            (9, 3, 64, 700, 22, None),
+            (4, 2, 16, 130, 75, Some(100)),
+            (2, 1, 32, 200, 9, Some(70)),
         ] {
             let (qd, kvd) = (n_head * hd, n_head_kv * hd);
             let q = data(n * qd, 1);
@@ -122,7 +201,8 @@ mod tests {
             let sh = Shape { n_head, n_head_kv, head_dim: hd, p0, n, scale, window };
             for pool in [Pool::single(), Pool::new(2).unwrap()] {
                 let mut att = vec![0.0f32; n * qd];
-                attention_batch(&pool, &sh, &q, &kc, &vc, &mut att, &mut Vec::new());
+                let kv = F32Rows { k: &kc, v: &vc, kvd };
+                attention_batch(&pool, &sh, &q, &kv, &mut att, &mut Vec::new());
                 let mut want = vec![0.0f32; hd];
                 for t in 0..n {
                     for h in 0..n_head {

@@ -288,10 +288,27 @@ impl KvCache {
         (self.k.rows(row * self.k_units), self.v.rows(row * self.v_units))
     }
 
-    /// Layer `layer`'s positions `..kf.len() / kv_dim` widened to f32 (the batch path).
-    pub(super) fn widen(&self, layer: usize, kf: &mut [f32], vf: &mut [f32]) {
-        let row = layer * self.n_ctx;
-        self.k.widen(row * self.k_units, self.k_units, self.kv_dim, kf);
-        self.v.widen(row * self.v_units, self.v_units, self.kv_dim, vf);
+    /// Layer `layer` as batch attention reads it (rows widened to f32 on request).
+    pub(super) fn layer(&self, layer: usize) -> LayerKv<'_> {
+        LayerKv { cache: self, layer }
+    }
+}
+
+/// One layer of a [`KvCache`].
+pub(super) struct LayerKv<'a> {
+    cache: &'a KvCache,
+    layer: usize,
+}
+
+impl super::attention::KvSource for LayerKv<'_> {
+    fn widen_k(&self, lo: usize, dst: &mut [f32]) {
+        let c = self.cache;
+        let row = self.layer * c.n_ctx + lo;
+        c.k.widen(row * c.k_units, c.k_units, c.kv_dim, dst);
+    }
+    fn widen_v(&self, lo: usize, dst: &mut [f32]) {
+        let c = self.cache;
+        let row = self.layer * c.n_ctx + lo;
+        c.v.widen(row * c.v_units, c.v_units, c.kv_dim, dst);
     }
 }

@@ -298,12 +298,10 @@ pub struct Workspace {
     hb2: Vec<f32>,             // (n, n_ff)
     logits: Vec<f32>,          // (n_out of all sequences, n_vocab)
     step_logits: Vec<f32>,     // (n_out of a step, n_vocab) when its rows are not contiguous in `logits`
-    kf: Vec<f32>,              // (n_pos, kv_dim) one sequence's layer keys, widened for attention
-    vf: Vec<f32>,              // (n_pos, kv_dim) one sequence's layer values, widened for attention
-    att_tmp: Vec<f32>,         // batch: (n_head, n rounded up, head_dim); decode: (n_head, n_pos + head_dim)
-    tpos: Vec<usize>,          // (n) each token's position in its sequence
-    lr: Vec<f32>,              // (n, rank) a factored linear's intermediate B·x
-    rope: Vec<(f32, f32)>,     // (n_ctx_max, rope_dim / 2) cos, sin
+    att_tmp: Vec<f32>, // batch: (n_head, n rounded up, head_dim) + cache panels (n_pos rounded up, 2 kv_dim); decode: (n_head, n_pos + head_dim)
+    tpos: Vec<usize>,  // (n) each token's position in its sequence
+    lr: Vec<f32>,      // (n, rank) a factored linear's intermediate B·x
+    rope: Vec<(f32, f32)>, // (n_ctx_max, rope_dim / 2) cos, sin
     rope_swa: Vec<(f32, f32)>, // (n_ctx_max, rope_dim / 2) for sliding-window layers, or empty
     scratch: MatmulScratch,
 }
@@ -396,8 +394,6 @@ impl Workspace {
             hb2: Vec::new(),
             logits: Vec::new(),
             step_logits: Vec::new(),
-            kf: Vec::new(),
-            vf: Vec::new(),
             att_tmp: Vec::new(),
             tpos: Vec::new(),
             lr: Vec::new(),
@@ -671,6 +667,7 @@ impl Model<'_> {
             });
             let group = c.n_head / c.n_head_kv;
             let scale = c.attn_scale;
+            // Every segment's new keys and values into its cache first.
             let mut a = 0; // the segment's first token in the step
             for g in segs {
                 let cache = &mut *seqs[g.seq].cache;
@@ -678,16 +675,15 @@ impl Model<'_> {
                     let r = (a + t) * kvd..(a + t + 1) * kvd;
                     cache.write(li, g.p0 + t, &s.k[r.clone()], &s.v[r]);
                 }
+                a += g.n;
+            }
+            // Segments of several tokens: batch attention, which reads this layer's cache once,
+            // widened panel by panel in parallel; every query of the segment reuses it.
+            let mut a = 0;
+            for g in segs {
+                let cache = &*seqs[g.seq].cache;
                 let (p0, gn) = (g.p0, g.n);
-                let n_pos = p0 + gn;
-                let q = &s.q[a * qd..(a + gn) * qd];
-                let att = &mut s.att[a * qd..(a + gn) * qd];
                 if gn > 1 {
-                    // Widen this layer's cached keys and values once; every query of the
-                    // sequence's batch reuses them.
-                    s.kf.resize(n_pos * kvd, 0.0);
-                    s.vf.resize(n_pos * kvd, 0.0);
-                    cache.widen(li, &mut s.kf, &mut s.vf);
                     let shape = attention::Shape {
                         n_head: c.n_head,
                         n_head_kv: c.n_head_kv,
@@ -697,31 +693,48 @@ impl Model<'_> {
                         scale,
                         window,
                     };
-                    attention::attention_batch(pool, &shape, q, &s.kf, &s.vf, att, &mut s.att_tmp);
-                } else {
-                    // One token reads the cache in place. One chunk per head; a single token's
-                    // heads over a short context are less work than handing them to threads
-                    // (measured: 32 positions).
-                    // A windowed layer reads only the window's positions.
-                    let lo = window.map_or(0, |w| n_pos.saturating_sub(w));
-                    let n_seen = n_pos - lo;
-                    let (kc, vc) = cache.rows(li, lo);
-                    let single = Pool::single();
-                    let att_pool = if n_seen < 32 { &single } else { pool };
-                    // Per head: its scores, then its output (scratch reused across tokens; it
-                    // grows with the context by doubling, not once per token).
-                    let stride = n_seen + hd;
-                    s.att_tmp.resize(c.n_head * stride, 0.0);
-                    att_pool.for_each_chunk(&mut s.att_tmp[..c.n_head * stride], stride, &|h, buf: &mut [f32]| {
-                        let (scores, out) = buf.split_at_mut(n_seen);
-                        let qh = &q[h * hd..(h + 1) * hd];
-                        pith_kernels::attend(qh, kc, vc, kvd, (h / group) * hd, scale, scores, out);
-                    });
-                    for (o, buf) in att.chunks_exact_mut(hd).zip(s.att_tmp.chunks_exact(stride)) {
-                        o.copy_from_slice(&buf[n_seen..]);
-                    }
+                    let (q, att) = (&s.q[a * qd..(a + gn) * qd], &mut s.att[a * qd..(a + gn) * qd]);
+                    attention::attention_batch(pool, &shape, q, &cache.layer(li), att, &mut s.att_tmp);
                 }
                 a += gn;
+            }
+            // Segments of one token (decoding) read their caches in place: every (segment,
+            // head) in one parallel region, so several sequences' decode steps share it out.
+            // A windowed layer reads only the window's positions.
+            let mut ones = Vec::new(); // (first token in the step, positions seen, K rows, V rows)
+            let mut a = 0;
+            for g in segs {
+                if g.n == 1 {
+                    let n_pos = g.p0 + 1;
+                    let lo = window.map_or(0, |w| n_pos.saturating_sub(w));
+                    let (kc, vc) = seqs[g.seq].cache.rows(li, lo);
+                    ones.push((a, n_pos - lo, kc, vc));
+                }
+                a += g.n;
+            }
+            if !ones.is_empty() {
+                let max_seen = ones.iter().map(|o| o.1).max().unwrap_or(0);
+                let seen: usize = ones.iter().map(|o| o.1).sum();
+                // A few short contexts are less work than handing them to threads (measured:
+                // 32 positions).
+                let single = Pool::single();
+                let att_pool = if seen < 32 { &single } else { pool };
+                // Per (segment, head): its scores, then its output (scratch reused across
+                // steps; it grows with the context by doubling, not once per token).
+                let stride = max_seen + hd;
+                let n_chunks = ones.len() * c.n_head;
+                s.att_tmp.resize(n_chunks * stride, 0.0);
+                let (q, ones_ref) = (&s.q, &ones);
+                att_pool.for_each_chunk(&mut s.att_tmp[..n_chunks * stride], stride, &|i, buf: &mut [f32]| {
+                    let (&(a, n_seen, kc, vc), h) = (&ones_ref[i / c.n_head], i % c.n_head);
+                    let (scores, rest) = buf.split_at_mut(n_seen);
+                    let qh = &q[a * qd + h * hd..a * qd + (h + 1) * hd];
+                    pith_kernels::attend(qh, kc, vc, kvd, (h / group) * hd, scale, scores, &mut rest[..hd]);
+                });
+                for (i, buf) in s.att_tmp.chunks_exact(stride).take(n_chunks).enumerate() {
+                    let (&(a, n_seen, ..), h) = (&ones[i / c.n_head], i % c.n_head);
+                    s.att[a * qd + h * hd..a * qd + (h + 1) * hd].copy_from_slice(&buf[n_seen..n_seen + hd]);
+                }
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
             linear(pool, &mut s.scratch, &mut s.lr, &l.wo, &s.att, n, &mut s.proj);
