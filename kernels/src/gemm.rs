@@ -47,11 +47,11 @@ mod x86 {
     const NR: usize = 4;
 
     /// # Safety
-    /// The CPU must support AVX-512 F; shapes as checked by `gemm_f32_nn`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn gemm_f32_nn_avx512<const ACC: bool>(
+    /// The CPU must support AVX-512 F/BW/VL; shapes as checked by `gemm_f32_nn`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn gemm_f32_nn_avx512<T: super::Elem, const ACC: bool>(
         a: super::Mat<'_>,
-        b: super::Mat<'_>,
+        b: super::Mat<'_, T>,
         out: &mut [f32],
         ldo: usize,
     ) {
@@ -59,10 +59,10 @@ mod x86 {
         while i < a.rows {
             let mr = (a.rows - i).min(4);
             match mr {
-                4 => gemm_nn_rows::<4, ACC>(a, b, out, ldo, i),
-                3 => gemm_nn_rows::<3, ACC>(a, b, out, ldo, i),
-                2 => gemm_nn_rows::<2, ACC>(a, b, out, ldo, i),
-                _ => gemm_nn_rows::<1, ACC>(a, b, out, ldo, i),
+                4 => gemm_nn_rows::<T, 4, ACC>(a, b, out, ldo, i),
+                3 => gemm_nn_rows::<T, 3, ACC>(a, b, out, ldo, i),
+                2 => gemm_nn_rows::<T, 2, ACC>(a, b, out, ldo, i),
+                _ => gemm_nn_rows::<T, 1, ACC>(a, b, out, ldo, i),
             }
             i += mr;
         }
@@ -72,11 +72,11 @@ mod x86 {
     /// added to what the output holds.
     ///
     /// # Safety
-    /// AVX-512 F; rows `i..i + MR` exist; shapes as checked by `gemm_f32_nn`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn gemm_nn_rows<const MR: usize, const ACC: bool>(
+    /// AVX-512 F/BW/VL; rows `i..i + MR` exist; shapes as checked by `gemm_f32_nn`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn gemm_nn_rows<T: super::Elem, const MR: usize, const ACC: bool>(
         a: super::Mat<'_>,
-        b: super::Mat<'_>,
+        b: super::Mat<'_, T>,
         out: &mut [f32],
         ldo: usize,
         i: usize,
@@ -107,8 +107,16 @@ mod x86 {
                 // SAFETY: row p < b.rows; masked-off lanes are not accessed, the rest lie in
                 // columns j..n of the row.
                 let bp = b.data.as_ptr().add(p * b.stride + j);
-                let b0 = _mm512_maskz_loadu_ps(m0, bp);
-                let b1 = _mm512_maskz_loadu_ps(m1, bp.wrapping_add(16));
+                let (b0, b1) = if T::HALF {
+                    let hp = bp.cast::<i16>();
+                    (
+                        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, hp)),
+                        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, hp.wrapping_add(16))),
+                    )
+                } else {
+                    let fp = bp.cast::<f32>();
+                    (_mm512_maskz_loadu_ps(m0, fp), _mm512_maskz_loadu_ps(m1, fp.wrapping_add(16)))
+                };
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: row i + r < a.rows, column p < a.cols.
                     let av = _mm512_set1_ps(*a.data.get_unchecked((i + r) * a.stride + p));
@@ -236,6 +244,16 @@ mod tests {
             }
             // Padding between rows is left alone.
             assert!(x.chunks_exact(so).all(|r| r[n..].iter().all(|&v| v == 7.0)));
+            // B as f16, widened as it is read: the same as widening it first.
+            let bh: Vec<half::f16> = b.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let bw: Vec<f32> = bh.iter().map(|h| h.to_f32()).collect();
+            let (mut h1, mut h2) = (alloc::vec![7.0; m * so], alloc::vec![7.0; m * so]);
+            gemm_f32_nn(am, Mat { data: &bh, rows: k, cols: n, stride: sb }, &mut h1, so);
+            gemm_f32_nn(am, Mat { data: &bw, rows: k, cols: n, stride: sb }, &mut h2, so);
+            assert_eq!(h1, h2, "{m}x{n}x{k}: f16 b");
+            gemm_f32_nn_acc(am, Mat { data: &bh, rows: k, cols: n, stride: sb }, &mut h1, so);
+            gemm_f32_nn_acc(am, Mat { data: &bw, rows: k, cols: n, stride: sb }, &mut h2, so);
+            assert_eq!(h1, h2, "{m}x{n}x{k}: f16 b, accumulated");
             // Accumulating: the product taken in two pieces along k, added to what is there.
             if k >= 2 {
                 let (k1, k2) = (k / 2, k - k / 2);
@@ -273,16 +291,45 @@ mod tests {
     }
 }
 
-/// A row-major f32 matrix view: element `(i, j)` at `data[i * stride + j]`.
+/// A row-major matrix view of f32 (or, as [`gemm_f32_nn`]'s `b`, f16) values: element `(i, j)`
+/// at `data[i * stride + j]`.
 #[derive(Clone, Copy, Debug)]
-pub struct Mat<'a> {
-    pub data: &'a [f32],
+pub struct Mat<'a, T = f32> {
+    pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
     pub stride: usize,
 }
 
-impl Mat<'_> {
+/// What a [`Mat`] may hold for [`gemm_f32_nn`]'s `b`: f32, or f16 widened as it is read (the KV
+/// cache's keys and values in place).
+pub trait Elem: Copy + sealed::Sealed {
+    /// Whether the values are f16 (else f32).
+    const HALF: bool;
+    fn to_f32(self) -> f32;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+impl Elem for f32 {
+    const HALF: bool = false;
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for half::f16 {
+    const HALF: bool = true;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl<T> Mat<'_, T> {
     fn check(&self, what: &str) {
         assert!(
             self.cols <= self.stride || self.rows <= 1,
@@ -297,17 +344,17 @@ impl Mat<'_> {
 
 /// `out[i * ldo + j] = Σ_p a(i, p) · b(p, j)`: matrix × matrix with B not transposed (attention's
 /// scores against transposed keys, and its weights against the values as they are cached).
-pub fn gemm_f32_nn(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
-    gemm_f32_nn_into::<false>(a, b, out, ldo)
+pub fn gemm_f32_nn<T: Elem>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
+    gemm_f32_nn_into::<T, false>(a, b, out, ldo)
 }
 
 /// [`gemm_f32_nn`] adding the product to what `out` holds: `out[i][j] += Σ_p a[i][p] · b[p][j]`
 /// (a product taken in pieces along the inner dimension).
-pub fn gemm_f32_nn_acc(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
-    gemm_f32_nn_into::<true>(a, b, out, ldo)
+pub fn gemm_f32_nn_acc<T: Elem>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
+    gemm_f32_nn_into::<T, true>(a, b, out, ldo)
 }
 
-fn gemm_f32_nn_into<const ACC: bool>(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+fn gemm_f32_nn_into<T: Elem, const ACC: bool>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
     assert_eq!(a.cols, b.rows, "gemm_f32_nn: inner dimensions {} vs {}", a.cols, b.rows);
     a.check("a");
     b.check("b");
@@ -316,20 +363,20 @@ fn gemm_f32_nn_into<const ACC: bool>(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ld
     assert!(out.len() >= need, "gemm_f32_nn: output needs {need} values, has {}", out.len());
     #[cfg(target_arch = "x86_64")]
     if crate::kernel_path() == KernelPath::Avx512 {
-        // SAFETY: AVX-512 F is available (the Avx512 path is selected only then); every
-        // shape was checked above.
-        unsafe { x86::gemm_f32_nn_avx512::<ACC>(a, b, out, ldo) };
+        // SAFETY: AVX-512 F/BW/VL are available (the Avx512 path is selected only then);
+        // every shape was checked above.
+        unsafe { x86::gemm_f32_nn_avx512::<T, ACC>(a, b, out, ldo) };
         return;
     }
-    gemm_f32_nn_scalar_into::<ACC>(a, b, out, ldo);
+    gemm_f32_nn_scalar_into::<T, ACC>(a, b, out, ldo);
 }
 
 /// The reference for [`gemm_f32_nn`].
-pub fn gemm_f32_nn_scalar(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
-    gemm_f32_nn_scalar_into::<false>(a, b, out, ldo)
+pub fn gemm_f32_nn_scalar<T: Elem>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
+    gemm_f32_nn_scalar_into::<T, false>(a, b, out, ldo)
 }
 
-fn gemm_f32_nn_scalar_into<const ACC: bool>(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], ldo: usize) {
+fn gemm_f32_nn_scalar_into<T: Elem, const ACC: bool>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
     for i in 0..a.rows {
         let o = &mut out[i * ldo..i * ldo + b.cols];
         if !ACC {
@@ -338,7 +385,7 @@ fn gemm_f32_nn_scalar_into<const ACC: bool>(a: Mat<'_>, b: Mat<'_>, out: &mut [f
         for p in 0..a.cols {
             let av = a.data[i * a.stride + p];
             for (x, &bv) in o.iter_mut().zip(&b.data[p * b.stride..p * b.stride + b.cols]) {
-                *x += av * bv;
+                *x += av * bv.to_f32();
             }
         }
     }

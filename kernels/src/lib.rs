@@ -86,7 +86,7 @@ pub use dispatch::{
     block_codes, block_grid, dequantize_row, dot_f32, has_block_grid, quantize_row, quantize_row_weighted,
     set_block_codes, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on,
 };
-pub use gemm::{gemm_f32, gemm_f32_nn, gemm_f32_nn_acc, Mat};
+pub use gemm::{gemm_f32, gemm_f32_nn, gemm_f32_nn_acc, Elem, Mat};
 pub use gemm_q8::{
     gemm_q8, gemm_q8_on, gemm_q8_supported, gemv_q8, gemv_q8_many, gemv_q8_many_on, gemv_q8_on, gemv_q8_supported,
     ActsQ8, ActsQ8Part, PackedTile, VecQ8, GEMM_Q8_ROWS,

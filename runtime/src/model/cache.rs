@@ -311,4 +311,12 @@ impl super::attention::KvSource for LayerKv<'_> {
         let row = self.layer * c.n_ctx + lo;
         c.v.widen(row * c.v_units, c.v_units, c.kv_dim, dst);
     }
+    fn f16(&self) -> Option<(&[f16], &[f16])> {
+        let c = self.cache;
+        let at = self.layer * c.n_ctx * c.kv_dim;
+        match (&c.k, &c.v) {
+            (Store::F16(k), Store::F16(v)) => Some((&k[at..], &v[at..])),
+            _ => None,
+        }
+    }
 }
