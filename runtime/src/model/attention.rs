@@ -75,12 +75,12 @@ pub(super) fn attention_batch(
     let qblock = n.div_ceil(n_qb);
     let n_qb = n.div_ceil(qblock);
     let n_pos = sh.p0 + n;
-    let n_pan = n_pos.div_ceil(PANEL);
-    // A panel: [keys transposed (kv_dim, PANEL) | values (PANEL, kv_dim)].
-    let pan_len = 2 * kvd * PANEL;
+    // Panel width: PANEL positions, or all of them when fewer (a short prompt's scratch stays
+    // small: this runs on microcontrollers too).
+    let pw = PANEL.min(n_pos);
+    let n_pan = n_pos.div_ceil(pw);
     let piece = group * qblock * hd;
     let out_len = sh.n_head_kv * n_qb * piece;
-    tmp.resize(out_len + n_pan * pan_len, 0.0);
     let piece_of = |i: usize| {
         let (kvh, qb) = (i / n_qb, i % n_qb);
         (kvh, qb * qblock, qblock.min(n - qb * qblock))
@@ -92,41 +92,40 @@ pub(super) fn attention_batch(
     // turn after 2,208 cached 15 % faster with f16).
     let half = if n_qb <= 4 { kv.f16() } else { None };
     if let Some((kh, vh)) = half {
-        let pan_len = kvd * PANEL;
+        let pan_len = kvd * pw;
         tmp.resize(out_len + (n_pan * pan_len).div_ceil(2), 0.0);
         let (out_all, panels) = tmp.split_at_mut(out_len);
         let panels: &mut [f16] = bytemuck::cast_slice_mut(panels);
         pool.for_each_chunk(&mut panels[..n_pan * pan_len], pan_len, &|b, kt: &mut [f16]| {
-            let lo = b * PANEL;
-            for (r, row) in kh[lo * kvd..].chunks_exact(kvd).take(PANEL.min(n_pos - lo)).enumerate() {
+            let lo = b * pw;
+            for (r, row) in kh[lo * kvd..].chunks_exact(kvd).take(pw.min(n_pos - lo)).enumerate() {
                 for (c, &x) in row.iter().enumerate() {
-                    kt[c * PANEL + r] = x;
+                    kt[c * pw + r] = x;
                 }
             }
         });
         let panels = &*panels;
         pool.for_each_chunk(out_all, piece, &|i, out: &mut [f32]| {
             let (kvh, t0, nq) = piece_of(i);
-            let k_t =
-                |b: usize, cols| Mat { data: &panels[b * pan_len + kvh * hd * PANEL..], rows: hd, cols, stride: PANEL };
-            let v = |b: usize, cols| Mat { data: &vh[b * PANEL * kvd + kvh * hd..], rows: cols, cols: hd, stride: kvd };
-            attend_piece(sh, q, kvh, t0, nq, qblock, out, &k_t, &v);
+            let k_t = |b: usize, cols| Mat { data: &panels[b * pan_len + kvh * hd * pw..], rows: hd, cols, stride: pw };
+            let v = |b: usize, cols| Mat { data: &vh[b * pw * kvd + kvh * hd..], rows: cols, cols: hd, stride: kvd };
+            attend_piece(sh, q, (kvh, t0, nq, qblock, pw), out, &k_t, &v);
         });
     } else {
-        // A panel: [keys transposed (kv_dim, PANEL) | values (PANEL, kv_dim)], widened to f32.
-        let pan_len = 2 * kvd * PANEL;
+        // A panel: [keys transposed (kv_dim, pw) | values (pw, kv_dim)], widened to f32.
+        let pan_len = 2 * kvd * pw;
         tmp.resize(out_len + n_pan * pan_len, 0.0);
         let (out_all, panels) = tmp.split_at_mut(out_len);
         pool.for_each_chunk(&mut panels[..n_pan * pan_len], pan_len, &|b, pan: &mut [f32]| {
-            let lo = b * PANEL;
-            let rows = PANEL.min(n_pos - lo);
-            let (kt, vr) = pan.split_at_mut(kvd * PANEL);
+            let lo = b * pw;
+            let rows = pw.min(n_pos - lo);
+            let (kt, vr) = pan.split_at_mut(kvd * pw);
             let vr = &mut vr[..rows * kvd];
             // The keys land in the values' place first, then move transposed.
             kv.widen_k(lo, vr);
             for (r, row) in vr.chunks_exact(kvd).enumerate() {
                 for (c, &x) in row.iter().enumerate() {
-                    kt[c * PANEL + r] = x;
+                    kt[c * pw + r] = x;
                 }
             }
             kv.widen_v(lo, vr);
@@ -134,15 +133,14 @@ pub(super) fn attention_batch(
         let panels = &*panels;
         pool.for_each_chunk(out_all, piece, &|i, out: &mut [f32]| {
             let (kvh, t0, nq) = piece_of(i);
-            let k_t =
-                |b: usize, cols| Mat { data: &panels[b * pan_len + kvh * hd * PANEL..], rows: hd, cols, stride: PANEL };
+            let k_t = |b: usize, cols| Mat { data: &panels[b * pan_len + kvh * hd * pw..], rows: hd, cols, stride: pw };
             let v = |b: usize, cols| Mat {
-                data: &panels[b * pan_len + kvd * PANEL + kvh * hd..],
+                data: &panels[b * pan_len + kvd * pw + kvh * hd..],
                 rows: cols,
                 cols: hd,
                 stride: kvd,
             };
-            attend_piece(sh, q, kvh, t0, nq, qblock, out, &k_t, &v);
+            attend_piece(sh, q, (kvh, t0, nq, qblock, pw), out, &k_t, &v);
         });
     }
     for h in 0..sh.n_head {
@@ -156,16 +154,12 @@ pub(super) fn attention_batch(
 }
 
 /// One piece of [`attention_batch`]: queries `t0..t0 + nq` of every head of KV head `kvh`'s group,
-/// into `out` (group, qblock, hd). `k_t(b, cols)`: panel `b`'s keys transposed (hd, cols);
-/// `v(b, cols)`: its values (cols, hd).
-#[allow(clippy::too_many_arguments)]
+/// into `out` (group, qblock, hd), over panels of `pw` positions. `k_t(b, cols)`: panel `b`'s
+/// keys transposed (hd, cols); `v(b, cols)`: its values (cols, hd).
 fn attend_piece<'p, K: Elem + 'p, V: Elem + 'p>(
     sh: &Shape,
     q: &[f32],
-    kvh: usize,
-    t0: usize,
-    nq: usize,
-    qblock: usize,
+    (kvh, t0, nq, qblock, pw): (usize, usize, usize, usize, usize),
     out: &mut [f32],
     k_t: &dyn Fn(usize, usize) -> Mat<'p, K>,
     v: &dyn Fn(usize, usize) -> Mat<'p, V>,
@@ -177,8 +171,8 @@ fn attend_piece<'p, K: Elem + 'p, V: Elem + 'p>(
     let n_keys = sh.p0 + t0 + nq;
     // The window of the block's first query starts at `first`: panels before it are skipped.
     let first = sh.window.map_or(0, |w| (sh.p0 + t0 + 1).saturating_sub(w));
-    let (b_first, b_end) = (first / PANEL, n_keys.div_ceil(PANEL));
-    let span = |b: usize| (b * PANEL, PANEL.min(n_keys - b * PANEL));
+    let (b_first, b_end) = (first / pw, n_keys.div_ceil(pw));
+    let span = |b: usize| (b * pw, pw.min(n_keys - b * pw));
     // (group, nq, n_keys): each head's scores, then its weights.
     let mut p = vec![0.0f32; group * nq * n_keys];
     for b in b_first..b_end {
