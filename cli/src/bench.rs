@@ -2,7 +2,7 @@
 //! bandwidth, and a STREAM-style read-bandwidth probe to put the generation figure next to
 //! the machine's limit.
 
-use pith::model::{CacheType, Logits, Model, State};
+use pith::model::{CacheType, KvCache, Logits, Model, Seq, State, Workspace};
 use pith::parallel::Pool;
 use pith::tensor::Precision;
 use pith::Result;
@@ -60,16 +60,24 @@ pub struct Setup {
     pub sequences: usize,
 }
 
-/// A state for `n_timed` tokens after `setup.depth` cached ones, the cache filled (untimed) in
-/// prompt batches of up to 512.
+/// Fills `cache` with `depth` tokens (untimed), in prompt batches of up to [`FILL_BATCH`].
+fn fill(model: &Model<'_>, ws: &mut Workspace, pool: &Pool, cache: &mut KvCache, depth: usize) -> Result<()> {
+    for chunk in tokens(depth, model.config.n_vocab).chunks(FILL_BATCH) {
+        model.forward_seqs(ws, pool, &mut [Seq { cache: &mut *cache, tokens: chunk, want: Logits::None }])?;
+    }
+    Ok(())
+}
+
+/// Largest batch that fills the cache to the depth.
+const FILL_BATCH: usize = 512;
+
+/// A state for `n_timed` tokens (in batches of up to `n_batch`) after `setup.depth` cached ones.
 fn state_at_depth(model: &Model<'_>, pool: &Pool, n_timed: usize, n_batch: usize, setup: Setup) -> Result<State> {
     let (k, v) = setup.cache;
-    let mut st = State::with_cache_types(model, setup.depth + n_timed, n_batch.max(512.min(setup.depth)), k, v)?;
+    let n_batch = n_batch.max(FILL_BATCH.min(setup.depth));
+    let mut st = State::with_cache_types(model, setup.depth + n_timed, n_batch, k, v)?;
     st.set_precision(setup.precision);
-    let fill = tokens(setup.depth, model.config.n_vocab);
-    for chunk in fill.chunks(512) {
-        model.forward(&mut st, pool, chunk, Logits::None)?;
-    }
+    fill(model, &mut st.ws, pool, &mut st.cache, setup.depth)?;
     Ok(st)
 }
 
@@ -99,28 +107,32 @@ pub fn bench_tg(model: &Model<'_>, pool: &Pool, n_gen: usize, setup: Setup) -> R
 /// Generation of `setup.sequences` sequences together: `n_gen` steps, each one token of every
 /// sequence in one forward pass (as `pith serve --parallel` decodes); aggregate tokens/s.
 pub fn bench_tg_together(model: &Model<'_>, pool: &Pool, n_gen: usize, setup: Setup) -> Result<f64> {
-    use pith::model::{KvCache, Seq, Workspace};
     let (k, v) = setup.cache;
     let n = setup.sequences;
     let n_ctx = setup.depth + n_gen + 1;
-    let mut ws = Workspace::new(model, n_ctx, n.max(512.min(setup.depth.max(1))))?;
+    let mut ws = Workspace::new(model, n_ctx, n.max(FILL_BATCH.min(setup.depth)))?;
     ws.set_precision(setup.precision);
     let mut caches = (0..n).map(|_| KvCache::new(model, n_ctx, k, v)).collect::<Result<Vec<_>>>()?;
-    let fill = tokens(setup.depth + 1, model.config.n_vocab);
     for c in caches.iter_mut() {
-        for chunk in fill.chunks(512) {
-            model.forward_seqs(&mut ws, pool, &mut [Seq { cache: c, tokens: chunk, want: Logits::None }])?;
-        }
+        fill(model, &mut ws, pool, c, setup.depth)?;
     }
     let toks = tokens(n_gen * n, model.config.n_vocab);
-    let t = Instant::now();
-    for step in toks.chunks_exact(n) {
+    let step = |ws: &mut Workspace, caches: &mut [KvCache], step: &[u32]| {
         let mut seqs: Vec<Seq<'_>> = caches
             .iter_mut()
             .zip(step.chunks_exact(1))
             .map(|(c, tok)| Seq { cache: c, tokens: tok, want: Logits::Last })
             .collect();
-        model.forward_seqs(&mut ws, pool, &mut seqs)?;
+        model.forward_seqs(ws, pool, &mut seqs).map(|_| ())
+    };
+    // One warm-up step outside the timing, as for one sequence.
+    step(&mut ws, &mut caches, &toks[..n])?;
+    for c in caches.iter_mut() {
+        c.truncate(setup.depth);
+    }
+    let t = Instant::now();
+    for s in toks.chunks_exact(n) {
+        step(&mut ws, &mut caches, s)?;
     }
     Ok((n_gen * n) as f64 / t.elapsed().as_secs_f64())
 }

@@ -4,9 +4,11 @@
 //! parent module.
 //!
 //! The cache is read once per call, in parallel, in panels of [`PANEL`] positions: each panel's
-//! keys widened to f32 and transposed (kv_dim, PANEL) so that a block of queries times the panel
-//! is a plain product, and its values widened (PANEL, kv_dim). Every query block then walks the
-//! panels it sees: scores panel by panel into its rows, and `P V` summed over the panels.
+//! keys transposed (kv_dim, PANEL) so that a block of queries times the panel is a plain
+//! product — widened to f32 together with its values (PANEL, kv_dim), or, for an f16 cache read
+//! by few query blocks, kept f16 with the values read in place (the gemm widens as it reads).
+//! Every (KV head, query block) piece then walks the panels it sees: scores panel by panel into
+//! its rows, and `P V` summed over the panels.
 
 use crate::parallel::Pool;
 use alloc::vec;
@@ -98,11 +100,7 @@ pub(super) fn attention_batch(
         let panels: &mut [f16] = bytemuck::cast_slice_mut(panels);
         pool.for_each_chunk(&mut panels[..n_pan * pan_len], pan_len, &|b, kt: &mut [f16]| {
             let lo = b * pw;
-            for (r, row) in kh[lo * kvd..].chunks_exact(kvd).take(pw.min(n_pos - lo)).enumerate() {
-                for (c, &x) in row.iter().enumerate() {
-                    kt[c * pw + r] = x;
-                }
-            }
+            transpose(&kh[lo * kvd..(lo + pw.min(n_pos - lo)) * kvd], kvd, pw, kt);
         });
         let panels = &*panels;
         pool.for_each_chunk(out_all, piece, &|i, out: &mut [f32]| {
@@ -123,11 +121,7 @@ pub(super) fn attention_batch(
             let vr = &mut vr[..rows * kvd];
             // The keys land in the values' place first, then move transposed.
             kv.widen_k(lo, vr);
-            for (r, row) in vr.chunks_exact(kvd).enumerate() {
-                for (c, &x) in row.iter().enumerate() {
-                    kt[c * pw + r] = x;
-                }
-            }
+            transpose(vr, kvd, pw, kt);
             kv.widen_v(lo, vr);
         });
         let panels = &*panels;
@@ -149,6 +143,16 @@ pub(super) fn attention_batch(
             let (qb, r) = (t / qblock, t % qblock);
             let src = (((kvh * n_qb + qb) * group + j) * qblock + r) * hd;
             att[t * qd + h * hd..t * qd + (h + 1) * hd].copy_from_slice(&tmp[src..src + hd]);
+        }
+    }
+}
+
+/// `rows` (n, kv_dim) into `kt` transposed: `kt[c * pw + r] = rows[r][c]` (a panel of `pw`
+/// positions, n ≤ pw).
+fn transpose<T: Copy>(rows: &[T], kvd: usize, pw: usize, kt: &mut [T]) {
+    for (r, row) in rows.chunks_exact(kvd).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            kt[c * pw + r] = x;
         }
     }
 }

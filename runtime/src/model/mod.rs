@@ -298,7 +298,7 @@ pub struct Workspace {
     hb2: Vec<f32>,             // (n, n_ff)
     logits: Vec<f32>,          // (n_out of all sequences, n_vocab)
     step_logits: Vec<f32>,     // (n_out of a step, n_vocab) when its rows are not contiguous in `logits`
-    att_tmp: Vec<f32>, // batch: (n_head, n rounded up, head_dim) + cache panels (n_pos rounded up, 2 kv_dim); decode: (n_head, n_pos + head_dim)
+    att_tmp: Vec<f32>, // batch: outputs + cache panels (attention.rs); decode: (n_seqs · n_head, n_pos + head_dim)
     tpos: Vec<usize>,  // (n) each token's position in its sequence
     lr: Vec<f32>,      // (n, rank) a factored linear's intermediate B·x
     rope: Vec<(f32, f32)>, // (n_ctx_max, rope_dim / 2) cos, sin
@@ -678,7 +678,11 @@ impl Model<'_> {
                 a += g.n;
             }
             // Segments of several tokens: batch attention, which reads this layer's cache once,
-            // widened panel by panel in parallel; every query of the segment reuses it.
+            // in panels shared out over the threads; every query of the segment reuses it.
+            // Segments of one token (decoding) read their caches in place: gathered here, then
+            // every (segment, head) in one parallel region, so several sequences' decode steps
+            // share it out. A windowed layer reads only the window's positions.
+            let mut ones = Vec::new(); // (first token in the step, positions seen, K rows, V rows)
             let mut a = 0;
             for g in segs {
                 let cache = &*seqs[g.seq].cache;
@@ -695,22 +699,13 @@ impl Model<'_> {
                     };
                     let (q, att) = (&s.q[a * qd..(a + gn) * qd], &mut s.att[a * qd..(a + gn) * qd]);
                     attention::attention_batch(pool, &shape, q, &cache.layer(li), att, &mut s.att_tmp);
-                }
-                a += gn;
-            }
-            // Segments of one token (decoding) read their caches in place: every (segment,
-            // head) in one parallel region, so several sequences' decode steps share it out.
-            // A windowed layer reads only the window's positions.
-            let mut ones = Vec::new(); // (first token in the step, positions seen, K rows, V rows)
-            let mut a = 0;
-            for g in segs {
-                if g.n == 1 {
-                    let n_pos = g.p0 + 1;
+                } else {
+                    let n_pos = p0 + 1;
                     let lo = window.map_or(0, |w| n_pos.saturating_sub(w));
-                    let (kc, vc) = seqs[g.seq].cache.rows(li, lo);
+                    let (kc, vc) = cache.rows(li, lo);
                     ones.push((a, n_pos - lo, kc, vc));
                 }
-                a += g.n;
+                a += gn;
             }
             if !ones.is_empty() {
                 let max_seen = ones.iter().map(|o| o.1).max().unwrap_or(0);
