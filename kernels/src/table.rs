@@ -136,6 +136,24 @@ macro_rules! with_x86 {
     }};
 }
 
+/// `row` (IQ4_NL, or IQ4_XS when `$xs`) with the IQ4 kernels of AVX2, NEON and NEON dotprod.
+macro_rules! with_iq4 {
+    ($row:expr, $xs:literal) => {{
+        #[allow(unused_mut)]
+        let mut row = $row;
+        #[cfg(target_arch = "x86_64")]
+        {
+            row = with(row, KernelPath::Avx2, crate::arch::x86::gemv_iq4_avx2::<$xs>);
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        {
+            row = with(row, KernelPath::Neon, crate::arch::arm::gemv_iq4_neon::<$xs>);
+            row = with(row, KernelPath::NeonDotprod, crate::arch::arm::gemv_iq4_sdot::<$xs>);
+        }
+        row
+    }};
+}
+
 /// The table, one row per weight type with integer kernels.
 static TABLE: [TypeKernels; 12] = [
     with_dsp!(
@@ -154,9 +172,10 @@ static TABLE: [TypeKernels; 12] = [
     with_x86!(BlockQ4K, avx512: gemv_q45k_avx512::<false>),
     with_x86!(BlockQ5K, avx512: gemv_q45k_avx512::<true>),
     with_x86!(BlockQ6K, avx512: gemv_q6k_avx512),
-    // Codes up to 241: no generic AVX2 / NEON kernel yet (see `generic`), scalar there.
-    with_x86!(BlockIQ4NL, avx512: gemv_iq4nl_avx512),
-    generic::<BlockIQ4XS>(),
+    // Codes up to 241 (grid + 128): the generic AVX2 / NEON kernels cannot take them; their
+    // own kernels read the grid's signed values (`gemv_iq4_*`).
+    with_iq4!(with_x86!(BlockIQ4NL, avx512: gemv_iq4nl_avx512), false),
+    with_iq4!(generic::<BlockIQ4XS>(), true),
 ];
 
 /// The table's row for `ty`, if it has integer kernels.
@@ -243,16 +262,10 @@ mod tests {
         }
     }
 
-    /// Known gaps of [`generic`]: types whose codes exceed 127 (IQ4_NL, IQ4_XS: codes up to 241)
-    /// get no generic AVX2 / NEON / NEON dotprod kernel (maddubs / the NEON kernels assume codes
-    /// ≤ 127), so those paths run the scalar oracle (AVX-512's `vpdpbusd` takes them). Signed
-    /// SIMD kernels for them are planned; remove a type from here when it gets them.
-    /// Cortex-M's DSP path has decode kernels for Q4_0 and Q8_0 only (what fits a
+    /// Known gaps: Cortex-M's DSP path has decode kernels for Q4_0 and Q8_0 only (what fits a
     /// microcontroller's flash), the other types run the scalar oracle there.
     fn known_scalar_gap(ty: GgmlType, path: KernelPath) -> bool {
-        (matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS)
-            && matches!(path, KernelPath::Avx2 | KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm))
-            || (path == KernelPath::ArmDsp && !matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0))
+        path == KernelPath::ArmDsp && !matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0)
     }
 
     /// No (type, decode, path) cell falls back to the scalar oracle on a CPU with SIMD: every

@@ -6,7 +6,7 @@
 
 use core::arch::aarch64::*;
 
-use super::q8_neon::{dot32_sdot, dot32_smull};
+use super::q8_neon::{dot32_sdot, dot32_smull, f16_at};
 use crate::gemm_q8::VecQ8;
 use crate::grid::Grid;
 
@@ -83,5 +83,89 @@ unsafe fn gemv_grid_rows<T: Grid, const SDOT: bool>(w: &[u8], rb: usize, x: &Vec
             }
         }
         *o = vaddvq_f32(vaddq_f32(acc[0], acc[1])) + off;
+    }
+}
+
+/// IQ4_NL (`XS = false`: 18-byte blocks of 32) or IQ4_XS (136-byte super-blocks of 8 groups of
+/// 32 under 6-bit group scales) on plain NEON: each group's 16 bytes of indices become the
+/// grid's signed values (−127 … 113) by two table lookups (`tbl`), then a signed integer dot.
+pub(crate) fn gemv_iq4_neon<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Neon.is_available(), "gemv_q8: NEON is not available");
+    check_iq4::<XS>(w, rb, x, out);
+    // SAFETY: NEON is available (asserted above); shapes checked above.
+    unsafe { gemv_iq4_neon_impl::<XS>(w, rb, x, out) }
+}
+
+/// [`gemv_iq4_neon`] with `sdot`.
+pub(crate) fn gemv_iq4_sdot<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::NeonDotprod.is_available(), "gemv_q8: NEON dotprod is not available");
+    check_iq4::<XS>(w, rb, x, out);
+    // SAFETY: NEON + dotprod are available (asserted above); shapes checked above.
+    unsafe { gemv_iq4_sdot_impl::<XS>(w, rb, x, out) }
+}
+
+fn check_iq4<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &[f32]) {
+    let ty = if XS { crate::GgmlType::IQ4_XS } else { crate::GgmlType::IQ4_NL };
+    let k = x.k();
+    assert!(k.is_multiple_of(ty.block_size()), "gemv_q8: {ty} rows of {k}");
+    assert_eq!(rb, ty.row_bytes(k).unwrap_or(0), "gemv_q8: row bytes");
+    assert_eq!(w.len(), out.len() * rb, "gemv_q8: {} bytes for {} rows of {rb}", w.len(), out.len());
+    assert!(x.acts.q.len() == k && x.acts.d.len() == k / 32, "gemv_q8: VecQ8 shape");
+}
+
+/// # Safety
+/// NEON; shapes as [`check_iq4`] asserts.
+#[target_feature(enable = "neon")]
+unsafe fn gemv_iq4_neon_impl<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    gemv_iq4_rows::<XS, false>(w, rb, x, out)
+}
+
+/// # Safety
+/// NEON + dotprod; shapes as [`check_iq4`] asserts.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn gemv_iq4_sdot_impl<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    gemv_iq4_rows::<XS, true>(w, rb, x, out)
+}
+
+/// The rows, one group of 32 per step into two alternating accumulators:
+/// `acc += (s · dx) · Σ w q` with `w` the grid values (signed, `|w| ≤ 127`).
+///
+/// # Safety
+/// NEON, and dotprod if `SDOT`; shapes as [`check_iq4`] asserts.
+#[inline(always)]
+unsafe fn gemv_iq4_rows<const XS: bool, const SDOT: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    // Bytes per block, groups of 32 per block, where the indices start.
+    let (bs, gpb, qs_at) = if XS { (136, 8, 8) } else { (18, 1, 2) };
+    let nb = x.k() / (32 * gpb);
+    let (q, d) = (x.acts.q.as_ptr(), x.acts.d.as_ptr());
+    let lut = vld1q_s8(crate::iq4_nl::KVALUES_IQ4NL.as_ptr());
+    let m4 = vdupq_n_u8(0x0f);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for b in 0..nb {
+            // SAFETY: block b lies inside the row; its groups' codes and scales inside `x`.
+            let blk = p.add(b * bs);
+            let db = f16_at(blk);
+            let (sh, sl) = if XS { (blk.add(2).cast::<u16>().read_unaligned(), blk.add(4)) } else { (0, blk) };
+            for j in 0..gpb {
+                let g = b * gpb + j;
+                let s = if XS {
+                    let ls = ((*sl.add(j / 2) >> (4 * (j % 2))) & 0x0f) as i32 | (((sh >> (2 * j)) & 3) as i32) << 4;
+                    db * (ls - 32) as f32
+                } else {
+                    db
+                };
+                // Elements j (low nibbles) and j + 16 (high) of byte j, as grid values.
+                let qs = vld1q_u8(blk.add(qs_at + 16 * j));
+                let wv = [vqtbl1q_s8(lut, vandq_u8(qs, m4)), vqtbl1q_s8(lut, vshrq_n_u8(qs, 4))];
+                let xq = q.add(32 * g);
+                let xv = [vld1q_s8(xq), vld1q_s8(xq.add(16))];
+                // SAFETY (for `dot32_sdot`): dotprod is available when `SDOT` (caller contract).
+                let dot = if SDOT { dot32_sdot(wv, xv) } else { dot32_smull(wv, xv) };
+                acc[g & 1] = vfmaq_n_f32(acc[g & 1], vcvtq_f32_s32(dot), s * *d.add(g));
+            }
+        }
+        *o = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
     }
 }

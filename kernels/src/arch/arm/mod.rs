@@ -11,7 +11,7 @@ pub(crate) mod q8_neon;
 
 use crate::gemm_q8::VecQ8;
 use crate::{GgmlType, KernelPath};
-pub(crate) use gemv_grid::{gemv_grid_neon, gemv_grid_sdot};
+pub(crate) use gemv_grid::{gemv_grid_neon, gemv_grid_sdot, gemv_iq4_neon, gemv_iq4_sdot};
 
 macro_rules! q8_gemv {
     ($($name:ident: $ty:ident on $path:ident;)*) => {$(

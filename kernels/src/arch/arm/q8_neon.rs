@@ -534,7 +534,7 @@ pub(crate) fn dot32_sdot(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
 /// Two readable bytes at `p`.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
     // SAFETY: two readable bytes at `p` (caller contract).
     let h = p.cast::<i16>().read_unaligned();
     let r: f32;

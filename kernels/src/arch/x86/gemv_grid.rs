@@ -216,3 +216,67 @@ unsafe fn gemv_q5_avx2_impl<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out
         *o = _mm_cvtss_f32(h) + off;
     }
 }
+
+/// IQ4_NL (`XS = false`: 18-byte blocks of 32) or IQ4_XS (136-byte super-blocks of 8 groups of
+/// 32 under 6-bit group scales) on AVX2: each group's 16 bytes of indices become the grid's
+/// signed values (−127 … 113) by one in-register byte shuffle of the 16-value table, then
+/// ggml's sign trick `|w| · (sign(w) · q)` keeps `maddubs` exact (`|w|, |q| ≤ 127`).
+pub(crate) fn gemv_iq4_avx2<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    assert!(crate::KernelPath::Avx2.is_available(), "gemv_q8: AVX2 is not available");
+    if XS {
+        check_shapes::<crate::iq4_xs::BlockIQ4XS>(w, rb, x, out);
+    } else {
+        check_shapes::<crate::iq4_nl::BlockIQ4NL>(w, rb, x, out);
+    }
+    // SAFETY: AVX2/FMA/F16C are available (asserted above); shapes checked above.
+    unsafe { gemv_iq4_avx2_impl::<XS>(w, rb, x, out) }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C; shapes as [`check_shapes`] asserts for the type.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_iq4_avx2_impl<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+    // Bytes per block, groups of 32 per block, where the indices start.
+    let (bs, gpb, qs_at) = if XS { (136, 8, 8) } else { (18, 1, 2) };
+    let nb = x.k() / (32 * gpb);
+    let (q, d) = (x.acts.q.as_ptr(), x.acts.d.as_ptr());
+    let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(crate::iq4_nl::KVALUES_IQ4NL.as_ptr().cast()));
+    let (m4, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        let p = row.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for b in 0..nb {
+            // SAFETY: block b lies inside the row; its groups' codes and scales inside `x`.
+            let blk = p.add(b * bs);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb).cast());
+            if XS {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 128).cast());
+            }
+            let db = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<u16>().read_unaligned() as i32)));
+            let (sh, sl) = if XS { (blk.add(2).cast::<u16>().read_unaligned(), blk.add(4)) } else { (0, blk) };
+            for j in 0..gpb {
+                let g = b * gpb + j;
+                let s = if XS {
+                    let ls = ((*sl.add(j / 2) >> (4 * (j % 2))) & 0x0f) as i32 | (((sh >> (2 * j)) & 3) as i32) << 4;
+                    db * (ls - 32) as f32
+                } else {
+                    db
+                };
+                let qs = _mm_loadu_si128(blk.add(qs_at + 16 * j).cast());
+                // Elements 0..16 (low nibbles) then 16..32 (high nibbles): the group in order.
+                let idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), m4);
+                let wv = _mm256_shuffle_epi8(lut, idx);
+                let qv = _mm256_loadu_si256(q.add(32 * g).cast());
+                let dot =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(qv, wv)), ones);
+                acc[g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s * *d.add(g)), acc[g & 1]);
+            }
+        }
+        let a = _mm256_add_ps(acc[0], acc[1]);
+        let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        *o = _mm_cvtss_f32(h);
+    }
+}

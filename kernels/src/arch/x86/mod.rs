@@ -20,7 +20,7 @@ use crate::GgmlType;
 pub(crate) use gemv_avx512_k::{
     gemv_iq4nl_avx512, gemv_q23k_avx512, gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512,
 };
-pub(crate) use gemv_grid::{gemv_grid_avx2, gemv_grid_avx512, gemv_q5_avx2};
+pub(crate) use gemv_grid::{gemv_grid_avx2, gemv_grid_avx512, gemv_iq4_avx2, gemv_q5_avx2};
 
 pub(crate) fn gemv_q4_0_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     gemv_avx512::gemv_q4_avx512::<false>(w, rb, x, out)
