@@ -6,6 +6,7 @@
 //! cargo run --release -p pith-kernels --example bench_gemm            # every table type
 //! cargo run --release -p pith-kernels --example bench_gemm -- q4_k     # only these types
 //! cargo run --release -p pith-kernels --example bench_gemm -- --gemv   # only the decode kernel
+//! cargo run --release -p pith-kernels --example bench_gemm -- --gemv --shape 262144x640 q8_0
 //! ```
 //!
 //! Shapes: SmolLM2-135M's FFN up / down (1536 × 576, 576 × 1536) and output matrix (49152 ×
@@ -49,6 +50,14 @@ fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let only_gemv = args.iter().any(|a| a == "--gemv");
     args.retain(|a| a != "--gemv");
+    // `--shape RxK`: the decode kernels on that shape only (e.g. a model's output matrix).
+    let mut gemv_shapes = vec![(49152usize, 576usize), (4096, 4096)];
+    if let Some(i) = args.iter().position(|a| a == "--shape") {
+        let s = args.get(i + 1).expect("--shape RxK");
+        let (r, k) = s.split_once('x').expect("--shape RxK");
+        gemv_shapes = vec![(r.parse().expect("rows"), k.parse().expect("columns"))];
+        args.drain(i..i + 2);
+    }
     let mut types: Vec<GgmlType> = if args.is_empty() {
         kernel_table().iter().map(|t| t.ty).collect()
     } else {
@@ -103,7 +112,7 @@ fn main() {
             }
         }
     }
-    for &(rows, k) in &[(49152usize, 576usize), (4096, 4096)] {
+    for &(rows, k) in &gemv_shapes {
         for &ty in &types {
             if !gemv_q8_supported(ty, k) {
                 continue;

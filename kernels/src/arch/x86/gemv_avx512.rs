@@ -21,6 +21,12 @@ use core::arch::x86_64::*;
 /// How far ahead each row's weights are prefetched: the same place `PREFETCH_ROWS` rows on (the
 /// rows of the fourth call on; four rows are read side by side, so a distance within the
 /// row would fall into rows already being read).
+///
+/// The prefetches go to L2 (`_MM_HINT_T1`), not L1: four rows read side by side hide the
+/// stream from the hardware prefetchers, and L1-bound prefetches are capped by L1's few miss
+/// buffers (on Zen 4, Q8_0 rows of 640 read at 9 GB/s from memory with `T0`, 30 GB/s with
+/// `T1`; `bench_gemm --gemv --shape 262144x640 q8_0`). The row-at-a-time kernels of
+/// `gemv_avx512_k` use `T1` where it measured faster (Q5_0/Q5_1, Q6_K, IQ4_NL), `T0` elsewhere.
 const PREFETCH_ROWS: usize = 16;
 
 /// A kernel over `R` consecutive rows (`rb` bytes apart) against one token, for `R` = 1 … 4: the
@@ -121,8 +127,8 @@ unsafe fn gemv_q4_rows<const R: usize, const Q41: bool>(rows: &[u8], rb: usize, 
             // SAFETY: row i's group g starts inside `rows`; a full group's 4·bs ≥ 64 bytes are all
             // inside the row, a short group is read only through byte masks of its own blocks.
             let p = base.add(i * rb + 4 * g * bs);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
             let (wq, win) = if nbk == 4 {
                 let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
                 let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
@@ -200,8 +206,8 @@ unsafe fn gemv_q8_0_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [
             // SAFETY: row i's blocks 2pr (and 2pr + 1 when `pair`) lie inside `rows`; a pair's
             // first 64 bytes are inside it, a lone block is read through byte masks.
             let p = base.add(i * rb + 2 * pr * 34);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
             let (wa, wb, win) = if pair {
                 (
                     _mm256_loadu_si256(p.add(2).cast()),
@@ -367,8 +373,8 @@ unsafe fn gemv_q4_rows_many<const R: usize, const T: usize, const Q41: bool>(
             // SAFETY: as in `gemv_q4_rows`: row i's group g starts inside `rows`; a full group's
             // 4·bs ≥ 64 bytes are inside the row, a short group is read through byte masks.
             let p = base.add(i * rb + 4 * g * bs);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
             let (wq, win) = if nbk == 4 {
                 let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
                 let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
@@ -494,8 +500,8 @@ unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
             // SAFETY: as in `gemv_q8_0_rows`: row i's blocks 2pr (and 2pr + 1 when `pair`) lie
             // inside `rows`; a pair's first 64 bytes are inside it, a lone block is read masked.
             let p = base.add(i * rb + 2 * pr * 34);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * rb + 64).cast());
             let (wa, wb, win) = if pair {
                 (
                     _mm256_loadu_si256(p.add(2).cast()),

@@ -94,7 +94,7 @@ unsafe fn gemv_q5_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize, 
         for (i, (acc, acc_m)) in acc.iter_mut().zip(acc_m.iter_mut()).enumerate() {
             // SAFETY: block b (and b + 1 when `two`) of row i lies inside `rows`.
             let b0 = base.add(i * rb + b * bs);
-            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(16 * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(b0.wrapping_add(16 * rb).cast());
             let qs0 = _mm_loadu_si128(b0.add(qs_at).cast());
             let h0 = b0.add(qh_at).cast::<u32>().read_unaligned() as u64;
             // Q5_0: d; Q5_1: d and m, adjacent f16 words.
@@ -230,7 +230,7 @@ unsafe fn gemv_q6k_impl(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
             // codes and 64 lanes inside `x`.
             let blk = p.add(b * 210);
             for l in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
+                _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
             }
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(192).cast())));
             let sc = _mm512_mul_ps(sc, _mm512_set1_ps(f16s(blk.add(208))));
@@ -382,7 +382,7 @@ unsafe fn gemv_iq4nl_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> 
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: block b (and b + 1 when `two`) of row i lies inside `rows`.
             let b0 = base.add(i * rb + b * 18);
-            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(16 * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(b0.wrapping_add(16 * rb).cast());
             let qs0 = _mm_loadu_si128(b0.add(2).cast());
             let d0 = b0.cast::<u16>().read_unaligned() as u32;
             let (qs1, d1) = if two {
