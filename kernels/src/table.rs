@@ -175,7 +175,7 @@ static TABLE: [TypeKernels; 12] = [
     // Codes up to 241 (grid + 128): the generic AVX2 / NEON kernels cannot take them; their
     // own kernels read the grid's signed values (`gemv_iq4_*`).
     with_iq4!(with_x86!(BlockIQ4NL, avx512: gemv_iq4nl_avx512), false),
-    with_iq4!(generic::<BlockIQ4XS>(), true),
+    with_iq4!(with_x86!(BlockIQ4XS, avx512: gemv_iq4xs_avx512), true),
 ];
 
 /// The table's row for `ty`, if it has integer kernels.

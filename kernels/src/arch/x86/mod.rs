@@ -18,7 +18,7 @@ pub(crate) mod q8_avx512;
 use crate::gemm_q8::VecQ8;
 use crate::GgmlType;
 pub(crate) use gemv_avx512_k::{
-    gemv_iq4nl_avx512, gemv_q23k_avx512, gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512,
+    gemv_iq4nl_avx512, gemv_iq4xs_avx512, gemv_q23k_avx512, gemv_q45k_avx512, gemv_q5_avx512, gemv_q6k_avx512,
 };
 pub(crate) use gemv_grid::{gemv_grid_avx2, gemv_grid_avx512, gemv_iq4_avx2, gemv_q5_avx2};
 
