@@ -144,6 +144,11 @@ struct ServeArgs {
     /// Largest request body in bytes (more are answered 413).
     #[arg(long = "max-body", default_value_t = 4 << 20)]
     max_body: usize,
+    /// Map the model file instead of reading it into memory: zero copy, pages shared with other
+    /// processes and droppable under memory pressure, but decode is slower (4 KiB file pages
+    /// instead of huge pages).
+    #[arg(long = "mmap")]
+    mmap: bool,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -188,6 +193,11 @@ struct BenchArgs {
     /// one) and put the generation figures next to the bounds it implies.
     #[arg(long)]
     roofline: bool,
+    /// Map the model file instead of reading it into memory: zero copy, pages shared with other
+    /// processes and droppable under memory pressure, but decode is slower (4 KiB file pages
+    /// instead of huge pages).
+    #[arg(long = "mmap")]
+    mmap: bool,
 }
 
 #[derive(Args)]
@@ -204,6 +214,11 @@ struct ModelArgs {
     /// dequantized weights).
     #[arg(long = "precision", default_value = "q8", value_parser = parse_precision)]
     precision: pith::Precision,
+    /// Map the model file instead of reading it into memory: zero copy, pages shared with other
+    /// processes and droppable under memory pressure, but decode is slower (4 KiB file pages
+    /// instead of huge pages).
+    #[arg(long = "mmap")]
+    mmap: bool,
 }
 
 /// How the KV cache stores keys and values.
@@ -441,7 +456,15 @@ fn model_path(m: &Option<PathBuf>) -> Res<PathBuf> {
 
 fn open(m: &ModelArgs) -> Res<MappedFile> {
     warn_threads(&[m.threads]);
-    MappedFile::open(model_path(&m.model)?).map_err(|e| e.to_string())
+    MappedFile::open_with(model_path(&m.model)?, weight_memory(m.mmap)).map_err(|e| e.to_string())
+}
+
+fn weight_memory(mmap: bool) -> pith::file::WeightMemory {
+    if mmap {
+        pith::file::WeightMemory::Map
+    } else {
+        pith::file::WeightMemory::Copy
+    }
 }
 
 fn read_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Res<String> {
@@ -801,6 +824,7 @@ fn serve(a: ServeArgs) -> Res<ExitCode> {
         max_body: a.max_body,
         cache_k: a.cache.cache_type_k,
         cache_v: a.cache.cache_type_v,
+        weights: weight_memory(a.mmap),
     };
     pith_serve::serve(opts)?;
     Ok(ExitCode::SUCCESS)
@@ -814,7 +838,7 @@ fn bench(a: BenchArgs) -> Res<ExitCode> {
         return Err("-t: give thread counts of at least 1, e.g. -t 1,2".into());
     }
     warn_threads(&a.threads);
-    let file = MappedFile::open(model_path(&a.model)?).map_err(|e| e.to_string())?;
+    let file = MappedFile::open_with(model_path(&a.model)?, weight_memory(a.mmap)).map_err(|e| e.to_string())?;
     let g = file.gguf().map_err(|e| e.to_string())?;
     let model = pith::Model::from_gguf(&g).map_err(|e| file.context(e).to_string())?;
     let wbytes = model.weight_bytes() as f64;

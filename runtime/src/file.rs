@@ -1,17 +1,42 @@
-//! The memory-mapped model file (std only). Tensor data is borrowed from the map, never copied.
+//! The model file's bytes in memory (std only): mapped from the file (zero copy), or read once
+//! into anonymous memory backed by huge pages. Tensor data is borrowed from those bytes, never
+//! copied again.
 
 use crate::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// A read-only memory map of a model file.
+/// How a model file's bytes are held in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightMemory {
+    /// Read once into anonymous memory that asks for transparent huge pages (Linux; elsewhere
+    /// plain pages). Decode streams every weight once per token: with 2 MiB pages the TLB and
+    /// the hardware prefetchers follow the stream, with 4 KiB file pages they stop at every page
+    /// (gemma3 270M: 56 → 78 tokens/s on one thread). The file's page cache is not mapped, so
+    /// resident memory is the weights once, as with a map. Costs one read of the file at load.
+    #[default]
+    Copy,
+    /// Mapped read-only from the file (zero copy): nothing is read until touched, pages are
+    /// shared with other processes mapping the same file and the OS may drop them under
+    /// memory pressure (phones, small boards).
+    Map,
+}
+
+/// A model file's bytes, read-only: a map of the file or a copy (see [`WeightMemory`]).
 pub struct MappedFile {
     path: PathBuf,
     map: memmap2::Mmap,
+    memory: WeightMemory,
 }
 
 impl MappedFile {
+    /// Maps `path` (zero copy: [`WeightMemory::Map`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, WeightMemory::Map)
+    }
+
+    /// Opens `path`, its bytes held as `memory` says.
+    pub fn open_with(path: impl AsRef<Path>, memory: WeightMemory) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let io = |source| Error::File { path: path.display().to_string(), source };
         let file = File::open(&path).map_err(io)?;
@@ -34,8 +59,20 @@ impl MappedFile {
         // SAFETY: the map is read-only and private to this process. Another process truncating or
         // rewriting the file while it is mapped would be undefined behaviour; like every mmap-based
         // runtime (llama.cpp included) we document that model files must not change while in use.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
-        Ok(MappedFile { path, map })
+        let map = match memory {
+            WeightMemory::Map => unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?,
+            WeightMemory::Copy => {
+                let len = usize::try_from(meta.len())
+                    .map_err(|_| io(std::io::Error::other("larger than this machine's address space")))?;
+                read_into_huge_pages(&file, len).map_err(io)?
+            }
+        };
+        Ok(MappedFile { path, map, memory })
+    }
+
+    /// How this file's bytes are held.
+    pub fn memory(&self) -> WeightMemory {
+        self.memory
     }
 
     /// Faults every page of the map in now (page tables filled from the page cache, the file read
@@ -59,6 +96,9 @@ impl MappedFile {
     /// profile showed them spinning on when both took pieces from the front.
     pub fn prefault_pieces(&self, claimed: &std::sync::atomic::AtomicU64, from_back: bool) {
         const PIECE: usize = 256 << 10;
+        if self.memory == WeightMemory::Copy {
+            return; // read in full at open
+        }
         let len = self.map.len();
         let pieces = len.div_ceil(PIECE) as u64;
         loop {
@@ -98,5 +138,42 @@ impl MappedFile {
     /// Parses the file's GGUF structure; errors name the file.
     pub fn gguf(&self) -> Result<crate::gguf::Gguf<'_>> {
         crate::gguf::Gguf::parse(self.bytes()).map_err(|e| self.context(e))
+    }
+}
+
+/// `len` bytes of `file` read into a fresh anonymous map that asks for transparent huge pages,
+/// by two threads (one per half), then made read-only. A file that shrinks meanwhile is an
+/// error (a short read), never a partly filled map.
+fn read_into_huge_pages(file: &File, len: usize) -> std::io::Result<memmap2::Mmap> {
+    let mut anon = memmap2::MmapOptions::new().len(len).map_anon()?;
+    #[cfg(target_os = "linux")]
+    {
+        // Without THP (or with it off) this fails or does nothing: plain pages, still correct.
+        let _ = anon.advise(memmap2::Advice::HugePage);
+    }
+    // The halves meet on a 2 MiB boundary, so no huge page is written by both threads.
+    let mid = (len / 2).next_multiple_of(2 << 20).min(len);
+    let (front, back) = anon.split_at_mut(mid);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| read_at(file, back, mid as u64));
+        let first = read_at(file, front, 0);
+        let second = other.join().unwrap_or_else(|_| Err(std::io::Error::other("the reading thread panicked")));
+        first.and(second)
+    })?;
+    anon.make_read_only()
+}
+
+/// Fills `buf` with `file`'s bytes from `offset`.
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file.try_clone()?;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
     }
 }

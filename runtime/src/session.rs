@@ -58,6 +58,8 @@ pub struct LoadedModel {
 pub struct LoadOptions {
     /// Default worker threads for new sessions (0 = one per performance core).
     pub threads: usize,
+    /// How [`LoadedModel::open`] holds the file: read into huge pages (default) or mapped.
+    pub weights: crate::file::WeightMemory,
 }
 
 impl LoadedModel {
@@ -68,7 +70,7 @@ impl LoadedModel {
         if !progress(0.0) {
             return Err(Error::Cancelled);
         }
-        let file = MappedFile::open(path.as_ref())?;
+        let file = MappedFile::open_with(path.as_ref(), opts.weights)?;
         let name = file.path().display().to_string();
         Self::load(ModelBytes::File(file), name, opts, progress)
     }
@@ -93,6 +95,11 @@ impl LoadedModel {
             });
         }
         let mut map = memmap2::MmapOptions::new().len(buf.len()).map_anon().map_err(io)?;
+        #[cfg(target_os = "linux")]
+        {
+            // Huge pages where the OS has them (see `WeightMemory::Copy`); plain pages otherwise.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
         map.copy_from_slice(buf);
         let map = map.make_read_only().map_err(io)?;
         Self::load(ModelBytes::Buffer(map), name, opts, progress)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 fn model() -> Arc<LoadedModel> {
     let path = pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)");
-    Arc::new(LoadedModel::open(path, LoadOptions { threads: 1 }, |_| true).expect("load"))
+    Arc::new(LoadedModel::open(path, LoadOptions { threads: 1, ..Default::default() }, |_| true).expect("load"))
 }
 
 fn greedy(n: usize) -> GenerateOptions {
@@ -127,4 +127,40 @@ fn quantized_cache_state_round_trips_and_types_must_match() {
     let e = c.restore_state(&state).unwrap_err().to_string();
     assert!(e.contains("K q8_0, V q4_0") && e.contains("K f16, V f16"), "{e}");
     assert_eq!(c.n_past(), 0, "a refused state leaves the session as it was");
+}
+
+/// The model read into huge pages (the default) and mapped from the file hold the same bytes
+/// and generate the same tokens; a bad file is the same named error either way.
+#[test]
+fn copied_and_mapped_weights_agree() {
+    use pith::file::{MappedFile, WeightMemory};
+    let path = pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)");
+    let copied = MappedFile::open_with(&path, WeightMemory::Copy).expect("copy");
+    let mapped = MappedFile::open_with(&path, WeightMemory::Map).expect("map");
+    assert_eq!(copied.memory(), WeightMemory::Copy);
+    assert_eq!(mapped.memory(), WeightMemory::Map);
+    assert!(copied.bytes() == mapped.bytes(), "the copy differs from the file");
+    let text = |weights| {
+        let m = LoadedModel::open(&path, LoadOptions { threads: 1, weights }, |_| true).expect("load");
+        let mut s = Session::new(Arc::new(m), 64, Some(1)).expect("session");
+        let mut text = String::new();
+        s.generate("The capital of France is", &greedy(8), |t| {
+            text.push_str(t);
+            ControlFlow::Continue(())
+        })
+        .expect("generate");
+        text
+    };
+    assert_eq!(text(WeightMemory::Copy), text(WeightMemory::Map));
+    let dir = std::env::temp_dir().join(format!("pith-weight-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let empty = dir.join("empty.gguf");
+    std::fs::write(&empty, b"").expect("write");
+    for memory in [WeightMemory::Copy, WeightMemory::Map] {
+        for p in [empty.clone(), dir.join("missing.gguf"), dir.clone()] {
+            let e = MappedFile::open_with(&p, memory).err().expect("a bad file is refused");
+            assert!(e.to_string().contains(&p.display().to_string()), "{memory:?} {}: {e}", p.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,8 @@ pub struct ServeOptions {
     /// KV cache types of every slot.
     pub cache_k: pith::model::CacheType,
     pub cache_v: pith::model::CacheType,
+    /// How the model file is held: read into huge pages (default) or mapped (`--mmap`).
+    pub weights: pith::file::WeightMemory,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +82,7 @@ impl Default for ServeOptions {
             max_body: 4 << 20,
             cache_k: pith::model::CacheType::F16,
             cache_v: pith::model::CacheType::F16,
+            weights: pith::file::WeightMemory::default(),
         }
     }
 }
@@ -258,7 +261,8 @@ async fn run(opts: ServeOptions) -> Result<(), String> {
 fn load(app: &App) -> Result<String, String> {
     let o = &app.opts;
     let t0 = Instant::now();
-    let model = LoadedModel::open(&o.model, LoadOptions { threads: o.threads }, |_| true).map_err(|e| e.to_string())?;
+    let model = LoadedModel::open(&o.model, LoadOptions { threads: o.threads, weights: o.weights }, |_| true)
+        .map_err(|e| e.to_string())?;
     let model = Arc::new(model);
     let train = model.config().n_ctx_train.max(1);
     let n_ctx = o.ctx.unwrap_or(train.min(4096));

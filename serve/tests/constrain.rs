@@ -109,7 +109,7 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let path = pith_fetch::ensure_default_model().expect("the default model ($PITH_MODEL or the cache)");
-        let model = LoadedModel::open(path, LoadOptions { threads: 1 }, |_| true).expect("load");
+        let model = LoadedModel::open(path, LoadOptions { threads: 1, ..Default::default() }, |_| true).expect("load");
         let t = Instant::now();
         let vocab = ConstraintVocab::new(model.tokenizer()).expect("constraint vocabulary");
         let vocab_build = t.elapsed();
@@ -365,7 +365,8 @@ fn an_spm_vocabulary_spells_json_in_byte_tokens() {
     let vocab = spm_vocab(&["name"], 0);
     let spec = TinySpec { n_vocab: vocab.len(), vocab: Some(vocab), ..Default::default() };
     let (bytes, _) = build(&spec);
-    let model = LoadedModel::from_bytes(&bytes, LoadOptions { threads: 1 }, |_| true).expect("tiny model");
+    let model = LoadedModel::from_bytes(&bytes, LoadOptions { threads: 1, ..Default::default() }, |_| true)
+        .expect("tiny model");
     let tok = model.tokenizer();
     let cv = ConstraintVocab::new(tok).expect("vocabulary");
     let fmt = ResponseFormat::from_openai(&with_schema(json!({

@@ -586,7 +586,7 @@ fn load_common(
             .map_err(|_| Failure(PithStatus::PITH_ERR_INVALID_ARGUMENT, "n_threads must be 0 or more".into()))?;
         let (cb, ud) = (p.progress, p.progress_user_data);
         let mut progress = |f: f32| cb.is_none_or(|cb| cb(f, ud));
-        let m = load(LoadOptions { threads }, &mut progress)?;
+        let m = load(LoadOptions { threads, ..Default::default() }, &mut progress)?;
         let h = Box::new(PithModel { magic: AtomicU64::new(MODEL_MAGIC), model: Arc::new(m) });
         // SAFETY: out is non-null and writable (checked above).
         unsafe { out.write(Box::into_raw(h)) };
