@@ -1,13 +1,13 @@
 //! Hand-written AVX-512 VNNI decode kernels for the types of llama.cpp's K-quant mixes: Q5_0,
-//! Q5_1 (two 32-element blocks per 64-byte step) and Q4_K, Q5_K, Q6_K (four steps of 64 codes
-//! per 256-element super-block). Each step builds 64 unsigned codes in a register straight from
+//! Q5_1 (four 32-element blocks per step, in the Q4 kernels' nibble layout), Q4_K, Q5_K, Q6_K
+//! (four steps of 64 codes per 256-element super-block) and IQ4_NL / IQ4_XS. Each step builds 64 unsigned codes in a register straight from
 //! the block's bytes (no store to memory), multiplies them with the token's 64 codes in one
 //! `vpdpbusd` (16 lanes of 4 products), and scales each lane by its group's `s · dx`.
 //!
 //! * Nibbles: one 16-bit shift by 4 of the vector's upper half (`mask_srli`), then `& 0x0f`,
 //!   turns a copy of 32 packed bytes in both halves into 64 codes in element order.
-//! * Q5_0/Q5_1's fifth bits are the block's 32-bit `qh`: two blocks' `qh` form the 64-bit mask
-//!   of a masked `+ 16`. Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
+//! * Q5_0/Q5_1's fifth bits are the block's 32-bit `qh`: four blocks' `qh` halves form the two
+//!   64-bit masks of a masked `+ 16` (low and high nibbles). Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
 //! * Offsets that are a constant times the scale (Q5_0: −16, Q6_K: −32) are folded into the
 //!   integer sum as `−c · Σq` per lane (`VecQ8::s4`); float offsets (Q5_1's `m`, Q4_K/Q5_K's
 //!   mins) meet `dx · Σq` per block or sub-block (`ds32`).
@@ -43,91 +43,116 @@ fn check(w: &[u8], rb: usize, x: &VecQ8, out: &[f32], bs: usize, ts: usize) {
 pub(crate) fn gemv_q5_avx512<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 32, if Q51 { 24 } else { 22 });
     assert!(x.dsl.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
+    let ng = (x.k() / 32).div_ceil(4);
+    assert!(x.lo4.len() == ng * 64 && x.hi4.len() == ng * 64 && x.n8g.len() == ng * 16, "gemv_q8: VecQ8 groups");
+    assert!(x.dg.len() == ng * 16 && x.dsg.len() == ng * 16, "gemv_q8: VecQ8 groups");
     let kernels: [RowsKernel; 4] =
-        [gemv_q5_rows::<1, Q51>, gemv_q5_rows::<2, Q51>, gemv_q5_rows::<3, Q51>, gemv_q5_rows::<4, Q51>];
+        [gemv_q5x4_rows::<1, Q51>, gemv_q5x4_rows::<2, Q51>, gemv_q5x4_rows::<3, Q51>, gemv_q5x4_rows::<4, Q51>];
     // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
     unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
-/// `R` rows (`rb` bytes apart) of Q5_0 / Q5_1 against the token, two blocks (64 codes) per
-/// step; the activation loads (codes, lane scales, lane sums) are shared by the rows.
+/// `R` rows of Q5_0 / Q5_1 against the token, four blocks (128 codes) per step in the layout
+/// of the Q4 kernels (`gemv_avx512`): the four blocks' 16 nibble bytes side by side in one
+/// vector, low nibbles against the token's `lo4` codes (each block's elements 0..16), high
+/// nibbles against `hi4` (16..32); the fifth bits become two 64-bit masks (bits 0..16 and
+/// 16..32 of each block's `qh`) of a masked `+ 16`. Q5_0's −16 offset starts the integer sum
+/// as `2 · n8g`; Q5_1's `m` meets `dsg`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 32` blocks; `x`'s lane arrays
-/// hold `x.k() / 4` entries.
+/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 32` blocks; `x`'s grouped
+/// arrays hold `(x.k() / 32).div_ceil(4)` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn gemv_q5_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
+unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
     let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
     let nb = x.k() / 32;
-    let (q, dl, dsl, s4) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.dsl.as_ptr(), x.s4.as_ptr());
     let (m4, c16) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(16));
-    // Lanes 0..8 take block b's scale (offset), lanes 8..16 block b + 1's.
-    let (pick_d, pick_m) = if Q51 {
-        (
-            _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
-            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
-        )
-    } else {
-        let p = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        (p, p)
-    };
+    // Lane i takes block i / 4's scale (and offset): f32 i / 4 of the block's converted words.
+    let pick = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let mut acc = [_mm512_setzero_ps(); R];
     let mut acc_m = [_mm512_setzero_ps(); R];
     let base = rows.as_ptr();
-    let mut b = 0;
-    while b < nb {
-        let two = b + 1 < nb;
-        let (bmask, lmask): (__mmask64, __mmask16) = if two { (!0, 0xffff) } else { (0xffff_ffff, 0x00ff) };
-        // SAFETY: the token's codes and lanes of blocks b (and b + 1 when `two`), masked.
-        let qv = _mm512_maskz_loadu_epi8(bmask, q.add(32 * b));
-        let dxl = _mm512_maskz_loadu_ps(lmask, dl.add(8 * b));
+    for g in 0..nb.div_ceil(4) {
+        let nbk = (nb - 4 * g).min(4);
+        // SAFETY: group g's 16 lanes / 64 codes lie inside the grouped arrays.
+        let xlo = _mm512_loadu_si512(x.lo4.as_ptr().add(64 * g).cast());
+        let xhi = _mm512_loadu_si512(x.hi4.as_ptr().add(64 * g).cast());
         let init = if Q51 {
             _mm512_setzero_si512()
         } else {
-            // Q5_0 codes are stored + 16: Σ (u − 16) q = Σ u q − 16 Σ q.
-            _mm512_sub_epi32(
-                _mm512_setzero_si512(),
-                _mm512_slli_epi32::<4>(_mm512_maskz_loadu_epi32(lmask, s4.add(8 * b))),
-            )
+            _mm512_slli_epi32::<1>(_mm512_loadu_si512(x.n8g.as_ptr().add(16 * g).cast()))
         };
-        let dsv = if Q51 { _mm512_maskz_loadu_ps(lmask, dsl.add(8 * b)) } else { _mm512_setzero_ps() };
+        let dx = _mm512_loadu_ps(x.dg.as_ptr().add(16 * g));
+        let dsx = if Q51 { _mm512_loadu_ps(x.dsg.as_ptr().add(16 * g)) } else { _mm512_setzero_ps() };
         for (i, (acc, acc_m)) in acc.iter_mut().zip(acc_m.iter_mut()).enumerate() {
-            // SAFETY: block b (and b + 1 when `two`) of row i lies inside `rows`.
-            let b0 = base.add(i * rb + b * bs);
-            _mm_prefetch::<_MM_HINT_T1>(b0.wrapping_add(16 * rb).cast());
-            let qs0 = _mm_loadu_si128(b0.add(qs_at).cast());
-            let h0 = b0.add(qh_at).cast::<u32>().read_unaligned() as u64;
-            // Q5_0: d; Q5_1: d and m, adjacent f16 words.
-            let s0 = if Q51 { b0.cast::<u32>().read_unaligned() } else { b0.cast::<u16>().read_unaligned() as u32 };
-            let (qs1, h1, s1) = if two {
-                let b1 = b0.add(bs);
-                let s1 = if Q51 { b1.cast::<u32>().read_unaligned() } else { b1.cast::<u16>().read_unaligned() as u32 };
-                (_mm_loadu_si128(b1.add(qs_at).cast()), b1.add(qh_at).cast::<u32>().read_unaligned() as u64, s1)
+            // SAFETY: row i's blocks 4g .. 4g + nbk lie inside `rows`; nothing past them is read.
+            let p = base.add(i * rb + 4 * g * bs);
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb + 64).cast());
+            let (wq, mlo, mhi, d, m) = if nbk == 4 {
+                let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
+                let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
+                let w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * bs + qs_at).cast()));
+                let w = _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * bs + qs_at).cast()));
+                let qh = |b: usize| p.add(b * bs + qh_at).cast::<u32>().read_unaligned() as u64;
+                let (h0, h1, h2, h3) = (qh(0), qh(1), qh(2), qh(3));
+                let mlo = (h0 & 0xffff) | (h1 & 0xffff) << 16 | (h2 & 0xffff) << 32 | (h3 & 0xffff) << 48;
+                let mhi = h0 >> 16 | (h1 >> 16) << 16 | (h2 >> 16) << 32 | (h3 >> 16) << 48;
+                let word = |at: usize| p.add(at).cast::<u16>().read_unaligned() as u64;
+                let d = word(0) | word(bs) << 16 | word(2 * bs) << 32 | word(3 * bs) << 48;
+                let m = if Q51 {
+                    word(2) | word(bs + 2) << 16 | word(2 * bs + 2) << 32 | word(3 * bs + 2) << 48
+                } else {
+                    0
+                };
+                (w, mlo, mhi, d, m)
             } else {
-                (_mm_setzero_si128(), 0, 0)
+                q5_short_group::<Q51>(p, nbk)
             };
-            // [qs0, qs0, qs1, qs1] → lanes 1 and 3 shifted to their high nibbles; then the
-            // fifth bits as a masked + 16.
-            let v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(qs0), 0xff00, qs1);
-            let u = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00_ff00, v, 4), m4);
-            let u = _mm512_mask_add_epi8(u, h0 | h1 << 32, u, c16);
-            let dot = _mm512_dpbusd_epi32(init, u, qv);
-            // f16 words: Q5_0 [d0, d1], Q5_1 [d0, m0, d1, m1].
-            let words = if Q51 { s0 as u64 | (s1 as u64) << 32 } else { (s0 | s1 << 16) as u64 };
-            let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(words as i64)));
-            let sl = _mm512_mul_ps(_mm512_permutexvar_ps(pick_d, dm), dxl);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, *acc);
+            let lo = _mm512_mask_add_epi8(_mm512_and_si512(wq, m4), mlo, _mm512_and_si512(wq, m4), c16);
+
+            let hi4 = _mm512_and_si512(_mm512_srli_epi16::<4>(wq), m4);
+            let hi = _mm512_mask_add_epi8(hi4, mhi, hi4, c16);
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
+            let dw = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(d as i64))));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
             if Q51 {
-                *acc_m = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick_m, dm), dsv, *acc_m);
+                let mw = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(m as i64))));
+                *acc_m = _mm512_fmadd_ps(mw, dsx, *acc_m);
             }
         }
-        b += 2;
     }
     let mut res = [0.0f32; 4];
     for (r, (a, m)) in res.iter_mut().zip(acc.iter().zip(&acc_m)) {
         *r = _mm512_reduce_add_ps(_mm512_add_ps(*a, *m));
     }
     res
+}
+
+/// The last, short group (`nbk` < 4 blocks at `p`) of [`gemv_q5x4_rows`]: the nibble bytes
+/// (missing blocks zero), the two fifth-bit masks, the `d` words and (Q5_1) the `m` words.
+///
+/// # Safety
+/// AVX-512 F; `nbk` blocks of Q5_0 / Q5_1 readable at `p`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_short_group<const Q51: bool>(p: *const u8, nbk: usize) -> (__m512i, u64, u64, u64, u64) {
+    let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
+    let mut wq = _mm512_setzero_si512();
+    let (mut mlo, mut mhi, mut d, mut m) = (0u64, 0u64, 0u64, 0u64);
+    for b in 0..nbk {
+        // SAFETY: block b < nbk is readable (caller contract).
+        let blk = p.add(b * bs);
+        let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qs_at).cast()));
+        wq = _mm512_mask_mov_epi32(wq, 0xf << (4 * b), piece);
+        let qh = blk.add(qh_at).cast::<u32>().read_unaligned() as u64;
+        mlo |= (qh & 0xffff) << (16 * b);
+        mhi |= (qh >> 16) << (16 * b);
+        d |= (blk.cast::<u16>().read_unaligned() as u64) << (16 * b);
+        if Q51 {
+            m |= (blk.add(2).cast::<u16>().read_unaligned() as u64) << (16 * b);
+        }
+    }
+    (wq, mlo, mhi, d, m)
 }
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K / Q5_K super-block (`sc`: its 12
