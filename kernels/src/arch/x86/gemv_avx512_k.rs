@@ -377,54 +377,72 @@ unsafe fn gemv_q23k_impl<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &m
 pub(crate) fn gemv_iq4nl_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 32, 18);
     assert!(x.neg128.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
+    let ng = (x.k() / 32).div_ceil(4);
+    assert!(x.lo4.len() == ng * 64 && x.hi4.len() == ng * 64 && x.n8g.len() == ng * 16, "gemv_q8: VecQ8 groups");
+    assert!(x.dg.len() == ng * 16, "gemv_q8: VecQ8 groups");
     let kernels: [RowsKernel; 4] =
-        [gemv_iq4nl_rows::<1>, gemv_iq4nl_rows::<2>, gemv_iq4nl_rows::<3>, gemv_iq4nl_rows::<4>];
+        [gemv_iq4nlx4_rows::<1>, gemv_iq4nlx4_rows::<2>, gemv_iq4nlx4_rows::<3>, gemv_iq4nlx4_rows::<4>];
     // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
     unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
+/// `R` rows of IQ4_NL against the token, four blocks (128 codes) per step in the Q4 kernels'
+/// nibble layout (an IQ4_NL block is a Q4_0 block with a non-linear grid): low and high nibbles
+/// become `grid + 128` by one `vpshufb` each, against the token's `lo4` / `hi4` codes; the
+/// `+ 128` starts the integer sum as `16 · n8g` (`n8g` = −8 Σq per lane).
+///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 32` blocks; `x`'s lane arrays
-/// hold `x.k() / 4` entries.
+/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 32` blocks; `x`'s grouped
+/// arrays hold `(x.k() / 32).div_ceil(4)` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn gemv_iq4nl_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
+unsafe fn gemv_iq4nlx4_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
+    const BS: usize = 18;
     let nb = x.k() / 32;
-    let (q, dl, neg128) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.neg128.as_ptr());
     let grid = crate::iq4_nl::KVALUES_IQ4NL.map(|v| (v as i16 + 128) as u8);
     let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(grid.as_ptr().cast()));
     let m4 = _mm512_set1_epi8(0x0f);
-    let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    // Lane i takes block i / 4's scale: f16 word 9 · (i / 4) of the step's first 64 bytes.
+    let idx = _mm512_set_epi16(
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 27, 27, 27, 27, 18, 18, 18, 18, 9, 9, 9, 9, 0, 0, 0, 0,
+    );
     let mut acc = [_mm512_setzero_ps(); R];
     let base = rows.as_ptr();
-    let mut b = 0;
-    while b < nb {
-        let two = b + 1 < nb;
-        let (bmask, lmask): (__mmask64, __mmask16) = if two { (!0, 0xffff) } else { (0xffff_ffff, 0x00ff) };
-        // SAFETY: the token's codes and lanes of blocks b (and b + 1 when `two`), masked.
-        let qv = _mm512_maskz_loadu_epi8(bmask, q.add(32 * b));
-        let dxl = _mm512_maskz_loadu_ps(lmask, dl.add(8 * b));
-        let init = _mm512_maskz_loadu_epi32(lmask, neg128.add(8 * b));
+    for g in 0..nb.div_ceil(4) {
+        let nbk = (nb - 4 * g).min(4);
+        // SAFETY: group g's 16 lanes / 64 codes lie inside the grouped arrays.
+        let xlo = _mm512_loadu_si512(x.lo4.as_ptr().add(64 * g).cast());
+        let xhi = _mm512_loadu_si512(x.hi4.as_ptr().add(64 * g).cast());
+        let init = _mm512_slli_epi32::<4>(_mm512_loadu_si512(x.n8g.as_ptr().add(16 * g).cast()));
+        let dx = _mm512_loadu_ps(x.dg.as_ptr().add(16 * g));
         for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: block b (and b + 1 when `two`) of row i lies inside `rows`.
-            let b0 = base.add(i * rb + b * 18);
-            _mm_prefetch::<_MM_HINT_T1>(b0.wrapping_add(16 * rb).cast());
-            let qs0 = _mm_loadu_si128(b0.add(2).cast());
-            let d0 = b0.cast::<u16>().read_unaligned() as u32;
-            let (qs1, d1) = if two {
-                let b1 = b0.add(18);
-                (_mm_loadu_si128(b1.add(2).cast()), b1.cast::<u16>().read_unaligned() as u32)
+            // SAFETY: row i's blocks 4g .. 4g + nbk lie inside `rows`; nothing past them is read.
+            let p = base.add(i * rb + 4 * g * BS);
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb + 64).cast());
+            let (wq, win) = if nbk == 4 {
+                let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(2).cast()));
+                let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(BS + 2).cast()));
+                let w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * BS + 2).cast()));
+                let w = _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * BS + 2).cast()));
+                // 4 · 18 = 72 ≥ 64 bytes of this group: the load stays inside the row.
+                (w, _mm512_loadu_si512(p.cast()))
             } else {
-                (_mm_setzero_si128(), 0)
+                let mut w = _mm512_setzero_si512();
+                for b in 0..nbk {
+                    // Block b's 16 bytes into lanes 4b..4b + 4 (the others stay zero: their
+                    // activations are zero-padded).
+                    let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(b * BS + 2).cast()));
+                    w = _mm512_mask_mov_epi32(w, 0xf << (4 * b), piece);
+                }
+                let bytes = nbk * BS;
+                (w, _mm512_maskz_loadu_epi8((1u64 << bytes) - 1, p.cast()))
             };
-            let v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(qs0), 0xff00, qs1);
-            let idx = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00_ff00, v, 4), m4);
-            let u = _mm512_shuffle_epi8(lut, idx);
-            let dot = _mm512_dpbusd_epi32(init, u, qv);
-            let dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((d0 | d1 << 16) as i32)));
-            let sl = _mm512_mul_ps(_mm512_permutexvar_ps(pick, dd), dxl);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, *acc);
+            let lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(wq, m4));
+            let hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(wq), m4));
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, win)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
         }
-        b += 2;
     }
     let mut res = [0.0f32; 4];
     for (r, a) in res.iter_mut().zip(&acc) {
