@@ -107,7 +107,11 @@ unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize
                 };
                 (w, mlo, mhi, d, m)
             } else {
-                q5_short_group::<Q51>(p, nbk)
+                match nbk {
+                    1 => q5_short_group::<Q51, 1>(p),
+                    2 => q5_short_group::<Q51, 2>(p),
+                    _ => q5_short_group::<Q51, 3>(p),
+                }
             };
             let lo = _mm512_mask_add_epi8(_mm512_and_si512(wq, m4), mlo, _mm512_and_si512(wq, m4), c16);
 
@@ -129,18 +133,19 @@ unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize
     res
 }
 
-/// The last, short group (`nbk` < 4 blocks at `p`) of [`gemv_q5x4_rows`]: the nibble bytes
+/// The last, short group (`NBK` < 4 blocks at `p`) of [`gemv_q5x4_rows`]: the nibble bytes
 /// (missing blocks zero), the two fifth-bit masks, the `d` words and (Q5_1) the `m` words.
 ///
 /// # Safety
-/// AVX-512 F; `nbk` blocks of Q5_0 / Q5_1 readable at `p`.
+/// AVX-512 F; `NBK` blocks of Q5_0 / Q5_1 readable at `p`.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q5_short_group<const Q51: bool>(p: *const u8, nbk: usize) -> (__m512i, u64, u64, u64, u64) {
+unsafe fn q5_short_group<const Q51: bool, const NBK: usize>(p: *const u8) -> (__m512i, u64, u64, u64, u64) {
     let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
     let mut wq = _mm512_setzero_si512();
     let (mut mlo, mut mhi, mut d, mut m) = (0u64, 0u64, 0u64, 0u64);
-    for b in 0..nbk {
-        // SAFETY: block b < nbk is readable (caller contract).
+    for b in 0..NBK {
+        // SAFETY: block b < NBK is readable (caller contract).
         let blk = p.add(b * bs);
         let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qs_at).cast()));
         wq = _mm512_mask_mov_epi32(wq, 0xf << (4 * b), piece);
