@@ -56,10 +56,11 @@ impl MappedFile {
                 })),
             });
         }
-        // SAFETY: the map is read-only and private to this process. Another process truncating or
-        // rewriting the file while it is mapped would be undefined behaviour; like every mmap-based
-        // runtime (llama.cpp included) we document that model files must not change while in use.
         let map = match memory {
+            // SAFETY: the map is read-only and private to this process. Another process truncating
+            // or rewriting the file while it is mapped would be undefined behaviour; like every
+            // mmap-based runtime (llama.cpp included) we document that model files must not change
+            // while in use (the default, `Copy`, reads the file once and has no such hazard).
             WeightMemory::Map => unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?,
             WeightMemory::Copy => {
                 let len = usize::try_from(meta.len())
