@@ -148,14 +148,21 @@ impl MappedFile {
 /// here, huge-page zeroing included), and a helper thread would leave the caller's thread a
 /// `std::thread` handle that embedders' leak checkers report (valgrind in the C tests).
 fn read_into_huge_pages(file: &File, len: usize) -> std::io::Result<memmap2::Mmap> {
+    let mut anon = huge_page_map(len)?;
+    read_at(file, &mut anon, 0)?;
+    anon.make_read_only()
+}
+
+/// A fresh anonymous writable map of `len` bytes that asks for transparent huge pages (Linux;
+/// without THP, or with it off, the advice fails or does nothing: plain pages, still correct).
+pub(crate) fn huge_page_map(len: usize) -> std::io::Result<memmap2::MmapMut> {
+    #[allow(unused_mut)]
     let mut anon = memmap2::MmapOptions::new().len(len).map_anon()?;
     #[cfg(target_os = "linux")]
     {
-        // Without THP (or with it off) this fails or does nothing: plain pages, still correct.
         let _ = anon.advise(memmap2::Advice::HugePage);
     }
-    read_at(file, &mut anon, 0)?;
-    anon.make_read_only()
+    Ok(anon)
 }
 
 /// Fills `buf` with `file`'s bytes from `offset`.

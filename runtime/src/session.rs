@@ -94,12 +94,8 @@ impl LoadedModel {
                 })),
             });
         }
-        let mut map = memmap2::MmapOptions::new().len(buf.len()).map_anon().map_err(io)?;
-        #[cfg(target_os = "linux")]
-        {
-            // Huge pages where the OS has them (see `WeightMemory::Copy`); plain pages otherwise.
-            let _ = map.advise(memmap2::Advice::HugePage);
-        }
+        // Huge pages where the OS has them (see `WeightMemory::Copy`).
+        let mut map = crate::file::huge_page_map(buf.len()).map_err(io)?;
         map.copy_from_slice(buf);
         let map = map.make_read_only().map_err(io)?;
         Self::load(ModelBytes::Buffer(map), name, opts, progress)

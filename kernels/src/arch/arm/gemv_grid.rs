@@ -147,11 +147,15 @@ unsafe fn gemv_iq4_rows<const XS: bool, const SDOT: bool>(w: &[u8], rb: usize, x
             // SAFETY: block b lies inside the row; its groups' codes and scales inside `x`.
             let blk = p.add(b * bs);
             let db = f16_at(blk);
-            let (sh, sl) = if XS { (blk.add(2).cast::<u16>().read_unaligned(), blk.add(4)) } else { (0, blk) };
+            let (sh, sl) = if XS {
+                (blk.add(2).cast::<u16>().read_unaligned(), blk.add(4).cast::<[u8; 4]>().read_unaligned())
+            } else {
+                (0, [0; 4])
+            };
             for j in 0..gpb {
                 let g = b * gpb + j;
                 let s = if XS {
-                    let ls = ((*sl.add(j / 2) >> (4 * (j % 2))) & 0x0f) as i32 | (((sh >> (2 * j)) & 3) as i32) << 4;
+                    let ls = crate::iq4_xs::group_scale_iq4_xs(sh, &sl, j);
                     db * (ls - 32) as f32
                 } else {
                     db

@@ -491,9 +491,10 @@ unsafe fn gemv_iq4xs_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> 
             _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb + 128).cast());
             let d = f16s(blk);
             let sh = blk.add(2).cast::<u16>().read_unaligned();
+            let sl = blk.add(4).cast::<[u8; 4]>().read_unaligned();
             let mut sc = [0.0f32; 8];
             for (j, s) in sc.iter_mut().enumerate() {
-                let ls = ((*blk.add(4 + j / 2) >> (4 * (j % 2))) & 0x0f) as i32 | (((sh >> (2 * j)) & 3) as i32) << 4;
+                let ls = crate::iq4_xs::group_scale_iq4_xs(sh, &sl, j);
                 *s = d * (ls - 32) as f32;
             }
             let scv = _mm512_castps256_ps512(_mm256_loadu_ps(sc.as_ptr()));

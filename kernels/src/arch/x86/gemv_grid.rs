@@ -254,11 +254,15 @@ unsafe fn gemv_iq4_avx2_impl<const XS: bool>(w: &[u8], rb: usize, x: &VecQ8, out
                 _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 128).cast());
             }
             let db = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<u16>().read_unaligned() as i32)));
-            let (sh, sl) = if XS { (blk.add(2).cast::<u16>().read_unaligned(), blk.add(4)) } else { (0, blk) };
+            let (sh, sl) = if XS {
+                (blk.add(2).cast::<u16>().read_unaligned(), blk.add(4).cast::<[u8; 4]>().read_unaligned())
+            } else {
+                (0, [0; 4])
+            };
             for j in 0..gpb {
                 let g = b * gpb + j;
                 let s = if XS {
-                    let ls = ((*sl.add(j / 2) >> (4 * (j % 2))) & 0x0f) as i32 | (((sh >> (2 * j)) & 3) as i32) << 4;
+                    let ls = crate::iq4_xs::group_scale_iq4_xs(sh, &sl, j);
                     db * (ls - 32) as f32
                 } else {
                     db
