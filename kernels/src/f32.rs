@@ -18,6 +18,14 @@ pub fn dequantize_row_f32(src: &[f32], dst: &mut [f32]) {
     dst.copy_from_slice(src);
 }
 
+/// `a·b + c` rounded once (IEEE `fusedMultiplyAdd`), as the SIMD kernels' `fmadd` rounds it:
+/// what a scalar reference uses where the kernels it checks fuse. One instruction on AArch64
+/// and on x86-64 CPUs with FMA, `libm`'s exact software form elsewhere.
+#[inline]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    crate::arch::fma_f32(a, b, c)
+}
+
 /// `Σ a[i] * b[i]`, accumulated in [`LANES`] independent partial sums over chunks, then
 /// reduced pairwise. The lane structure (rather than one running sum) is what lets LLVM
 /// keep the whole loop in SIMD registers; it also makes the rounding error grow like

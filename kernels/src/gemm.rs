@@ -134,6 +134,93 @@ mod x86 {
         }
     }
 
+    /// [`gemm_f32_nn_avx512`] on AVX2: each output the same fused steps in the same order (so
+    /// the same bits), 4 rows × 16 columns per step, the right edge one column at a time.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; shapes as checked by `gemm_f32_nn`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemm_f32_nn_avx2<T: super::Elem, const ACC: bool>(
+        a: super::Mat<'_>,
+        b: super::Mat<'_, T>,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let mut i = 0;
+        while i < a.rows {
+            let mr = (a.rows - i).min(4);
+            match mr {
+                4 => gemm_nn_rows_avx2::<T, 4, ACC>(a, b, out, ldo, i),
+                3 => gemm_nn_rows_avx2::<T, 3, ACC>(a, b, out, ldo, i),
+                2 => gemm_nn_rows_avx2::<T, 2, ACC>(a, b, out, ldo, i),
+                _ => gemm_nn_rows_avx2::<T, 1, ACC>(a, b, out, ldo, i),
+            }
+            i += mr;
+        }
+    }
+
+    /// Rows `i..i + MR`: 16 columns per step, then the last `b.cols % 16` one by one.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; rows `i..i + MR` exist; shapes as checked by `gemm_f32_nn`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn gemm_nn_rows_avx2<T: super::Elem, const MR: usize, const ACC: bool>(
+        a: super::Mat<'_>,
+        b: super::Mat<'_, T>,
+        out: &mut [f32],
+        ldo: usize,
+        i: usize,
+    ) {
+        let n = b.cols;
+        let mut j = 0;
+        while j + 16 <= n {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            if ACC {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: row i + r of the output, columns j..j + 16 < n.
+                    let op = out.as_ptr().add((i + r) * ldo + j);
+                    *acc = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+                }
+            }
+            for p in 0..a.cols {
+                // SAFETY: row p < b.rows, columns j..j + 16 ≤ b.cols.
+                let bp = b.data.as_ptr().add(p * b.stride + j);
+                let (b0, b1) = if T::HALF {
+                    let hp = bp.cast::<__m128i>();
+                    (_mm256_cvtph_ps(_mm_loadu_si128(hp)), _mm256_cvtph_ps(_mm_loadu_si128(hp.add(1))))
+                } else {
+                    let fp = bp.cast::<f32>();
+                    (_mm256_loadu_ps(fp), _mm256_loadu_ps(fp.add(8)))
+                };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: row i + r < a.rows, column p < a.cols.
+                    let av = _mm256_set1_ps(*a.data.get_unchecked((i + r) * a.stride + p));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                // SAFETY: row i + r of the output, columns j..j + 16.
+                let op = out.as_mut_ptr().add((i + r) * ldo + j);
+                _mm256_storeu_ps(op, acc[0]);
+                _mm256_storeu_ps(op.add(8), acc[1]);
+            }
+            j += 16;
+        }
+        for r in 0..MR {
+            for jj in j..n {
+                let o = (i + r) * ldo + jj;
+                let mut x = if ACC { out[o] } else { 0.0 };
+                for p in 0..a.cols {
+                    let bv = _mm_set_ss(b.data[p * b.stride + jj].to_f32());
+                    let av = _mm_set_ss(a.data[(i + r) * a.stride + p]);
+                    x = _mm_cvtss_f32(_mm_fmadd_ss(av, bv, _mm_set_ss(x)));
+                }
+                out[o] = x;
+            }
+        }
+    }
+
     cpufeatures::new!(avx2_fma, "avx2", "fma");
 
     pub fn has_avx2_fma() -> bool {
@@ -237,10 +324,26 @@ mod tests {
             let bm = Mat { data: &b, rows: k, cols: n, stride: sb };
             gemm_f32_nn(am, bm, &mut x, so);
             gemm_f32_nn_scalar(am, bm, &mut y, so);
+            // Every path: the same fused steps in the same order per element, so the same bits.
+            for path in crate::available_kernel_paths() {
+                let mut z = alloc::vec![7.0; m * so];
+                gemm_f32_nn_into::<f32, false>(path, am, bm, &mut z, so);
+                assert_eq!(z, y, "{path} {m}x{n}x{k}");
+                let bh: Vec<half::f16> = b.iter().map(|&v| half::f16::from_f32(v)).collect();
+                let bhm = Mat { data: &bh, rows: k, cols: n, stride: sb };
+                let (mut z1, mut z2) = (alloc::vec![7.0; m * so], alloc::vec![7.0; m * so]);
+                gemm_f32_nn_into::<half::f16, true>(path, am, bhm, &mut z1, so);
+                gemm_f32_nn_into::<half::f16, true>(crate::KernelPath::Scalar, am, bhm, &mut z2, so);
+                assert_eq!(z1, z2, "{path} {m}x{n}x{k}, f16, accumulating");
+            }
             for (i, (p, q)) in x.iter().zip(&y).enumerate() {
-                // Same order of summation per element (FMA vs mul+add): k · ε · max|a·b|.
-                let bound = k as f32 * f32::EPSILON * 0.25 * 2.0;
-                assert!((p - q).abs() <= bound, "{m}x{n}x{k} at {i}: {p} vs {q}");
+                // The reference against a plain f64 sum: k · ε · max|a·b|.
+                let e: f64 = (0..k).map(|p| a[i / so * sa + p] as f64 * b[p * sb + i % so] as f64).sum();
+                let bound = k as f64 * f32::EPSILON as f64 * 0.25 * 2.0;
+                if i % so < n {
+                    assert!((*q as f64 - e).abs() <= bound, "{m}x{n}x{k} at {i}: {q} vs {e}");
+                }
+                assert_eq!(p, q, "{m}x{n}x{k} at {i}");
             }
             // Padding between rows is left alone.
             assert!(x.chunks_exact(so).all(|r| r[n..].iter().all(|&v| v == 7.0)));
@@ -345,16 +448,22 @@ impl<T> Mat<'_, T> {
 /// `out[i * ldo + j] = Σ_p a(i, p) · b(p, j)`: matrix × matrix with B not transposed (attention's
 /// scores against transposed keys, and its weights against the values as they are cached).
 pub fn gemm_f32_nn<T: Elem>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
-    gemm_f32_nn_into::<T, false>(a, b, out, ldo)
+    gemm_f32_nn_into::<T, false>(crate::kernel_path(), a, b, out, ldo)
 }
 
 /// [`gemm_f32_nn`] adding the product to what `out` holds: `out[i][j] += Σ_p a[i][p] · b[p][j]`
 /// (a product taken in pieces along the inner dimension).
 pub fn gemm_f32_nn_acc<T: Elem>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
-    gemm_f32_nn_into::<T, true>(a, b, out, ldo)
+    gemm_f32_nn_into::<T, true>(crate::kernel_path(), a, b, out, ldo)
 }
 
-fn gemm_f32_nn_into<T: Elem, const ACC: bool>(a: Mat<'_>, b: Mat<'_, T>, out: &mut [f32], ldo: usize) {
+fn gemm_f32_nn_into<T: Elem, const ACC: bool>(
+    path: crate::KernelPath,
+    a: Mat<'_>,
+    b: Mat<'_, T>,
+    out: &mut [f32],
+    ldo: usize,
+) {
     assert_eq!(a.cols, b.rows, "gemm_f32_nn: inner dimensions {} vs {}", a.cols, b.rows);
     a.check("a");
     b.check("b");
@@ -362,12 +471,22 @@ fn gemm_f32_nn_into<T: Elem, const ACC: bool>(a: Mat<'_>, b: Mat<'_, T>, out: &m
     let need = if a.rows == 0 { 0 } else { (a.rows - 1) * ldo + b.cols };
     assert!(out.len() >= need, "gemm_f32_nn: output needs {need} values, has {}", out.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::kernel_path() == KernelPath::Avx512 {
-        // SAFETY: AVX-512 F/BW/VL are available (the Avx512 path is selected only then);
-        // every shape was checked above.
-        unsafe { x86::gemm_f32_nn_avx512::<T, ACC>(a, b, out, ldo) };
-        return;
+    match path {
+        KernelPath::Avx512 if path.is_available() => {
+            // SAFETY: AVX-512 F/BW/VL are available (checked in the match guard); every shape
+            // was checked above.
+            unsafe { x86::gemm_f32_nn_avx512::<T, ACC>(a, b, out, ldo) };
+            return;
+        }
+        KernelPath::Avx2 if path.is_available() => {
+            // SAFETY: AVX2, FMA and F16C are available (checked in the match guard);
+            // every shape was checked above.
+            unsafe { x86::gemm_f32_nn_avx2::<T, ACC>(a, b, out, ldo) };
+            return;
+        }
+        _ => {}
     }
+    let _ = path;
     gemm_f32_nn_scalar_into::<T, ACC>(a, b, out, ldo);
 }
 
@@ -385,7 +504,8 @@ fn gemm_f32_nn_scalar_into<T: Elem, const ACC: bool>(a: Mat<'_>, b: Mat<'_, T>, 
         for p in 0..a.cols {
             let av = a.data[i * a.stride + p];
             for (x, &bv) in o.iter_mut().zip(&b.data[p * b.stride..p * b.stride + b.cols]) {
-                *x += av * bv.to_f32();
+                // Fused, as the SIMD kernels: every path gives the same bits.
+                *x = crate::f32::fma(av, bv.to_f32(), *x);
             }
         }
     }

@@ -147,13 +147,15 @@ fn every_block_type_runs_close_under_q8() {
         assert!(pith_kernels::gemv_q8_supported(ty, 256), "{ty} has no decode kernel");
         // Decode (gemv) and prefill (gemm) agree within a few ulps per dot product (tested in
         // pith-kernels, ~1e-7 of the output), but on these tiny random models a rounding
-        // difference can flip an 8-bit activation code in a later matmul. Q2_K, Q3_K and IQ4_XS
-        // amplify it most here: measured 0.023 / 0.022 / 0.018 decode vs batch; the other types
-        // stay below 1e-4. Against the f64 reference the prefill of the
+        // difference can flip an 8-bit activation code in a later matmul. Q2_K, Q3_K, Q5_K and
+        // IQ4_XS show such a flip on these models: measured 0.023 / 0.022 / 0.027 / 0.018 decode
+        // vs batch (Q5_K's since prefill fuses its scaling as every path now does); the other
+        // types stay below 1e-4. Against the f64 reference the prefill of the
         // K-quants sits up to 0.13 away (Q4_K, unchanged from before the kernel table), the
         // 32-element types below 6e-2.
         let reference = if ty.block_size() == 256 { 2e-1 } else { 6e-2 };
-        let incremental = if matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::IQ4_XS) { 5e-2 } else { 1e-4 };
+        let flips = matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::IQ4_XS);
+        let incremental = if flips { 5e-2 } else { 1e-4 };
         let bounds = Bounds { reference, incremental };
         check_with(&block_type_spec(ty), Precision::Q8, bounds);
     }

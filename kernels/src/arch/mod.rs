@@ -9,3 +9,39 @@ pub(crate) mod arm;
 pub(crate) mod armv7em;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+
+/// [`f32::fma`](crate::f32::fma): the fused multiply-add instruction where the CPU has one.
+#[inline]
+pub(crate) fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        use core::arch::aarch64::*;
+        // SAFETY: NEON is enabled for this target (cfg above).
+        unsafe { vget_lane_f32::<0>(vfma_f32(vdup_n_f32(c), vdup_n_f32(a), vdup_n_f32(b))) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86_fma::get() {
+            // SAFETY: the CPU has FMA (checked just above).
+            return unsafe { fma_x86(a, b, c) };
+        }
+        libm::fmaf(a, b, c)
+    }
+    #[cfg(not(any(all(target_arch = "aarch64", target_feature = "neon"), target_arch = "x86_64")))]
+    {
+        libm::fmaf(a, b, c)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(x86_fma, "fma");
+
+/// # Safety
+/// The CPU must support FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "fma")]
+unsafe fn fma_x86(a: f32, b: f32, c: f32) -> f32 {
+    use core::arch::x86_64::*;
+    _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
+}
