@@ -348,9 +348,9 @@ pub fn gemm_q8_16xn_scalar(tile: &PackedTile, acts: &ActsQ8, r0: usize, nr: usiz
                 }
                 let (s, m) = (tile.s[j * GEMM_Q8_ROWS + r], tile.m[j * GEMM_Q8_ROWS + r]);
                 let dx = acts.d[t * (k / QA) + j * g / QA];
-                // The SIMD kernels' two fused steps, in their order (every path, same bits).
-                acc = crate::f32::fma(dot as f32, s * dx, acc);
-                acc = crate::f32::fma(m, ds[t * (k / g) + j], acc);
+                // The SIMD kernels' arithmetic (every path, same bits): the group's value in
+                // one fused step over its offset term, then added to the row's sum.
+                acc += crate::f32::fma(dot as f32, s * dx, m * ds[t * (k / g) + j]);
             }
             out[t][r0 + r] = acc;
         }
@@ -532,7 +532,7 @@ pub(crate) mod tests {
     }
 
     /// Every SIMD path against the scalar reference: the integer sums are exact and the f32
-    /// scaling is the same two fused steps per group in the same order: the same bits.
+    /// scaling is the same fused step per group, added in the same order: the same bits.
     #[test]
     fn simd_paths_match_the_scalar_reference() {
         let mut rng = rng(5);

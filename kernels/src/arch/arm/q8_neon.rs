@@ -142,8 +142,8 @@ fn scale_rows<const N: usize, const G: usize>(
         let dx = acts.d[(t0 + i) * (k / QA) + j * G / QA];
         let dsx = ds[(t0 + i) * (k / G) + j];
         for v in 0..4 {
-            f[v] = vfmaq_f32(f[v], vcvtq_f32_s32(a[v]), vmulq_n_f32(sv[v], dx));
-            f[v] = vfmaq_n_f32(f[v], mv[v], dsx);
+            let g = vfmaq_f32(vmulq_n_f32(mv[v], dsx), vcvtq_f32_s32(a[v]), vmulq_n_f32(sv[v], dx));
+            f[v] = vaddq_f32(f[v], g);
         }
     }
 }
@@ -394,8 +394,8 @@ unsafe fn gemm_q8_16x4_i8mm<const N: usize, const G: usize>(
             let dx = ld4(&[d0, d1, d0, d1]);
             let dsx = ld4(&[s0, s1, s0, s1]);
             for b in 0..8 {
-                f[b] = vfmaq_f32(f[b], vcvtq_f32_s32(a[b]), vmulq_f32(sv[b], dx));
-                f[b] = vfmaq_f32(f[b], mv[b], dsx);
+                let g = vfmaq_f32(vmulq_f32(mv[b], dsx), vcvtq_f32_s32(a[b]), vmulq_f32(sv[b], dx));
+                f[b] = vaddq_f32(f[b], g);
             }
         }
     }
