@@ -200,7 +200,8 @@ unsafe fn gemm_q8_8x6_avx2<const H: usize, const N: usize, const G: usize, const
             let dx = _mm256_set1_ps(*d.add(i * (k / QA) + j * G / QA));
             let dsx = _mm256_set1_ps(*ds.add(i * (k / G) + j));
             for h in 0..H {
-                let g = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i][h]), _mm256_mul_ps(sv[h], dx), _mm256_mul_ps(mv[h], dsx));
+                let g =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i][h]), _mm256_mul_ps(sv[h], dx), _mm256_mul_ps(mv[h], dsx));
                 facc[i][h] = _mm256_add_ps(facc[i][h], g);
             }
         }

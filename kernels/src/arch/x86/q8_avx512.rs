@@ -127,7 +127,10 @@ unsafe fn gemm_q8_16x12<const N: usize, const G: usize>(
         for (i, (f, a)) in facc.iter_mut().zip(&iacc).enumerate() {
             let dx = _mm512_set1_ps(*d.add(i * (k / QA) + j * G / QA));
             let dsx = _mm512_set1_ps(*ds.add(i * (k / G) + j));
-            *f = _mm512_add_ps(*f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), _mm512_mul_ps(sv, dx), _mm512_mul_ps(mv, dsx)));
+            *f = _mm512_add_ps(
+                *f,
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), _mm512_mul_ps(sv, dx), _mm512_mul_ps(mv, dsx)),
+            );
         }
     }
     for (r, f) in res.iter_mut().zip(&facc) {
