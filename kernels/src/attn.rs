@@ -68,16 +68,31 @@ pub fn attend_f16_scalar(
 ) {
     let hd = q.len();
     for (p, s) in scores.iter_mut().enumerate() {
-        let row = &k[p * stride + off..p * stride + off + hd];
-        *s = q.iter().zip(row).map(|(&a, &b)| a * crate::f16::f16_to_f32(b)).sum();
+        *s = dot_f16(q, &k[p * stride + off..p * stride + off + hd]);
     }
     crate::vmath::softmax_scaled_on(KernelPath::Scalar, scores, scale);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         for (o, &b) in out.iter_mut().zip(&v[p * stride + off..p * stride + off + hd]) {
-            *o += w * crate::f16::f16_to_f32(b);
+            *o = crate::f32::fma(w, crate::f16::f16_to_f32(b), *o);
         }
     }
+}
+
+/// `q · k` in the order every path computes it (decode gives the same bits on every path): for
+/// heads of a multiple of 16, 16 lanes (`lane i += q[16c + i] · k[16c + i]`, fused) reduced by
+/// [`crate::decode_order::reduce16`]; other heads, one running sum.
+fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
+    if !q.len().is_multiple_of(16) {
+        return q.iter().zip(k).map(|(&a, &b)| a * crate::f16::f16_to_f32(b)).sum();
+    }
+    let mut acc = [0.0f32; 16];
+    for (qc, kc) in q.chunks_exact(16).zip(k.chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] = crate::f32::fma(qc[i], crate::f16::f16_to_f32(kc[i]), acc[i]);
+        }
+    }
+    crate::decode_order::reduce16(&acc)
 }
 
 /// Bytes of one Q8_0 block (f16 scale + 32 × i8).
@@ -208,22 +223,25 @@ fn scores_any(simd: bool, q: &[f32], k: KvRows<'_>, stride: usize, off: usize, s
     match k {
         KvRows::F16(k) => {
             for (p, s) in scores.iter_mut().enumerate() {
-                let row = &k[p * stride + off..p * stride + off + hd];
-                *s = q.iter().zip(row).map(|(&a, &b)| a * crate::f16::f16_to_f32(b)).sum();
+                *s = dot_f16(q, &k[p * stride + off..p * stride + off + hd]);
             }
         }
         KvRows::Q8_0(b) | KvRows::Q4_0(b) => {
+            // The AVX-512 kernels' order: per block, lane i takes elements i and 16 + i,
+            // `t = fma(q_hi, k_hi, q_lo · k_lo)`, then `lane = fma(d, t, lane)`.
             let bs = if matches!(k, KvRows::Q8_0(_)) { Q8_0_BYTES } else { Q4_0_BYTES };
             let mut vals = [0.0f32; 32];
             for (p, s) in scores.iter_mut().enumerate() {
                 let at = (p * stride + off) / 32 * bs;
-                let mut acc = 0.0f32;
+                let mut acc = [0.0f32; 16];
                 for (qb, blk) in q.chunks_exact(32).zip(b[at..at + hd / 32 * bs].chunks_exact(bs)) {
                     let d = block_codes(blk, &mut vals);
-                    let dot: f32 = qb.iter().zip(&vals).map(|(&a, &c)| a * c).sum();
-                    acc += d * dot;
+                    for i in 0..16 {
+                        let t = crate::f32::fma(qb[16 + i], vals[16 + i], qb[i] * vals[i]);
+                        acc[i] = crate::f32::fma(d, t, acc[i]);
+                    }
                 }
-                *s = acc;
+                *s = crate::decode_order::reduce16(&acc);
             }
         }
     }
@@ -250,7 +268,7 @@ fn accumulate_any(simd: bool, v: KvRows<'_>, stride: usize, off: usize, w: &[f32
         KvRows::F16(v) => {
             for (p, &wp) in w.iter().enumerate() {
                 for (o, &b) in out.iter_mut().zip(&v[p * stride + off..p * stride + off + hd]) {
-                    *o += wp * crate::f16::f16_to_f32(b);
+                    *o = crate::f32::fma(wp, crate::f16::f16_to_f32(b), *o);
                 }
             }
         }
@@ -262,7 +280,7 @@ fn accumulate_any(simd: bool, v: KvRows<'_>, stride: usize, off: usize, w: &[f32
                 for (ob, blk) in out.chunks_exact_mut(32).zip(b[at..at + hd / 32 * bs].chunks_exact(bs)) {
                     let wd = wp * block_codes(blk, &mut vals);
                     for (o, &c) in ob.iter_mut().zip(&vals) {
-                        *o += wd * c;
+                        *o = crate::f32::fma(wd, c, *o);
                     }
                 }
             }
@@ -339,7 +357,7 @@ mod x86 {
                 let kc = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32 * c).cast()));
                 acc = _mm512_fmadd_ps(qc, kc, acc);
             }
-            *s = _mm512_reduce_add_ps(acc);
+            *s = reduce16(acc);
         }
     }
 
@@ -388,6 +406,19 @@ mod x86 {
         (_mm512_cvtepi32_ps(_mm512_sub_epi32(lo, eight)), _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, eight)))
     }
 
+    /// [`crate::decode_order::reduce16`] of one vector's lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce16(v: __m512) -> f32 {
+        let h = _mm256_add_ps(
+            _mm512_castps512_ps256(v),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+        );
+        let p = _mm256_hadd_ps(h, h);
+        let q = _mm256_hadd_ps(p, p);
+        _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(q), _mm256_extractf128_ps::<1>(q)))
+    }
+
     #[inline]
     unsafe fn scale_at(at: *const u8) -> f32 {
         // SAFETY: the caller points at a block's two scale bytes.
@@ -416,7 +447,7 @@ mod x86 {
                 let t = _mm512_fmadd_ps(qv[2 * b + 1], q8_16(blk.add(18)), _mm512_mul_ps(qv[2 * b], q8_16(blk.add(2))));
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(scale_at(blk)), t, acc);
             }
-            *s = _mm512_reduce_add_ps(acc);
+            *s = reduce16(acc);
         }
     }
 
@@ -443,7 +474,7 @@ mod x86 {
                 let t = _mm512_fmadd_ps(qv[2 * b + 1], hi, _mm512_mul_ps(qv[2 * b], lo));
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(scale_at(blk)), t, acc);
             }
-            *s = _mm512_reduce_add_ps(acc);
+            *s = reduce16(acc);
         }
     }
 
@@ -533,11 +564,15 @@ mod tests {
             let z: f64 = e.iter().sum();
             let want: Vec<f64> =
                 (0..hd).map(|d| (0..n).map(|p| e[p] / z * v[p * stride + off + d].to_f64()).sum()).collect();
+            let (mut s0, mut reference) = (alloc::vec![0.0f32; n], alloc::vec![0.0f32; hd]);
+            attend_f16_scalar(&q, &k, &v, stride, off, scale, &mut s0, &mut reference);
             for path in crate::available_kernel_paths() {
                 let (mut scores, mut out) = (alloc::vec![0.0f32; n], alloc::vec![0.0f32; hd]);
                 attend_f16_on(path, &q, &k, &v, stride, off, scale, &mut scores, &mut out);
                 for (d, (&g, &w)) in out.iter().zip(&want).enumerate() {
                     assert!((g as f64 - w).abs() <= 1e-5, "{path} ({hd},{stride},{off},{n}) d {d}: {g} vs {w}");
+                    // Decode computes the same bits on every path.
+                    assert_eq!(g.to_bits(), reference[d].to_bits(), "{path} ({hd},{stride},{off},{n}) d {d}");
                 }
             }
         }
@@ -598,9 +633,13 @@ mod tests {
                 let z: f64 = e.iter().sum();
                 let want: Vec<f64> =
                     (0..hd).map(|d| (0..n).map(|p| e[p] / z * vd[p * stride + off + d]).sum()).collect();
+                let (mut s0, mut reference) = (alloc::vec![0.0f32; n], alloc::vec![0.0f32; hd]);
+                attend_scalar(&q, kv, vv, stride, off, scale, &mut s0, &mut reference);
                 for path in crate::available_kernel_paths() {
                     let (mut scores, mut out) = (alloc::vec![0.0f32; n], alloc::vec![0.0f32; hd]);
                     attend_on(path, &q, kv, vv, stride, off, scale, &mut scores, &mut out);
+                    let same = out.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{path} {kt:?}/{vt:?} ({hd},{stride},{off},{n}): not the scalar reference's bits");
                     let worst = out.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
                     std::println!("{path} {kt:?}/{vt:?} ({hd},{stride},{off},{n}): max |err| {worst:.2e}");
                     for (d, (&g, &w)) in out.iter().zip(&want).enumerate() {

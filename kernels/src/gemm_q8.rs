@@ -576,7 +576,14 @@ pub(crate) mod tests {
         gemv_q8_on(path, ty, w, n_rows, &v, &mut got);
         let rb = ty.row_bytes(k).unwrap();
         let mut wr = vec![0.0f32; k];
+        // Q4_0, Q4_1 and Q8_0 decode in one order on every path (`decode_order`), except the
+        // Cortex-M DSP kernels: the same bits.
+        let canonical = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) && path != KernelPath::ArmDsp;
         for r in 0..n_rows {
+            if canonical {
+                assert_eq!(got[r].to_bits(), want[r].to_bits(), "{path} {ty} {k} row {r}: {} vs {}", got[r], want[r]);
+                continue;
+            }
             crate::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wr);
             let mag: f32 = wr.iter().zip(x).map(|(p, q)| (p * q).abs()).sum();
             assert!(
@@ -702,16 +709,19 @@ pub struct VecQ8 {
     pub(crate) n8g: Vec<i32>,
     /// (groups, 16 lanes): the scale of lane `i`'s block (block `i / 4` of the group).
     pub(crate) dg: Vec<f32>,
-    /// (groups, 16 lanes): that scale times the sum of lane `i`'s 8 codes.
+    /// (groups, 16 lanes): that scale times the sum of lane `i`'s 8 codes (every path's Q4_1
+    /// offset term, [`crate::decode_order`]; built for the SIMD paths).
     pub(crate) dsg: Vec<f32>,
 }
 
 /// Which of [`VecQ8`]'s per-path layouts a token holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Layouts {
-    /// The codes and scales only (scalar and NEON kernels read nothing else).
+    /// The codes and scales only (the scalar kernels read nothing else).
     #[default]
     Plain,
+    /// Plus the grouped `dsg` (NEON kernels).
+    Neon,
     /// Plus the AVX2 kernels' lanes.
     Avx2,
     /// Plus the AVX-512 kernels' lanes and grouped codes.
@@ -725,6 +735,7 @@ impl Layouts {
         match path {
             KernelPath::Avx2 => Layouts::Avx2,
             KernelPath::Avx512 => Layouts::Avx512,
+            KernelPath::Neon | KernelPath::NeonDotprod | KernelPath::NeonI8mm => Layouts::Neon,
             _ => Layouts::Plain,
         }
     }
@@ -761,11 +772,12 @@ impl VecQ8 {
         self.acts.quantize(x, k);
         self.layouts = layouts;
         let (x86, avx512, avx2) = match layouts {
-            Layouts::Plain => (false, false, false),
+            Layouts::Plain | Layouts::Neon => (false, false, false),
             Layouts::Avx2 => (true, false, true),
             Layouts::Avx512 => (true, true, false),
             Layouts::All => (true, true, true),
         };
+        let grouped = layouts != Layouts::Plain;
         let (q, d) = (&self.acts.q, &self.acts.d);
         for v in [&mut self.s4, &mut self.neg8, &mut self.neg128] {
             v.clear();
@@ -787,30 +799,35 @@ impl VecQ8 {
                 }
             }
         }
-        let ng = if avx512 { (k / QA).div_ceil(4) } else { 0 };
+        let ng = if grouped { (k / QA).div_ceil(4) } else { 0 };
+        let ng512 = if avx512 { ng } else { 0 };
         for v in [&mut self.lo4, &mut self.hi4] {
             v.clear();
-            v.resize(ng * 64, 0);
+            v.resize(ng512 * 64, 0);
         }
-        for v in [&mut self.dg, &mut self.dsg] {
-            v.clear();
-            v.resize(ng * 16, 0.0);
-        }
+        self.dg.clear();
+        self.dg.resize(ng512 * 16, 0.0);
+        self.dsg.clear();
+        self.dsg.resize(ng * 16, 0.0);
         self.n8g.clear();
-        self.n8g.resize(ng * 16, 0);
-        if !avx512 {
+        self.n8g.resize(ng512 * 16, 0);
+        if !grouped {
             return;
         }
         for (b, qb) in q.chunks_exact(QA).enumerate() {
-            self.lo4[b * 16..b * 16 + 16].copy_from_slice(&qb[..16]);
-            self.hi4[b * 16..b * 16 + 16].copy_from_slice(&qb[16..]);
+            if avx512 {
+                self.lo4[b * 16..b * 16 + 16].copy_from_slice(&qb[..16]);
+                self.hi4[b * 16..b * 16 + 16].copy_from_slice(&qb[16..]);
+            }
             for m in 0..4 {
                 let s: i32 =
                     qb[4 * m..4 * m + 4].iter().chain(&qb[16 + 4 * m..16 + 4 * m + 4]).map(|&v| v as i32).sum();
                 let lane = b * 4 + m;
-                self.n8g[lane] = -8 * s;
-                self.dg[lane] = d[b];
                 self.dsg[lane] = d[b] * s as f32;
+                if avx512 {
+                    self.n8g[lane] = -8 * s;
+                    self.dg[lane] = d[b];
+                }
             }
         }
     }

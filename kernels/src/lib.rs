@@ -32,6 +32,8 @@
 //! `no_std` + `alloc`; float math that `core` lacks (`sqrtf`, `roundf`, `fabsf`) comes
 //! from `libm`.
 #![no_std]
+#![cfg_attr(feature = "nightly-fma", feature(core_intrinsics))]
+#![cfg_attr(feature = "nightly-fma", allow(internal_features))]
 #![deny(unsafe_code)]
 
 extern crate alloc;
@@ -46,6 +48,7 @@ mod arch;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 pub mod attn;
 mod blocks;
+pub mod decode_order;
 mod dispatch;
 pub(crate) mod grid;
 mod kquant;

@@ -84,11 +84,13 @@ use crate::{q2_k::BlockQ2K, q3_k::BlockQ3K, q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k
 use crate::{q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0, q5_1::BlockQ5_1, q8_0::BlockQ8_0};
 
 /// Q4_0, Q4_1 and Q8_0: a generic row with the hand-written kernels of every path
-/// (`gemv_<t>_avx512`, `_avx2`, `_neon`, `_sdot` in `arch/`).
+/// (`gemv_<t>_avx512`, `_avx2`, `_neon`, `_sdot` in `arch/`), all in the order of
+/// [`crate::decode_order`], whose scalar kernels replace the generic oracle.
 macro_rules! with_all_paths {
-    ($block:ty, $avx512:ident, $avx2:ident, $neon:ident, $sdot:ident $(, many: $many:ident)?) => {{
+    ($block:ty, $scalar:expr, $avx512:ident, $avx2:ident, $neon:ident, $sdot:ident $(, many: $many:ident)?) => {{
         #[allow(unused_mut)]
         let mut row = generic::<$block>();
+        row = with(row, KernelPath::Scalar, $scalar);
         #[cfg(target_arch = "x86_64")]
         {
             row = with(row, KernelPath::Avx512, crate::arch::x86::$avx512);
@@ -157,14 +159,14 @@ macro_rules! with_iq4 {
 /// The table, one row per weight type with integer kernels.
 static TABLE: [TypeKernels; 12] = [
     with_dsp!(
-        with_all_paths!(BlockQ4_0, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot, many: gemv_many_q4_0_avx512),
+        with_all_paths!(BlockQ4_0, crate::decode_order::gemv_q4_canon::<false>, gemv_q4_0_avx512, gemv_q4_0_avx2, gemv_q4_0_neon, gemv_q4_0_sdot, many: gemv_many_q4_0_avx512),
         gemv_q4_0_dsp
     ),
-    with_all_paths!(BlockQ4_1, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot, many: gemv_many_q4_1_avx512),
+    with_all_paths!(BlockQ4_1, crate::decode_order::gemv_q4_canon::<true>, gemv_q4_1_avx512, gemv_q4_1_avx2, gemv_q4_1_neon, gemv_q4_1_sdot, many: gemv_many_q4_1_avx512),
     with_x86!(BlockQ5_0, avx512: gemv_q5_avx512::<false>, avx2: gemv_q5_avx2::<false>),
     with_x86!(BlockQ5_1, avx512: gemv_q5_avx512::<true>, avx2: gemv_q5_avx2::<true>),
     with_dsp!(
-        with_all_paths!(BlockQ8_0, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot, many: gemv_many_q8_0_avx512),
+        with_all_paths!(BlockQ8_0, crate::decode_order::gemv_q8_0_canon, gemv_q8_0_avx512, gemv_q8_0_avx2, gemv_q8_0_neon, gemv_q8_0_sdot, many: gemv_many_q8_0_avx512),
         gemv_q8_0_dsp
     ),
     with_x86!(BlockQ2K, avx512: gemv_q23k_avx512::<false>),

@@ -10,6 +10,10 @@
 //! scaling, attention's f32 gemm, the softmax and the gates are each one sequence of f32
 //! operations that every path performs, and this test pins it.
 //!
+//! Decode (one token per step, the gemv kernels and decode attention) is the same bits on every
+//! path for Q4_0, Q4_1 and Q8_0 weights (`pith_kernels::decode_order`), which is what the
+//! default SmolLM2 file holds; the other types' decode kernels still sum in each path's order.
+//!
 //! The kernel path is process-wide, so the tests take turns ([`LOCK`]).
 
 use std::sync::Mutex;
@@ -60,6 +64,53 @@ fn check(spec: &TinySpec, n_tok: usize) {
                 );
             }
         }
+    }
+}
+
+/// The logits of `n_decode` one-token steps after a prompt of 8, on every available path, as
+/// bits; panics naming the first (path, step, logit) that differs from the scalar path's.
+fn check_decode(spec: &TinySpec, n_decode: usize) {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (bytes, _) = build(spec);
+    let g = Gguf::parse(&bytes).expect("tiny file parses");
+    let model = Model::from_gguf(&g).expect("tiny model binds");
+    let toks = tokens(8 + n_decode, spec.n_vocab);
+    let run = |path: KernelPath, threads: usize| -> Vec<Vec<u32>> {
+        set_kernel_path(path).expect("available path");
+        let pool = Pool::new(threads).unwrap();
+        let mut st = State::new(&model, 128, 128).unwrap();
+        model.forward(&mut st, &pool, &toks[..8], Logits::None).unwrap();
+        let steps = toks[8..]
+            .iter()
+            .map(|&t| model.forward(&mut st, &pool, &[t], Logits::Last).unwrap().iter().map(|v| v.to_bits()).collect())
+            .collect();
+        reset_kernel_path();
+        steps
+    };
+    let want = run(KernelPath::Scalar, 1);
+    for path in available_kernel_paths() {
+        for threads in [1, 2] {
+            for (step, (got, want)) in run(path, threads).iter().zip(&want).enumerate() {
+                if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+                    panic!(
+                        "{} {:?}: decode on {path} with {threads} threads differs from scalar at step {step} logit {i}: {} vs {}",
+                        spec.arch,
+                        spec.weight_type,
+                        f32::from_bits(got[i]),
+                        f32::from_bits(want[i])
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Decode of the default file's types: Q4_1 (with its Q8_0 embedding as the tied output), Q8_0,
+/// Q4_0; 40 steps, so decode attention runs over up to 48 cached positions.
+#[test]
+fn llama_decode_logits_are_the_same_bits_on_every_path() {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
+        check_decode(&TinySpec { weight_type: ty, n_embd: 128, n_ff: 256, seed: 25, ..Default::default() }, 40);
     }
 }
 

@@ -29,6 +29,14 @@ pub(crate) fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
     }
     #[cfg(not(any(all(target_arch = "aarch64", target_feature = "neon"), target_arch = "x86_64")))]
     {
+        // Elsewhere: LLVM's fused multiply-add where the build may use the unstable intrinsic
+        // (feature `nightly-fma`: the Cortex-M firmware, whose M4F has `vfma.f32`), else
+        // `libm`'s exact software form (~100 instructions).
+        #[cfg(feature = "nightly-fma")]
+        #[allow(unused_unsafe)]
+        // SAFETY: `fmaf32` has no preconditions (it is `unsafe` only in older compilers).
+        return unsafe { core::intrinsics::fmaf32(a, b, c) };
+        #[cfg(not(feature = "nightly-fma"))]
         libm::fmaf(a, b, c)
     }
 }

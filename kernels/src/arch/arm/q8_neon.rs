@@ -422,6 +422,7 @@ pub(crate) fn gemv_q8(path: KernelPath, ty: GgmlType, w: &[u8], rb: usize, x: &V
     let nb = x.k() / QA;
     assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
     assert!(x.acts.q.len() == x.k() && x.acts.d.len() == nb, "gemv_q8: VecQ8 shape");
+    assert!(ty != GgmlType::Q4_1 || x.dsg.len() == nb.div_ceil(4) * 16, "gemv_q8: VecQ8 lanes");
     let sdot = matches!(path, KernelPath::NeonDotprod | KernelPath::NeonI8mm);
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
         // SAFETY: the path is available (asserted above): NEON, and dotprod when `sdot`
@@ -458,48 +459,109 @@ unsafe fn gemv_row_sdot<const T: u8>(row: &[u8], nb: usize, x: &VecQ8) -> f32 {
     gemv_row::<T, true>(row, nb, x)
 }
 
-/// The hot loop of a row of type `T` (0: Q4_0, 1: Q4_1, 2: Q8_0), one block per step into
-/// two alternating accumulators: `(d_w dx) · Σ w q` (Q4_0: `w = u - 8`), plus `m_w · dx Σ q`
-/// for Q4_1 (`Σ q` by `saddlv`). `SDOT`: the 32-code dots with `sdot`, else
-/// `smull`/`sadalp`. Reads only `x.acts` (codes and block scales).
+/// The hot loop of a row of type `T` (0: Q4_0, 1: Q4_1, 2: Q8_0) in the order of
+/// [`crate::decode_order`]: 16 f32 lanes in four vectors. Q4: block `b` is vector `b % 4`,
+/// lane `m` its elements `4m..4m + 4` and `16 + 4m..` (one `sdot` pair, or `smull`/`smlal` and
+/// pairwise adds, exact in i32), scaled by `d_w · d_x`, plus Q4_1's `m_w · dsg` in `acc_m`;
+/// Q8_0: block `b` is vectors `2(b % 2)` (elements 0..16) and `2(b % 2) + 1` (16..32), a lane
+/// per 4 elements. Then [`reduce16`].
 ///
 /// # Safety
-/// NEON, and dotprod if `SDOT`; `row` holds `nb` blocks of type `T`, and `x.acts` the codes
-/// and scales of `nb` blocks.
+/// NEON, and dotprod if `SDOT`; `row` holds `nb` blocks of type `T`, `x.acts` the codes
+/// and scales of `nb` blocks, and (Q4_1) `x.dsg` its grouped lanes.
 #[inline(always)]
 unsafe fn gemv_row<const T: u8, const SDOT: bool>(row: &[u8], nb: usize, x: &VecQ8) -> f32 {
     let bs = [18, 20, 34][T as usize];
     let (m4, c8) = (vdupq_n_u8(0x0f), vdupq_n_s8(8));
-    let mut acc = [vdupq_n_f32(0.0); 2];
-    let mut acc_m = 0.0f32;
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let mut acc_m = [vdupq_n_f32(0.0); 4];
     for b in 0..nb {
         // SAFETY: block b (bs bytes) lies inside `row`, its codes 32b..32b + 32 and scale b
-        // inside `x.acts` (caller contract).
+        // inside `x.acts`, lanes 4b..4b + 4 inside `x.dsg` (caller contract).
         let blk = row.as_ptr().add(b * bs);
         let xq = x.acts.q.as_ptr().add(b * QA);
         let xv = [vld1q_s8(xq), vld1q_s8(xq.add(16))];
-        let wv = if T == 2 {
-            [vld1q_s8(blk.add(2).cast()), vld1q_s8(blk.add(18).cast())]
+        let scale = f16_at(blk) * *x.acts.d.as_ptr().add(b);
+        if T == 2 {
+            let wv = [vld1q_s8(blk.add(2).cast()), vld1q_s8(blk.add(18).cast())];
+            // SAFETY (for `dot16_sdot`): dotprod is available when `SDOT` (caller contract).
+            let (d0, d1) = if SDOT {
+                (dot16_sdot(wv[0], xv[0]), dot16_sdot(wv[1], xv[1]))
+            } else {
+                (dot16_smull(wv[0], xv[0]), dot16_smull(wv[1], xv[1]))
+            };
+            let v = 2 * (b % 2);
+            acc[v] = vfmaq_n_f32(acc[v], vcvtq_f32_s32(d0), scale);
+            acc[v + 1] = vfmaq_n_f32(acc[v + 1], vcvtq_f32_s32(d1), scale);
         } else {
             // Elements j (low nibbles) and j + 16 (high) of byte j.
             let qs = vld1q_u8(blk.add(bs - 16));
             let (lo, hi) = (vreinterpretq_s8_u8(vandq_u8(qs, m4)), vreinterpretq_s8_u8(vshrq_n_u8(qs, 4)));
-            if T == 0 {
-                [vsubq_s8(lo, c8), vsubq_s8(hi, c8)]
-            } else {
-                [lo, hi]
+            let wv = if T == 0 { [vsubq_s8(lo, c8), vsubq_s8(hi, c8)] } else { [lo, hi] };
+            // SAFETY (for `dot32_sdot`): dotprod is available when `SDOT` (caller contract).
+            let dot = if SDOT { dot32_sdot(wv, xv) } else { dot32_lanes_smull(wv, xv) };
+            let v = b % 4;
+            acc[v] = vfmaq_n_f32(acc[v], vcvtq_f32_s32(dot), scale);
+            if T == 1 {
+                let dsg = vld1q_f32(x.dsg.as_ptr().add(4 * b));
+                acc_m[v] = vfmaq_n_f32(acc_m[v], dsg, f16_at(blk.add(2)));
             }
-        };
-        // SAFETY (for `dot32_sdot`): dotprod is available when `SDOT` (caller contract).
-        let dot = if SDOT { dot32_sdot(wv, xv) } else { dot32_smull(wv, xv) };
-        let dx = *x.acts.d.as_ptr().add(b);
-        acc[b & 1] = vfmaq_n_f32(acc[b & 1], vcvtq_f32_s32(dot), f16_at(blk) * dx);
-        if T == 1 {
-            let sum = vaddlvq_s8(xv[0]) as i32 + vaddlvq_s8(xv[1]) as i32;
-            acc_m += f16_at(blk.add(2)) * dx * sum as f32;
         }
     }
-    vaddvq_f32(vaddq_f32(acc[0], acc[1])) + acc_m
+    if T == 1 {
+        for (a, am) in acc.iter_mut().zip(acc_m) {
+            *a = vaddq_f32(*a, am);
+        }
+    }
+    reduce16(acc)
+}
+
+/// [`crate::decode_order::reduce16`] of lanes 0..16 held as four vectors of 4.
+#[inline]
+#[target_feature(enable = "neon")]
+fn reduce16(v: [float32x4_t; 4]) -> f32 {
+    // h_i = v_i + v_{i+8}: lanes 0..4 and 4..8.
+    let (hl, hh) = (vaddq_f32(v[0], v[2]), vaddq_f32(v[1], v[3]));
+    // [h0 + h1, h2 + h3, h4 + h5, h6 + h7], then [(h0 + h1) + (h2 + h3), (h4 + h5) + (h6 + h7), ..].
+    let p = vpaddq_f32(hl, hh);
+    let q = vpaddq_f32(p, p);
+    vgetq_lane_f32::<0>(q) + vgetq_lane_f32::<1>(q)
+}
+
+/// Four i32 sums of the 16 products `w · x`, lane `m` bytes `4m..4m + 4` (`smull`/`smull2`,
+/// `|128 · 127| < 2^15`, then pairwise adds).
+#[inline]
+#[target_feature(enable = "neon")]
+fn dot16_smull(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    let lo = vmull_s8(vget_low_s8(w), vget_low_s8(x));
+    let hi = vmull_high_s8(w, x);
+    vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi))
+}
+
+/// Four i32 sums of the 32 products `w · x`, lane `m` bytes `4m..4m + 4` of both halves (the
+/// lanes of [`dot32_sdot`]; `smull`/`smlal`: two products per i16 lane, `|2 · 15 · 127| <
+/// 2^15` for the 4-bit codes this serves, then pairwise adds).
+#[inline]
+#[target_feature(enable = "neon")]
+fn dot32_lanes_smull(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
+    let lo = vmlal_s8(vmull_s8(vget_low_s8(w[0]), vget_low_s8(x[0])), vget_low_s8(w[1]), vget_low_s8(x[1]));
+    let hi = vmlal_high_s8(vmull_high_s8(w[0], x[0]), w[1], x[1]);
+    vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi))
+}
+
+/// Four i32 sums of the 16 products `w · x`, lane `m` bytes `4m..4m + 4` (one SDOT).
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn dot16_sdot(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    let mut acc = vdupq_n_s32(0);
+    // SAFETY: SDOT is available (this function requires `dotprod`); the asm only reads and
+    // writes the given vector registers.
+    unsafe {
+        asm!("sdot {acc:v}.4s, {w:v}.16b, {x:v}.16b",
+             acc = inout(vreg) acc, w = in(vreg) w, x = in(vreg) x,
+             options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
 }
 
 /// Four i32 partial sums of the 32 products `w · x` (`smull`/`smlal2`: two products per i16

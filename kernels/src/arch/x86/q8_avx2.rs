@@ -294,7 +294,10 @@ pub(crate) fn gemv_q8_avx2(ty: GgmlType, w: &[u8], rb: usize, x: &VecQ8, out: &m
     let nb = x.k() / QA;
     assert!(w.len() == out.len() * rb && rb == nb * ty.type_size(), "gemv_q8: shapes");
     assert!(
-        x.acts.q.len() == x.k() && x.acts.d.len() == nb && x.neg8.len() == x.k() / 4 && x.dsl.len() == x.k() / 4,
+        x.acts.q.len() == x.k()
+            && x.acts.d.len() == nb
+            && x.neg8.len() == x.k() / 4
+            && x.dsg.len() == nb.div_ceil(4) * 16,
         "gemv_q8: activation shapes"
     );
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
@@ -320,28 +323,36 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())))
 }
 
-/// Horizontal sum of 8 lanes.
+/// [`crate::decode_order::reduce16`] of the 16 lanes `lo` (0..8) and `hi` (8..16):
+/// `h = lo + hi`, then `((h0 + h1) + (h2 + h3)) + ((h4 + h5) + (h6 + h7))`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+fn reduce16(lo: __m256, hi: __m256) -> f32 {
+    let h = _mm256_add_ps(lo, hi);
+    // Per 128-bit half: [h0 + h1, h2 + h3, ..] then [(h0 + h1) + (h2 + h3), ..].
+    let p = _mm256_hadd_ps(h, h);
+    let q = _mm256_hadd_ps(p, p);
+    _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(q), _mm256_extractf128_ps::<1>(q)))
 }
 
-/// The decode hot loop of a Q4_0 (`OFFSET8`) or Q4_1 row, one block (32 codes, 8 i32 lanes of
-/// 4 products) per step, even and odd blocks into separate accumulators.
+/// The decode hot loop of a Q4_0 (`OFFSET8`) or Q4_1 row in the order of
+/// [`crate::decode_order`]: per group of 4 blocks, lanes 0..8 (blocks 0, 1) in `acc[0]` and
+/// 8..16 (blocks 2, 3) in `acc[1]`, 4 lanes per block of 8 elements each (a block's 8 lanes of
+/// 4 products, `vpmaddubsw` + `vpmaddwd`, folded as lanes `m + (m + 4)`).
 ///
 /// # Safety
-/// AVX2, FMA, F16C; `row` holds `nb` blocks (18 or 20 bytes), `x` `nb` blocks of codes, scales
-/// and lanes (`neg8`, `dsl`).
+/// AVX2, FMA, F16C; `row` holds `nb` blocks (18 or 20 bytes), `x` `nb` blocks of codes and
+/// scales, `neg8` and the grouped `dsg`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_row_q4_avx2<const OFFSET8: bool>(row: &[u8], nb: usize, x: &VecQ8) -> f32 {
     let bs = if OFFSET8 { 18 } else { 20 };
     let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    // Block b into the accumulators (acc, acc_m): Σ u·q scaled, and the Q4_1 offset term.
-    let step = |b: usize, (acc, acc_m): (__m256, __m256)| {
+    // Block b's 4 lanes (exact i32) and its scale `d_w · d_x`, or zeros past the row's end.
+    let block = |b: usize| -> (__m128i, f32, f32) {
+        if b >= nb {
+            return (_mm_setzero_si128(), 0.0, 0.0);
+        }
         // SAFETY: b < nb: block b lies inside `row`; codes 32b..32b + 32, lanes 8b..8b + 8
         // and scale b inside `x`'s arrays.
         let a = row.as_ptr().add(b * bs);
@@ -354,32 +365,45 @@ unsafe fn gemv_row_q4_avx2<const OFFSET8: bool>(row: &[u8], nb: usize, x: &VecQ8
         if OFFSET8 {
             dot = _mm256_add_epi32(dot, _mm256_loadu_si256(x.neg8.as_ptr().add(8 * b).cast()));
         }
-        let scale = _mm256_set1_ps(f16_at(a) * *x.acts.d.as_ptr().add(b));
-        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
-        if OFFSET8 {
-            (acc, acc_m)
-        } else {
-            let mw = _mm256_set1_ps(f16_at(a.add(2)));
-            (acc, _mm256_fmadd_ps(mw, _mm256_loadu_ps(x.dsl.as_ptr().add(8 * b)), acc_m))
-        }
+        // Lane m: elements 4m..4m + 4 (lane m) and 16 + 4m.. (lane m + 4).
+        let dot4 = _mm_add_epi32(_mm256_castsi256_si128(dot), _mm256_extracti128_si256::<1>(dot));
+        let mw = if OFFSET8 { 0.0 } else { f16_at(a.add(2)) };
+        (dot4, f16_at(a) * *x.acts.d.as_ptr().add(b), mw)
     };
-    let (mut e, mut o) = ((_mm256_setzero_ps(), _mm256_setzero_ps()), (_mm256_setzero_ps(), _mm256_setzero_ps()));
-    // The hot loop: blocks 2p (even accumulators) and 2p + 1 (odd).
-    for p in 0..nb / 2 {
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut acc_m = [_mm256_setzero_ps(); 2];
+    for g in 0..nb.div_ceil(4) {
         // Weights stream from memory once: ask for them well ahead (past the row's end is the
-        // next row; a prefetch never faults). Two blocks ≤ 40 bytes: one line per step.
-        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(2 * p * bs + PREFETCH).cast());
-        e = step(2 * p, e);
-        o = step(2 * p + 1, o);
+        // next row; a prefetch never faults). Four blocks ≤ 80 bytes: two lines per group.
+        let ahead = row.as_ptr().wrapping_add(4 * g * bs + PREFETCH);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
+        for h in 0..2 {
+            let b = 4 * g + 2 * h;
+            if b >= nb {
+                break;
+            }
+            let ((d0, s0, m0), (d1, s1, m1)) = (block(b), block(b + 1));
+            let dot = _mm256_cvtepi32_ps(_mm256_set_m128i(d1, d0));
+            let scale = _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0));
+            acc[h] = _mm256_fmadd_ps(dot, scale, acc[h]);
+            if !OFFSET8 {
+                let mw = _mm256_set_m128(_mm_set1_ps(m1), _mm_set1_ps(m0));
+                // SAFETY: lanes 16g + 8h.. of the grouped `dsg` (zero-padded past the last block).
+                acc_m[h] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x.dsg.as_ptr().add(16 * g + 8 * h)), acc_m[h]);
+            }
+        }
     }
-    if nb % 2 == 1 {
-        e = step(nb - 1, e);
+    if !OFFSET8 {
+        acc[0] = _mm256_add_ps(acc[0], acc_m[0]);
+        acc[1] = _mm256_add_ps(acc[1], acc_m[1]);
     }
-    hsum(_mm256_add_ps(_mm256_add_ps(e.0, o.0), _mm256_add_ps(e.1, o.1)))
+    reduce16(acc[0], acc[1])
 }
 
 /// The decode hot loop of a Q8_0 row, one block per step: `|w| · (sign(w) · q)` (ggml's sign
-/// trick: `|w| ≤ 128` unsigned, `|q| ≤ 127`, so no i16 pair saturates).
+/// trick: `|w| ≤ 128` unsigned, `|q| ≤ 127`, so no i16 pair saturates). The order of
+/// [`crate::decode_order`]: even blocks are lanes 0..8, odd ones 8..16, one lane per 4 products.
 ///
 /// # Safety
 /// As [`gemv_row_q4_avx2`], with 34-byte blocks.
@@ -406,7 +430,7 @@ unsafe fn gemv_row_q8_0_avx2(row: &[u8], nb: usize, x: &VecQ8) -> f32 {
     if nb % 2 == 1 {
         e = step(nb - 1, e);
     }
-    hsum(_mm256_add_ps(e, o))
+    reduce16(e, o)
 }
 
 #[cfg(test)]
