@@ -149,7 +149,8 @@ fn kv_cache_reuse_equals_full_recompute() {
 /// kernels 0.74 max over the logits (RMS 3.6), each against the F32 logits 0.58 (gemm) and 0.92
 /// (decode kernels), and the F32 path, which requantizes nothing, splits to within 1e-3 (the
 /// test above). So the bound is that of 8-bit activations themselves: both within 1.5 (about
-/// 2x the largest measured gap) of F32, of each other, and the same greedy token.
+/// 2x the largest measured gap) of F32, of each other, and the exact greedy token unless the
+/// exact top two are within twice that run's distance (a near-tie that rounding decides).
 #[test]
 fn kv_cache_reuse_across_kernels_stays_within_q8_rounding() {
     use pith::Precision::{F32, Q8};
@@ -163,6 +164,27 @@ fn kv_cache_reuse_across_kernels_stays_within_q8_rounding() {
     let (d, dg, dd) = (max_diff(&gemm, &decode), max_diff(&gemm, &exact), max_diff(&decode, &exact));
     eprintln!("Q8 gemm vs decode kernels {d:.3}; vs F32: gemm {dg:.3}, decode kernels {dd:.3}");
     assert!(d < 1.5 && dg < 1.5 && dd < 1.5, "{d} {dg} {dd}");
-    assert_eq!(argmax(&gemm), argmax(&decode));
-    assert_eq!(argmax(&gemm), argmax(&exact));
+    // The greedy token: a perturbation of at most `e` per logit can change the argmax only where
+    // the exact top two are within 2e, so each run must pick the exact token unless it is such a
+    // near-tie. (This prompt is one: f32's top two, 357 and 282, are 0.023 apart, and since 5 Dec
+    // the gemm picks 282, decode 357.)
+    let gap = |l: &[f32]| {
+        let top = argmax(l);
+        l[top] - l.iter().enumerate().filter(|&(i, _)| i != top).map(|(_, &v)| v).fold(f32::MIN, f32::max)
+    };
+    let g = gap(&exact);
+    eprintln!(
+        "f32 top-2 gap {g:.3}; tokens: f32 {}, gemm {}, decode kernels {}",
+        argmax(&exact),
+        argmax(&gemm),
+        argmax(&decode)
+    );
+    for (name, l, e) in [("gemm", &gemm, dg), ("decode kernels", &decode, dd)] {
+        assert!(
+            argmax(l) == argmax(&exact) || g <= 2.0 * e,
+            "{name}: token {} where f32 gives {} (gap {g}, max |diff| {e})",
+            argmax(l),
+            argmax(&exact)
+        );
+    }
 }
