@@ -160,6 +160,72 @@ mod train {
         CompressError::BadOption(format!("training: {e}"))
     }
 
+    /// Where a training step's time goes, by phase (`PITH_DISTILL_PROFILE=1`): each mark waits
+    /// for the device to finish its queued work, so the phases are wall times of the device's
+    /// work (and the waits slow the run a little). Printed with the step lines.
+    mod prof {
+        use candle_core::Device;
+        use std::cell::RefCell;
+        use std::sync::OnceLock;
+        use std::time::Instant;
+
+        struct Phases {
+            last: Option<Instant>,
+            sums: Vec<(&'static str, f64)>,
+        }
+
+        thread_local! {
+            static PHASES: RefCell<Phases> = const { RefCell::new(Phases { last: None, sums: Vec::new() }) };
+        }
+
+        pub fn on() -> bool {
+            static ON: OnceLock<bool> = OnceLock::new();
+            *ON.get_or_init(|| std::env::var_os("PITH_DISTILL_PROFILE").is_some_and(|v| v != "0"))
+        }
+
+        /// Starts timing from now (after the device's queued work).
+        pub fn start(dev: &Device) {
+            if on() {
+                let _ = dev.synchronize();
+                PHASES.with(|p| p.borrow_mut().last = Some(Instant::now()));
+            }
+        }
+
+        /// Adds the time since the last mark to `phase`.
+        pub fn mark(dev: &Device, phase: &'static str) {
+            if !on() {
+                return;
+            }
+            let _ = dev.synchronize();
+            let now = Instant::now();
+            PHASES.with(|p| {
+                let mut p = p.borrow_mut();
+                let dt = p.last.map_or(0.0, |l| (now - l).as_secs_f64());
+                p.last = Some(now);
+                match p.sums.iter_mut().find(|(n, _)| *n == phase) {
+                    Some((_, s)) => *s += dt,
+                    None => p.sums.push((phase, dt)),
+                }
+            });
+        }
+
+        /// The phases' totals so far ("name 1.23 s, …"), and starts them again.
+        pub fn take() -> String {
+            PHASES.with(|p| {
+                let mut p = p.borrow_mut();
+                let all: f64 = p.sums.iter().map(|(_, s)| s).sum();
+                let out = p
+                    .sums
+                    .iter()
+                    .map(|(n, s)| format!("{n} {s:.2} s ({:.0} %)", 100.0 * s / all.max(1e-12)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                p.sums.clear();
+                out
+            })
+        }
+    }
+
     /// A llama model as candle tensors, by GGUF tensor name: a student (its weights are
     /// variables, trained) or a frozen teacher (plain tensors, no autograd graph).
     pub struct Student {
@@ -838,6 +904,8 @@ mod train {
         let (ids, t) = s.ids(&inputs, b)?;
         let mask = s.mask(t)?;
         let n_layer = s.cfg.n_layer;
+        let dev = &s.device;
+        prof::start(dev);
         // Forward: each layer's input, detached (no graph survives a layer).
         let mut xs = Vec::with_capacity(n_layer + 1);
         xs.push(s.embed(&ids)?.detach());
@@ -845,6 +913,7 @@ mod train {
             let y = s.layer(l, &xs[l], b, &mask, None)?.detach();
             xs.push(y);
         }
+        prof::mark(dev, "student forward");
         let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
         // Adds the gradients of every variable found in `gs` to `out` (the tied embedding gets
         // one from the head and one from the input).
@@ -866,25 +935,32 @@ mod train {
         // The head and the loss.
         let top = Var::from_tensor(&xs[n_layer]).map_err(ce)?;
         let logits = s.head(top.as_tensor())?;
+        prof::mark(dev, "head forward");
         let (value, g) = loss_grad(&logits, teacher_logits, &labels, alpha, temp)?;
         let g = g.to_dtype(logits.dtype()).map_err(ce)?;
+        prof::mark(dev, "loss");
         let gs = (logits * g).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
         collect(&gs)?;
         let mut gx = gs.get(top.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for the head"))?;
         drop(gs);
+        prof::mark(dev, "head backward");
         // The layers, from the top: recompute one with its graph, back-propagate `gx` through it.
         for l in (0..n_layer).rev() {
             let input = Var::from_tensor(&xs[l]).map_err(ce)?;
             xs.truncate(l);
             let y = s.layer(l, input.as_tensor(), b, &mask, None)?;
+            prof::mark(dev, "layer recompute");
             let gs = (y * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
+            prof::mark(dev, "layer backward");
             collect(&gs)?;
             gx = gs.get(input.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for a layer"))?;
+            prof::mark(dev, "collect");
         }
         // The embedding lookup.
         let x0 = s.embed(&ids)?;
         let gs = (x0 * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
         collect(&gs)?;
+        prof::mark(dev, "embedding backward");
         Ok((value, out))
     }
 
@@ -1096,6 +1172,22 @@ mod train {
         Some((total - free, total))
     }
 
+    /// cudarc creates two CUDA events for every allocation and records them at every launch,
+    /// to order work across streams; candle runs everything here on one stream (cuBLAS too),
+    /// so that is host time per op (thousands of ops per micro-batch) for nothing.
+    #[cfg(feature = "cuda")]
+    fn no_event_tracking(dev: &Device) {
+        if let Device::Cuda(d) = dev {
+            // SAFETY: every tensor of this process is made and used on the device's one stream
+            // (candle's default stream, which cuBLAS shares), so no allocation, read or write
+            // crosses streams and the events order nothing.
+            unsafe { d.disable_event_tracking() }
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn no_event_tracking(_: &Device) {}
+
     #[cfg(not(feature = "cuda"))]
     fn gpu_memory(_: &Device) -> Option<(usize, usize)> {
         None
@@ -1104,9 +1196,15 @@ mod train {
     fn device(name: &str) -> Result<Device> {
         match name {
             "cpu" => Ok(Device::Cpu),
-            "cuda" => Device::new_cuda(0).map_err(|e| {
-                CompressError::BadOption(format!("--device cuda: {e} (a build with the `cuda` feature runs on GPUs)"))
-            }),
+            "cuda" => {
+                let d = Device::new_cuda(0).map_err(|e| {
+                    CompressError::BadOption(format!(
+                        "--device cuda: {e} (a build with the `cuda` feature runs on GPUs)"
+                    ))
+                })?;
+                no_event_tracking(&d);
+                Ok(d)
+            }
             other => Err(CompressError::BadOption(format!("--device {other}: cpu or cuda"))),
         }
     }
@@ -1285,10 +1383,13 @@ mod train {
                     batch.push(train[perm_cache.1[next % train.len()]]);
                     next += 1;
                 }
+                prof::start(&dev);
                 let tl = teacher.logits(&batch, &student)?;
+                prof::mark(&dev, "teacher");
                 let (l, g) = grads_batch(&student, &batch, &tl, a.alpha, a.temperature)?;
                 lsum += l;
                 sum.add(g)?;
+                prof::mark(&dev, "gradient sum");
                 trained_tokens += a.ctx * a.batch;
                 gpu = gpu_memory(&dev).or(gpu);
             }
@@ -1301,8 +1402,10 @@ mod train {
                 }
                 _ => lr_at(opt.step, steps, a.warmup, a.lr),
             };
+            prof::start(&dev);
             opt.step(&student, &mean, lr)?;
             drop(mean);
+            prof::mark(&dev, "optimizer");
             let el = t0.elapsed().as_secs_f64();
             let budget_spent = a.budget.is_some_and(|b| spent0 + el >= b);
             pb.set_position(position(opt.step, spent0 + el));
@@ -1317,6 +1420,9 @@ mod train {
             let val_now = a.val_every > 0 && opt.step % a.val_every == 0;
             if pb.is_hidden() && (val_now || opt.step == 1 || opt.step % 10 == 0) {
                 crate::progress::note(&format!("distill: step {}{of_steps}: {msg}", opt.step));
+            }
+            if prof::on() && (opt.step == 1 || opt.step % 10 == 0) {
+                crate::progress::note(&format!("distill: profile to step {}: {}", opt.step, prof::take()));
             }
             if val_now {
                 let (v, c) = eval_loss(&student, &mut teacher, &val, a)?;
