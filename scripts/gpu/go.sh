@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Device side, second call (carry .gpu/b; the first call, carrying .gpu/a, ran
+# `mkdir -p /root/g && cp .gpu/a/t1 /root/g/`: a carried folder does not outlive its call).
+# Assembles the inputs, starts the seed pipeline under setsid (it outlives this call, not the
+# machine), then watches it like poll.sh. LEFT: device seconds left when this call starts; the
+# pipeline's deadline leaves 150 s of them for the last poll. RUNS, BATCH, ACCUM, LR, … pass
+# through to scripts/seed-pipeline.sh.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+G=/root/g
+mkdir -p $G
+[[ -s $G/t1 ]] || { echo "no $G/t1: run the first call (carry .gpu/a) again"; exit 3; }
+cat $G/t1 .gpu/b/t2 > $G/teacher.gguf
+echo "$(cat .gpu/b/teacher.sha256)  $G/teacher.gguf" | sha256sum -c || exit 4
+xz -dc .gpu/b/pc.xz > $G/pc && chmod +x $G/pc
+xz -dc .gpu/b/wiki.xz > $G/wiki.txt
+xz -dc .gpu/b/shakes.xz > $G/shakes.txt
+xz -dc .gpu/b/wikitext.xz > $G/wikitext.txt
+cp scripts/gpu/poll.sh $G/poll.sh
+export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+$G/pc --help | head -1 || { ldd $G/pc; exit 5; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+if [[ $mem -gt 100000 ]]; then B=16 A=2; else B=8 A=4; fi
+export PITH_COMPRESS=$G/pc TEACHER=$G/teacher.gguf WIKI=$G/wiki.txt SHAKESPEARE=$G/shakes.txt WIKITEXT=$G/wikitext.txt
+export PARALLEL=1 STAGGER=${STAGGER:-10} BATCH=${BATCH:-$B} ACCUM=${ACCUM:-$A} LR=${LR:-6e-4} WARMUP=${WARMUP:-10}
+export CKPT_EVERY=${CKPT_EVERY:-10} PITH_DISTILL_PROFILE=1
+[[ -n ${RESERVE:-} ]] && export RESERVE
+[[ -n ${RUNS:-} ]] && export RUNS
+DEADLINE=$(( $(date +%s) + LEFT - 150 ))
+echo "batch $BATCH x $ACCUM; deadline $DEADLINE (in $((DEADLINE - $(date +%s))) s)"
+echo $DEADLINE > $G/deadline
+rm -f $G/done
+setsid bash -c "scripts/seed-pipeline.sh --device cuda --tokens auto --deadline $DEADLINE --out /root/sp --dtype ${DTYPE:-f32} > $G/pipe.log 2>&1; echo \$? > $G/done" < /dev/null > /dev/null 2>&1 &
+bash $G/poll.sh "${WATCH:-480}"

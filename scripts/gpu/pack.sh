@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Packs what a GPU session of the seed pipeline needs into .gpu/a and .gpu/b (ignored by git
+# through .git/info/exclude), each under the device tool's 64 MiB per call with the working
+# tree: the teacher (the Q4_1 SmolLM2 file, 98 MB) in two parts, the stripped `cuda` build of
+# pith-compress and the texts, xz-compressed. The repository's scripts/gpu/{go,poll}.sh travel
+# with the working tree. See README "On a GPU" for the order of the calls.
+#
+#   eval "$(scripts/setup-cuda-build.sh)"
+#   cargo build --release -p pith-models --features cuda --bin pith-compress
+#   scripts/gpu/pack.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+grep -qx '/.gpu/' .git/info/exclude 2> /dev/null || echo '/.gpu/' >> .git/info/exclude
+T=${TEACHER:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
+WIKI=${WIKI:-$(scripts/fetch-calibration.sh)}
+SHAKESPEARE=${SHAKESPEARE:-${PITH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pith}/calibration/tinyshakespeare.txt}
+WIKITEXT=${WIKITEXT:-../shared/data/wikitext-2-raw-test.txt}
+PC=${PITH_COMPRESS:-target/release/pith-compress}
+for f in "$T" "$WIKI" "$SHAKESPEARE" "$WIKITEXT" "$PC"; do [[ -s $f ]] || { echo "pack: no $f" >&2; exit 1; }; done
+ldd "$PC" | grep -q libcuda || { echo "pack: $PC is not the cuda build" >&2; exit 1; }
+rm -rf .gpu/a .gpu/b && mkdir -p .gpu/a .gpu/b
+half=$(( $(stat -c %s "$T") / 2 ))
+head -c "$half" "$T" > .gpu/a/t1
+tail -c +$((half + 1)) "$T" > .gpu/b/t2
+sha256sum "$T" | cut -d' ' -f1 > .gpu/b/teacher.sha256
+strip -o .gpu/pc "$PC" && xz -T2 -6 -c .gpu/pc > .gpu/b/pc.xz && rm .gpu/pc
+xz -c "$WIKI" > .gpu/b/wiki.xz
+xz -c "$SHAKESPEARE" > .gpu/b/shakes.xz
+xz -c "$WIKITEXT" > .gpu/b/wikitext.xz
+du -sh .gpu/a .gpu/b
