@@ -300,17 +300,29 @@ mod train {
             }
             let tied = g.tensor("output.weight").is_none();
             let (mut vars, mut weights) = (BTreeMap::new(), BTreeMap::new());
-            for n in names(&cfg, tied) {
-                let t =
-                    g.tensor(&n).ok_or_else(|| CompressError::Tensor { tensor: n.clone(), why: "missing".into() })?;
-                let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-                let v = Tensor::from_vec(to_f32(t), shape, device).and_then(|x| x.to_dtype(dtype)).map_err(ce)?;
-                if train {
-                    let var = Var::from_tensor(&v).map_err(ce)?;
-                    weights.insert(n.clone(), var.as_tensor().clone());
-                    vars.insert(n, var);
+            for name in names(&cfg, tied) {
+                // A linear weight `W` of a low-rank file (`lowrank` without --merge) is two
+                // factors, `W_a` (out × r) and `W_b` (r × in): both are trained, as factors, so
+                // that the healed model keeps the factorization's size.
+                let (fa, fb) = (format!("{name}_a"), format!("{name}_b"));
+                let parts = if g.tensor(&name).is_none() && g.tensor(&fa).is_some() && g.tensor(&fb).is_some() {
+                    vec![fa, fb]
                 } else {
-                    weights.insert(n, v);
+                    vec![name]
+                };
+                for n in parts {
+                    let t = g
+                        .tensor(&n)
+                        .ok_or_else(|| CompressError::Tensor { tensor: n.clone(), why: "missing".into() })?;
+                    let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                    let v = Tensor::from_vec(to_f32(t), shape, device).and_then(|x| x.to_dtype(dtype)).map_err(ce)?;
+                    if train {
+                        let var = Var::from_tensor(&v).map_err(ce)?;
+                        weights.insert(n.clone(), var.as_tensor().clone());
+                        vars.insert(n, var);
+                    } else {
+                        weights.insert(n, v);
+                    }
                 }
             }
             // RoPE angles as pith computes them: pos·scale·base^(−2i/rope_dim), adjacent pairs.
@@ -378,9 +390,18 @@ mod train {
             x.broadcast_mul(&inv).and_then(|y| y.broadcast_mul(&g)).map_err(ce)
         }
 
-        /// x (N, in) · Wᵀ, W (out, in).
+        /// x (N, in) · Wᵀ, W (out, in); for a factored W = A·B, (x · Bᵀ) · Aᵀ.
         fn linear(&self, x: &Tensor, w: &str) -> Result<Tensor> {
+            if !self.weights.contains_key(w) && self.factored() {
+                let (a, b) = (self.w(&format!("{w}_a"))?, self.w(&format!("{w}_b"))?);
+                return x.matmul(&b.t().map_err(ce)?).and_then(|y| y.matmul(&a.t()?)).map_err(ce);
+            }
             x.matmul(&self.w(w)?.t().map_err(ce)?).map_err(ce)
+        }
+
+        /// Whether some linear weight is held as low-rank factors.
+        pub fn factored(&self) -> bool {
+            self.weights.keys().any(|n| n.ends_with(".weight_a"))
         }
 
         /// (B, T, H, hd) at positions `p..p + T` rotated by their angles, pairs (2i, 2i+1).
@@ -1266,6 +1287,11 @@ mod train {
         let sg = sfile.gguf()?;
         let mut student = Student::from_gguf(&sg, DType::F32, &dev, a.ctx)?;
         student.set_compute(compute)?;
+        if qat.is_some() && student.factored() {
+            return Err(CompressError::BadOption(
+                "--qat: the student is factored (a low-rank file); quantization-aware training needs dense weights (lowrank --merge)".into(),
+            ));
+        }
         student.qat = qat;
         check_vocab(&teacher_engine.gguf, &sg, teacher_engine.model.config.n_vocab, student.cfg.n_vocab)?;
         // Text → tokens (the teacher's tokenizer, which the student shares).

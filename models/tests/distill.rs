@@ -505,3 +505,95 @@ fn sampling_draws_from_the_softmax() {
     assert_eq!(again, s.sample(&vec![prompt.clone(); 64], 8, temp, &mut Noise::new(7)).unwrap());
     assert_ne!(again, s.sample(&vec![prompt; 64], 8, temp, &mut Noise::new(8)).unwrap());
 }
+
+/// A low-rank student (`lowrank` without `--merge`) trains as factors: its forward pass is the
+/// merged file's, the gradients are the factors', and the output keeps them (pith loads it).
+#[test]
+fn a_factored_student_trains_its_factors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let teacher = with_vocab(p, "t.gguf", 128, 0, 1);
+    let student = with_vocab(p, "s.gguf", 96, 0, 2);
+    let text = p.join("text.txt");
+    std::fs::write(&text, (0..600).map(|i| WORDS[(i * 5 + i / 7) % 8]).collect::<Vec<_>>().join(" ")).unwrap();
+    let (factored, merged) = (p.join("lr.gguf"), p.join("lr-merged.gguf"));
+    for (out, merge) in [(&factored, false), (&merged, true)] {
+        let o = Command::new(env!("CARGO_BIN_EXE_pith-compress"))
+            .arg("lowrank")
+            .arg(&student)
+            .arg(out)
+            .args(["-f"])
+            .arg(&text)
+            .args(["--rank", "8", "-c", "16"])
+            .args(if merge { &["--merge"][..] } else { &[][..] })
+            .env("PITH_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (fb, mb) = (std::fs::read(&factored).unwrap(), std::fs::read(&merged).unwrap());
+    let (fg, mg) = (Gguf::parse(&fb).unwrap(), Gguf::parse(&mb).unwrap());
+    assert!(fg.tensor("blk.0.ffn_up.weight_a").is_some() && fg.tensor("blk.0.ffn_up.weight").is_none());
+    let fs = Student::from_gguf(&fg, DType::F64, &Device::Cpu, 16).unwrap();
+    let ms = Student::from_gguf(&mg, DType::F64, &Device::Cpu, 16).unwrap();
+    assert!(fs.factored() && !ms.factored());
+    let a: Vec<f64> = fs.forward(&TOKS).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f64> = ms.forward(&TOKS).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5 * scale, "factored {x} vs merged {y}");
+    }
+    // The gradients are the factors' (one step of the CPU teacher's logits).
+    let tb = std::fs::read(&teacher).unwrap();
+    let tg = Gguf::parse(&tb).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let s = Student::from_gguf(&fg, DType::F32, &Device::Cpu, 16).unwrap();
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    let toks: Vec<u32> = TOKS.iter().map(|t| t % 8 + 3).collect();
+    let tl = teacher_logits(&tm, &mut st, &Pool::single(), &toks[..toks.len() - 1], &s).unwrap();
+    let (_, g) = grads(&s, &toks, &tl, 0.0, 1.0).unwrap();
+    assert!(g.contains_key("blk.1.attn_v.weight_a") && g.contains_key("blk.1.attn_v.weight_b"));
+    assert!(!g.contains_key("blk.1.attn_v.weight"));
+    // The binary heals it as factors: the output is factored like its input and pith runs it.
+    let out = p.join("healed.gguf");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut v = vec![
+            os("--teacher"),
+            teacher.clone().into_os_string(),
+            os("--student"),
+            factored.clone().into_os_string(),
+            os("-f"),
+            text.clone().into_os_string(),
+            os("-o"),
+            out.clone().into_os_string(),
+            os("-c"),
+            os("16"),
+            os("--tokens"),
+            os("64"),
+            os("--force"),
+        ];
+        v.extend(extra.iter().map(|s| os(s)));
+        v
+    };
+    let call = |v: Vec<std::ffi::OsString>| run(&v.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
+    let (ok, err) = call(args(&[]));
+    assert!(ok, "{err}");
+    let hb = std::fs::read(&out).unwrap();
+    let hg = Gguf::parse(&hb).unwrap();
+    for n in ["blk.0.attn_q.weight", "blk.1.ffn_down.weight"] {
+        let (a, b) = (hg.tensor(&format!("{n}_a")).unwrap(), hg.tensor(&format!("{n}_b")).unwrap());
+        let (fa, fb2) = (fg.tensor(&format!("{n}_a")).unwrap(), fg.tensor(&format!("{n}_b")).unwrap());
+        assert_eq!((&a.dims, &b.dims), (&fa.dims, &fb2.dims), "{n}: the factors' shapes changed");
+        assert!(hg.tensor(n).is_none(), "{n}: written dense");
+        assert_ne!(a.data, fa.data, "{n}: factor A was not trained");
+    }
+    let hm = Model::from_gguf(&hg).unwrap();
+    assert!(hm.unused.is_empty(), "{:?}", hm.unused);
+    assert!(pith_logits(&hm, &toks).iter().all(|v| v.is_finite()));
+    // QAT needs dense weights.
+    std::fs::remove_file(&out).ok();
+    let (ok, err) = call(args(&["--qat", "Q4_0"]));
+    assert!(!ok && err.contains("factored") && err.contains("--merge"), "{err}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
+}
