@@ -127,6 +127,8 @@ if [[ ${#P2[@]} -gt 0 && ! " ${P1[*]} " == *" kd "* ]]; then
     echo "seed-pipeline: the tails (${P2[*]}) continue the kd run: add kd to RUNS" >&2; exit 2
 fi
 for r in "${RUNS[@]}"; do rm -f "$OUT/$r.wall"; done  # a run that does not run leaves none
+# The tokens run $1 trains on (not with --tokens auto, where each run has a time budget).
+tokens_for() { if [[ $1 == *-tail ]]; then echo "${TAIL:-$((TOKENS / 4))}"; else echo "$TOKENS"; fi; }
 declare -A RESULT WALL RATE TRAINED
 # One distillation, resumed from its last checkpoint if the process dies, or started again
 # if it died before its first one (up to RETRIES times: a GPU that runs out of memory late in a
@@ -138,17 +140,15 @@ distill_run() {
     local args=("${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --checkpoint "$OUT/$r.ckpt")
     # shellcheck disable=SC2206
     args+=(${EXTRA[$r]})
-    rm -f "$OUT/$r.ckpt" "$OUT/$r.log" "$OUT/$r.gguf" "$OUT/$r.wall"
+    rm -f "$OUT/$r.ckpt" "$OUT/$r.log" "$OUT/$r.gguf"
     while :; do
         local run=("${args[@]}")
         if [[ $TOKENS == auto ]]; then
             [[ ${#resume[@]} -gt 0 ]] || budget=$((end - $(now)))
             [[ $budget -ge 10 ]] || { log "distill $r: no time left"; return 1; }
             run+=(--tokens 1000000000000 --budget "$budget")
-        elif [[ $r == *-tail ]]; then
-            run+=(--tokens "${TAIL:-$((TOKENS / 4))}")
         else
-            run+=(--tokens "$TOKENS")
+            run+=(--tokens "$(tokens_for "$r")")
         fi
         "$PC" distill "${run[@]}" "${resume[@]}" >> "$OUT/$r.log" 2>&1 && return 0
         tries=$((tries + 1))
@@ -198,9 +198,8 @@ run_phase() {
         first=0
         local end=$(( $(now) + win ))
         [[ $PARALLEL == 1 ]] && end=$phase_end
-        local amount="$TOKENS tokens"
-        [[ $r == *-tail ]] && amount="${TAIL:-$((TOKENS / 4))} tokens"
-        [[ $TOKENS == auto ]] && amount="$((end - $(now))) s"
+        local amount
+        if [[ $TOKENS == auto ]]; then amount="$((end - $(now))) s"; else amount="$(tokens_for "$r") tokens"; fi
         log "distill $r: ${STUDENT[$r]} student, ${EXTRA[$r]}, $amount"
         if [[ $PARALLEL == 1 ]]; then
             ( t0=$(now); rc=0; distill_run "$r" "$end" || rc=$?; echo $(( $(now) - t0 )) > "$OUT/$r.wall"; exit $rc ) &
@@ -229,7 +228,7 @@ for r in "${RUNS[@]}"; do
     [[ -e $OUT/$r.wall ]] || continue
     WALL[$r]=$(cat "$OUT/$r.wall")
     RATE[$r]=$(grep -oE '[0-9]+ tok/s' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "?")
-    TRAINED[$r]=$(grep -oE '[0-9]+ tokens in all' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || echo "$TOKENS")
+    TRAINED[$r]=$(grep -oE '[0-9]+ tokens in all' "$OUT/$r.log" | tail -1 | grep -oE '^[0-9]+' || tokens_for "$r")
     if [[ -s $OUT/$r.gguf ]]; then RESULT[$r]=$OUT/$r.gguf; elif [[ -s $OUT/$r.ckpt ]]; then RESULT[$r]=$OUT/$r.ckpt; else continue; fi
     DONE+=("$r")
 done

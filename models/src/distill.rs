@@ -392,7 +392,8 @@ mod train {
 
         /// x (N, in) · Wᵀ, W (out, in); for a factored W = A·B, (x · Bᵀ) · Aᵀ.
         fn linear(&self, x: &Tensor, w: &str) -> Result<Tensor> {
-            if !self.weights.contains_key(w) && self.factored() {
+            // A name absent from the weights is factored (`bind` holds each linear or its factors).
+            if !self.weights.contains_key(w) {
                 let (a, b) = (self.w(&format!("{w}_a"))?, self.w(&format!("{w}_b"))?);
                 return x.matmul(&b.t().map_err(ce)?).and_then(|y| y.matmul(&a.t()?)).map_err(ce);
             }

@@ -308,6 +308,29 @@ fn with_vocab(dir: &std::path::Path, name: &str, n_ff: usize, extra: usize, seed
     p
 }
 
+/// The training text of the binary's tests: 600 of [`WORDS`].
+fn word_text(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = dir.join("text.txt");
+    std::fs::write(&text, (0..600).map(|i| WORDS[(i * 5 + i / 7) % 8]).collect::<Vec<_>>().join(" ")).unwrap();
+    text
+}
+
+/// `--teacher T --student S -f TEXT -o OUT -c 16`, the arguments every call of the binary here has.
+fn io_args(
+    teacher: &std::path::Path,
+    student: &std::path::Path,
+    text: &std::path::Path,
+    out: &std::path::Path,
+) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, path) in [("--teacher", teacher), ("--student", student), ("-f", text), ("-o", out)] {
+        v.push(flag.into());
+        v.push(path.into());
+    }
+    v.extend(["-c", "16"].map(std::ffi::OsString::from));
+    v
+}
+
 fn run(args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pith-compress"))
         .arg("distill")
@@ -326,23 +349,13 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     let student = with_vocab(p, "s.gguf", 64, 0, 2);
     let other_shape = with_vocab(p, "s2.gguf", 32, 0, 3);
     let other_vocab = with_vocab(p, "s3.gguf", 64, 4, 3);
-    let text = p.join("text.txt");
-    std::fs::write(&text, (0..600).map(|i| WORDS[(i * 5 + i / 7) % 8]).collect::<Vec<_>>().join(" ")).unwrap();
+    let text = word_text(p);
     let out = p.join("out.gguf");
     let ckpt = p.join("c.ckpt");
     let os = |s: &str| std::ffi::OsString::from(s);
     let base = |student: &std::path::Path| -> Vec<std::ffi::OsString> {
-        vec![
-            os("--teacher"),
-            teacher.clone().into_os_string(),
-            os("--student"),
-            student.to_path_buf().into_os_string(),
-            os("-f"),
-            text.clone().into_os_string(),
-            os("-o"),
-            out.clone().into_os_string(),
-            os("-c"),
-            os("16"),
+        let mut v = io_args(&teacher, student, &text, &out);
+        v.extend([
             os("--accum"),
             os("2"),
             os("--tokens"),
@@ -355,7 +368,8 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
             ckpt.clone().into_os_string(),
             os("--lr"),
             os("1e-3"),
-        ]
+        ]);
+        v
     };
     let call = |v: Vec<std::ffi::OsString>| run(&v.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
     let (ok, err) = call(base(&student));
@@ -514,8 +528,7 @@ fn a_factored_student_trains_its_factors() {
     let p = dir.path();
     let teacher = with_vocab(p, "t.gguf", 128, 0, 1);
     let student = with_vocab(p, "s.gguf", 96, 0, 2);
-    let text = p.join("text.txt");
-    std::fs::write(&text, (0..600).map(|i| WORDS[(i * 5 + i / 7) % 8]).collect::<Vec<_>>().join(" ")).unwrap();
+    let text = word_text(p);
     let (factored, merged) = (p.join("lr.gguf"), p.join("lr-merged.gguf"));
     for (out, merge) in [(&factored, false), (&merged, true)] {
         let o = Command::new(env!("CARGO_BIN_EXE_pith-compress"))
@@ -556,24 +569,9 @@ fn a_factored_student_trains_its_factors() {
     assert!(!g.contains_key("blk.1.attn_v.weight"));
     // The binary heals it as factors: the output is factored like its input and pith runs it.
     let out = p.join("healed.gguf");
-    let os = |s: &str| std::ffi::OsString::from(s);
     let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
-        let mut v = vec![
-            os("--teacher"),
-            teacher.clone().into_os_string(),
-            os("--student"),
-            factored.clone().into_os_string(),
-            os("-f"),
-            text.clone().into_os_string(),
-            os("-o"),
-            out.clone().into_os_string(),
-            os("-c"),
-            os("16"),
-            os("--tokens"),
-            os("64"),
-            os("--force"),
-        ];
-        v.extend(extra.iter().map(|s| os(s)));
+        let mut v = io_args(&teacher, &factored, &text, &out);
+        v.extend(["--tokens", "64", "--force"].iter().chain(extra).map(std::ffi::OsString::from));
         v
     };
     let call = |v: Vec<std::ffi::OsString>| run(&v.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());

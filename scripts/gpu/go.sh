@@ -7,6 +7,7 @@
 # through to scripts/seed-pipeline.sh.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+: "${LEFT:?LEFT=<the device seconds left, from the last call reply> bash scripts/gpu/go.sh}"
 G=/root/g
 mkdir -p $G
 [[ -s $G/t1 ]] || { echo "no $G/t1: run the first call (carry .gpu/a) again"; exit 3; }
