@@ -91,8 +91,8 @@ TEXTS=(-f "$WIKI" -f "$SHAKESPEARE")
 # --- teacher and students --------------------------------------------------------------------
 T=$OUT/teacher-f32.gguf
 [[ -s $T ]] || "$PC" dequantize "$TEACHER" "$T" --type f32 --force
-log "prune: width (embd 512, FFN 1024, every head: 2/3 of the non-embedding parameters)"
-"$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width ffn=1024,embd=512 -c 256 --chunks "$CAL_CHUNKS" --force \
+log "prune: width (FFN 1536 → 832, every head and embedding channel: 2/3 of the non-embedding parameters)"
+"$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width ffn=832 -c 256 --chunks "$CAL_CHUNKS" --force \
     2>&1 | tee "$OUT/width.log" >&2
 params=$(grep -oE 'prune: [0-9.]+M →' "$OUT/width.log" | grep -oE '[0-9.]+M' | tail -1)
 log "prune: depth to the width-pruned size (${params:-96M})"

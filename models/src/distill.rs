@@ -384,6 +384,9 @@ mod train {
 
         fn rmsnorm(&self, x: &Tensor, g: &str) -> Result<Tensor> {
             let eps = self.cfg.rms_eps as f64;
+            if !unfused() {
+                return crate::fused::rms_norm(x, &self.w(g)?, eps).map_err(ce);
+            }
             let ms = x.sqr().and_then(|s| s.mean_keepdim(D::Minus1)).map_err(ce)?;
             let inv = ms.affine(1.0, eps).and_then(|m| m.sqrt()).and_then(|m| m.recip()).map_err(ce)?;
             let g = self.w(g)?;
@@ -408,6 +411,10 @@ mod train {
         /// (B, T, H, hd) at positions `p..p + T` rotated by their angles, pairs (2i, 2i+1).
         fn rope(&self, x: &Tensor, p: usize) -> Result<Tensor> {
             let (b, t, h, hd) = x.dims4().map_err(ce)?;
+            if !unfused() {
+                let table = |m: &Tensor| m.narrow(0, p, t).and_then(|m| m.reshape((t, hd / 2))).map_err(ce);
+                return crate::fused::rope(x, &table(&self.cos)?, &table(&self.sin)?).map_err(ce);
+            }
             let x = x.reshape((b, t, h, hd / 2, 2)).map_err(ce)?;
             let (a, bb) = (x.narrow(4, 0, 1).map_err(ce)?, x.narrow(4, 1, 1).map_err(ce)?);
             let (c, s) = (self.cos.narrow(0, p, t).map_err(ce)?, self.sin.narrow(0, p, t).map_err(ce)?);
@@ -503,12 +510,12 @@ mod train {
                     .map_err(ce)
             };
             let (k, v) = (widen(k)?, widen(v)?);
-            let att = q
-                .matmul(&k.t().map_err(ce)?)
-                .and_then(|s| s.affine(scale, 0.0))
-                .and_then(|s| s.broadcast_add(mask))
-                .map_err(ce)?;
-            let att = softmax(&att)?;
+            let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?; // (B, H, T, P + T)
+            let att = if unfused() {
+                softmax(&scores.affine(scale, 0.0).and_then(|s| s.broadcast_add(mask)).map_err(ce)?)?
+            } else {
+                crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
+            };
             let o = att
                 .matmul(&v)
                 .and_then(|o| o.transpose(1, 2))
@@ -678,6 +685,20 @@ mod train {
             other => return Err(CompressError::BadOption(format!("--qat {other}: Q4_0, Q4_1, Q4_K or Q8_0"))),
         };
         q.reshape(dims).and_then(|q| q.to_dtype(w.dtype())).map_err(ce)
+    }
+
+    /// `PITH_DISTILL_UNFUSED=1`: attention's softmax, RoPE and RMSNorm as candle's own
+    /// element-wise ops instead of [`crate::fused`]'s kernels (to measure the difference, or to
+    /// rule the kernels out).
+    fn unfused() -> bool {
+        unfused_flag().load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn unfused_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| {
+            std::sync::atomic::AtomicBool::new(std::env::var_os("PITH_DISTILL_UNFUSED").is_some_and(|v| v != "0"))
+        })
     }
 
     /// Softmax over the last dimension (the maximum subtracted as a constant).
@@ -1280,6 +1301,21 @@ mod train {
         if dev.is_cuda() {
             // f32 matmuls on the tensor cores (TF32 inputs, f32 accumulation).
             candle_core::cuda::set_gemm_reduced_precision_f32(true);
+            // The fused kernels are checked against candle's own ops on this device before
+            // they train anything; on a mismatch the run goes on without them.
+            if !unfused() {
+                match crate::fused::check(&dev) {
+                    Ok(d) if d < 1e-3 => {
+                        eprintln!("distill: fused kernels agree with candle's ops here (max |Δ| {d:.1e})")
+                    }
+                    r => {
+                        eprintln!(
+                            "distill: fused kernels disagree with candle's ops here ({r:?}): training without them"
+                        );
+                        unfused_flag().store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
         }
         let tfile = pith::file::MappedFile::open(&a.teacher)?;
         let teacher_engine = pith::engine::Engine::load(&tfile, a.threads)?;

@@ -21,6 +21,8 @@ pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod export;
+#[cfg(feature = "train")]
+pub mod fused;
 pub mod gptq;
 pub mod imatrix;
 pub mod lowrank;

@@ -4,7 +4,8 @@
 # Assembles the inputs, starts the seed pipeline under setsid (it outlives this call, not the
 # machine), then watches it like poll.sh. LEFT: device seconds left when this call starts; the
 # pipeline's deadline leaves 150 s of them for the last poll. RUNS, BATCH, ACCUM, LR, … pass
-# through to scripts/seed-pipeline.sh.
+# through to scripts/seed-pipeline.sh; BENCH=1 (default) first runs scripts/gpu/bench.sh, whose
+# verdict picks the dtype unless DTYPE is given (scripts/gpu/run.sh).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 : "${LEFT:?LEFT=<the device seconds left, from the last call reply> bash scripts/gpu/go.sh}"
@@ -32,5 +33,7 @@ DEADLINE=$(( $(date +%s) + LEFT - 150 ))
 echo "batch $BATCH x $ACCUM; deadline $DEADLINE (in $((DEADLINE - $(date +%s))) s)"
 echo $DEADLINE > $G/deadline
 rm -f $G/done
-setsid bash -c "scripts/seed-pipeline.sh --device cuda --tokens auto --deadline $DEADLINE --out /root/sp --dtype ${DTYPE:-f32} > $G/pipe.log 2>&1; echo \$? > $G/done" < /dev/null > /dev/null 2>&1 &
+export DEADLINE BENCH=${BENCH:-1}
+[[ -n ${DTYPE:-} ]] && export DTYPE
+setsid bash -c "scripts/gpu/run.sh > $G/pipe.log 2>&1; echo \$? > $G/done" < /dev/null > /dev/null 2>&1 &
 bash $G/poll.sh "${WATCH:-480}"

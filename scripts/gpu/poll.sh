@@ -7,6 +7,7 @@
 G=/root/g S=/root/sp
 end=$(( $(date +%s) + $1 ))
 while [[ $(date +%s) -lt $end && ! -e $G/done ]]; do sleep 5; done
+grep -E "^bench" $S/bench.txt 2> /dev/null
 tail -n 25 $G/pipe.log
 for f in "$S"/*.log; do
     case $f in *width.log|*depth.log) continue ;; esac

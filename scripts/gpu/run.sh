@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Device side, started by go.sh under setsid: with BENCH=1 first the trainer's A/B (bench.sh:
+# candle's ops vs the fused kernels, f32 vs bf16) on the width student, whose verdict picks the
+# dtype unless DTYPE is set; then the seed pipeline up to DEADLINE (the bench's minutes come out
+# of the training window). Environment from go.sh.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+G=/root/g OUT=/root/sp
+dt=${DTYPE:-}
+if [[ ${BENCH:-0} == 1 ]]; then
+    mkdir -p $OUT
+    [[ -s $OUT/teacher-f32.gguf ]] || "$PITH_COMPRESS" dequantize "$TEACHER" $OUT/teacher-f32.gguf --type f32 --force
+    "$PITH_COMPRESS" prune $OUT/teacher-f32.gguf $G/bench-width.gguf -f "$WIKI" --width ffn=832 -c 256 --chunks 4 \
+        --force > $G/bench-prune.log 2>&1
+    bash scripts/gpu/bench.sh "$PITH_COMPRESS" $OUT/teacher-f32.gguf $G/bench-width.gguf "$WIKI" "${BENCH_SECS:-40}" \
+        "$BATCH" 2>&1 | tee $OUT/bench.txt
+    [[ -n $dt ]] || dt=$(tail -1 $OUT/bench.txt | awk '/^bench: dtype/ {print $3}')
+fi
+exec scripts/seed-pipeline.sh --device cuda --tokens auto --deadline "$DEADLINE" --out $OUT --dtype "${dt:-f32}"
