@@ -526,7 +526,11 @@ mod train {
             let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
             let g = self.linear(&xb, &n("ffn_gate.weight"))?;
             let u = self.linear(&xb, &n("ffn_up.weight"))?;
-            let a = g.silu().and_then(|g| g * u).map_err(ce)?;
+            let a = if unfused() {
+                g.silu().and_then(|g| g * u).map_err(ce)?
+            } else {
+                crate::fused::swiglu(&g, &u).map_err(ce)?
+            };
             (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)
         }
 
@@ -687,7 +691,7 @@ mod train {
         q.reshape(dims).and_then(|q| q.to_dtype(w.dtype())).map_err(ce)
     }
 
-    /// `PITH_DISTILL_UNFUSED=1`: attention's softmax, RoPE and RMSNorm as candle's own
+    /// `PITH_DISTILL_UNFUSED=1`: attention's softmax, RoPE, RMSNorm and SwiGLU as candle's own
     /// element-wise ops instead of [`crate::fused`]'s kernels (to measure the difference, or to
     /// rule the kernels out).
     fn unfused() -> bool {

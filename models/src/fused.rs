@@ -14,6 +14,8 @@
 //!   rotated; backward: the rotation by −θ.
 //! - [`rms_norm`]: `x / sqrt(mean(x²) + eps) · g` per row; backward in closed form
 //!   (`dx = r·dy⊙g − x·r³/n·Σ dy⊙g⊙x`, `dg = Σ_rows dy⊙x·r`).
+//! - [`swiglu`]: `silu(a) ⊙ b` (the FFN's gate); backward `da = dy⊙b⊙σ(a)(1 + a(1 − σ(a)))`,
+//!   `db = dy⊙silu(a)`.
 //!
 //! Every kernel computes in f32 (bf16 in and out are widened and rounded to nearest even).
 use candle_core::backend::BackendStorage;
@@ -418,6 +420,103 @@ impl CustomOp3 for RmsNormBwd {
     }
 }
 
+/// `silu(a) ⊙ b`, element-wise, `a` and `b` of one shape. Differentiable in both.
+pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        candle_core::bail!("swiglu: {:?} vs {:?}", a.dims(), b.dims());
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu { part: 0 })
+}
+
+/// `part` 0: `silu(a)·b`; 1: `d/da` times `dy`; 2: `d/db` times `dy` (ops 2 and 3 of the
+/// backward take `dy` as a third input).
+#[derive(Clone, Copy)]
+struct SwiGlu {
+    part: i32,
+}
+
+/// silu(a)·b (part 0), or dy·∂/∂a (1) or dy·∂/∂b (2) of it.
+fn swiglu_el<T: Real>(part: i32, a: T, b: T, dy: T) -> T {
+    let sig = T::one() / (T::one() + (-a).exp());
+    match part {
+        0 => a * sig * b,
+        1 => dy * b * sig * (T::one() + a * (T::one() - sig)),
+        _ => dy * a * sig,
+    }
+}
+
+fn swiglu_cpu<T: Real>(part: i32, ins: &[(&CpuStorage, &Layout)]) -> Result<CpuStorage> {
+    let v = ins.iter().map(|(s, l)| cpu::<T>(s, l, "swiglu")).collect::<Result<Vec<_>>>()?;
+    let (a, b) = (v[0], v[1]);
+    let dy = v.get(2).copied();
+    let mut y = vec![T::zero(); a.len()];
+    y.par_iter_mut().enumerate().for_each(|(i, o)| *o = swiglu_el(part, a[i], b[i], dy.map_or(T::zero(), |d| d[i])));
+    Ok(T::to_cpu_storage_owned(y))
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((by_dtype!(s1, "swiglu", swiglu_cpu(self.part, &[(s1, l1), (s2, l2)]))?, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let el = l1.shape().elem_count();
+        let out = cuda::launch("swiglu", &[(s1, l1), (s2, l2)], el, el, el, 0, &[], 0.0)?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = grad.contiguous()?;
+        let da = a.apply_op3_no_bwd(b, &dy, &SwiGlu { part: 1 })?;
+        let db = a.apply_op3_no_bwd(b, &dy, &SwiGlu { part: 2 })?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+impl CustomOp3 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((by_dtype!(s1, "swiglu-bwd", swiglu_cpu(self.part, &[(s1, l1), (s2, l2), (s3, l3)]))?, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let el = l1.shape().elem_count();
+        let out = cuda::launch("swiglu_bwd", &[(s1, l1), (s2, l2), (s3, l3)], el, el, el, 0, &[self.part], 0.0)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// The largest difference between each fused op and candle's own composition of it, forward
 /// and backward (every input's gradient), on random inputs on `dev`: a self-check of the CUDA
 /// kernels before a run, and the CPU ops' test.
@@ -477,7 +576,13 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
             x[0].broadcast_mul(&r)?.broadcast_mul(&x[1])
         },
     )?;
-    Ok(soft.max(rot).max(norm))
+    // SwiGLU of (5, 24).
+    let glu = compare(
+        &[Tensor::randn(0f32, 2.0, (5, 24), dev)?, Tensor::randn(0f32, 1.0, (5, 24), dev)?],
+        &|x| swiglu(&x[0], &x[1]),
+        &|x| x[0].silu()? * &x[1],
+    )?;
+    Ok(soft.max(rot).max(norm).max(glu))
 }
 
 #[cfg(feature = "cuda")]
@@ -592,6 +697,23 @@ __device__ void rms_bwd(const T* x, const T* g, const T* dy, T* dx, long long ro
     for (int j = lane; j < n; j += 32) st(dx + row * n, j, r * ld(gr, j) * ld(g, j) - ld(xr, j) * k);
 }
 
+// silu(a) * b per element (rows = elements).
+template <typename T>
+__device__ void glu_fwd(const T* a, const T* b, T* y, long long el) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= el) return;
+    float x = ld(a, i), sig = 1.f / (1.f + expf(-x));
+    st(y, i, x * sig * ld(b, i));
+}
+// part 1: dy * d/da, part 2: dy * d/db of silu(a) * b.
+template <typename T>
+__device__ void glu_bwd(const T* a, const T* b, const T* dy, T* o, long long el, int part) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= el) return;
+    float x = ld(a, i), sig = 1.f / (1.f + expf(-x)), g = ld(dy, i);
+    st(o, i, part == 1 ? g * ld(b, i) * sig * (1.f + x * (1.f - sig)) : g * x * sig);
+}
+
 #define F32 float
 #define BF16 unsigned short
 #define KERNELS(T, S) \
@@ -599,7 +721,9 @@ extern "C" __global__ void causal_softmax_##S(const T* x, T* y, long long rows, 
 extern "C" __global__ void causal_softmax_bwd_##S(const T* y, const T* dy, T* dx, long long rows, int n, float scale) { softmax_bwd(y, dy, dx, rows, n, scale); } \
 extern "C" __global__ void rope_##S(const T* x, const T* c, const T* s, T* y, long long pairs, int n, int t, int h, float sign) { rope_pairs(x, c, s, y, pairs, n, t, h, sign); } \
 extern "C" __global__ void rms_norm_##S(const T* x, const T* g, T* y, long long rows, int n, float eps) { rms_fwd(x, g, y, rows, n, eps); } \
-extern "C" __global__ void rms_norm_bwd_##S(const T* x, const T* g, const T* dy, T* dx, long long rows, int n, float eps) { rms_bwd(x, g, dy, dx, rows, n, eps); }
+extern "C" __global__ void rms_norm_bwd_##S(const T* x, const T* g, const T* dy, T* dx, long long rows, int n, float eps) { rms_bwd(x, g, dy, dx, rows, n, eps); } \
+extern "C" __global__ void swiglu_##S(const T* a, const T* b, T* y, long long el, int n, float unused) { glu_fwd(a, b, y, el); } \
+extern "C" __global__ void swiglu_bwd_##S(const T* a, const T* b, const T* dy, T* o, long long el, int n, int part, float unused) { glu_bwd(a, b, dy, o, el, part); }
 KERNELS(F32, f32)
 KERNELS(BF16, bf16)
 "#;
@@ -720,6 +844,6 @@ mod tests {
     #[test]
     fn nvrtc_compiles_the_kernels() {
         let ptx = super::cuda::ptx().unwrap();
-        assert_eq!(ptx.matches(".entry").count(), 10, "{ptx}");
+        assert_eq!(ptx.matches(".entry").count(), 14, "{ptx}");
     }
 }
