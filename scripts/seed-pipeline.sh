@@ -102,6 +102,15 @@ log "prune: depth to the width-pruned size (${params:-96M})"
 "$PC" prune "$T" "$OUT/depth.gguf" -f "$WIKI" --target-params "${params:-96M}" --by depth -c 256 \
     --chunks "$CAL_CHUNKS" --ppl-chunks "$PPL_CHUNKS" --force
 
+# On a GPU the CPU idles while the students train: the untrained rows are evaluated then, in the
+# background, and the final evaluation (inside the deadline's reserve) covers the trained ones.
+BASE_EVAL=
+if [[ $DEVICE == cuda ]]; then
+    "$PC" eval -m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf" --base "$T" -f "$WIKITEXT" -c 512 \
+        --chunks "$CHUNKS" > "$OUT/eval-untrained.txt" 2> "$OUT/eval-untrained.log" &
+    BASE_EVAL=$!
+fi
+
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM"
     --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY"
@@ -176,7 +185,12 @@ if [[ $TOKENS == auto ]]; then
     # Each run trains for a time budget (its learning-rate schedule follows the clock) that
     # leaves RESERVE seconds for imatrix, quantization and evaluation before the deadline; the
     # tails (phase 2) get TAIL seconds of it (default a sixth), phase 1 the rest.
-    reserve=${RESERVE:-$((150 + 60 * ${#RUNS[@]}))}
+    # imatrix + quantize (~60 s a run) and the final evaluation (~40 s a model at 40 chunks on
+    # the GPU machine's 16 cores: each run's output, but not the tails' f32 files, and each
+    # quantized file).
+    n_eval=1  # the base's logits
+    for r in "${RUNS[@]}"; do [[ $r == *-tail ]] || n_eval=$((n_eval + 1)); [[ $r == ce || $r == depth-kd ]] || n_eval=$((n_eval + 1)); done
+    reserve=${RESERVE:-$((150 + 60 * ${#RUNS[@]} + 40 * n_eval * CHUNKS / 40))}
     total=$((DEADLINE - $(now) - reserve))
     tail_s=0
     [[ ${#P2[@]} -eq 0 ]] || tail_s=${TAIL:-$((total / 6))}
@@ -243,10 +257,21 @@ for r in "${qrows[@]}"; do
     "$PC" imatrix "${RESULT[$r]}" -f "$WIKI" -o "$OUT/$r.imatrix.gguf" -c 512 --chunks "$CAL_CHUNKS" --force
     "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force
 done
-models=(-m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf")
-for r in "${DONE[@]}"; do models+=(-m "${RESULT[$r]}"); done
+if [[ -n $BASE_EVAL ]]; then
+    wait "$BASE_EVAL" || log "the untrained rows' evaluation failed (see $OUT/eval-untrained.log)"
+    cat "$OUT/eval-untrained.txt"
+    models=()
+else
+    models=(-m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf")
+fi
+for r in "${DONE[@]}"; do [[ -n $BASE_EVAL && $r == *-tail ]] || models+=(-m "${RESULT[$r]}"); done
 for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
-"$PC" eval "${models[@]}" --base "$T" -f "$WIKITEXT" -c 512 --chunks "$CHUNKS" | tee "$OUT/eval.txt"
+if [[ ${#models[@]} -gt 0 ]]; then
+    "$PC" eval "${models[@]}" --base "$T" -f "$WIKITEXT" -c 512 --chunks "$CHUNKS" | tee "$OUT/eval.txt"
+else
+    : > "$OUT/eval.txt"
+fi
+[[ -z $BASE_EVAL ]] || cat "$OUT/eval-untrained.txt" >> "$OUT/eval.txt"
 {
     echo "| run | student | tokens | wall (s) | tokens/s | output |"
     echo "|---|---|---|---|---|---|"
