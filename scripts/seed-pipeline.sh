@@ -128,7 +128,7 @@ declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width [kd-tail]
 TAIL_LR=${TAIL_LR:-$(python3 -c "print(f'{$LR / 5:g}')")}
 LR_FIRST=(--lr "$LR" --warmup "$WARMUP") LR_TAIL=(--lr "$TAIL_LR" --warmup 2)
 declare -A EXTRA=([kd]="--alpha 0 ${LR_FIRST[*]}" [ce]="--alpha 1 ${LR_FIRST[*]}" [depth-kd]="--alpha 0 ${LR_FIRST[*]}"
-    [qat]="--alpha 0 --qat Q4_K ${LR_FIRST[*]}" [kd-tail]="--alpha 0 ${LR_TAIL[*]}" [qat-tail]="--alpha 0 --qat Q4_K ${LR_TAIL[*]}")
+    [qat]="--alpha 0 --qat Q4_K_M ${LR_FIRST[*]}" [kd-tail]="--alpha 0 ${LR_TAIL[*]}" [qat-tail]="--alpha 0 --qat Q4_K_M ${LR_TAIL[*]}")
 # Phase 1: the runs from pruned students; phase 2: the tails, which need the kd run's output.
 P1=() P2=()
 for r in "${RUNS[@]}"; do

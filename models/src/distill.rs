@@ -48,8 +48,9 @@ pub struct DistillArgs {
     /// optimizer state, the loss in f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Quantization-aware distillation: the student's linear weights pass through fake
-    /// quantization on this type's grid (Q4_0, Q4_1, Q4_K, Q8_0) with a straight-through gradient.
+    /// Quantization-aware distillation: each layer matrix passes through the exact grid that
+    /// `quantize` with this type or mix (Q4_0, Q4_K_M, …) gives it, with a straight-through
+    /// gradient; the output is written on that grid.
     #[arg(long)]
     pub qat: Option<String>,
     /// Stop after this many seconds: write a checkpoint and say how to resume.
@@ -240,8 +241,12 @@ mod train {
         /// Dtype of the forward pass's matmuls and activations (bf16 = mixed precision over f32
         /// master weights; the loss is always computed in f32 or wider).
         pub compute: DType,
-        /// Fake quantization of the linear weights (`--qat`), straight-through gradient.
-        pub qat: Option<GgmlType>,
+        /// Fake quantization (`--qat`): each linear weight named here passes through that type's
+        /// exact grid — the quantizer's own round trip — with a straight-through gradient.
+        pub qat: BTreeMap<String, GgmlType>,
+        /// The fake-quantized weights of the current optimizer step (the grid is computed once
+        /// a step, not at every use: weights change only at the step).
+        qcache: std::cell::RefCell<BTreeMap<String, Tensor>>,
         pub device: Device,
         cos: Tensor, // (n_ctx, 1, head_dim/2, 1), compute dtype
         sin: Tensor, // (n_ctx, 1, head_dim/2, 1)
@@ -349,7 +354,8 @@ mod train {
                 weights,
                 dtype,
                 compute,
-                qat: None,
+                qat: BTreeMap::new(),
+                qcache: Default::default(),
                 device: device.clone(),
             })
         }
@@ -367,19 +373,49 @@ mod train {
         fn w(&self, n: &str) -> Result<Tensor> {
             let w =
                 self.weights.get(n).ok_or_else(|| CompressError::Tensor { tensor: n.into(), why: "missing".into() })?;
-            let w = match self.qat {
-                Some(ty) if n.starts_with("blk.") && w.rank() == 2 => {
-                    let q = fake_quant(&w.detach(), ty)?;
+            let w = match self.qat.get(n) {
+                Some(&ty) => {
+                    let q = self.fake(n, w, ty)?;
                     // w + (q − w) with the difference cut from the graph: forward q, gradient 1.
                     (w + (q - w.detach()).map_err(ce)?).map_err(ce)?
                 }
-                _ => w.clone(),
+                None => w.clone(),
             };
             if w.dtype() == self.compute {
                 Ok(w)
             } else {
                 w.to_dtype(self.compute).map_err(ce)
             }
+        }
+
+        /// The fake-quantized `w` (named `n`) of this optimizer step.
+        fn fake(&self, n: &str, w: &Tensor, ty: GgmlType) -> Result<Tensor> {
+            if let Some(q) = self.qcache.borrow().get(n) {
+                return Ok(q.clone());
+            }
+            let q = fake_quant(&w.detach(), ty)?;
+            self.qcache.borrow_mut().insert(n.to_string(), q.clone());
+            Ok(q)
+        }
+
+        /// Forgets the fake-quantized weights (the optimizer changed the weights).
+        pub fn weights_changed(&self) {
+            self.qcache.borrow_mut().clear();
+        }
+
+        /// Sets `--qat`: every `blk.*` weight matrix trains through the exact grid that
+        /// `quantize SCHEME` gives it (mixes, and fallbacks for rows that no K block fits,
+        /// included), so the quantized file holds what the training saw.
+        pub fn set_qat(&mut self, g: &Gguf<'_>, scheme: &str) -> Result<()> {
+            let scheme = crate::quantize::Scheme::parse(scheme)?;
+            let plan = crate::quantize::plan(g, scheme, &[], false)?;
+            self.qat = plan
+                .into_iter()
+                .filter(|p| p.name.starts_with("blk.") && p.to.is_quantized() && self.vars.contains_key(&p.name))
+                .map(|p| (p.name, p.to))
+                .collect();
+            self.weights_changed();
+            Ok(())
         }
 
         fn rmsnorm(&self, x: &Tensor, g: &str) -> Result<Tensor> {
@@ -639,56 +675,26 @@ mod train {
         }
     }
 
-    /// The weight `w` (rows, cols) rounded to the grid of `ty` (scales computed as the quantizer
-    /// computes them, per block of 32 along a row): what the quantized file will hold.
-    /// Q4_0 / Q8_0: symmetric, the block's signed extreme on the grid's end (−8 / ±127);
-    /// Q4_1 and Q4_K: asymmetric 16 levels from the block's min to its max (Q4_K also rounds
-    /// the sub-block scales to 6 bits of a super-block scale; that second rounding is left out).
+    /// The weight `w` (.., cols) on the grid of `ty`, exactly: each row quantized and
+    /// dequantized by the quantizer's own code, so it is what the quantized file will hold
+    /// (the quantizer maps a row already on its grid to itself, importance weights or not:
+    /// tested). Computed on the host, once an optimizer step (`Student::fake`).
     pub fn fake_quant(w: &Tensor, ty: GgmlType) -> Result<Tensor> {
+        use rayon::prelude::*;
         let dims = w.dims().to_vec();
-        let n = w.elem_count();
-        if !n.is_multiple_of(32) {
-            return Ok(w.clone());
-        }
-        let x = w.to_dtype(DType::F32).and_then(|x| x.reshape((n / 32, 32))).map_err(ce)?;
-        let tiny = 1e-30;
-        let q = match ty {
-            GgmlType::Q4_0 | GgmlType::Q8_0 => {
-                // The element of largest magnitude (the first of equals), with its sign.
-                let at = x.abs().and_then(|a| a.argmax_keepdim(1)).map_err(ce)?;
-                let signed = x.gather(&at, 1).map_err(ce)?;
-                let (lo, hi) = if ty == GgmlType::Q4_0 { (-8.0, 7.0) } else { (-127.0, 127.0) };
-                let d = if ty == GgmlType::Q4_0 {
-                    signed.affine(-1.0 / 8.0, 0.0)
-                } else {
-                    signed.abs().and_then(|a| a.affine(1.0 / 127.0, 0.0))
-                }
-                .map_err(ce)?;
-                let safe = d.abs().and_then(|a| a.ge(tiny)).map_err(ce)?;
-                let inv = safe.where_cond(&d.recip().map_err(ce)?, &d.zeros_like().map_err(ce)?).map_err(ce)?;
-                x.broadcast_mul(&inv)
-                    .and_then(|v| v.round())
-                    .and_then(|v| v.clamp(lo, hi))
-                    .and_then(|v| v.broadcast_mul(&d))
-                    .map_err(ce)?
-            }
-            GgmlType::Q4_1 | GgmlType::Q4_K => {
-                let mn = x.min_keepdim(1).map_err(ce)?;
-                let mx = x.max_keepdim(1).map_err(ce)?;
-                let d = (mx - &mn).and_then(|r| r.affine(1.0 / 15.0, 0.0)).map_err(ce)?;
-                let safe = d.ge(tiny).map_err(ce)?;
-                let inv = safe.where_cond(&d.recip().map_err(ce)?, &d.zeros_like().map_err(ce)?).map_err(ce)?;
-                x.broadcast_sub(&mn)
-                    .and_then(|v| v.broadcast_mul(&inv))
-                    .and_then(|v| v.round())
-                    .and_then(|v| v.clamp(0.0, 15.0))
-                    .and_then(|v| v.broadcast_mul(&d))
-                    .and_then(|v| v.broadcast_add(&mn))
-                    .map_err(ce)?
-            }
-            other => return Err(CompressError::BadOption(format!("--qat {other}: Q4_0, Q4_1, Q4_K or Q8_0"))),
-        };
-        q.reshape(dims).and_then(|q| q.to_dtype(w.dtype())).map_err(ce)
+        let cols = dims.last().copied().unwrap_or(0);
+        let bytes = ty.row_bytes(cols).filter(|_| cols > 0 && ty.is_quantized()).ok_or_else(|| {
+            CompressError::BadOption(format!("--qat: rows of {cols} are not a whole number of {ty} blocks"))
+        })?;
+        // On the host: the quantizer's own code (the same as `quantize`'s, rows in parallel).
+        let v: Vec<f32> = w.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1()).map_err(ce)?;
+        let mut out = vec![0f32; v.len()];
+        out.par_chunks_mut(cols).zip(v.par_chunks(cols)).for_each(|(o, row)| {
+            let mut q = vec![0u8; bytes];
+            pith_kernels::quantize_row(ty, row, &mut q);
+            pith_kernels::dequantize_row(ty, &q, o);
+        });
+        Tensor::from_vec(out, dims, w.device()).and_then(|q| q.to_dtype(w.dtype())).map_err(ce)
     }
 
     /// `PITH_DISTILL_UNFUSED=1`: attention's softmax, RoPE, RMSNorm and SwiGLU as candle's own
@@ -855,6 +861,7 @@ mod train {
                 mv.set(&m.detach()).map_err(ce)?;
                 vv.set(&v.detach()).map_err(ce)?;
             }
+            s.weights_changed();
             Ok(())
         }
     }
@@ -1077,6 +1084,12 @@ mod train {
         let trained: Vec<&str> = s.vars.keys().map(String::as_str).collect();
         for t in &base.tensors {
             match s.vars.get(t.name) {
+                // The output of a --qat run holds the grid the training saw (quantizing it
+                // again gives it back); a checkpoint keeps the latent weights.
+                Some(v) if opt.is_none() && s.qat.contains_key(t.name) => {
+                    let q = s.fake(t.name, v.as_tensor(), s.qat[t.name])?;
+                    b.tensor(t.name, &t.dims, GgmlType::F32, vals(&q)?);
+                }
                 Some(v) => {
                     b.tensor(t.name, &t.dims, GgmlType::F32, vals(v.as_tensor())?);
                 }
@@ -1275,16 +1288,10 @@ mod train {
             "bf16" => DType::BF16,
             other => return Err(CompressError::BadOption(format!("--dtype {other}: f32 or bf16"))),
         };
-        let qat = match &a.qat {
-            None => None,
-            Some(q) => Some(match q.to_ascii_uppercase().as_str() {
-                "Q4_0" => GgmlType::Q4_0,
-                "Q4_1" => GgmlType::Q4_1,
-                "Q8_0" => GgmlType::Q8_0,
-                "Q4_K" | "Q4_K_M" | "Q4_K_S" => GgmlType::Q4_K,
-                other => return Err(CompressError::BadOption(format!("--qat {other}: Q4_0, Q4_1, Q4_K or Q8_0"))),
-            }),
-        };
+        if let Some(q) = &a.qat {
+            // A bad name fails before anything loads.
+            crate::quantize::Scheme::parse(q).map_err(|e| CompressError::BadOption(format!("--qat: {e}")))?;
+        }
         let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
             let mut p = a.output.clone().into_os_string();
             p.push(".ckpt");
@@ -1328,12 +1335,14 @@ mod train {
         let sg = sfile.gguf()?;
         let mut student = Student::from_gguf(&sg, DType::F32, &dev, a.ctx)?;
         student.set_compute(compute)?;
-        if qat.is_some() && student.factored() {
+        if a.qat.is_some() && student.factored() {
             return Err(CompressError::BadOption(
                 "--qat: the student is factored (a low-rank file); quantization-aware training needs dense weights (lowrank --merge)".into(),
             ));
         }
-        student.qat = qat;
+        if let Some(q) = &a.qat {
+            student.set_qat(&sg, q)?;
+        }
         check_vocab(&teacher_engine.gguf, &sg, teacher_engine.model.config.n_vocab, student.cfg.n_vocab)?;
         // Text → tokens (the teacher's tokenizer, which the student shares).
         let mut tokens = Vec::new();
@@ -1383,6 +1392,7 @@ mod train {
         let mut spent0 = 0.0;
         if let Some(r) = &a.resume {
             spent0 = resume(&student, &mut opt, r)?;
+            student.weights_changed();
             crate::progress::note(&format!(
                 "distill: resumed from {} at step {} ({spent0:.0} s trained)",
                 r.display(),
@@ -1416,7 +1426,10 @@ mod train {
             a.temperature,
             a.device,
             a.dtype,
-            qat.map(|q| format!("; fake quantization {q}")).unwrap_or_default()
+            a.qat
+                .as_ref()
+                .map(|q| format!("; fake quantization {q} ({} matrices)", student.qat.len()))
+                .unwrap_or_default()
         ));
         let (v0, c0) = eval_loss(&student, &mut teacher, &val, a)?;
         crate::progress::note(&format!(
@@ -1533,8 +1546,7 @@ mod train {
             opt.step,
             opt.step * per_step * a.ctx
         ));
-        // Under --qat the written weights are the fake-quantized ones' latent values; the
-        // quantizer rounds them to the grid the training saw.
+        // Under --qat the written weights are on the grid the training saw.
         save(&student, &sg, None, &a.output, &inputs)?;
         crate::progress::note(&format!("distill: → {}", a.output.display()));
         Ok(())
