@@ -24,8 +24,8 @@
 # "kd ce" (default: kd ce depth-kd kd-tail qat-tail; --quick: kd ce qat-tail). kd, ce and depth-kd
 # start from the pruned students; qat trains the width student under fake quantization from the
 # start. kd-tail and qat-tail are a second phase: both continue the kd student for TAIL more
-# (tokens, default a quarter of --tokens; with --tokens auto seconds, default a sixth of the
-# window) at TAIL_LR (default LR/5), one plainly and one under fake Q4_K quantization (QAT as the
+# (tokens, default a quarter of --tokens; with --tokens auto seconds, default a quarter of the
+# window) at TAIL_LR (default LR/5), one plainly and one on Q4_K_M's exact grid (QAT as the
 # last phase of training, as it is usually done): their Q4_K_M files differ only by QAT.
 # PARALLEL=1 runs a phase's runs side by side (one
 # H200 has room for all four at batch 16, started STAGGER seconds apart: default 20 on cuda).
@@ -184,7 +184,8 @@ fi
 if [[ $TOKENS == auto ]]; then
     # Each run trains for a time budget (its learning-rate schedule follows the clock) that
     # leaves RESERVE seconds for imatrix, quantization and evaluation before the deadline; the
-    # tails (phase 2) get TAIL seconds of it (default a sixth), phase 1 the rest.
+    # tails (phase 2) get TAIL seconds of it (default a quarter: 12-06's sixth gave the QAT
+    # tail 25 steps, too few to recover from the grid), phase 1 the rest.
     # imatrix + quantize (~60 s a run) and the final evaluation (~40 s a model at 40 chunks on
     # the GPU machine's 16 cores: each run's output, but not the tails' f32 files, and each
     # quantized file).
@@ -193,7 +194,7 @@ if [[ $TOKENS == auto ]]; then
     reserve=${RESERVE:-$((150 + 60 * ${#RUNS[@]} + 40 * n_eval * CHUNKS / 40))}
     total=$((DEADLINE - $(now) - reserve))
     tail_s=0
-    [[ ${#P2[@]} -eq 0 ]] || tail_s=${TAIL:-$((total / 6))}
+    [[ ${#P2[@]} -eq 0 ]] || tail_s=${TAIL:-$((total / 4))}
     w1=$((total - tail_s)) w2=$tail_s
     if [[ $PARALLEL != 1 ]]; then
         w1=$((w1 / ${#P1[@]}))
