@@ -419,14 +419,12 @@ mod train {
         }
 
         fn rmsnorm(&self, x: &Tensor, g: &str) -> Result<Tensor> {
-            let eps = self.cfg.rms_eps as f64;
-            if !unfused() {
-                return crate::fused::rms_norm(x, &self.w(g)?, eps).map_err(ce);
+            let (eps, g) = (self.cfg.rms_eps as f64, self.w(g)?);
+            if unfused() {
+                crate::fused::plain::rms_norm(x, &g, eps).map_err(ce)
+            } else {
+                crate::fused::rms_norm(x, &g, eps).map_err(ce)
             }
-            let ms = x.sqr().and_then(|s| s.mean_keepdim(D::Minus1)).map_err(ce)?;
-            let inv = ms.affine(1.0, eps).and_then(|m| m.sqrt()).and_then(|m| m.recip()).map_err(ce)?;
-            let g = self.w(g)?;
-            x.broadcast_mul(&inv).and_then(|y| y.broadcast_mul(&g)).map_err(ce)
         }
 
         /// x (N, in) · Wᵀ, W (out, in); for a factored W = A·B, (x · Bᵀ) · Aᵀ.
@@ -446,17 +444,14 @@ mod train {
 
         /// (B, T, H, hd) at positions `p..p + T` rotated by their angles, pairs (2i, 2i+1).
         fn rope(&self, x: &Tensor, p: usize) -> Result<Tensor> {
-            let (b, t, h, hd) = x.dims4().map_err(ce)?;
-            if !unfused() {
-                let table = |m: &Tensor| m.narrow(0, p, t).and_then(|m| m.reshape((t, hd / 2))).map_err(ce);
-                return crate::fused::rope(x, &table(&self.cos)?, &table(&self.sin)?).map_err(ce);
+            let (_, t, _, hd) = x.dims4().map_err(ce)?;
+            let table = |m: &Tensor| m.narrow(0, p, t).and_then(|m| m.reshape((t, hd / 2))).map_err(ce);
+            let (c, s) = (table(&self.cos)?, table(&self.sin)?);
+            if unfused() {
+                crate::fused::plain::rope(x, &c, &s).map_err(ce)
+            } else {
+                crate::fused::rope(x, &c, &s).map_err(ce)
             }
-            let x = x.reshape((b, t, h, hd / 2, 2)).map_err(ce)?;
-            let (a, bb) = (x.narrow(4, 0, 1).map_err(ce)?, x.narrow(4, 1, 1).map_err(ce)?);
-            let (c, s) = (self.cos.narrow(0, p, t).map_err(ce)?, self.sin.narrow(0, p, t).map_err(ce)?);
-            let r0 = a.broadcast_mul(&c).and_then(|p| p.broadcast_sub(&bb.broadcast_mul(&s)?)).map_err(ce)?;
-            let r1 = a.broadcast_mul(&s).and_then(|p| p.broadcast_add(&bb.broadcast_mul(&c)?)).map_err(ce)?;
-            Tensor::cat(&[r0, r1], 4).and_then(|r| r.reshape((b, t, h, hd))).map_err(ce)
         }
 
         /// Logits (T, n_vocab) of a sequence from position 0.
@@ -548,7 +543,7 @@ mod train {
             let (k, v) = (widen(k)?, widen(v)?);
             let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?; // (B, H, T, P + T)
             let att = if unfused() {
-                softmax(&scores.affine(scale, 0.0).and_then(|s| s.broadcast_add(mask)).map_err(ce)?)?
+                crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
             } else {
                 crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
             };
@@ -562,11 +557,8 @@ mod train {
             let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
             let g = self.linear(&xb, &n("ffn_gate.weight"))?;
             let u = self.linear(&xb, &n("ffn_up.weight"))?;
-            let a = if unfused() {
-                g.silu().and_then(|g| g * u).map_err(ce)?
-            } else {
-                crate::fused::swiglu(&g, &u).map_err(ce)?
-            };
+            let a = if unfused() { crate::fused::plain::swiglu(&g, &u) } else { crate::fused::swiglu(&g, &u) }
+                .map_err(ce)?;
             (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)
         }
 
@@ -709,13 +701,6 @@ mod train {
         ON.get_or_init(|| {
             std::sync::atomic::AtomicBool::new(std::env::var_os("PITH_DISTILL_UNFUSED").is_some_and(|v| v != "0"))
         })
-    }
-
-    /// Softmax over the last dimension (the maximum subtracted as a constant).
-    fn softmax(x: &Tensor) -> Result<Tensor> {
-        let m = x.max_keepdim(D::Minus1).map_err(ce)?.detach();
-        let e = x.broadcast_sub(&m).and_then(|e| e.exp()).map_err(ce)?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1).map_err(ce)?).map_err(ce)
     }
 
     /// log-softmax over the last dimension.

@@ -517,11 +517,47 @@ impl CustomOp3 for SwiGlu {
     }
 }
 
+/// The same four ops composed of candle's own element-wise kernels: what `distill` runs with
+/// `PITH_DISTILL_UNFUSED=1`, and the reference [`check`] holds the fused ops to.
+pub mod plain {
+    use candle_core::{Result, Tensor, D};
+
+    /// `softmax(scale · s + mask)` over the last dimension (the maximum subtracted as a
+    /// constant); `mask` (T, P + T) is 0 where a query sees a key and −∞ elsewhere.
+    pub fn causal_softmax(s: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+        let z = s.affine(scale, 0.0)?.broadcast_add(mask)?;
+        let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?.detach())?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    }
+
+    /// [`super::rope`]: `x` (B, T, H, hd), `cos`, `sin` (T, hd/2).
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, t, h, hd) = x.dims4()?;
+        let x = x.reshape((b, t, h, hd / 2, 2))?;
+        let (a, bb) = (x.narrow(4, 0, 1)?, x.narrow(4, 1, 1)?);
+        let (c, s) = (cos.reshape((t, 1, hd / 2, 1))?, sin.reshape((t, 1, hd / 2, 1))?);
+        let r0 = a.broadcast_mul(&c)?.broadcast_sub(&bb.broadcast_mul(&s)?)?;
+        let r1 = a.broadcast_mul(&s)?.broadcast_add(&bb.broadcast_mul(&c)?)?;
+        Tensor::cat(&[r0, r1], 4)?.reshape((b, t, h, hd))
+    }
+
+    /// [`super::rms_norm`].
+    pub fn rms_norm(x: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+        let r = x.sqr()?.mean_keepdim(D::Minus1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&r)?.broadcast_mul(g)
+    }
+
+    /// [`super::swiglu`].
+    pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.silu()? * b
+    }
+}
+
 /// The largest difference between each fused op and candle's own composition of it, forward
 /// and backward (every input's gradient), on random inputs on `dev`: a self-check of the CUDA
 /// kernels before a run, and the CPU ops' test.
 pub fn check(dev: &candle_core::Device) -> Result<f32> {
-    use candle_core::{Var, D};
+    use candle_core::Var;
     let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
     // Output and gradients of `f` at `inputs` (gradient of Σ f ⊙ dy), fused vs plain.
     let compare = |inputs: &[Tensor],
@@ -550,37 +586,27 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
     let mask = Tensor::from_vec(mask, (t, p + t), dev)?;
     let soft =
         compare(&[Tensor::randn(0f32, 3.0, (2, 3, t, p + t), dev)?], &|x| causal_softmax(&x[0], scale, p), &|x| {
-            let z = x[0].affine(scale, 0.0)?.broadcast_add(&mask)?;
-            let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?.detach())?.exp()?;
-            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+            plain::causal_softmax(&x[0], scale, &mask)
         })?;
     // RoPE of (2, 7, 3, 8) by random angles.
     let (t, h, hd) = (7, 3, 8);
     let th = Tensor::randn(0f32, 2.0, (t, hd / 2), dev)?;
     let (cos, sin) = (th.cos()?, th.sin()?);
     let rot = compare(&[Tensor::randn(0f32, 1.0, (2, t, h, hd), dev)?], &|x| rope(&x[0], &cos, &sin), &|x| {
-        let x = x[0].reshape((2, t, h, hd / 2, 2))?;
-        let (a, b) = (x.narrow(4, 0, 1)?, x.narrow(4, 1, 1)?);
-        let (c, s) = (cos.reshape((t, 1, hd / 2, 1))?, sin.reshape((t, 1, hd / 2, 1))?);
-        let r0 = a.broadcast_mul(&c)?.broadcast_sub(&b.broadcast_mul(&s)?)?;
-        let r1 = a.broadcast_mul(&s)?.broadcast_add(&b.broadcast_mul(&c)?)?;
-        Tensor::cat(&[r0, r1], 4)?.reshape((2, t, h, hd))
+        plain::rope(&x[0], &cos, &sin)
     })?;
     // RMSNorm of (13, 40) with a random gain.
     let eps = 1e-5;
     let norm = compare(
         &[Tensor::randn(0f32, 2.0, (13, 40), dev)?, Tensor::randn(1f32, 0.3, 40, dev)?],
         &|x| rms_norm(&x[0], &x[1], eps),
-        &|x| {
-            let r = x[0].sqr()?.mean_keepdim(D::Minus1)?.affine(1.0, eps)?.sqrt()?.recip()?;
-            x[0].broadcast_mul(&r)?.broadcast_mul(&x[1])
-        },
+        &|x| plain::rms_norm(&x[0], &x[1], eps),
     )?;
     // SwiGLU of (5, 24).
     let glu = compare(
         &[Tensor::randn(0f32, 2.0, (5, 24), dev)?, Tensor::randn(0f32, 1.0, (5, 24), dev)?],
         &|x| swiglu(&x[0], &x[1]),
-        &|x| x[0].silu()? * &x[1],
+        &|x| plain::swiglu(&x[0], &x[1]),
     )?;
     Ok(soft.max(rot).max(norm).max(glu))
 }
