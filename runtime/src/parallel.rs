@@ -94,7 +94,15 @@ mod team {
     use alloc::sync::Arc;
     use alloc::vec::Vec;
     use core::any::Any;
-    use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+    use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+    // Each Dekker handshake below (a SeqCst store or RMW, then a SeqCst load of the other
+    // side's flag) also has an explicit full fence between the two: redundant in Rust's model
+    // and on hardware (aarch64's STLR → LDAR is ordered), but qemu-user's translation of
+    // aarch64 onto an x86 host is suspected of letting the load pass the store (CI 12-06: both
+    // threads of `greedy_gaps` parked for 17 minutes under qemu-aarch64), and a DMB per region
+    // costs nothing measurable. (qemu emits STLR as barrier-then-store and LDAR as
+    // load-then-barrier, neither of which orders the store before the later load on an x86
+    // host; a DMB becomes an `mfence`.)
     use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
     use std::sync::Mutex;
     use std::thread::{self, JoinHandle, Thread};
@@ -204,9 +212,10 @@ mod team {
             // Publish the job before the epoch: a worker reads it only after seeing the epoch.
             s.job.store(&job as *const Job<'_> as *mut (), Relaxed);
             s.state.store(epoch << 1 | OPEN, SeqCst);
-            // A sleeping worker either re-checks the state after counting itself in `sleepers` and
-            // sees the new epoch, or is counted here and unparked (SeqCst on both sides; an unpark
-            // before the worker's park makes that park return at once).
+            fence(SeqCst); // store → load (see `fence` below)
+                           // A sleeping worker either re-checks the state after counting itself in `sleepers` and
+                           // sees the new epoch, or is counted here and unparked (SeqCst on both sides; an unpark
+                           // before the worker's park makes that park return at once).
             if s.sleepers.load(SeqCst) > 0 {
                 for w in &self.workers {
                     w.thread().unpark();
@@ -216,6 +225,7 @@ mod team {
             // Close the region, then wait for the workers inside it — even if our call panicked,
             // since they may still be using `job`.
             s.state.store(epoch << 1, SeqCst);
+            fence(SeqCst);
             self.wait_idle();
             s.job.store(core::ptr::null_mut(), Relaxed);
             let theirs = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -242,6 +252,7 @@ mod team {
             // Dekker-style with the worker's `active` decrement then `caller_asleep` load: one of
             // the two sees the other, and an unpark before our park makes the park return at once.
             s.caller_asleep.store(true, SeqCst);
+            fence(SeqCst);
             while s.active.load(SeqCst) != 0 {
                 thread::park();
             }
@@ -296,6 +307,7 @@ mod team {
             let moved = || s.stop.load(SeqCst) || s.state.load(SeqCst) >> 1 != seen;
             if !spin_until(moved) {
                 s.sleepers.fetch_add(1, SeqCst);
+                fence(SeqCst);
                 while !moved() {
                     thread::park();
                 }
@@ -305,6 +317,7 @@ mod team {
                 return;
             }
             s.active.fetch_add(1, SeqCst);
+            fence(SeqCst);
             let state = s.state.load(SeqCst);
             seen = state >> 1;
             if state & OPEN != 0 {
@@ -324,6 +337,7 @@ mod team {
             }
             // From here on `job` (and whatever it borrows) may be gone.
             s.active.fetch_sub(1, SeqCst);
+            fence(SeqCst);
             if s.caller_asleep.load(SeqCst) {
                 if let Some(t) = &*s.caller.lock().unwrap_or_else(|e| e.into_inner()) {
                     t.unpark();
