@@ -7,7 +7,8 @@
 //! * Nibbles: one 16-bit shift by 4 of the vector's upper half (`mask_srli`), then `& 0x0f`,
 //!   turns a copy of 32 packed bytes in both halves into 64 codes in element order.
 //! * Q5_0/Q5_1's fifth bits are the block's 32-bit `qh`: four blocks' `qh` halves form the two
-//!   64-bit masks of a masked `+ 16` (low and high nibbles). Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
+//!   64-bit masks of a masked `+ 16` (low and high nibbles), gathered with the four blocks'
+//!   scales by one 16-bit permute of the group's bytes (scalar gathering took half the time). Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
 //! * Offsets that are a constant times the scale (Q5_0: −16, Q6_K: −32) are folded into the
 //!   integer sum as `−c · Σq` per lane (`VecQ8::s4`); float offsets (Q5_1's `m`, Q4_K/Q5_K's
 //!   mins) meet `dx · Σq` per block or sub-block (`ds32`).
@@ -67,8 +68,24 @@ unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize
     let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
     let nb = x.k() / 32;
     let (m4, c16) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(16));
-    // Lane i takes block i / 4's scale (and offset): f32 i / 4 of the block's converted words.
-    let pick = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    // A full group's scale words and fifth-bit halves, gathered by one 16-bit permute of its
+    // first 80 bytes (words 0..40; `b` holds words 32..): words 0..16 the lanes' `d` (lane i:
+    // block i / 4), words 16..20 the four `qh` low halves, 20..24 the high halves; for Q5_1 a
+    // second permute puts the lanes' `m` in words 0..16. (Block b's `d` is word b·bs/2, `m`
+    // the next word, `qh` the two words at qh_at/2.)
+    let w = |b: usize, at: usize| (b * bs + at) as u16 / 2;
+    let mut words = [0u16; 32];
+    let mut mwords = [0u16; 32];
+    for i in 0..16 {
+        words[i] = w(i / 4, 0);
+        mwords[i] = w(i / 4, 2);
+    }
+    for b in 0..4 {
+        words[16 + b] = w(b, qh_at);
+        words[20 + b] = w(b, qh_at + 2);
+    }
+    let idx = _mm512_loadu_si512(words.as_ptr().cast());
+    let midx = _mm512_loadu_si512(mwords.as_ptr().cast());
     let mut acc = [_mm512_setzero_ps(); R];
     let mut acc_m = [_mm512_setzero_ps(); R];
     let base = rows.as_ptr();
@@ -89,39 +106,46 @@ unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize
             let p = base.add(i * rb + 4 * g * bs);
             _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb).cast());
             _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb + 64).cast());
-            let (wq, mlo, mhi, d, m) = if nbk == 4 {
+            // The group's bytes 0..64 and 64..80 (a full group has 88 or 96: inside the row; a
+            // short one is read through byte masks, its missing blocks' words coming out 0).
+            let (wq, head, tail) = if nbk == 4 {
                 let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(qs_at).cast()));
                 let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(bs + qs_at).cast()));
                 let w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * bs + qs_at).cast()));
                 let w = _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * bs + qs_at).cast()));
-                let qh = |b: usize| p.add(b * bs + qh_at).cast::<u32>().read_unaligned() as u64;
-                let (h0, h1, h2, h3) = (qh(0), qh(1), qh(2), qh(3));
-                let mlo = (h0 & 0xffff) | (h1 & 0xffff) << 16 | (h2 & 0xffff) << 32 | (h3 & 0xffff) << 48;
-                let mhi = h0 >> 16 | (h1 >> 16) << 16 | (h2 >> 16) << 32 | (h3 >> 16) << 48;
-                let word = |at: usize| p.add(at).cast::<u16>().read_unaligned() as u64;
-                let d = word(0) | word(bs) << 16 | word(2 * bs) << 32 | word(3 * bs) << 48;
-                let m = if Q51 {
-                    word(2) | word(bs + 2) << 16 | word(2 * bs + 2) << 32 | word(3 * bs + 2) << 48
-                } else {
-                    0
-                };
-                (w, mlo, mhi, d, m)
+                (w, _mm512_loadu_si512(p.cast()), _mm512_castsi128_si512(_mm_loadu_si128(p.add(64).cast())))
             } else {
-                match nbk {
-                    1 => q5_short_group::<Q51, 1>(p),
-                    2 => q5_short_group::<Q51, 2>(p),
-                    _ => q5_short_group::<Q51, 3>(p),
-                }
+                let n = nbk * bs;
+                let head: u64 = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+                let tail: u16 = ((1u32 << n.saturating_sub(64).min(16)) - 1) as u16;
+                let wq = match nbk {
+                    1 => q5_short_nibbles::<Q51, 1>(p),
+                    2 => q5_short_nibbles::<Q51, 2>(p),
+                    _ => q5_short_nibbles::<Q51, 3>(p),
+                };
+                (
+                    wq,
+                    _mm512_maskz_loadu_epi8(head, p.cast()),
+                    _mm512_castsi128_si512(_mm_maskz_loadu_epi8(tail, p.add(64).cast())),
+                )
+            };
+            let pw = _mm512_permutex2var_epi16(head, idx, tail);
+            let bits = _mm512_extracti64x4_epi64::<1>(pw);
+            let mlo = _mm_cvtsi128_si64(_mm256_castsi256_si128(bits)) as u64;
+            let mhi = _mm_extract_epi64::<1>(_mm256_castsi256_si128(bits)) as u64;
+            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(pw));
+            let mw = if Q51 {
+                _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(head, midx, tail)))
+            } else {
+                _mm512_setzero_ps()
             };
             let lo = _mm512_mask_add_epi8(_mm512_and_si512(wq, m4), mlo, _mm512_and_si512(wq, m4), c16);
 
             let hi4 = _mm512_and_si512(_mm512_srli_epi16::<4>(wq), m4);
             let hi = _mm512_mask_add_epi8(hi4, mhi, hi4, c16);
             let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
-            let dw = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(d as i64))));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
             if Q51 {
-                let mw = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(m as i64))));
                 *acc_m = _mm512_fmadd_ps(mw, dsx, *acc_m);
             }
         }
@@ -133,31 +157,22 @@ unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize
     res
 }
 
-/// The last, short group (`NBK` < 4 blocks at `p`) of [`gemv_q5x4_rows`]: the nibble bytes
-/// (missing blocks zero), the two fifth-bit masks, the `d` words and (Q5_1) the `m` words.
+/// The nibble bytes of the last, short group (`NBK` < 4 blocks at `p`) of [`gemv_q5x4_rows`],
+/// the missing blocks' lanes zero.
 ///
 /// # Safety
 /// AVX-512 F; `NBK` blocks of Q5_0 / Q5_1 readable at `p`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q5_short_group<const Q51: bool, const NBK: usize>(p: *const u8) -> (__m512i, u64, u64, u64, u64) {
-    let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
+unsafe fn q5_short_nibbles<const Q51: bool, const NBK: usize>(p: *const u8) -> __m512i {
+    let (bs, qs_at) = if Q51 { (24, 8) } else { (22, 6) };
     let mut wq = _mm512_setzero_si512();
-    let (mut mlo, mut mhi, mut d, mut m) = (0u64, 0u64, 0u64, 0u64);
     for b in 0..NBK {
         // SAFETY: block b < NBK is readable (caller contract).
-        let blk = p.add(b * bs);
-        let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qs_at).cast()));
+        let piece = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(b * bs + qs_at).cast()));
         wq = _mm512_mask_mov_epi32(wq, 0xf << (4 * b), piece);
-        let qh = blk.add(qh_at).cast::<u32>().read_unaligned() as u64;
-        mlo |= (qh & 0xffff) << (16 * b);
-        mhi |= (qh >> 16) << (16 * b);
-        d |= (blk.cast::<u16>().read_unaligned() as u64) << (16 * b);
-        if Q51 {
-            m |= (blk.add(2).cast::<u16>().read_unaligned() as u64) << (16 * b);
-        }
     }
-    (wq, mlo, mhi, d, m)
+    wq
 }
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K / Q5_K super-block (`sc`: its 12
