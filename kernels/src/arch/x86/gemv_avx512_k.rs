@@ -472,12 +472,16 @@ unsafe fn gemv_iq4nlx4_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -
 }
 
 /// IQ4_XS (136-byte super-blocks: f16 `d`, 6-bit group scales, 8 groups of 16 bytes of 4-bit
-/// indices), four rows at a time, two groups (64 codes) per step as in [`gemv_iq4nl_avx512`]:
-/// the indices become `grid + 128` by one `vpshufb`, the `+ 128` folds into the integer sum as
-/// `−128 Σq`, and each lane takes its group's `d · (ls − 32)` times its block's `dx`.
+/// indices), four rows at a time, in the Q4 kernels' layout as [`gemv_iq4nl_avx512`]: each half
+/// super-block's four 32-element groups are one 64-byte load of indices, whose low and high
+/// nibbles become `grid + 128` by one `vpshufb` each against the token's `lo4` / `hi4` codes
+/// (the `+ 128` starts the sum as `16 · n8g`), and each lane takes its group's
+/// `d · (ls − 32)` times its block's `dx`.
 pub(crate) fn gemv_iq4xs_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 256, 136);
-    assert!(x.neg128.len() == x.k() / 4, "gemv_q8: VecQ8 lanes");
+    let ng = x.k() / 128;
+    assert!(x.lo4.len() == ng * 64 && x.hi4.len() == ng * 64 && x.n8g.len() == ng * 16, "gemv_q8: VecQ8 groups");
+    assert!(x.dg.len() == ng * 16, "gemv_q8: VecQ8 groups");
     let kernels: [RowsKernel; 4] =
         [gemv_iq4xs_rows::<1>, gemv_iq4xs_rows::<2>, gemv_iq4xs_rows::<3>, gemv_iq4xs_rows::<4>];
     // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
@@ -485,51 +489,61 @@ pub(crate) fn gemv_iq4xs_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32])
 }
 
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 256` super-blocks; `x`'s lane
-/// arrays hold `x.k() / 4` entries.
+/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 256` super-blocks; `x`'s
+/// grouped arrays hold `x.k() / 128` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemv_iq4xs_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
     let nsb = x.k() / 256;
-    let (q, dl, neg128) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.neg128.as_ptr());
     let grid = crate::iq4_nl::KVALUES_IQ4NL.map(|v| (v as i16 + 128) as u8);
     let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(grid.as_ptr().cast()));
     let m4 = _mm512_set1_epi8(0x0f);
-    let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    // Lane l of half h takes the scale of group 4h + l / 4.
+    let pick = [
+        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+        _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4),
+    ];
+    let shift_l = _mm256_set_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+    let shift_h = _mm256_set_epi32(14, 12, 10, 8, 6, 4, 2, 0);
     let mut acc = [_mm512_setzero_ps(); R];
     let base = rows.as_ptr();
     for sb in 0..nsb {
+        // The token's two groups of this super-block: codes, offsets (−128 Σq), scales.
+        let tok = |h: usize| {
+            let g = 2 * sb + h;
+            // SAFETY: group g < x.k() / 128 of the grouped arrays (asserted by the caller).
+            unsafe {
+                (
+                    _mm512_loadu_si512(x.lo4.as_ptr().add(64 * g).cast()),
+                    _mm512_loadu_si512(x.hi4.as_ptr().add(64 * g).cast()),
+                    _mm512_slli_epi32::<4>(_mm512_loadu_si512(x.n8g.as_ptr().add(16 * g).cast())),
+                    _mm512_loadu_ps(x.dg.as_ptr().add(16 * g)),
+                )
+            }
+        };
+        let xs = [tok(0), tok(1)];
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: super-block sb of row i lies inside `rows`.
             let blk = base.add(i * rb + sb * 136);
             _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb).cast());
             _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb + 64).cast());
             _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb + 128).cast());
-            let d = f16s(blk);
-            let sh = blk.add(2).cast::<u16>().read_unaligned();
-            let sl = blk.add(4).cast::<[u8; 4]>().read_unaligned();
-            let mut sc = [0.0f32; 8];
-            for (j, s) in sc.iter_mut().enumerate() {
-                let ls = crate::iq4_xs::group_scale_iq4_xs(sh, &sl, j);
-                *s = d * (ls - 32) as f32;
-            }
-            let scv = _mm512_castps256_ps512(_mm256_loadu_ps(sc.as_ptr()));
-            for pr in 0..4 {
-                let e = sb * 256 + 64 * pr;
-                // SAFETY: groups 2pr, 2pr + 1 of the super-block (32 bytes of indices) and the
-                // token's codes / lanes of elements e..e + 64.
-                let qs = blk.add(8 + 32 * pr);
-                let v = _mm512_mask_broadcast_i32x4(
-                    _mm512_broadcast_i32x4(_mm_loadu_si128(qs.cast())),
-                    0xff00,
-                    _mm_loadu_si128(qs.add(16).cast()),
-                );
-                let idx = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00_ff00, v, 4), m4);
-                let u = _mm512_shuffle_epi8(lut, idx);
-                let qv = _mm512_loadu_si512(q.add(e).cast());
-                let dot = _mm512_dpbusd_epi32(_mm512_loadu_si512(neg128.add(e / 4).cast()), u, qv);
-                let s = _mm512_permutexvar_ps(_mm512_add_epi32(pick, _mm512_set1_epi32(2 * pr as i32)), scv);
-                let sl = _mm512_mul_ps(s, _mm512_loadu_ps(dl.add(e / 4)));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, *acc);
+            // The eight group scales d · (ls − 32) in one vector (`group_scale_iq4_xs` per lane):
+            // ls_j = (scales_l >> 4j) & 15 | ((scales_h >> 2j) & 3) << 4.
+            let d = _mm256_set1_ps(f16s(blk));
+            let sh = _mm256_set1_epi32(blk.add(2).cast::<u16>().read_unaligned() as i32);
+            let sl = _mm256_set1_epi32(blk.add(4).cast::<u32>().read_unaligned() as i32);
+            let lo = _mm256_and_si256(_mm256_srlv_epi32(sl, shift_l), _mm256_set1_epi32(0x0f));
+            let hi = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srlv_epi32(sh, shift_h), _mm256_set1_epi32(3)));
+            let ls = _mm256_sub_epi32(_mm256_or_si256(lo, hi), _mm256_set1_epi32(32));
+            let scv = _mm512_castps256_ps512(_mm256_mul_ps(d, _mm256_cvtepi32_ps(ls)));
+            for (h, &(xlo, xhi, init, dx)) in xs.iter().enumerate() {
+                // SAFETY: the half's 64 index bytes lie inside the super-block.
+                let v = _mm512_loadu_si512(blk.add(8 + 64 * h).cast());
+                let lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+                let hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
+                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
+                let s = _mm512_permutexvar_ps(pick[h], scv);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, dx), *acc);
             }
         }
     }
