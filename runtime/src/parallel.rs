@@ -212,10 +212,10 @@ mod team {
             // Publish the job before the epoch: a worker reads it only after seeing the epoch.
             s.job.store(&job as *const Job<'_> as *mut (), Relaxed);
             s.state.store(epoch << 1 | OPEN, SeqCst);
-            fence(SeqCst); // store → load (see `fence` below)
-                           // A sleeping worker either re-checks the state after counting itself in `sleepers` and
-                           // sees the new epoch, or is counted here and unparked (SeqCst on both sides; an unpark
-                           // before the worker's park makes that park return at once).
+            // A sleeping worker either re-checks the state after counting itself in `sleepers` and
+            // sees the new epoch, or is counted here and unparked (SeqCst on both sides; an unpark
+            // before the worker's park makes that park return at once).
+            fence(SeqCst);
             if s.sleepers.load(SeqCst) > 0 {
                 for w in &self.workers {
                     w.thread().unpark();

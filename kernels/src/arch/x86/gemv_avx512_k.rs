@@ -8,7 +8,8 @@
 //!   turns a copy of 32 packed bytes in both halves into 64 codes in element order.
 //! * Q5_0/Q5_1's fifth bits are the block's 32-bit `qh`: four blocks' `qh` halves form the two
 //!   64-bit masks of a masked `+ 16` (low and high nibbles), gathered with the four blocks'
-//!   scales by one 16-bit permute of the group's bytes (scalar gathering took half the time). Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
+//!   scales by one 16-bit permute of the group's bytes (scalar gathering took half the time).
+//!   Q5_K's come from 32 bytes `qh`, shifted per step like the nibbles.
 //! * Offsets that are a constant times the scale (Q5_0: −16, Q6_K: −32) are folded into the
 //!   integer sum as `−c · Σq` per lane (`VecQ8::s4`); float offsets (Q5_1's `m`, Q4_K/Q5_K's
 //!   mins) meet `dx · Σq` per block or sub-block (`ds32`).
@@ -53,6 +54,33 @@ pub(crate) fn gemv_q5_avx512<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, ou
     unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
+/// The word indices of [`gemv_q5x4_rows`]'s permutes of a full group's first 80 bytes (words
+/// 0..40: `head` holds 0..32, `tail` 32..), for blocks of `bs` bytes with `qh` at `qh_at`. The
+/// first: words 0..16 the lanes' `d` (lane i: block i / 4), 16..20 the four `qh` low halves,
+/// 20..24 the high halves; the second (Q5_1): the lanes' `m` in words 0..16. Block b's `d` is
+/// word b·bs/2, `m` the next word, `qh` the two words at (b·bs + qh_at)/2.
+const fn q5_words(bs: usize, qh_at: usize) -> ([u16; 32], [u16; 32]) {
+    const fn w(b: usize, bs: usize, at: usize) -> u16 {
+        ((b * bs + at) / 2) as u16
+    }
+    let (mut words, mut mwords) = ([0u16; 32], [0u16; 32]);
+    let mut i = 0;
+    while i < 16 {
+        words[i] = w(i / 4, bs, 0);
+        mwords[i] = w(i / 4, bs, 2);
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 4 {
+        words[16 + b] = w(b, bs, qh_at);
+        words[20 + b] = w(b, bs, qh_at + 2);
+        b += 1;
+    }
+    (words, mwords)
+}
+const Q5_0_WORDS: ([u16; 32], [u16; 32]) = q5_words(22, 2);
+const Q5_1_WORDS: ([u16; 32], [u16; 32]) = q5_words(24, 4);
+
 /// `R` rows of Q5_0 / Q5_1 against the token, four blocks (128 codes) per step in the layout
 /// of the Q4 kernels (`gemv_avx512`): the four blocks' 16 nibble bytes side by side in one
 /// vector, low nibbles against the token's `lo4` codes (each block's elements 0..16), high
@@ -65,25 +93,10 @@ pub(crate) fn gemv_q5_avx512<const Q51: bool>(w: &[u8], rb: usize, x: &VecQ8, ou
 /// arrays hold `(x.k() / 32).div_ceil(4)` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
-    let (bs, qh_at, qs_at) = if Q51 { (24, 4, 8) } else { (22, 2, 6) };
+    let (bs, qs_at) = if Q51 { (24, 8) } else { (22, 6) };
     let nb = x.k() / 32;
     let (m4, c16) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(16));
-    // A full group's scale words and fifth-bit halves, gathered by one 16-bit permute of its
-    // first 80 bytes (words 0..40; `b` holds words 32..): words 0..16 the lanes' `d` (lane i:
-    // block i / 4), words 16..20 the four `qh` low halves, 20..24 the high halves; for Q5_1 a
-    // second permute puts the lanes' `m` in words 0..16. (Block b's `d` is word b·bs/2, `m`
-    // the next word, `qh` the two words at qh_at/2.)
-    let w = |b: usize, at: usize| (b * bs + at) as u16 / 2;
-    let mut words = [0u16; 32];
-    let mut mwords = [0u16; 32];
-    for i in 0..16 {
-        words[i] = w(i / 4, 0);
-        mwords[i] = w(i / 4, 2);
-    }
-    for b in 0..4 {
-        words[16 + b] = w(b, qh_at);
-        words[20 + b] = w(b, qh_at + 2);
-    }
+    let (words, mwords) = if Q51 { &Q5_1_WORDS } else { &Q5_0_WORDS };
     let idx = _mm512_loadu_si512(words.as_ptr().cast());
     let midx = _mm512_loadu_si512(mwords.as_ptr().cast());
     let mut acc = [_mm512_setzero_ps(); R];
