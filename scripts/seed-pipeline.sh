@@ -31,8 +31,10 @@
 # H200 has room for all four at batch 16, started STAGGER seconds apart: default 20 on cuda).
 # CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run that dies is resumed from its
 # last checkpoint, or started again if it had none. SYNTHETIC (tokens, default 0): text sampled
-# from the teacher added to each run's training text (`distill --synthetic`). Students are build
-# outputs in OUT.
+# from the teacher once, before the runs (`distill --sample-only`, SYNTHETIC_BATCH sequences at a
+# time; with --tokens auto for at most SYNTHETIC_S seconds, default a fifth of the time left),
+# added to every run's training sequences (`--train-only`: the held-out ones stay the files').
+# Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOKENS=65536 DEVICE=cpu OUT=target/seed-pipeline QUICK=0 DEADLINE="" DTYPE=f32
@@ -113,8 +115,23 @@ fi
 
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM"
-    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY"
-    --synthetic "$SYNTHETIC" --force)
+    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY" --force)
+# The teacher's own text, sampled once for all runs (a resumed run reads the same file).
+if [[ $SYNTHETIC -gt 0 ]]; then
+    sample=(--teacher "$T" --student "$OUT/width.gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
+        --val-seqs 16 --synthetic "$SYNTHETIC" --sample-only -o "$OUT/synthetic.txt" --force)
+    [[ -n ${SYNTHETIC_BATCH:-} ]] && sample+=(--synthetic-batch "$SYNTHETIC_BATCH")
+    if [[ $TOKENS == auto ]]; then
+        sample+=(--budget "${SYNTHETIC_S:-$(( (DEADLINE - $(date +%s)) / 5 ))}")
+    fi
+    log "sampling $SYNTHETIC tokens from the teacher (${sample[*]: -4})"
+    # A sampler that fails (out of memory at a large SYNTHETIC_BATCH) costs its minutes, not the runs.
+    if "$PC" distill "${sample[@]}" 2>&1 | tee "$OUT/synthetic.log" >&2; then
+        common+=(--train-only "$OUT/synthetic.txt")
+    else
+        log "sampling failed (see $OUT/synthetic.log): the runs train on the files alone"
+    fi
+fi
 if [[ -n ${RUNS:-} ]]; then
     read -ra RUNS <<< "$RUNS"
 elif [[ $QUICK == 1 ]]; then
@@ -281,6 +298,9 @@ fi
     done
     echo
     echo "device $DEVICE, dtype $DTYPE, ctx $CTX, batch $BATCH × accum $ACCUM, lr $LR, warm-up $WARMUP, runs $([[ $PARALLEL == 1 ]] && echo "side by side" || echo "one after another")"
+    if [[ $SYNTHETIC -gt 0 ]]; then
+        echo "teacher-sampled text: $(grep -oE 'sampled [0-9]+ sequences of [0-9]+ tokens.*' "$OUT/synthetic.log" | tail -1 || echo "none (sampling failed)")"
+    fi
     [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name --format=csv,noheader
     [[ ${#FAILED[@]} -eq 0 ]] || echo "failed: ${FAILED[*]} (see their logs in $OUT)"
     ls -l "$OUT"/*.q4_k_m.gguf "$T" 2> /dev/null || true

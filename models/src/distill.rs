@@ -113,6 +113,16 @@ pub struct DistillArgs {
     /// Seed of `--synthetic`'s sampling.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Only sample: write `--synthetic` N tokens of the teacher's text to `-o` (one sequence
+    /// per paragraph) and stop, without training. With `--budget S`, sampling stops before a
+    /// batch that would end past S seconds. Runs that share one sample read it with
+    /// `--train-only`.
+    #[arg(long)]
+    pub sample_only: bool,
+    /// Training text that never goes into the held-out sequences (repeatable), such as an
+    /// earlier `--sample-only` run's: the validation loss stays on the `-f` files' text.
+    #[arg(long = "train-only")]
+    pub train_only: Vec<PathBuf>,
     /// Threads for the teacher (0 = all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
@@ -1147,6 +1157,10 @@ mod train {
         let batch = a.synthetic_batch.unwrap_or(if dev.is_cpu() { 8 } else { 256 }).max(1);
         let n = a.synthetic.div_ceil(seq);
         let t0 = std::time::Instant::now();
+        // `--sample-only --budget S`: no batch starts that would end past S seconds (at the
+        // last batch's pace).
+        let limit = if a.sample_only { a.budget } else { None };
+        let mut last_batch = 0.0f64;
         let model = Student::frozen(g, compute, dev, seq)?;
         let prompt = 8.min(seq - 1);
         let mut noise = Noise::new(a.seed);
@@ -1154,6 +1168,10 @@ mod train {
         let mut out = Vec::with_capacity(n);
         let pb = crate::progress::bar(n as u64, "sample");
         while out.len() < n {
+            let now = t0.elapsed().as_secs_f64();
+            if limit.is_some_and(|l| now + last_batch > l) {
+                break;
+            }
             let prompts: Vec<Vec<u32>> = (0..batch.min(n - out.len()))
                 .map(|_| {
                     pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -1161,10 +1179,12 @@ mod train {
                 })
                 .collect();
             out.extend(model.sample(&prompts, seq, a.synthetic_temp, &mut noise)?);
+            last_batch = t0.elapsed().as_secs_f64() - now;
             pb.set_position(out.len() as u64);
         }
         pb.finish_and_clear();
         let secs = t0.elapsed().as_secs_f64();
+        let n = out.len();
         crate::progress::note(&format!(
             "distill: sampled {} sequences of {seq} tokens from the teacher (temperature {}) in {secs:.1} s ({:.0} tokens/s)",
             n,
@@ -1265,6 +1285,11 @@ mod train {
         if a.synthetic_temp.is_nan() || a.synthetic_temp < 0.0 {
             return Err(CompressError::BadOption("--synthetic-temp: ≥ 0".into()));
         }
+        if a.sample_only && (a.synthetic == 0 || a.synthetic_out.is_some() || a.resume.is_some()) {
+            return Err(CompressError::BadOption(
+                "--sample-only writes --synthetic N tokens (N ≥ 1) to -o: no --synthetic-out, no --resume".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
             return Err(CompressError::BadOption("--alpha in [0, 1], --temperature > 0".into()));
         }
@@ -1284,6 +1309,7 @@ mod train {
         });
         let mut inputs: Vec<&Path> = vec![&a.teacher, &a.student];
         inputs.extend(a.files.iter().map(PathBuf::as_path));
+        inputs.extend(a.train_only.iter().map(PathBuf::as_path));
         crate::output::check_output(&a.output, a.force, &inputs)?;
         if let Some(t) = &a.synthetic_out {
             crate::output::check_output(t, a.force, &inputs)?;
@@ -1344,15 +1370,32 @@ mod train {
             });
         }
         let bos = if teacher_engine.tokenizer.add_bos() { teacher_engine.tokenizer.bos() } else { None };
-        let seqs: Vec<Vec<u32>> = (0..n_seq)
-            .map(|i| {
-                let mut s = tokens[i * seq..(i + 1) * seq].to_vec();
-                if let Some(b) = bos {
-                    s[0] = b;
-                }
-                s
-            })
-            .collect();
+        let cut = |tokens: &[u32]| -> Vec<Vec<u32>> {
+            tokens
+                .chunks_exact(seq)
+                .map(|c| {
+                    let mut s = c.to_vec();
+                    if let Some(b) = bos {
+                        s[0] = b;
+                    }
+                    s
+                })
+                .collect()
+        };
+        let seqs = cut(&tokens);
+        // Training-only text (a shared `--sample-only` sample): its own sequences, never held out.
+        let mut extra = Vec::new();
+        for f in &a.train_only {
+            let text = crate::imatrix::read_calibration(f)?;
+            let t = teacher_engine.tokenizer.encode(&text, false)?;
+            if t.len() < seq {
+                return Err(CompressError::Calibration {
+                    path: f.clone(),
+                    why: format!("{} tokens: not one sequence of {seq}", t.len()),
+                });
+            }
+            extra.extend(cut(&t));
+        }
         // The held-out sequences are spread over the text (every k-th), not only its end, so
         // that the validation loss covers every file.
         let stride = (n_seq / a.val_seqs.max(1)).max(1);
@@ -1365,6 +1408,13 @@ mod train {
             }
         }
         let syn = synthesize(a, &teacher_engine.gguf, &dev, compute, &train, seq)?;
+        if a.sample_only {
+            let text: Vec<String> = syn.iter().map(|q| teacher_engine.tokenizer.decode(q, false)).collect();
+            crate::output::write_file(&a.output, a.force, &inputs, text.join("\n\n").as_bytes())?;
+            crate::progress::note(&format!("distill: wrote {} ({} sequences)", a.output.display(), syn.len()));
+            return Ok(());
+        }
+        train.extend(extra.iter().map(Vec::as_slice));
         if let Some(path) = &a.synthetic_out {
             let text: Vec<String> = syn.iter().map(|q| teacher_engine.tokenizer.decode(q, false)).collect();
             std::fs::write(path, text.join("\n\n")).map_err(|e| CompressError::Io { path: path.clone(), source: e })?;

@@ -489,6 +489,37 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     v.extend([os("--synthetic-temp=-1"), os("--force")]);
     let (ok, err) = call(v);
     assert!(!ok && err.contains("--synthetic-temp"), "{err}");
+    // One sample shared by several runs: `--sample-only` writes the text and trains nothing,
+    // `--train-only` adds its sequences to the training set and never to the held-out ones.
+    let counts = |err: &str| -> (usize, usize) {
+        let at = err.find(" held-out sequences").expect(err);
+        let head: Vec<&str> = err[..at].rsplit("distill: ").next().unwrap().split(" train / ").collect();
+        (head[0].trim().parse().unwrap(), head[1].trim().parse().unwrap())
+    };
+    let (_, err) = call(base(&student).into_iter().chain([os("--force")]).collect());
+    let plain = counts(&err);
+    let synth = p.join("synth.txt");
+    let mut v = base(&student);
+    v[7] = synth.clone().into_os_string();
+    v.extend([os("--synthetic"), os("160"), os("--synthetic-batch"), os("4"), os("--sample-only")]);
+    let (ok, err) = call(v.clone());
+    assert!(ok && err.contains("sampled 10 sequences of 17 tokens"), "{err}");
+    let text = std::fs::read_to_string(&synth).unwrap();
+    assert_eq!(text.split("\n\n").count(), 10, "{text}");
+    assert!(!err.contains("step 1"), "{err}");
+    let (ok, err) = call(base(&student).into_iter().chain([os("--train-only"), synth.clone().into(), os("--force")]).collect());
+    assert!(ok, "{err}");
+    let (train, held) = counts(&err);
+    assert!(held == plain.1 && train > plain.0 + 5, "{plain:?} → {train} / {held}: {err}");
+    // --sample-only needs --synthetic; a training-only file too short for one sequence is named.
+    v.retain(|a| a != "--synthetic" && a != "160");
+    v.push(os("--force"));
+    let (ok, err) = call(v);
+    assert!(!ok && err.contains("--sample-only"), "{err}");
+    let short = p.join("short.txt");
+    std::fs::write(&short, "one two").unwrap();
+    let (ok, err) = call(base(&student).into_iter().chain([os("--train-only"), short.into(), os("--force")]).collect());
+    assert!(!ok && err.contains("short.txt") && err.contains("not one sequence"), "{err}");
 }
 
 /// The model as a sampler: `len` tokens of each prompt, greedy, without a cache (the whole

@@ -17,7 +17,10 @@ tail -n 1 $S/gpu.log 2> /dev/null
 echo "now $(date +%s) deadline $(cat $G/deadline)"
 if [[ -e $G/done ]]; then
     echo "pipeline exit $(cat $G/done)"
-    (cd $S && tar cJf "$OUT/results.tar.xz" ./*.log ./*.md ./*.txt ./*.wall 2> /dev/null; ls -l $S > "$OUT/ls.txt")
+    # The teacher-sampled text (tens of MB) comes back as its first 200 kB, to read.
+    [[ -s $S/synthetic.txt ]] && head -c 200000 $S/synthetic.txt > $S/synthetic-head.txt
+    (cd $S && tar cJf "$OUT/results.tar.xz" --exclude=./synthetic.txt ./*.log ./*.md ./*.txt ./*.wall 2> /dev/null
+        ls -l $S > "$OUT/ls.txt")
     [[ -s $S/kd.q4_k_m.gguf ]] && split -b 16000000 -d $S/kd.q4_k_m.gguf "$OUT/kdq."
     ls -l "$OUT"
 fi
