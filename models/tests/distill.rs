@@ -507,7 +507,8 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     let text = std::fs::read_to_string(&synth).unwrap();
     assert_eq!(text.split("\n\n").count(), 10, "{text}");
     assert!(!err.contains("step 1"), "{err}");
-    let (ok, err) = call(base(&student).into_iter().chain([os("--train-only"), synth.clone().into(), os("--force")]).collect());
+    let (ok, err) =
+        call(base(&student).into_iter().chain([os("--train-only"), synth.clone().into(), os("--force")]).collect());
     assert!(ok, "{err}");
     let (train, held) = counts(&err);
     assert!(held == plain.1 && train > plain.0 + 5, "{plain:?} → {train} / {held}: {err}");
