@@ -517,7 +517,7 @@ mod train {
             let c = &self.cfg;
             let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
             let t = x.dim(0).map_err(ce)? / b;
-            let p = cache.as_ref().and_then(|c| c.k.as_ref()).map_or(Ok(0), |k| k.dim(1)).map_err(ce)?;
+            let p = cache.as_ref().map_or(0, |c| c.len);
             let scale = 1.0 / (hd as f64).sqrt();
             let n = |s: &str| format!("blk.{l}.{s}");
             let xb = self.rmsnorm(x, &n("attn_norm.weight"))?;
@@ -525,44 +525,73 @@ mod train {
             let k = self.linear(&xb, &n("attn_k.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
             let v = self.linear(&xb, &n("attn_v.weight"))?.reshape((b, t, kv, hd)).map_err(ce)?;
             let q = self.rope(&q, p)?.transpose(1, 2).and_then(|q| q.contiguous()).map_err(ce)?; // (B, H, T, hd)
-            let k = self.rope(&k, p)?;
-            // (B, P + T, kv, hd): the cached positions, then these.
+            let k = self.rope(&k, p)?.transpose(1, 2).map_err(ce)?; // (B, kv, T, hd)
+            let v = v.transpose(1, 2).map_err(ce)?;
+            let n_kv = p + t;
+            let g = h / kv;
+            // (B, kv, P + T, hd): the cached positions, then these. The cache is allocated once
+            // at its capacity and written in place: the keys and values are never copied again.
             let (k, v) = match cache {
                 None => (k, v),
                 Some(c) => {
-                    let join = |old: &Option<Tensor>, new: Tensor| match old {
-                        Some(o) => Tensor::cat(&[o, &new], 1).map_err(ce),
-                        None => Ok(new),
-                    };
-                    let (k, v) = (join(&c.k, k)?, join(&c.v, v)?);
-                    c.k = Some(k.clone());
-                    c.v = Some(v.clone());
-                    (k, v)
+                    if c.k.is_none() {
+                        let z = |m: &Tensor| Tensor::zeros((b, kv, c.cap, hd), m.dtype(), m.device()).map_err(ce);
+                        c.k = Some(z(&k)?);
+                        c.v = Some(z(&v)?);
+                    }
+                    let (ck, cv) =
+                        c.k.as_ref()
+                            .zip(c.v.as_ref())
+                            .ok_or_else(|| CompressError::BadOption("sampling: the cache lost a tensor".into()))?;
+                    if n_kv > c.cap {
+                        return Err(CompressError::BadOption(format!(
+                            "sampling: the cache holds {} positions, not {n_kv}",
+                            c.cap
+                        )));
+                    }
+                    let k = k.contiguous().map_err(ce)?;
+                    let v = v.contiguous().map_err(ce)?;
+                    ck.slice_set(&k, 2, p).map_err(ce)?;
+                    cv.slice_set(&v, 2, p).map_err(ce)?;
+                    c.len = n_kv;
+                    (ck.narrow(2, 0, n_kv).map_err(ce)?, cv.narrow(2, 0, n_kv).map_err(ce)?)
                 }
             };
-            let n_kv = p + t;
-            // GQA: each KV head serves h / kv query heads, in order.
-            let widen = |m: Tensor| -> Result<Tensor> {
-                m.transpose(1, 2)
-                    .and_then(|m| m.unsqueeze(2))
-                    .and_then(|m| m.broadcast_as((b, kv, h / kv, n_kv, hd)))
-                    .and_then(|m| m.contiguous())
-                    .and_then(|m| m.reshape((b, h, n_kv, hd)))
-                    .map_err(ce)
-            };
-            let (k, v) = (widen(k)?, widen(v)?);
-            let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?; // (B, H, T, P + T)
-            let att = if unfused() {
-                crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
+            let o = if t == 1 && p > 0 {
+                // One new position (sampling): the G query heads of each KV head are the rows of
+                // one (G, hd) × (hd, P + 1) product against the cache itself, which sees every
+                // position, so nothing is widened or masked.
+                let qg = q.reshape((b, kv, g, hd)).map_err(ce)?;
+                let scores = qg.matmul(&k.t().map_err(ce)?).and_then(|s| s.reshape((b, h, 1, n_kv))).map_err(ce)?;
+                let att = if unfused() {
+                    crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
+                } else {
+                    crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
+                };
+                att.reshape((b, kv, g, n_kv))
+                    .and_then(|a| a.matmul(&v))
+                    .and_then(|o| o.reshape((b, h, 1, hd)))
+                    .map_err(ce)?
             } else {
-                crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
+                // GQA: each KV head serves h / kv query heads, in order.
+                let widen = |m: Tensor| -> Result<Tensor> {
+                    m.unsqueeze(2)
+                        .and_then(|m| m.broadcast_as((b, kv, g, n_kv, hd)))
+                        .and_then(|m| m.contiguous())
+                        .and_then(|m| m.reshape((b, h, n_kv, hd)))
+                        .map_err(ce)
+                };
+                let (k, v) = (widen(k)?, widen(v)?);
+                let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?; // (B, H, T, P + T)
+                let att = if unfused() {
+                    crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
+                } else {
+                    crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
+                };
+                att.matmul(&v).map_err(ce)?
             };
-            let o = att
-                .matmul(&v)
-                .and_then(|o| o.transpose(1, 2))
-                .and_then(|o| o.contiguous())
-                .and_then(|o| o.reshape((b * t, h * hd)))
-                .map_err(ce)?;
+            let o =
+                o.transpose(1, 2).and_then(|o| o.contiguous()).and_then(|o| o.reshape((b * t, h * hd))).map_err(ce)?;
             let x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;
             let xb = self.rmsnorm(&x, &n("ffn_norm.weight"))?;
             let g = self.linear(&xb, &n("ffn_gate.weight"))?;
@@ -593,7 +622,8 @@ mod train {
                 )));
             }
             let mut out: Vec<Vec<u32>> = prompts.to_vec();
-            let mut cache: Vec<KvCache> = (0..self.cfg.n_layer).map(|_| KvCache::default()).collect();
+            let mut cache: Vec<KvCache> =
+                (0..self.cfg.n_layer).map(|_| KvCache { cap: len, ..Default::default() }).collect();
             let mut step: Vec<u32> = prompts.concat();
             let mut pos = 0;
             while out[0].len() < len {
@@ -636,8 +666,10 @@ mod train {
     /// One layer's cached keys and values, (B, positions, kv heads, head dim).
     #[derive(Default)]
     struct KvCache {
-        k: Option<Tensor>,
-        v: Option<Tensor>,
+        k: Option<Tensor>, // (B, kv, cap, hd), allocated at the first step
+        v: Option<Tensor>, // (B, kv, cap, hd)
+        cap: usize,        // positions it holds
+        len: usize,        // positions written
     }
 
     /// Uniform (0, 1) draws for sampling: from a seeded SplitMix64 on the CPU (reproducible),
