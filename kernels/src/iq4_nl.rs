@@ -19,6 +19,18 @@ pub const QK4_NL: usize = 32;
 /// ggml's `kvalues_iq4nl`: the 16 grid points of IQ4_NL and IQ4_XS.
 pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
+/// [`KVALUES_IQ4NL`] + 128, as unsigned bytes: the grid the VNNI kernels look codes up in (an
+/// unsigned operand of `vpdpbusd`). A constant, so that no kernel call rebuilds it.
+pub const KVALUES_IQ4NL_U8: [u8; 16] = {
+    let mut g = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        g[i] = (KVALUES_IQ4NL[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    g
+};
+
 /// ggml's `block_iq4_nl` (18 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]

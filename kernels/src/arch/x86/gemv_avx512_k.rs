@@ -431,8 +431,7 @@ pub(crate) fn gemv_iq4nl_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32])
 unsafe fn gemv_iq4nlx4_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
     const BS: usize = 18;
     let nb = x.k() / 32;
-    let grid = crate::iq4_nl::KVALUES_IQ4NL.map(|v| (v as i16 + 128) as u8);
-    let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(grid.as_ptr().cast()));
+    let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(crate::iq4_nl::KVALUES_IQ4NL_U8.as_ptr().cast()));
     let m4 = _mm512_set1_epi8(0x0f);
     // Lane i takes block i / 4's scale: f16 word 9 · (i / 4) of the step's first 64 bytes.
     let idx = _mm512_set_epi16(
@@ -507,8 +506,7 @@ pub(crate) fn gemv_iq4xs_avx512(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32])
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemv_iq4xs_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
     let nsb = x.k() / 256;
-    let grid = crate::iq4_nl::KVALUES_IQ4NL.map(|v| (v as i16 + 128) as u8);
-    let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(grid.as_ptr().cast()));
+    let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(crate::iq4_nl::KVALUES_IQ4NL_U8.as_ptr().cast()));
     let m4 = _mm512_set1_epi8(0x0f);
     // Lane l of half h takes the scale of group 4h + l / 4.
     let pick = [
