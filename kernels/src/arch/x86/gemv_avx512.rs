@@ -44,7 +44,16 @@ pub(crate) unsafe fn by_four_rows(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32
         let n = o.len();
         // SAFETY: `rows` holds the `n` rows of this call (caller contract for the rest).
         let v = kernels[n - 1](rows, rb, x);
-        o.copy_from_slice(&v[..n]);
+        // A fixed-length copy in the common case: `copy_from_slice` of a run-time length
+        // called memmove for every 16 bytes (3.5 % of a 576-wide model's decode time).
+        match <&mut [f32; 4]>::try_from(&mut *o) {
+            Ok(o4) => *o4 = v,
+            Err(_) => {
+                for (d, s) in o.iter_mut().zip(v) {
+                    *d = s;
+                }
+            }
+        }
     }
 }
 
@@ -303,7 +312,10 @@ pub(crate) fn gemv_many_q4_avx512<const Q41: bool>(w: &[u8], rb: usize, xs: &[&V
                 }
             };
             for (o, v) in outs[t..t + nt].iter_mut().zip(&res) {
-                o[r..r + nr].copy_from_slice(&v[..nr]);
+                // One or two floats: a loop, not a memmove call.
+                for (d, s) in o[r..r + nr].iter_mut().zip(v) {
+                    *d = *s;
+                }
             }
             t += nt;
         }
@@ -465,7 +477,10 @@ pub(crate) fn gemv_many_q8_0_avx512(w: &[u8], rb: usize, xs: &[&VecQ8], outs: &m
                 }
             };
             for (o, v) in outs[t..t + nt].iter_mut().zip(&res) {
-                o[r..r + nr].copy_from_slice(&v[..nr]);
+                // One or two floats: a loop, not a memmove call.
+                for (d, s) in o[r..r + nr].iter_mut().zip(v) {
+                    *d = *s;
+                }
             }
             t += nt;
         }
