@@ -320,12 +320,15 @@ unsafe fn gemv_q6k_impl(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
 }
 
 /// Q2_K (`Q3 = false`, 84-byte super-blocks) or Q3_K (110 bytes): 2-bit codes (plus Q3_K's high
-/// bit from `hmask`), groups of 16.
+/// bit from `hmask`), groups of 16; four rows at a time (the token's codes, offsets and scales
+/// loaded once for the four).
 pub(crate) fn gemv_q23k_avx512<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
     check(w, rb, x, out, 256, if Q3 { 110 } else { 84 });
     assert_eq!(x.acts.ds16.len(), x.k() / 16, "gemv_q8: VecQ8 shape");
+    let kernels: [RowsKernel; 4] =
+        [gemv_q23k_rows::<1, Q3>, gemv_q23k_rows::<2, Q3>, gemv_q23k_rows::<3, Q3>, gemv_q23k_rows::<4, Q3>];
     // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) available and shapes checked above.
-    unsafe { gemv_q23k_impl::<Q3>(w, rb, x, out) }
+    unsafe { by_four_rows(w, rb, x, out, kernels) }
 }
 
 /// The sixteen 6-bit scales of a Q3_K super-block (`sc`: its 12 scale bytes, see `scale6` in
@@ -344,64 +347,104 @@ fn scales_q3k(sc: &[u8; 12]) -> [u32; 4] {
     ]
 }
 
+/// `R` rows of Q2_K / Q3_K against the token. Element `128h + 32j + l` of a super-block is bits
+/// `2j, 2j + 1` of `qs[32h + l]` (and, for Q3_K, bit `4h + j` of `hmask[l]`); a step takes the 64
+/// elements `64v ..` (`v = 2h + t`: `j = 2t` in its lower half, `2t + 1` in its upper) from one
+/// broadcast of the half's 32 `qs` bytes by a per-half word shift (`vpsrlvw`), and Q3_K's high
+/// bits by one `vptestmb` against the half's bit (adding 4 where it is set: `u` = code + 4).
+///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI, F16C; shapes as [`check`] asserts.
+/// AVX-512 F/BW/VL/VNNI, F16C; `rows` holds `R` rows of `x.k() / 256` super-blocks; `x` holds
+/// the lanes [`check`] asserts.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn gemv_q23k_impl<const Q3: bool>(w: &[u8], rb: usize, x: &VecQ8, out: &mut [f32]) {
+unsafe fn gemv_q23k_rows<const R: usize, const Q3: bool>(rows: &[u8], rb: usize, x: &VecQ8) -> [f32; 4] {
     let (bs, qs_at) = if Q3 { (110, 32) } else { (84, 16) };
     let nb = x.k() / 256;
     let (q, dl, s4, ds16) = (x.acts.q.as_ptr(), x.dl.as_ptr(), x.s4.as_ptr(), x.acts.ds16.as_ptr());
-    let (m3, one) = (_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x01));
+    let (m3, four) = (_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x04));
     let idx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-        let p = row.as_ptr();
-        let mut acc = _mm512_setzero_ps();
-        let mut acc_m = _mm512_setzero_ps();
-        for b in 0..nb {
-            // SAFETY (this block): super-block b lies inside the row; its 256 codes, 64 lanes and
-            // 16 group sums inside `x`.
-            let blk = p.add(b * bs);
-            for l in 0..bs.div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
-            }
-            let sc = if Q3 {
-                let [w0, w1, w2, w3] = scales_q3k(&*blk.add(96).cast::<[u8; 12]>());
+    // Step t of a half: words of the lower 32 bytes shift by 4t (j = 2t), the upper by 4t + 2.
+    let cnt = |t: i16| {
+        let (a, b) = (4 * t, 4 * t + 2);
+        _mm512_set_epi16(b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a)
+    };
+    let cnts = [cnt(0), cnt(1)];
+    // Q3_K's high bit of step v = 2h + t: bit 4h + 2t (lower 32 bytes), 4h + 2t + 1 (upper).
+    let bit = |v: i32| {
+        let (h, t) = (v / 2, v % 2);
+        let (a, b) = (1i64 << (4 * h + 2 * t), 1i64 << (4 * h + 2 * t + 1));
+        let (a, b) = (a * 0x0101_0101_0101_0101, b * 0x0101_0101_0101_0101);
+        _mm512_set_epi64(b, b, b, b, a, a, a, a)
+    };
+    let bits = [bit(0), bit(1), bit(2), bit(3)];
+    let base = rows.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_m = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        // SAFETY (this block): super-block b of each of the R rows lies inside `rows`; its 256
+        // codes, 64 lanes and 16 group sums inside `x`.
+        let blk: [*const u8; R] = core::array::from_fn(|r| base.add(r * rb + b * bs));
+        let mut sc = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            let p = blk[r];
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * rb).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * rb + 64).cast());
+            sc[r] = if Q3 {
+                let [w0, w1, w2, w3] = scales_q3k(&*p.add(96).cast::<[u8; 12]>());
                 let s = _mm_sub_epi8(_mm_set_epi32(w3 as i32, w2 as i32, w1 as i32, w0 as i32), _mm_set1_epi8(32));
-                let d = f16s(blk.add(108));
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s)), _mm512_set1_ps(d))
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s)), _mm512_set1_ps(f16s(p.add(108))))
             } else {
-                let raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.cast()));
-                let (d, dmin) = (f16s(blk.add(80)), f16s(blk.add(82)));
+                let raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
+                let (d, dmin) = (f16s(p.add(80)), f16s(p.add(82)));
                 let mins = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(raw));
                 let dsv = _mm512_loadu_ps(ds16.add(16 * b));
-                acc_m = _mm512_fmadd_ps(_mm512_mul_ps(mins, _mm512_set1_ps(-dmin)), dsv, acc_m);
+                acc_m[r] = _mm512_fmadd_ps(_mm512_mul_ps(mins, _mm512_set1_ps(-dmin)), dsv, acc_m[r]);
                 _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(raw, _mm512_set1_epi32(0xf))), _mm512_set1_ps(d))
             };
-            for v in 0..4 {
-                // Elements 64v..64v + 64: half h = v / 2, shifts 2k0 (lower 32) and 2k0 + 2 (upper).
-                let (h, k0) = (v / 2, 2 * (v % 2));
-                let qs = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(qs_at + 32 * h).cast()));
-                let qs = _mm512_srl_epi16(qs, _mm_cvtsi32_si128(2 * k0 as i32));
-                let mut u = _mm512_and_si512(_mm512_mask_srli_epi16(qs, 0xffff_0000, qs, 2), m3);
-                if Q3 {
-                    let hm = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.cast()));
-                    let hm = _mm512_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + k0) as i32));
-                    let hb = _mm512_and_si512(_mm512_mask_srli_epi16(hm, 0xffff_0000, hm, 1), one);
-                    u = _mm512_or_si512(u, _mm512_slli_epi16::<2>(hb));
-                }
+        }
+        let hm: [__m512i; R] = core::array::from_fn(|r| {
+            if Q3 {
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(blk[r].cast()))
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        for h in 0..2 {
+            let qs: [__m512i; R] =
+                core::array::from_fn(|r| _mm512_broadcast_i64x4(_mm256_loadu_si256(blk[r].add(qs_at + 32 * h).cast())));
+            for t in 0..2 {
+                let v = 2 * h + t;
                 let e = 256 * b + 64 * v;
-                let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(q.add(e).cast()));
-                if Q3 {
-                    // u = stored code + 4: Σ (u − 4) q = Σ u q − 4 Σ q.
-                    dot = _mm512_sub_epi32(dot, _mm512_slli_epi32::<2>(_mm512_loadu_si512(s4.add(e / 4).cast())));
-                }
+                let xq = _mm512_loadu_si512(q.add(e).cast());
+                // Q3_K: u = code + 4, so each row's sum starts at −4 Σq.
+                let init = if Q3 {
+                    _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_slli_epi32::<2>(_mm512_loadu_si512(s4.add(e / 4).cast())),
+                    )
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let dlv = _mm512_loadu_ps(dl.add(e / 4));
                 let idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(4 * v as i32));
-                let sl = _mm512_mul_ps(_mm512_permutexvar_ps(idx, sc), _mm512_loadu_ps(dl.add(e / 4)));
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc);
+                for r in 0..R {
+                    let mut u = _mm512_and_si512(_mm512_srlv_epi16(qs[r], cnts[t]), m3);
+                    if Q3 {
+                        let k = _mm512_test_epi8_mask(hm[r], bits[v]);
+                        u = _mm512_mask_add_epi8(u, k, u, four);
+                    }
+                    let dot = _mm512_dpbusd_epi32(init, u, xq);
+                    let sl = _mm512_mul_ps(_mm512_permutexvar_ps(idx, sc[r]), dlv);
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sl, acc[r]);
+                }
             }
         }
-        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_m));
     }
+    let mut res = [0.0f32; 4];
+    for r in 0..R {
+        res[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc_m[r]));
+    }
+    res
 }
 
 /// IQ4_NL (18-byte blocks: f16 `d`, 16 bytes of 4-bit indices into the 16-value grid), four rows
