@@ -412,7 +412,7 @@ unsafe fn gemv_q23k_rows<const R: usize, const Q3: bool>(rows: &[u8], rb: usize,
         for h in 0..2 {
             let qs: [__m512i; R] =
                 core::array::from_fn(|r| _mm512_broadcast_i64x4(_mm256_loadu_si256(blk[r].add(qs_at + 32 * h).cast())));
-            for t in 0..2 {
+            for (t, cnt) in cnts.iter().enumerate() {
                 let v = 2 * h + t;
                 let e = 256 * b + 64 * v;
                 let xq = _mm512_loadu_si512(q.add(e).cast());
@@ -428,7 +428,7 @@ unsafe fn gemv_q23k_rows<const R: usize, const Q3: bool>(rows: &[u8], rb: usize,
                 let dlv = _mm512_loadu_ps(dl.add(e / 4));
                 let idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(4 * v as i32));
                 for r in 0..R {
-                    let mut u = _mm512_and_si512(_mm512_srlv_epi16(qs[r], cnts[t]), m3);
+                    let mut u = _mm512_and_si512(_mm512_srlv_epi16(qs[r], *cnt), m3);
                     if Q3 {
                         let k = _mm512_test_epi8_mask(hm[r], bits[v]);
                         u = _mm512_mask_add_epi8(u, k, u, four);
