@@ -663,7 +663,7 @@ mod train {
         }
     }
 
-    /// One layer's cached keys and values, (B, positions, kv heads, head dim).
+    /// One layer's cached keys and values, (B, kv heads, capacity, head dim), written in place.
     #[derive(Default)]
     struct KvCache {
         k: Option<Tensor>, // (B, kv, cap, hd), allocated at the first step
