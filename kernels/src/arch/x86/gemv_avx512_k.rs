@@ -372,8 +372,9 @@ unsafe fn gemv_q23k_rows<const R: usize, const Q3: bool>(rows: &[u8], rb: usize,
     // Q3_K's high bit of step v = 2h + t: bit 4h + 2t (lower 32 bytes), 4h + 2t + 1 (upper).
     let bit = |v: i32| {
         let (h, t) = (v / 2, v % 2);
-        let (a, b) = (1i64 << (4 * h + 2 * t), 1i64 << (4 * h + 2 * t + 1));
-        let (a, b) = (a * 0x0101_0101_0101_0101, b * 0x0101_0101_0101_0101);
+        // The bit in every byte of a 64-bit word (bit 7 sets the word's sign: unsigned, then cast).
+        let every = |n: i32| ((1u64 << n) * 0x0101_0101_0101_0101) as i64;
+        let (a, b) = (every(4 * h + 2 * t), every(4 * h + 2 * t + 1));
         _mm512_set_epi64(b, b, b, b, a, a, a, a)
     };
     let bits = [bit(0), bit(1), bit(2), bit(3)];
