@@ -19,8 +19,9 @@ pub const QK4_NL: usize = 32;
 /// ggml's `kvalues_iq4nl`: the 16 grid points of IQ4_NL and IQ4_XS.
 pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
-/// [`KVALUES_IQ4NL`] + 128, as unsigned bytes: the grid the VNNI kernels look codes up in (an
-/// unsigned operand of `vpdpbusd`). A constant, so that no kernel call rebuilds it.
+/// [`KVALUES_IQ4NL`] + 128, as unsigned bytes: the codes the integer kernels multiply (an
+/// unsigned operand of `vpdpbusd`), looked up by the AVX-512 decode kernels and by
+/// [`unpack_kvalues16`]. A constant, so that no kernel call rebuilds it.
 pub const KVALUES_IQ4NL_U8: [u8; 16] = {
     let mut g = [0u8; 16];
     let mut i = 0;
@@ -345,8 +346,8 @@ impl crate::grid::Grid for BlockIQ4NL {
 #[inline(always)]
 pub(crate) fn unpack_kvalues16(qs: &[u8], u: &mut [u8]) {
     for j in 0..16 {
-        u[j] = (KVALUES_IQ4NL[(qs[j] & 0x0f) as usize] as i16 + 128) as u8;
-        u[j + 16] = (KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i16 + 128) as u8;
+        u[j] = KVALUES_IQ4NL_U8[(qs[j] & 0x0f) as usize];
+        u[j + 16] = KVALUES_IQ4NL_U8[(qs[j] >> 4) as usize];
     }
 }
 

@@ -1415,6 +1415,28 @@ mod train {
                 .collect()
         };
         let seqs = cut(&tokens);
+        // The held-out sequences are spread over the text (every k-th), not only its end, so
+        // that the validation loss covers every file.
+        let stride = (n_seq / a.val_seqs.max(1)).max(1);
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for (i, q) in seqs.iter().enumerate() {
+            if a.val_seqs > 0 && i % stride == stride - 1 && val.len() < a.val_seqs {
+                val.push(q.as_slice());
+            } else {
+                train.push(q.as_slice());
+            }
+        }
+        let syn = synthesize(a, &teacher_engine.gguf, &dev, compute, &train, seq)?;
+        // The sample as text, one sequence per paragraph (`--sample-only`, `--synthetic-out`).
+        let syn_text = || {
+            let text: Vec<String> = syn.iter().map(|q| teacher_engine.tokenizer.decode(q, false)).collect();
+            text.join("\n\n")
+        };
+        if a.sample_only {
+            crate::output::write_file(&a.output, a.force, &inputs, syn_text().as_bytes())?;
+            crate::progress::note(&format!("distill: wrote {} ({} sequences)", a.output.display(), syn.len()));
+            return Ok(());
+        }
         // Training-only text (a shared `--sample-only` sample): its own sequences, never held out.
         let mut extra = Vec::new();
         for f in &a.train_only {
@@ -1428,28 +1450,9 @@ mod train {
             }
             extra.extend(cut(&t));
         }
-        // The held-out sequences are spread over the text (every k-th), not only its end, so
-        // that the validation loss covers every file.
-        let stride = (n_seq / a.val_seqs.max(1)).max(1);
-        let (mut train, mut val) = (Vec::new(), Vec::new());
-        for (i, q) in seqs.iter().enumerate() {
-            if a.val_seqs > 0 && i % stride == stride - 1 && val.len() < a.val_seqs {
-                val.push(q.as_slice());
-            } else {
-                train.push(q.as_slice());
-            }
-        }
-        let syn = synthesize(a, &teacher_engine.gguf, &dev, compute, &train, seq)?;
-        if a.sample_only {
-            let text: Vec<String> = syn.iter().map(|q| teacher_engine.tokenizer.decode(q, false)).collect();
-            crate::output::write_file(&a.output, a.force, &inputs, text.join("\n\n").as_bytes())?;
-            crate::progress::note(&format!("distill: wrote {} ({} sequences)", a.output.display(), syn.len()));
-            return Ok(());
-        }
         train.extend(extra.iter().map(Vec::as_slice));
         if let Some(path) = &a.synthetic_out {
-            let text: Vec<String> = syn.iter().map(|q| teacher_engine.tokenizer.decode(q, false)).collect();
-            std::fs::write(path, text.join("\n\n")).map_err(|e| CompressError::Io { path: path.clone(), source: e })?;
+            std::fs::write(path, syn_text()).map_err(|e| CompressError::Io { path: path.clone(), source: e })?;
         }
         train.extend(syn.iter().map(Vec::as_slice));
         let per_step = a.batch * a.accum;

@@ -388,8 +388,9 @@ unsafe fn gemv_q23k_rows<const R: usize, const Q3: bool>(rows: &[u8], rb: usize,
         let mut sc = [_mm512_setzero_ps(); R];
         for r in 0..R {
             let p = blk[r];
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * rb).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * rb + 64).cast());
+            for l in 0..bs.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * rb + 64 * l).cast());
+            }
             sc[r] = if Q3 {
                 let [w0, w1, w2, w3] = scales_q3k(&*p.add(96).cast::<[u8; 12]>());
                 let s = _mm_sub_epi8(_mm_set_epi32(w3 as i32, w2 as i32, w1 as i32, w0 as i32), _mm_set1_epi8(32));
