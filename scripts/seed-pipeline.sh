@@ -96,6 +96,16 @@ T=$OUT/teacher-f32.gguf
 # Embedding 512, not 576: Q4_K_M needs rows of 256s. Pruning the FFN alone (1536 → 832) starts
 # better (WikiText-2 127.3 against 232.6 untrained) but every 576-wide row then falls back to
 # Q5_0/Q8_0 and its Q4_K_M file is 83.0 MB, over the 77 MB goal.
+# KD_FROM=FILE: the kd run continues FILE (a kd student of an earlier session, e.g. its
+# kd.q8_0.gguf) instead of starting from the pruned model; with RUNS="kd" alone nothing is pruned
+# and the untrained rows are not evaluated.
+if [[ -n ${KD_FROM:-} ]]; then
+    [[ -s $KD_FROM ]] || { echo "seed-pipeline: no KD_FROM file $KD_FROM" >&2; exit 1; }
+    cp "$KD_FROM" "$OUT/kd-from.gguf"
+fi
+PRUNE=1
+[[ -n ${KD_FROM:-} && ${RUNS:-} == kd ]] && PRUNE=0
+if [[ $PRUNE == 1 ]]; then
 log "prune: width (embd 512, FFN 1024, every head: 2/3 of the non-embedding parameters)"
 "$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width ffn=1024,embd=512 -c 256 --chunks "$CAL_CHUNKS" --force \
     2>&1 | tee "$OUT/width.log" >&2
@@ -103,11 +113,12 @@ params=$(grep -oE 'prune: [0-9.]+M →' "$OUT/width.log" | grep -oE '[0-9.]+M' |
 log "prune: depth to the width-pruned size (${params:-96M})"
 "$PC" prune "$T" "$OUT/depth.gguf" -f "$WIKI" --target-params "${params:-96M}" --by depth -c 256 \
     --chunks "$CAL_CHUNKS" --ppl-chunks "$PPL_CHUNKS" --force
+fi
 
 # On a GPU the CPU idles while the students train: the untrained rows are evaluated then, in the
 # background, and the final evaluation (inside the deadline's reserve) covers the trained ones.
 BASE_EVAL=
-if [[ $DEVICE == cuda ]]; then
+if [[ $DEVICE == cuda && $PRUNE == 1 ]]; then
     "$PC" eval -m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf" --base "$T" -f "$WIKITEXT" -c 512 \
         --chunks "$CHUNKS" > "$OUT/eval-untrained.txt" 2> "$OUT/eval-untrained.log" &
     BASE_EVAL=$!
@@ -118,7 +129,7 @@ common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM"
     --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY" --force)
 # The teacher's own text, sampled once for all runs (a resumed run reads the same file).
 if [[ $SYNTHETIC -gt 0 ]]; then
-    sample=(--teacher "$T" --student "$OUT/width.gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
+    sample=(--teacher "$T" --student "$OUT/$([[ $PRUNE == 1 ]] && echo width || echo kd-from).gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
         --val-seqs 16 --synthetic "$SYNTHETIC" --sample-only -o "$OUT/synthetic.txt" --force)
     [[ -n ${SYNTHETIC_BATCH:-} ]] && sample+=(--synthetic-batch "$SYNTHETIC_BATCH")
     if [[ $TOKENS == auto ]]; then
@@ -142,6 +153,7 @@ fi
 now() { date +%s; }
 # A run's student: a pruned model, or (the tails) the kd run's output.
 declare -A STUDENT=([kd]=width [ce]=width [depth-kd]=depth [qat]=width [kd-tail]=kd [qat-tail]=kd)
+[[ -z ${KD_FROM:-} ]] || STUDENT[kd]=kd-from
 TAIL_LR=${TAIL_LR:-$(python3 -c "print(f'{$LR / 5:g}')")}
 LR_FIRST=(--lr "$LR" --warmup "$WARMUP") LR_TAIL=(--lr "$TAIL_LR" --warmup 2)
 declare -A EXTRA=([kd]="--alpha 0 ${LR_FIRST[*]}" [ce]="--alpha 1 ${LR_FIRST[*]}" [depth-kd]="--alpha 0 ${LR_FIRST[*]}"
@@ -271,6 +283,12 @@ done
 # --- quantization and evaluation -------------------------------------------------------------
 qrows=()  # the distilled width students that were run
 for r in kd qat kd-tail qat-tail; do if [[ -n ${RESULT[$r]:-} ]]; then qrows+=("$r"); fi; done
+# On a GPU the kd student also comes back as Q8_0 (102 MB against 368 MB of f32: what a later
+# session continues with KD_FROM; scripts/gpu/fetch.sh returns it in parts).
+if [[ $DEVICE == cuda && -n ${RESULT[kd]:-} ]]; then
+    "$PC" quantize "${RESULT[kd]}" "$OUT/kd.q8_0.gguf" --type Q8_0 --pure --force > "$OUT/kd-q8.log" 2>&1 ||
+        log "the kd student's Q8_0 copy failed (see $OUT/kd-q8.log)"
+fi
 for r in "${qrows[@]}"; do
     "$PC" imatrix "${RESULT[$r]}" -f "$WIKI" -o "$OUT/$r.imatrix.gguf" -c 512 --chunks "$CAL_CHUNKS" --force
     "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force
@@ -280,7 +298,8 @@ if [[ -n $BASE_EVAL ]]; then
     cat "$OUT/eval-untrained.txt"
     models=()
 else
-    models=(-m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf")
+    models=(-m "$T")
+    if [[ $PRUNE == 1 ]]; then models+=(-m "$OUT/width.gguf" -m "$OUT/depth.gguf"); else models+=(-m "$OUT/kd-from.gguf"); fi
 fi
 for r in "${DONE[@]}"; do [[ -n $BASE_EVAL && $r == *-tail ]] || models+=(-m "${RESULT[$r]}"); done
 for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
@@ -298,6 +317,7 @@ fi
     done
     echo
     echo "device $DEVICE, dtype $DTYPE, ctx $CTX, batch $BATCH × accum $ACCUM, lr $LR, warm-up $WARMUP, runs $([[ $PARALLEL == 1 ]] && echo "side by side" || echo "one after another")"
+    [[ -z ${KD_FROM:-} ]] || echo "kd continued $(basename "$KD_FROM") (sha256 $(sha256sum "$KD_FROM" | cut -c1-16)), not the pruned model"
     if [[ $SYNTHETIC -gt 0 ]]; then
         echo "teacher-sampled text: $(grep -oE 'sampled [0-9]+ sequences of [0-9]+ tokens.*' "$OUT/synthetic.log" | tail -1 || echo "none (sampling failed)")"
     fi

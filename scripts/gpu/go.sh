@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device side, second call (carry .gpu/b; the first call, carrying .gpu/a, ran
-# `mkdir -p /root/g && cp .gpu/a/t1 /root/g/`: a carried folder does not outlive its call).
+# `mkdir -p /root/g && cp .gpu/a/t1 /root/g/`: a carried folder does not outlive its call; with
+# a student to continue, calls carrying .gpu/c1, .gpu/c2 … ran `cp .gpu/cN/* /root/g/` first).
 # Assembles the inputs, starts the seed pipeline under setsid (it outlives this call, not the
 # machine), then watches it like poll.sh. LEFT: device seconds left when this call starts; the
 # pipeline's deadline leaves 150 s of them for the last poll. RUNS, BATCH, ACCUM, LR, … pass
@@ -18,7 +19,14 @@ xz -dc .gpu/b/pc.xz > $G/pc && chmod +x $G/pc
 xz -dc .gpu/b/wiki.xz > $G/wiki.txt
 xz -dc .gpu/b/shakes.xz > $G/shakes.txt
 xz -dc .gpu/b/wikitext.xz > $G/wikitext.txt
-cp scripts/gpu/poll.sh $G/poll.sh
+cp scripts/gpu/poll.sh scripts/gpu/fetch.sh $G/
+# A student to continue (pack.sh with KD_FROM: .gpu/c1, .gpu/c2 … carried by the calls before
+# this one, each `cp .gpu/cN/* /root/g/`).
+if compgen -G "$G/kd-from.part*" > /dev/null; then
+    cat "$G"/kd-from.part* > $G/kd-from.gguf
+    echo "$(cat $G/kd-from.sha256)  $G/kd-from.gguf" | sha256sum -c || exit 4
+    export KD_FROM=$G/kd-from.gguf
+fi
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 $G/pc --help | head -1 || { ldd $G/pc; exit 5; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -7,7 +7,7 @@
 #
 #   eval "$(scripts/setup-cuda-build.sh)"
 #   cargo build --release -p pith-models --features cuda --bin pith-compress
-#   scripts/gpu/pack.sh
+#   [KD_FROM=kd.q8_0.gguf] scripts/gpu/pack.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 grep -qx '/.gpu/' .git/info/exclude 2> /dev/null || echo '/.gpu/' >> .git/info/exclude
@@ -27,4 +27,12 @@ strip -o .gpu/pc "$PC" && xz -T2 -6 -c .gpu/pc > .gpu/b/pc.xz && rm .gpu/pc
 xz -c "$WIKI" > .gpu/b/wiki.xz
 xz -c "$SHAKESPEARE" > .gpu/b/shakes.xz
 xz -c "$WIKITEXT" > .gpu/b/wikitext.xz
-du -sh .gpu/a .gpu/b
+# KD_FROM=FILE (a kd student of an earlier session, its kd.q8_0.gguf): in 60 MB parts, one
+# .gpu/cN folder a call; go.sh reassembles it and the pipeline's kd run continues it.
+rm -rf .gpu/c*
+if [[ -n ${KD_FROM:-} ]]; then
+    split -b 60000000 -d -a 1 "$KD_FROM" .gpu/kd-from.part
+    for p in .gpu/kd-from.part*; do mkdir -p ".gpu/c${p##*part}" && mv "$p" ".gpu/c${p##*part}/"; done
+    sha256sum "$KD_FROM" | cut -d' ' -f1 > .gpu/c0/kd-from.sha256
+fi
+du -sh .gpu/a .gpu/b .gpu/c* 2> /dev/null

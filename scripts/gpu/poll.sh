@@ -19,6 +19,9 @@ if [[ -e $G/done ]]; then
     echo "pipeline exit $(cat $G/done)"
     # The teacher-sampled text (tens of MB) comes back as its first 200 kB, to read.
     [[ -s $S/synthetic.txt ]] && head -c 200000 $S/synthetic.txt > $S/synthetic-head.txt
+    # The whole sample and the kd student's Q8_0 copy come back by fetch.sh, in later calls.
+    [[ -s $S/synthetic.txt && ! -s $S/synthetic.txt.xz ]] && xz -T16 -c $S/synthetic.txt > $S/synthetic.txt.xz
+    ls -l $S/kd.q8_0.gguf $S/synthetic.txt.xz 2> /dev/null
     (cd $S && tar cJf "$OUT/results.tar.xz" --exclude=./synthetic.txt ./*.log ./*.md ./*.txt ./*.wall 2> /dev/null
         ls -l $S > "$OUT/ls.txt")
     [[ -s $S/kd.q4_k_m.gguf ]] && split -b 16000000 -d $S/kd.q4_k_m.gguf "$OUT/kdq."
