@@ -787,11 +787,12 @@ mod train {
         Ok(total)
     }
 
-    /// The loss of [`loss`] and its gradient with respect to the student's logits (T, V, f32),
+    /// The loss of [`loss`] and its gradient with respect to the student's logits (T, V),
     /// computed in closed form with no autograd graph:
     /// `α/T_n·(softmax(s) − onehot(label)) + (1 − α)·T/T_n·(softmax(s/T) − softmax(t/T))` per row,
-    /// `T_n` positions. The graph of the loss would keep a dozen (T, V) intermediates alive until
-    /// the backward pass (4 × 511 positions × 49,152 logits are 400 MB each); this keeps one.
+    /// `T_n` positions, by one fused op ([`crate::fused::kd_loss_grad`]: two passes over each
+    /// row) — or, with `PITH_DISTILL_UNFUSED=1`, by candle's ops. The graph of the loss would keep
+    /// a dozen (T, V) intermediates alive until the backward pass; this keeps one.
     pub fn loss_grad(
         student: &Tensor,
         teacher: &Tensor,
@@ -799,41 +800,22 @@ mod train {
         alpha: f64,
         temp: f64,
     ) -> Result<(f64, Tensor)> {
-        let wide = |x: &Tensor| -> Result<Tensor> {
-            match x.dtype() {
-                DType::BF16 | DType::F16 => x.detach().to_dtype(DType::F32).map_err(ce),
-                _ => Ok(x.detach()),
-            }
-        };
-        let (s, t) = (wide(student)?, wide(teacher)?);
-        let (n, _) = s.dims2().map_err(ce)?;
+        let (n, _) = student.dims2().map_err(ce)?;
         if labels.len() != n {
             return Err(CompressError::BadOption(format!("{} labels for {n} positions", labels.len())));
         }
-        let scalar = |x: Tensor| x.to_dtype(DType::F64).and_then(|v| v.to_scalar::<f64>()).map_err(ce);
-        let mut value = 0.0;
-        let mut grad = s.zeros_like().map_err(ce)?;
-        if alpha > 0.0 {
-            let ids = Tensor::from_vec(labels.to_vec(), (n, 1), s.device()).map_err(ce)?;
-            let ls = log_softmax(&s)?;
-            value -= alpha * scalar(ls.gather(&ids, 1).and_then(|l| l.mean_all()).map_err(ce)?)?;
-            let ones = Tensor::ones((n, 1), s.dtype(), s.device()).map_err(ce)?;
-            let onehot = s.zeros_like().and_then(|z| z.scatter_add(&ids, &ones, 1)).map_err(ce)?;
-            let g = (ls.exp().map_err(ce)? - onehot).and_then(|g| g.affine(alpha / n as f64, 0.0)).map_err(ce)?;
-            grad = (grad + g).map_err(ce)?;
+        let ids = Tensor::from_vec(labels.to_vec(), n, student.device()).map_err(ce)?;
+        let (s, t) = (student.detach(), teacher.detach());
+        if unfused() {
+            return crate::fused::plain::kd_loss_grad(&s, &t, &ids, alpha, temp).map_err(ce);
         }
-        if alpha < 1.0 {
-            let ls = log_softmax(&s.affine(1.0 / temp, 0.0).map_err(ce)?)?;
-            let lt = log_softmax(&t.affine(1.0 / temp, 0.0).map_err(ce)?)?;
-            let pt = lt.exp().map_err(ce)?;
-            let kl = (&pt * (lt - &ls).map_err(ce)?).and_then(|k| total(&k)).map_err(ce)?;
-            value += (1.0 - alpha) * temp * temp * scalar(kl)? / n as f64;
-            let g = (ls.exp().map_err(ce)? - pt)
-                .and_then(|g| g.affine((1.0 - alpha) * temp / n as f64, 0.0))
-                .map_err(ce)?;
-            grad = (grad + g).map_err(ce)?;
-        }
-        Ok((value, grad))
+        // One float type for both (a bf16 student against f32 teacher logits is widened).
+        let (s, t) = if s.dtype() == t.dtype() {
+            (s, t)
+        } else {
+            (s.to_dtype(DType::F32).map_err(ce)?, t.to_dtype(DType::F32).map_err(ce)?)
+        };
+        crate::fused::kd_loss_grad(&s, &t, &ids, alpha, temp).map_err(ce)
     }
 
     /// AdamW state per variable. The moments are written in place (`Var::set`), like the
