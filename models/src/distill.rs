@@ -557,39 +557,23 @@ mod train {
                     (ck.narrow(2, 0, n_kv).map_err(ce)?, cv.narrow(2, 0, n_kv).map_err(ce)?)
                 }
             };
-            let o = if t == 1 && p > 0 {
-                // One new position (sampling): the G query heads of each KV head are the rows of
-                // one (G, hd) × (hd, P + 1) product against the cache itself, which sees every
-                // position, so nothing is widened or masked.
-                let qg = q.reshape((b, kv, g, hd)).map_err(ce)?;
-                let scores = qg.matmul(&k.t().map_err(ce)?).and_then(|s| s.reshape((b, h, 1, n_kv))).map_err(ce)?;
-                let att = if unfused() {
-                    crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
-                } else {
-                    crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
-                };
-                att.reshape((b, kv, g, n_kv))
-                    .and_then(|a| a.matmul(&v))
-                    .and_then(|o| o.reshape((b, h, 1, hd)))
-                    .map_err(ce)?
+            // GQA without widening: each KV head's G query heads are (B, H, T, hd) rows
+            // kv·G … kv·G + G − 1, i.e. the (G·T, hd) rows of one (B, kv, G·T, hd) block, which
+            // multiply that head's keys and then its values as one matrix. Nothing is copied to
+            // the query heads' count, and the backward pass sums nothing over G.
+            let (k, v) = (k.contiguous().map_err(ce)?, v.contiguous().map_err(ce)?);
+            let qg = q.reshape((b, kv, g * t, hd)).map_err(ce)?;
+            let scores = qg.matmul(&k.t().map_err(ce)?).and_then(|s| s.reshape((b, h, t, n_kv))).map_err(ce)?;
+            let att = if unfused() {
+                crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
             } else {
-                // GQA: each KV head serves h / kv query heads, in order.
-                let widen = |m: Tensor| -> Result<Tensor> {
-                    m.unsqueeze(2)
-                        .and_then(|m| m.broadcast_as((b, kv, g, n_kv, hd)))
-                        .and_then(|m| m.contiguous())
-                        .and_then(|m| m.reshape((b, h, n_kv, hd)))
-                        .map_err(ce)
-                };
-                let (k, v) = (widen(k)?, widen(v)?);
-                let scores = q.matmul(&k.t().map_err(ce)?).map_err(ce)?; // (B, H, T, P + T)
-                let att = if unfused() {
-                    crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
-                } else {
-                    crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
-                };
-                att.matmul(&v).map_err(ce)?
+                crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
             };
+            let o = att
+                .reshape((b, kv, g * t, n_kv))
+                .and_then(|a| a.matmul(&v))
+                .and_then(|o| o.reshape((b, h, t, hd)))
+                .map_err(ce)?;
             let o =
                 o.transpose(1, 2).and_then(|o| o.contiguous()).and_then(|o| o.reshape((b * t, h * hd))).map_err(ce)?;
             let x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;
@@ -978,34 +962,64 @@ mod train {
         }
         prof::mark(dev, "student forward");
         let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
+        let loss_value;
         // Adds the gradients of every variable found in `gs` to `out` (the tied embedding gets
         // one from the head and one from the input).
-        let mut collect = |gs: &candle_core::backprop::GradStore| -> Result<()> {
+        let add = |out: &mut BTreeMap<String, Tensor>, name: &str, g: Tensor| -> Result<()> {
+            let sum = match out.remove(name) {
+                Some(prev) => (prev + g).map_err(ce)?,
+                None => g,
+            };
+            out.insert(name.to_string(), sum);
+            Ok(())
+        };
+        let collect = |out: &mut BTreeMap<String, Tensor>, gs: &candle_core::backprop::GradStore| -> Result<()> {
             for (name, var) in &s.vars {
                 if let Some(g) = gs.get(var.as_tensor()) {
                     // Detached, so that no gradient can hold its step's graph alive (the test
                     // checks that neither they nor the AdamW moments track an op).
-                    let g = g.detach();
-                    let sum = match out.remove(name) {
-                        Some(prev) => (prev + g).map_err(ce)?,
-                        None => g,
-                    };
-                    out.insert(name.clone(), sum);
+                    add(out, name, g.detach())?;
                 }
             }
             Ok(())
         };
-        // The head and the loss.
+        // The head and the loss. The output matrix's products are written out by hand: its
+        // gradient is gᵀ·x̂ (V, d) and the normed input's g·W (N, d), so autograd only sees the
+        // final RMSNorm — not the product Σ logits ⊙ g over (N, V) and its backward, four more
+        // passes over the step's largest tensor.
         let top = Var::from_tensor(&xs[n_layer]).map_err(ce)?;
-        let logits = s.head(top.as_tensor())?;
-        prof::mark(dev, "head forward");
-        let (value, g) = loss_grad(&logits, teacher_logits, &labels, alpha, temp)?;
-        let g = g.to_dtype(logits.dtype()).map_err(ce)?;
-        prof::mark(dev, "loss");
-        let gs = (logits * g).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
-        collect(&gs)?;
-        let mut gx = gs.get(top.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for the head"))?;
-        drop(gs);
+        let head_w = if s.tied { "token_embd.weight" } else { "output.weight" };
+        let mut gx = if s.weights.contains_key(head_w) {
+            let xb = s.rmsnorm(top.as_tensor(), "output_norm.weight")?;
+            let w = s.w(head_w)?.detach(); // (V, d), compute dtype
+            let xd = xb.detach();
+            let logits = xd.matmul(&w.t().map_err(ce)?).map_err(ce)?;
+            prof::mark(dev, "head forward");
+            let (value, g) = loss_grad(&logits, teacher_logits, &labels, alpha, temp)?;
+            let g = g.to_dtype(logits.dtype()).map_err(ce)?;
+            drop(logits);
+            prof::mark(dev, "loss");
+            let dw = g.t().and_then(|gt| gt.matmul(&xd)).map_err(ce)?; // (V, d)
+            let dxb = g.matmul(&w).map_err(ce)?; // (N, d)
+            drop(g);
+            let var_dtype = s.vars.get(head_w).map(|v| v.dtype()).ok_or_else(|| ce_msg("the head is not trained"))?;
+            add(&mut out, head_w, dw.to_dtype(var_dtype).map_err(ce)?)?;
+            let gs = (xb * dxb).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
+            collect(&mut out, &gs)?;
+            loss_value = value;
+            gs.get(top.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for the head"))?
+        } else {
+            // A factored head (low-rank): through autograd.
+            let logits = s.head(top.as_tensor())?;
+            prof::mark(dev, "head forward");
+            let (value, g) = loss_grad(&logits, teacher_logits, &labels, alpha, temp)?;
+            let g = g.to_dtype(logits.dtype()).map_err(ce)?;
+            prof::mark(dev, "loss");
+            let gs = (logits * g).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
+            collect(&mut out, &gs)?;
+            loss_value = value;
+            gs.get(top.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for the head"))?
+        };
         prof::mark(dev, "head backward");
         // The layers, from the top: recompute one with its graph, back-propagate `gx` through it.
         for l in (0..n_layer).rev() {
@@ -1015,16 +1029,16 @@ mod train {
             prof::mark(dev, "layer recompute");
             let gs = (y * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
             prof::mark(dev, "layer backward");
-            collect(&gs)?;
+            collect(&mut out, &gs)?;
             gx = gs.get(input.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for a layer"))?;
             prof::mark(dev, "collect");
         }
         // The embedding lookup.
         let x0 = s.embed(&ids)?;
         let gs = (x0 * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
-        collect(&gs)?;
+        collect(&mut out, &gs)?;
         prof::mark(dev, "embedding backward");
-        Ok((value, out))
+        Ok((loss_value, out))
     }
 
     /// The inputs (every sequence without its last token) and labels (without its first) of a

@@ -528,7 +528,13 @@ impl CustomOp3 for SwiGlu {
 /// (N, V): `α/N·(softmax(s) − onehot) + (1 − α)·T/N·(softmax(s/T) − softmax(t/T))` per row, in
 /// f32 on a GPU (bf16 logits too) and in the logits' type on the CPU (f32, or f64 for the tests'
 /// finite differences, computed in f64). Not differentiable itself: the gradient is the output.
-pub fn kd_loss_grad(student: &Tensor, teacher: &Tensor, labels: &Tensor, alpha: f64, temp: f64) -> Result<(f64, Tensor)> {
+pub fn kd_loss_grad(
+    student: &Tensor,
+    teacher: &Tensor,
+    labels: &Tensor,
+    alpha: f64,
+    temp: f64,
+) -> Result<(f64, Tensor)> {
     let (n, v) = student.dims2()?;
     if teacher.dims() != [n, v] || labels.dims() != [n] || student.dtype() != teacher.dtype() {
         candle_core::bail!(
@@ -543,7 +549,8 @@ pub fn kd_loss_grad(student: &Tensor, teacher: &Tensor, labels: &Tensor, alpha: 
     if !(0.0..=1.0).contains(&alpha) || temp.is_nan() || temp <= 0.0 || n == 0 || v == 0 {
         candle_core::bail!("kd-loss: alpha {alpha} (0 to 1), temperature {temp} (> 0) over {n} × {v} logits");
     }
-    let (s, t, l) = (student.contiguous()?, teacher.contiguous()?, labels.to_dtype(candle_core::DType::U32)?.contiguous()?);
+    let (s, t, l) =
+        (student.contiguous()?, teacher.contiguous()?, labels.to_dtype(candle_core::DType::U32)?.contiguous()?);
     if l.max(0)?.to_scalar::<u32>()? as usize >= v {
         candle_core::bail!("kd-loss: a label is not below the vocabulary size {v}");
     }
@@ -622,8 +629,12 @@ impl CustomOp3 for KdLoss {
             &s3.as_slice::<u32>()?[a..b]
         };
         let out = match s1.dtype() {
-            candle_core::DType::F32 => kd_cpu(self, cpu::<f32>(s1, l1, "kd-loss")?, cpu::<f32>(s2, l2, "kd-loss")?, labels),
-            candle_core::DType::F64 => kd_cpu(self, cpu::<f64>(s1, l1, "kd-loss")?, cpu::<f64>(s2, l2, "kd-loss")?, labels),
+            candle_core::DType::F32 => {
+                kd_cpu(self, cpu::<f32>(s1, l1, "kd-loss")?, cpu::<f32>(s2, l2, "kd-loss")?, labels)
+            }
+            candle_core::DType::F64 => {
+                kd_cpu(self, cpu::<f64>(s1, l1, "kd-loss")?, cpu::<f64>(s2, l2, "kd-loss")?, labels)
+            }
             other => candle_core::bail!("kd-loss on the CPU: f32 or f64, got {other:?}"),
         };
         Ok((out, Shape::from(self.rows * self.n + self.rows)))
@@ -693,7 +704,13 @@ pub mod plain {
 
     /// [`super::kd_loss_grad`] composed of candle's ops (about forty passes over (N, V)), in
     /// f32 for half-precision logits.
-    pub fn kd_loss_grad(student: &Tensor, teacher: &Tensor, labels: &Tensor, alpha: f64, temp: f64) -> Result<(f64, Tensor)> {
+    pub fn kd_loss_grad(
+        student: &Tensor,
+        teacher: &Tensor,
+        labels: &Tensor,
+        alpha: f64,
+        temp: f64,
+    ) -> Result<(f64, Tensor)> {
         let wide = |x: &Tensor| -> Result<Tensor> {
             match x.dtype() {
                 DType::BF16 | DType::F16 => x.detach().to_dtype(DType::F32),

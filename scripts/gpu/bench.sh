@@ -5,7 +5,7 @@
 # own element-wise ops (unfused) or the fused kernels (models/src/fused.rs), DTYPE f32 (TF32
 # matmuls) or bf16 mixed precision. Prints one line each (tokens/s, last loss, the phase profile)
 # and, last, `bench: dtype D batch B`: the fastest fused configuration, where a bf16 one counts
-# only when it is ≥ 1.3× the f32 one of the same batch and its loss is no worse than 5 % above
+# only when it is ≥ 1.2× the f32 one of the same batch and its loss is no worse than 5 % above
 # that one's (a sanity check of the bf16 path), and a batch other than the first configuration's
 # only when it is ≥ 1.15× as fast (more tokens a step are fewer steps for the same tokens).
 #   bench.sh PC TEACHER STUDENT TEXT [SECS] [B]
@@ -36,7 +36,7 @@ for cfg in $CFGS; do
     if [[ $dt == bf16 ]]; then
         f="fused:f32:$b"
         awk -v r="$r" -v f="${RATE[$f]:-0}" -v lb="${LOSS[$cfg]:-nan}" -v lf="${LOSS[$f]:-nan}" \
-            'BEGIN { exit !(f > 0 && r >= 1.3 * f && lb + 0 > 0 && lb <= 1.05 * lf) }' || continue
+            'BEGIN { exit !(f > 0 && r >= 1.2 * f && lb + 0 > 0 && lb <= 1.05 * lf) }' || continue
     fi
     if [[ $b != "$b0" ]]; then
         awk -v r="$r" -v f="${RATE[fused:f32:$b0]:-${RATE[$first]:-0}}" 'BEGIN { exit !(r >= 1.15 * f) }' || continue
