@@ -34,6 +34,7 @@
 # from the teacher once, before the runs (`distill --sample-only`, SYNTHETIC_BATCH sequences at a
 # time; with --tokens auto for at most SYNTHETIC_S seconds, default a fifth of the time left),
 # added to every run's training sequences (`--train-only`: the held-out ones stay the files').
+# TRAIN_ONLY: more training-only text files (space-separated; e.g. an earlier session's sample).
 # Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -127,6 +128,10 @@ fi
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM"
     --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY" --force)
+for f in ${TRAIN_ONLY:-}; do
+    [[ -s $f ]] || { echo "seed-pipeline: no TRAIN_ONLY file $f" >&2; exit 1; }
+    common+=(--train-only "$f")
+done
 # The teacher's own text, sampled once for all runs (a resumed run reads the same file).
 if [[ $SYNTHETIC -gt 0 ]]; then
     sample=(--teacher "$T" --student "$OUT/$([[ $PRUNE == 1 ]] && echo width || echo kd-from).gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
