@@ -532,7 +532,8 @@ mod train {
             // (B, kv, P + T, hd): the cached positions, then these. The cache is allocated once
             // at its capacity and written in place: the keys and values are never copied again.
             let (k, v) = match cache {
-                None => (k, v),
+                // (B, kv, T, hd) in one piece: the matmuls below take no transposed view.
+                None => (k.contiguous().map_err(ce)?, v.contiguous().map_err(ce)?),
                 Some(c) => {
                     if c.k.is_none() {
                         let z = |m: &Tensor| Tensor::zeros((b, kv, c.cap, hd), m.dtype(), m.device()).map_err(ce);
@@ -560,20 +561,20 @@ mod train {
             // GQA without widening: each KV head's G query heads are (B, H, T, hd) rows
             // kv·G … kv·G + G − 1, i.e. the (G·T, hd) rows of one (B, kv, G·T, hd) block, which
             // multiply that head's keys and then its values as one matrix. Nothing is copied to
-            // the query heads' count, and the backward pass sums nothing over G.
-            let (k, v) = (k.contiguous().map_err(ce)?, v.contiguous().map_err(ce)?);
+            // the query heads' count, and the backward pass sums nothing over G. With a cache,
+            // its first P + T positions are multiplied in place (no copy).
             let qg = q.reshape((b, kv, g * t, hd)).map_err(ce)?;
-            let scores = qg.matmul(&k.t().map_err(ce)?).and_then(|s| s.reshape((b, h, t, n_kv))).map_err(ce)?;
+            let scores = qg.matmul(&k.t().map_err(ce)?).map_err(ce)?; // (B, kv, G·T, P + T)
             let att = if unfused() {
-                crate::fused::plain::causal_softmax(&scores, scale, mask).map_err(ce)?
+                scores
+                    .reshape((b, h, t, n_kv))
+                    .and_then(|s| crate::fused::plain::causal_softmax(&s, scale, mask))
+                    .and_then(|a| a.reshape((b, kv, g * t, n_kv)))
+                    .map_err(ce)?
             } else {
-                crate::fused::causal_softmax(&scores, scale, p).map_err(ce)?
+                crate::fused::causal_softmax_grouped(&scores, scale, t, p).map_err(ce)?
             };
-            let o = att
-                .reshape((b, kv, g * t, n_kv))
-                .and_then(|a| a.matmul(&v))
-                .and_then(|o| o.reshape((b, h, t, hd)))
-                .map_err(ce)?;
+            let o = att.matmul(&v).and_then(|o| o.reshape((b, h, t, hd))).map_err(ce)?;
             let o =
                 o.transpose(1, 2).and_then(|o| o.contiguous()).and_then(|o| o.reshape((b * t, h * hd))).map_err(ce)?;
             let x = (x + self.linear(&o, &n("attn_output.weight"))?).map_err(ce)?;

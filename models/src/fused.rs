@@ -30,14 +30,25 @@ use rayon::prelude::*;
 /// `softmax(scale · s + causal mask)` over the last dimension of the scores `s` (.., T, P + T),
 /// `p` = P cached positions before the T queries. Differentiable (closed-form backward).
 pub fn causal_softmax(s: &Tensor, scale: f64, p: usize) -> Result<Tensor> {
+    let t = match s.dims() {
+        [.., t, _] => *t,
+        d => candle_core::bail!("causal_softmax: scores of rank {} (need ≥ 2)", d.len()),
+    };
+    causal_softmax_grouped(s, scale, t, p)
+}
+
+/// [`causal_softmax`] of scores (.., G·T, P + T) whose row `r` of each matrix is query `r mod T`:
+/// the G query heads that share a KV head, stacked (grouped-query attention with no reshape in
+/// the graph, whose backward would cost two more passes over the scores).
+pub fn causal_softmax_grouped(s: &Tensor, scale: f64, t: usize, p: usize) -> Result<Tensor> {
     let s = s.contiguous()?;
     let dims = s.dims();
-    let (t, n) = match dims {
-        [.., t, n] => (*t, *n),
+    let (rows, n) = match dims {
+        [.., r, n] => (*r, *n),
         _ => candle_core::bail!("causal_softmax: scores of rank {} (need ≥ 2)", dims.len()),
     };
-    if n != p + t {
-        candle_core::bail!("causal_softmax: {n} keys for {t} queries after {p} cached positions");
+    if t == 0 || n != p + t || !rows.is_multiple_of(t) {
+        candle_core::bail!("causal_softmax: {n} keys for {rows} rows of {t} queries after {p} cached positions");
     }
     s.apply_op1(CausalSoftmax { scale: scale as f32, t, p })
 }
@@ -1177,6 +1188,18 @@ mod tests {
             }
         }
         assert!(causal_softmax(&s, 0.5, 3).is_err(), "keys ≠ P + T must be refused");
+    }
+
+    #[test]
+    fn grouped_rows_are_the_softmax_of_each_group() {
+        // (2, 3 groups × 6 queries, 2 + 6): each group of 6 rows is one (6, 8) causal softmax.
+        let (g, t, p) = (3, 6, 2);
+        let s = Tensor::randn(0f32, 4.0, (2, g * t, p + t), &Device::Cpu).unwrap();
+        let got = causal_softmax_grouped(&s, 0.5, t, p).unwrap();
+        let want = causal_softmax(&s.reshape((2, g, t, p + t)).unwrap(), 0.5, p).unwrap();
+        let d = (got.reshape((2, g, t, p + t)).unwrap() - want).unwrap().abs().unwrap();
+        assert_eq!(d.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert!(causal_softmax_grouped(&s, 0.5, 5, 3).is_err(), "rows not a multiple of T");
     }
 
     /// NVRTC (no GPU needed) accepts the kernels: run with the CUDA libraries on the path.
