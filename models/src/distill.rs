@@ -586,6 +586,149 @@ mod train {
             (x + self.linear(&a, &n("ffn_down.weight"))?).map_err(ce)
         }
 
+        /// Whether layer `l`'s backward pass can be written out by hand: fused ops, and no
+        /// low-rank factors (those go through autograd).
+        fn manual_backward(&self, l: usize) -> bool {
+            !unfused()
+                && ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+                    .iter()
+                    .all(|m| self.weights.contains_key(&format!("blk.{l}.{m}.weight")))
+        }
+
+        /// Layer `l`'s backward pass written out: recomputes the layer on its input `x` (B·T, d)
+        /// of `b` sequences with no graph, keeping what the gradients need, then back-propagates
+        /// `gy` (the gradient of its output) by hand — each linear's weight gradient `gᵀ·x` and
+        /// input gradient `g·W`, the fused ops' closed-form backwards, the attention's four
+        /// batched products. Adds every weight's gradient to `out` through `add` (in the weight's
+        /// own dtype; under `--qat` the gradient of the fake-quantized weight passes straight
+        /// through) and returns the gradient of `x`. The same function as autograd through
+        /// [`Student::layer`] (the tests compare them), without its zero-filled buffer and
+        /// addition per accumulated gradient.
+        fn layer_backward(
+            &self,
+            l: usize,
+            x: &Tensor,
+            gy: &Tensor,
+            b: usize,
+            add: &mut dyn FnMut(&str, Tensor) -> Result<()>,
+        ) -> Result<Tensor> {
+            let c = &self.cfg;
+            let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+            let g = h / kv;
+            let nt = x.dim(0).map_err(ce)?;
+            let t = nt / b;
+            let scale = 1.0 / (hd as f64).sqrt();
+            let eps = c.rms_eps as f64;
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let w = |s: &str| self.w(&n(s)).map(|w| w.detach());
+            let mm = |a: &Tensor, b: &Tensor| a.matmul(b).map_err(ce);
+            // gᵀ·x (out, in) for y = x·Wᵀ, in the weight's dtype.
+            let wgrad = |add: &mut dyn FnMut(&str, Tensor) -> Result<()>,
+                         name: &str,
+                         gout: &Tensor,
+                         input: &Tensor|
+             -> Result<()> {
+                let key = n(name);
+                let dt =
+                    self.vars.get(&key).map(|v| v.dtype()).ok_or_else(|| ce_msg("a layer weight is not trained"))?;
+                let gw = mm(&gout.t().map_err(ce)?, input)?.to_dtype(dt).map_err(ce)?;
+                add(&key, gw)
+            };
+            let (c_tab, s_tab) = self.rope_tables(t, 0)?;
+            // Forward, kept.
+            let x = x.detach();
+            let g1 = w("attn_norm.weight")?;
+            let xb1 = crate::fused::rms_norm(&x, &g1, eps).map_err(ce)?;
+            let (wq, wk, wv, wo) =
+                (w("attn_q.weight")?, w("attn_k.weight")?, w("attn_v.weight")?, w("attn_output.weight")?);
+            let heads = |wm: &Tensor, nh: usize, rot: bool| -> Result<Tensor> {
+                let y = mm(&xb1, &wm.t().map_err(ce)?)?.reshape((b, t, nh, hd)).map_err(ce)?;
+                let y = if rot { crate::fused::rope(&y, &c_tab, &s_tab).map_err(ce)? } else { y };
+                y.transpose(1, 2).and_then(|y| y.contiguous()).map_err(ce) // (B, nh, T, hd)
+            };
+            let (q, k, v) = (heads(&wq, h, true)?, heads(&wk, kv, true)?, heads(&wv, kv, false)?);
+            let qg = q.reshape((b, kv, g * t, hd)).map_err(ce)?;
+            let scores = mm(&qg, &k.t().map_err(ce)?)?;
+            let att = crate::fused::causal_softmax_grouped(&scores, scale, t, 0).map_err(ce)?;
+            drop(scores);
+            let o = mm(&att, &v)?
+                .reshape((b, h, t, hd))
+                .and_then(|o| o.transpose(1, 2))
+                .and_then(|o| o.contiguous())
+                .and_then(|o| o.reshape((nt, h * hd)))
+                .map_err(ce)?;
+            let x2 = (&x + mm(&o, &wo.t().map_err(ce)?)?).map_err(ce)?;
+            let g2 = w("ffn_norm.weight")?;
+            let xb2 = crate::fused::rms_norm(&x2, &g2, eps).map_err(ce)?;
+            let (wg, wu, wd) = (w("ffn_gate.weight")?, w("ffn_up.weight")?, w("ffn_down.weight")?);
+            let gate = mm(&xb2, &wg.t().map_err(ce)?)?;
+            let up = mm(&xb2, &wu.t().map_err(ce)?)?;
+            let act = crate::fused::swiglu(&gate, &up).map_err(ce)?;
+            prof::mark(&self.device, "layer recompute");
+            // Backward: the FFN.
+            let gy = gy.to_dtype(x.dtype()).map_err(ce)?;
+            wgrad(add, "ffn_down.weight", &gy, &act)?;
+            drop(act);
+            let dact = mm(&gy, &wd)?;
+            let (dgate, dup) = crate::fused::grad::swiglu(&gate, &up, &dact).map_err(ce)?;
+            drop((gate, up, dact));
+            wgrad(add, "ffn_gate.weight", &dgate, &xb2)?;
+            wgrad(add, "ffn_up.weight", &dup, &xb2)?;
+            let dxb2 = (mm(&dgate, &wg)? + mm(&dup, &wu)?).map_err(ce)?;
+            drop((dgate, dup, xb2));
+            let (dx2, dg2) = crate::fused::grad::rms_norm(&x2, &g2, &dxb2, eps).map_err(ce)?;
+            add(&n("ffn_norm.weight"), dg2.to_dtype(self.var_dtype(&n("ffn_norm.weight"))?).map_err(ce)?)?;
+            let dx2 = (dx2 + &gy).map_err(ce)?;
+            drop((x2, dxb2, gy));
+            // The attention.
+            wgrad(add, "attn_output.weight", &dx2, &o)?;
+            drop(o);
+            let d_o = mm(&dx2, &wo)?
+                .reshape((b, t, h, hd))
+                .and_then(|d| d.transpose(1, 2))
+                .and_then(|d| d.contiguous())
+                .and_then(|d| d.reshape((b, kv, g * t, hd)))
+                .map_err(ce)?;
+            let datt = mm(&d_o, &v.t().map_err(ce)?)?;
+            let dv = mm(&att.t().map_err(ce)?, &d_o)?; // (B, kv, T, hd)
+            drop(d_o);
+            let ds = crate::fused::grad::causal_softmax(&att, &datt, scale).map_err(ce)?;
+            drop((att, datt));
+            let dq = mm(&ds, &k)?.reshape((b, h, t, hd)).map_err(ce)?;
+            let dk = mm(&ds.t().map_err(ce)?, &qg)?; // (B, kv, T, hd)
+            drop((ds, qg, q, k, v));
+            // Back to (B·T, heads·hd), rotated back where RoPE turned them.
+            let flat = |d: Tensor, nh: usize, rot: bool| -> Result<Tensor> {
+                let d = d.transpose(1, 2).and_then(|d| d.contiguous()).map_err(ce)?; // (B, T, nh, hd)
+                let d = if rot { crate::fused::grad::rope(&d, &c_tab, &s_tab).map_err(ce)? } else { d };
+                d.reshape((nt, nh * hd)).map_err(ce)
+            };
+            let (dq, dk, dv) = (flat(dq, h, true)?, flat(dk, kv, true)?, flat(dv, kv, false)?);
+            wgrad(add, "attn_q.weight", &dq, &xb1)?;
+            wgrad(add, "attn_k.weight", &dk, &xb1)?;
+            wgrad(add, "attn_v.weight", &dv, &xb1)?;
+            let (pq, pk, pv) = (mm(&dq, &wq)?, mm(&dk, &wk)?, mm(&dv, &wv)?);
+            let dxb1 = (pq + pk).and_then(|d| d + pv).map_err(ce)?;
+            drop((dq, dk, dv, xb1));
+            let (dx1, dg1) = crate::fused::grad::rms_norm(&x, &g1, &dxb1, eps).map_err(ce)?;
+            add(&n("attn_norm.weight"), dg1.to_dtype(self.var_dtype(&n("attn_norm.weight"))?).map_err(ce)?)?;
+            let dx = (dx1 + dx2).map_err(ce)?;
+            prof::mark(&self.device, "layer backward");
+            Ok(dx)
+        }
+
+        /// The dtype of the variable `name` (its gradient's).
+        fn var_dtype(&self, name: &str) -> Result<DType> {
+            self.vars.get(name).map(|v| v.dtype()).ok_or_else(|| ce_msg("a weight is not trained"))
+        }
+
+        /// RoPE's (T, hd/2) cos and sin tables at positions `p..p + T`.
+        fn rope_tables(&self, t: usize, p: usize) -> Result<(Tensor, Tensor)> {
+            let hd = self.cfg.head_dim;
+            let table = |m: &Tensor| m.narrow(0, p, t).and_then(|m| m.reshape((t, hd / 2))).map_err(ce);
+            Ok((table(&self.cos)?, table(&self.sin)?))
+        }
+
         /// The logits (B·T, n_vocab) of the last layer's output `x` (B·T, d).
         fn head(&self, x: &Tensor) -> Result<Tensor> {
             let xb = self.rmsnorm(x, "output_norm.weight")?;
@@ -721,6 +864,19 @@ mod train {
     /// rule the kernels out).
     fn unfused() -> bool {
         unfused_flag().load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the layers' backward passes are written out by hand (default; off with
+    /// `PITH_DISTILL_AUTOGRAD=1`, or when the GPU self-check finds them disagreeing with autograd).
+    fn manual_on() -> bool {
+        manual_flag().load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn manual_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| {
+            std::sync::atomic::AtomicBool::new(std::env::var_os("PITH_DISTILL_AUTOGRAD").is_none_or(|v| v == "0"))
+        })
     }
 
     fn unfused_flag() -> &'static std::sync::atomic::AtomicBool {
@@ -947,6 +1103,19 @@ mod train {
         alpha: f64,
         temp: f64,
     ) -> Result<(f64, BTreeMap<String, Tensor>)> {
+        grads_batch_with(s, seqs, teacher_logits, alpha, temp, manual_on())
+    }
+
+    /// [`grads_batch`], its layers' backward passes by hand (`manual`, where a layer allows it)
+    /// or all through autograd: the same gradients (the tests hold them to each other).
+    pub fn grads_batch_with(
+        s: &Student,
+        seqs: &[&[u32]],
+        teacher_logits: &Tensor,
+        alpha: f64,
+        temp: f64,
+        manual: bool,
+    ) -> Result<(f64, BTreeMap<String, Tensor>)> {
         let (inputs, labels) = split_batch(seqs)?;
         let b = seqs.len();
         let (ids, t) = s.ids(&inputs, b)?;
@@ -1022,8 +1191,16 @@ mod train {
             gs.get(top.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for the head"))?
         };
         prof::mark(dev, "head backward");
-        // The layers, from the top: recompute one with its graph, back-propagate `gx` through it.
+        // The layers, from the top: recompute one and back-propagate `gx` through it — by hand
+        // where it can ([`Student::layer_backward`]), else with its graph through autograd.
         for l in (0..n_layer).rev() {
+            if manual && s.manual_backward(l) {
+                xs.truncate(l + 1);
+                let x = xs.pop().ok_or_else(|| ce_msg("no layer input"))?;
+                gx = s.layer_backward(l, &x, &gx, b, &mut |name, g| add(&mut out, name, g))?;
+                prof::mark(dev, "collect");
+                continue;
+            }
             let input = Var::from_tensor(&xs[l]).map_err(ce)?;
             xs.truncate(l);
             let y = s.layer(l, input.as_tensor(), b, &mask, None)?;
@@ -1498,6 +1675,42 @@ mod train {
                 .map(|q| format!("; fake quantization {q} ({} matrices)", student.qat.len()))
                 .unwrap_or_default()
         ));
+        // On a GPU the hand-written layer backward is held to autograd's on two held-out
+        // sequences before the run; a mismatch or an error turns it off (as the fused ops).
+        if !dev.is_cpu() && !unfused() && manual_on() {
+            let probe = &val[..val.len().min(2)];
+            let check = (|| -> Result<f64> {
+                let tl = teacher.logits(probe, &student)?;
+                let (va, ga) = grads_batch_with(&student, probe, &tl, a.alpha, a.temperature, false)?;
+                let (vm, gm) = grads_batch_with(&student, probe, &tl, a.alpha, a.temperature, true)?;
+                let top = |t: &Tensor| -> Result<f64> {
+                    t.abs()
+                        .and_then(|t| t.flatten_all())
+                        .and_then(|t| t.max(0))
+                        .and_then(|t| t.to_dtype(DType::F64))
+                        .and_then(|t| t.to_scalar::<f64>())
+                        .map_err(ce)
+                };
+                let mut worst = (va - vm).abs() / va.abs().max(1e-6);
+                for (n, g) in &ga {
+                    let h = gm.get(n).ok_or_else(|| ce_msg("a gradient is missing"))?;
+                    worst = worst.max(top(&(g - h).map_err(ce)?)? / top(g)?.max(1e-12));
+                }
+                Ok(worst)
+            })();
+            let tol = if compute == DType::F32 { 0.02 } else { 0.05 };
+            match check {
+                Ok(d) if d < tol => crate::progress::note(&format!(
+                    "distill: the hand-written layer backward agrees with autograd here (max relative |Δ| {d:.1e})"
+                )),
+                r => {
+                    crate::progress::note(&format!(
+                        "distill: the hand-written layer backward disagrees with autograd here ({r:?}): training through autograd"
+                    ));
+                    manual_flag().store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
         let (v0, c0) = eval_loss(&student, &mut teacher, &val, a)?;
         crate::progress::note(&format!(
             "distill: step {} validation loss {v0:.4} (CE {c0:.4}, PPL {:.2})",

@@ -666,6 +666,40 @@ impl CustomOp3 for KdLoss {
     }
 }
 
+/// The backward passes of the ops above as plain functions, for a backward pass written out by
+/// hand (`distill`'s layers), which keeps candle's autograd — a zero-filled buffer and an addition
+/// for every gradient it accumulates — out of the hot loop.
+pub mod grad {
+    use super::*;
+
+    /// `dx` and `dg` of [`rms_norm`] at `x`, `g` for the output's gradient `dy`.
+    pub fn rms_norm(x: &Tensor, g: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let (x, g) = (x.contiguous()?, g.contiguous()?);
+        let (dx, dg) = RmsNorm { eps: eps as f32 }.bwd(&x, &g, dy, dy)?;
+        match (dx, dg) {
+            (Some(dx), Some(dg)) => Ok((dx, dg)),
+            _ => candle_core::bail!("rms_norm: no gradient"),
+        }
+    }
+
+    /// `dx` of [`rope`] (the rotation by −θ of `dy` (B, T, H, hd)).
+    pub fn rope(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (_, t, h, _) = dy.dims4()?;
+        dy.contiguous()?.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &Rope { sign: -1.0, t, h })
+    }
+
+    /// `da` and `db` of [`swiglu`].
+    pub fn swiglu(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (a, b, dy) = (a.contiguous()?, b.contiguous()?, dy.contiguous()?);
+        Ok((a.apply_op3_no_bwd(&b, &dy, &SwiGlu { part: 1 })?, a.apply_op3_no_bwd(&b, &dy, &SwiGlu { part: 2 })?))
+    }
+
+    /// `ds` of [`causal_softmax`] / [`causal_softmax_grouped`] from its output `y` and `dy`.
+    pub fn causal_softmax(y: &Tensor, dy: &Tensor, scale: f64) -> Result<Tensor> {
+        y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &CausalSoftmaxBwd { scale: scale as f32 })
+    }
+}
+
 /// The same five ops composed of candle's own element-wise kernels: what `distill` runs with
 /// `PITH_DISTILL_UNFUSED=1`, and the reference [`check`] holds the fused ops to.
 pub mod plain {

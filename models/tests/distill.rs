@@ -10,7 +10,8 @@ use pith::testing::{build, spm_vocab, TinySpec};
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
 use pith_models::distill::{
-    fake_quant, grads, grads_batch, loss, loss_grad, lr_at, lr_cosine, teacher_logits, AdamW, GradSum, Noise, Student,
+    fake_quant, grads, grads_batch, grads_batch_with, loss, loss_grad, lr_at, lr_cosine, teacher_logits, AdamW,
+    GradSum, Noise, Student,
 };
 use pith_models::prune::AlignedBytes;
 use std::process::Command;
@@ -230,6 +231,41 @@ fn a_batch_computes_each_sequence_alone_and_the_frozen_teacher_the_same() {
         let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for ((x, y), z) in v(&gb[n]).iter().zip(v(&ga[n])).zip(v(&gc[n])) {
             assert!((x - (y + z) / 2.0).abs() < 1e-12, "{n}: {x} vs mean of {y}, {z}");
+        }
+    }
+}
+
+#[test]
+fn the_hand_written_layer_backward_is_autograds() {
+    // Two sequences of 9 (GQA 4/2), tied and untied, and under QAT (the straight-through
+    // gradient of the fake-quantized weights): every variable's gradient and the loss.
+    let (a, c): (&[u32], &[u32]) = (&TOKS[..9], &TOKS[4..]);
+    let tb = tiny(1);
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    for (tied, qat, dt) in [(false, false, DType::F64), (true, false, DType::F64), (false, true, DType::F32)] {
+        let sb = tiny_tied(2, tied);
+        let sg = Gguf::parse(sb.as_slice()).unwrap();
+        let mut s = Student::from_gguf(&sg, dt, &Device::Cpu, 16).unwrap();
+        if qat {
+            s.set_qat(&sg, "Q8_0").unwrap();
+        }
+        let mut st = State::new(&tm, 16, 16).unwrap();
+        st.set_precision(Precision::F32);
+        let mut tl = |q: &[u32]| teacher_logits(&tm, &mut st, &Pool::single(), &q[..q.len() - 1], &s).unwrap();
+        let t = Tensor::cat(&[&tl(a), &tl(c)], 0).unwrap();
+        let (va, ga) = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, false).unwrap();
+        let (vm, gm) = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, true).unwrap();
+        let tol = if dt == DType::F64 { 1e-10 } else { 2e-4 };
+        assert!((va - vm).abs() < tol, "loss {va} vs {vm}");
+        assert_eq!(ga.keys().collect::<Vec<_>>(), gm.keys().collect::<Vec<_>>());
+        for (n, g) in &ga {
+            let v = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let (x, y) = (v(g), v(&gm[n]));
+            let scale = x.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() <= tol * scale, "tied {tied} qat {qat} {n}: autograd {p} vs by hand {q}");
+            }
         }
     }
 }
