@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device side, second call (carry .gpu/b; the first call, carrying .gpu/a, ran
 # `mkdir -p /root/g && cp .gpu/a/t1 /root/g/`: a carried folder does not outlive its call; with
-# a student to continue, calls carrying .gpu/c1, .gpu/c2 … ran `cp .gpu/cN/* /root/g/` first).
+# a student to continue, calls carrying .gpu/c0, .gpu/c1 … ran `cp .gpu/cN/* /root/g/` first).
 # Assembles the inputs, starts the seed pipeline under setsid (it outlives this call, not the
 # machine), then watches it like poll.sh. LEFT: device seconds left when this call starts; the
 # pipeline's deadline leaves 150 s of them for the last poll. RUNS, BATCH, ACCUM, LR, … pass
@@ -20,7 +20,7 @@ xz -dc .gpu/b/wiki.xz > $G/wiki.txt
 xz -dc .gpu/b/shakes.xz > $G/shakes.txt
 xz -dc .gpu/b/wikitext.xz > $G/wikitext.txt
 cp scripts/gpu/poll.sh scripts/gpu/fetch.sh $G/
-# A student to continue (pack.sh with KD_FROM: .gpu/c1, .gpu/c2 … carried by the calls before
+# A student to continue (pack.sh with KD_FROM: .gpu/c0, .gpu/c1 … carried by the calls before
 # this one, each `cp .gpu/cN/* /root/g/`).
 if compgen -G "$G/kd-from.part*" > /dev/null; then
     cat "$G"/kd-from.part* > $G/kd-from.gguf
