@@ -866,6 +866,12 @@ mod train {
         unfused_flag().load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the loss runs as one fused op (off when the GPU self-check finds it disagreeing).
+    fn fused_loss_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
+    }
+
     /// Whether the layers' backward passes are written out by hand (default; off with
     /// `PITH_DISTILL_AUTOGRAD=1`, or when the GPU self-check finds them disagreeing with autograd).
     fn manual_on() -> bool {
@@ -947,7 +953,7 @@ mod train {
         }
         let ids = Tensor::from_vec(labels.to_vec(), n, student.device()).map_err(ce)?;
         let (s, t) = (student.detach(), teacher.detach());
-        if unfused() {
+        if unfused() || !fused_loss_flag().load(std::sync::atomic::Ordering::Relaxed) {
             return crate::fused::plain::kd_loss_grad(&s, &t, &ids, alpha, temp).map_err(ce);
         }
         // One float type for both (a bf16 student against f32 teacher logits is widened).
@@ -1541,6 +1547,17 @@ mod train {
                             "distill: fused kernels disagree with candle's ops here ({r:?}): training without them"
                         );
                         unfused_flag().store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                match crate::fused::check_kd(&dev) {
+                    Ok(d) if d < 1e-4 => {
+                        eprintln!("distill: the fused loss agrees with candle's ops here (max |Δ| {d:.1e})")
+                    }
+                    r => {
+                        eprintln!(
+                            "distill: the fused loss disagrees with candle's ops here ({r:?}): computing it with them"
+                        );
+                        fused_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }

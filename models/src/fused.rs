@@ -842,7 +842,15 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
         &|x| swiglu(&x[0], &x[1]),
         &|x| plain::swiglu(&x[0], &x[1]),
     )?;
-    // The distillation loss of (23, 301) logits, for three (α, T).
+    Ok(soft.max(rot).max(norm).max(glu))
+}
+
+/// The largest difference between [`kd_loss_grad`] and its composition of candle's ops
+/// ([`plain::kd_loss_grad`]): gradients, and the loss relative to its size, on random logits on
+/// `dev` — checked apart from [`check`], so that a failure turns off the fused loss alone.
+pub fn check_kd(dev: &candle_core::Device) -> Result<f32> {
+    let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
+    // (23, 301) logits, three (α, T), and (3, 49,152): a vocabulary's row over many threads.
     let (n, v) = (23, 301);
     let (s, t) = (Tensor::randn(0f32, 3.0, (n, v), dev)?, Tensor::randn(0f32, 3.0, (n, v), dev)?);
     let labels = Tensor::from_vec((0..n as u32).map(|i| i * 13 % v as u32).collect::<Vec<_>>(), n, dev)?;
@@ -852,7 +860,14 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
         let (vp, gp) = plain::kd_loss_grad(&s, &t, &labels, alpha, temp)?;
         kd = kd.max(diff(&gf, &gp)?).max(((vf - vp).abs() / vp.abs().max(1.0)) as f32);
     }
-    Ok(soft.max(rot).max(norm).max(glu).max(kd))
+    let (s, t) = (Tensor::randn(0f32, 3.0, (3, 49152), dev)?, Tensor::randn(0f32, 3.0, (3, 49152), dev)?);
+    let labels = Tensor::from_vec(vec![0u32, 30000, 49151], 3, dev)?;
+    let (vf, gf) = kd_loss_grad(&s, &t, &labels, 0.2, 1.0)?;
+    // The reference in f64: the f32 composition's sums over 49,152 columns drift by ~1e-4.
+    let wide = |x: &Tensor| x.to_dtype(candle_core::DType::F64);
+    let (vp, gp) = plain::kd_loss_grad(&wide(&s)?, &wide(&t)?, &labels, 0.2, 1.0)?;
+    kd = kd.max(diff(&gf, &gp.to_dtype(candle_core::DType::F32)?)?).max(((vf - vp).abs() / vp.abs().max(1.0)) as f32);
+    Ok(kd)
 }
 
 #[cfg(feature = "cuda")]
@@ -1207,6 +1222,8 @@ mod tests {
     fn each_fused_op_matches_candles_composition_forward_and_backward() {
         let d = check(&Device::Cpu).unwrap();
         assert!(d < 1e-5, "fused vs plain: {d}");
+        let d = check_kd(&Device::Cpu).unwrap();
+        assert!(d < 1e-5, "fused vs plain loss: {d}");
     }
 
     #[test]
