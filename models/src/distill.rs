@@ -146,6 +146,7 @@ pub use train::*;
 mod train {
     use super::DistillArgs;
     use crate::error::{CompressError, Result};
+    use crate::fused::plain::total;
     use crate::quantize::{carry_metadata, to_f32, write_gguf};
     use candle_core::{DType, Device, Tensor, Var, D};
     use pith::gguf::writer::OwnedValue;
@@ -158,13 +159,6 @@ mod train {
 
     fn ce(e: candle_core::Error) -> CompressError {
         CompressError::BadOption(format!("training: {e}"))
-    }
-
-    /// The sum of every element of `x`, rows first: candle's CUDA `sum_all` reduces in a
-    /// single thread block, which over a (B·T, V) tensor of logits takes longer than the
-    /// step's matmuls (it halved the training speed on an H200).
-    fn total(x: &Tensor) -> candle_core::Result<Tensor> {
-        x.sum_keepdim(D::Minus1)?.sum_all()
     }
 
     fn ce_msg(e: &str) -> CompressError {
@@ -454,9 +448,7 @@ mod train {
 
         /// (B, T, H, hd) at positions `p..p + T` rotated by their angles, pairs (2i, 2i+1).
         fn rope(&self, x: &Tensor, p: usize) -> Result<Tensor> {
-            let (_, t, _, hd) = x.dims4().map_err(ce)?;
-            let table = |m: &Tensor| m.narrow(0, p, t).and_then(|m| m.reshape((t, hd / 2))).map_err(ce);
-            let (c, s) = (table(&self.cos)?, table(&self.sin)?);
+            let (c, s) = self.rope_tables(x.dim(1).map_err(ce)?, p)?;
             if unfused() {
                 crate::fused::plain::rope(x, &c, &s).map_err(ce)
             } else {
@@ -629,9 +621,7 @@ mod train {
                          input: &Tensor|
              -> Result<()> {
                 let key = n(name);
-                let dt =
-                    self.vars.get(&key).map(|v| v.dtype()).ok_or_else(|| ce_msg("a layer weight is not trained"))?;
-                let gw = mm(&gout.t().map_err(ce)?, input)?.to_dtype(dt).map_err(ce)?;
+                let gw = mm(&gout.t().map_err(ce)?, input)?.to_dtype(self.var_dtype(&key)?).map_err(ce)?;
                 add(&key, gw)
             };
             let (c_tab, s_tab) = self.rope_tables(t, 0)?;
@@ -719,7 +709,10 @@ mod train {
 
         /// The dtype of the variable `name` (its gradient's).
         fn var_dtype(&self, name: &str) -> Result<DType> {
-            self.vars.get(name).map(|v| v.dtype()).ok_or_else(|| ce_msg("a weight is not trained"))
+            self.vars
+                .get(name)
+                .map(|v| v.dtype())
+                .ok_or_else(|| CompressError::Tensor { tensor: name.into(), why: "not trained".into() })
         }
 
         /// RoPE's (T, hd/2) cos and sin tables at positions `p..p + T`.
@@ -894,10 +887,7 @@ mod train {
 
     /// log-softmax over the last dimension.
     fn log_softmax(x: &Tensor) -> Result<Tensor> {
-        let m = x.max_keepdim(D::Minus1).map_err(ce)?.detach();
-        let z = x.broadcast_sub(&m).map_err(ce)?;
-        let lse = z.exp().and_then(|e| e.sum_keepdim(D::Minus1)).and_then(|s| s.log()).map_err(ce)?;
-        z.broadcast_sub(&lse).map_err(ce)
+        crate::fused::plain::log_softmax(x).map_err(ce)
     }
 
     /// The distillation loss, averaged over positions: `alpha·CE + (1 − alpha)·T²·KL(p_T ‖ q_T)`.
@@ -1178,8 +1168,7 @@ mod train {
             let dw = g.t().and_then(|gt| gt.matmul(&xd)).map_err(ce)?; // (V, d)
             let dxb = g.matmul(&w).map_err(ce)?; // (N, d)
             drop(g);
-            let var_dtype = s.vars.get(head_w).map(|v| v.dtype()).ok_or_else(|| ce_msg("the head is not trained"))?;
-            add(&mut out, head_w, dw.to_dtype(var_dtype).map_err(ce)?)?;
+            add(&mut out, head_w, dw.to_dtype(s.var_dtype(head_w)?).map_err(ce)?)?;
             let gs = (xb * dxb).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
             collect(&mut out, &gs)?;
             loss_value = value;

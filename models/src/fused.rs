@@ -735,15 +735,17 @@ pub mod plain {
         a.silu()? * b
     }
 
-    /// log-softmax over the last dimension.
-    fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    /// log-softmax over the last dimension (the maximum subtracted as a constant).
+    pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
         let z = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
         let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
         z.broadcast_sub(&lse)
     }
 
-    /// The sum of every element, rows first (candle's CUDA `sum_all` reduces in one block).
-    fn total(x: &Tensor) -> Result<Tensor> {
+    /// The sum of every element of `x`, rows first: candle's CUDA `sum_all` reduces in a
+    /// single thread block, which over a (B·T, V) tensor of logits takes longer than the
+    /// step's matmuls (it halved the training speed on an H200).
+    pub fn total(x: &Tensor) -> Result<Tensor> {
         x.sum_keepdim(D::Minus1)?.sum_all()
     }
 
@@ -787,12 +789,16 @@ pub mod plain {
     }
 }
 
+/// The largest |a − b| over every element (f32 tensors of one shape).
+fn diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
 /// The largest difference between each fused op and candle's own composition of it, forward
 /// and backward (every input's gradient), on random inputs on `dev`: a self-check of the CUDA
 /// kernels before a run, and the CPU ops' test.
 pub fn check(dev: &candle_core::Device) -> Result<f32> {
     use candle_core::Var;
-    let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
     // Output and gradients of `f` at `inputs` (gradient of Σ f ⊙ dy), fused vs plain.
     let compare = |inputs: &[Tensor],
                    fused: &dyn Fn(&[Tensor]) -> Result<Tensor>,
@@ -849,7 +855,6 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
 /// ([`plain::kd_loss_grad`]): gradients, and the loss relative to its size, on random logits on
 /// `dev` — checked apart from [`check`], so that a failure turns off the fused loss alone.
 pub fn check_kd(dev: &candle_core::Device) -> Result<f32> {
-    let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
     // (23, 301) logits, three (α, T), and (3, 49,152): a vocabulary's row over many threads.
     let (n, v) = (23, 301);
     let (s, t) = (Tensor::randn(0f32, 3.0, (n, v), dev)?, Tensor::randn(0f32, 3.0, (n, v), dev)?);
