@@ -254,6 +254,9 @@ mod train {
         pub device: Device,
         cos: Tensor, // (n_ctx, 1, head_dim/2, 1), compute dtype
         sin: Tensor, // (n_ctx, 1, head_dim/2, 1)
+        /// The same tables in f64, what [`Student::set_compute`] converts from (a table once
+        /// rounded to bf16 stays rounded).
+        rope64: (Tensor, Tensor),
     }
 
     /// The names of a llama model's tensors.
@@ -346,12 +349,12 @@ mod train {
                     s.push(th.sin());
                 }
             }
-            let mk = |v: Vec<f64>| {
-                Tensor::from_vec(v, (n_ctx, 1, half, 1), device).and_then(|t| t.to_dtype(compute)).map_err(ce)
-            };
+            let mk = |v: Vec<f64>| Tensor::from_vec(v, (n_ctx, 1, half, 1), device).map_err(ce);
+            let rope64 = (mk(c)?, mk(s)?);
             Ok(Student {
-                cos: mk(c)?,
-                sin: mk(s)?,
+                cos: rope64.0.to_dtype(compute).map_err(ce)?,
+                sin: rope64.1.to_dtype(compute).map_err(ce)?,
+                rope64,
                 cfg,
                 tied,
                 vars,
@@ -367,8 +370,8 @@ mod train {
         /// Runs the forward pass in `compute` (bf16: mixed precision) from now on.
         pub fn set_compute(&mut self, compute: DType) -> Result<()> {
             self.compute = compute;
-            self.cos = self.cos.to_dtype(compute).map_err(ce)?;
-            self.sin = self.sin.to_dtype(compute).map_err(ce)?;
+            self.cos = self.rope64.0.to_dtype(compute).map_err(ce)?;
+            self.sin = self.rope64.1.to_dtype(compute).map_err(ce)?;
             Ok(())
         }
 
@@ -1102,6 +1105,98 @@ mod train {
         grads_batch_with(s, seqs, teacher_logits, alpha, temp, manual_on())
     }
 
+    /// How far the hand-written layer backward's gradients are from the reference, on one batch.
+    /// Where the forward pass runs in the weights' own dtype, the reference is autograd in it;
+    /// under mixed precision (bf16 over f32 weights) it is autograd in the weights' dtype, and
+    /// autograd in the narrow dtype is measured against it too: two bf16 computations of the
+    /// same gradients differ by their roundings (on an H100, 5.8 % of the largest entry).
+    #[derive(Debug, Clone, Copy)]
+    pub struct ManualCheck {
+        pub compute: DType,
+        /// The weights' dtype (the reference's under mixed precision).
+        pub wide: DType,
+        /// max over the loss and every variable of max|g − g_ref| / max|g_ref|.
+        pub by_hand: f64,
+        /// The same for autograd in `compute`, where the reference is wider.
+        pub autograd: Option<f64>,
+    }
+
+    impl ManualCheck {
+        /// Within 2 % of autograd; under mixed precision no further from the wide reference
+        /// than 1.5× narrow autograd's distance (or 2 %).
+        pub fn passes(&self) -> bool {
+            match self.autograd {
+                None => self.by_hand < 0.02,
+                Some(a) => self.by_hand <= (1.5 * a).max(0.02),
+            }
+        }
+    }
+
+    impl std::fmt::Display for ManualCheck {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let verdict = if self.passes() { "agrees with" } else { "disagrees with" };
+            match self.autograd {
+                None => write!(f, "{verdict} autograd here (max relative |Δ| {:.1e})", self.by_hand),
+                Some(a) => write!(
+                    f,
+                    "in {:?} {verdict} autograd in {:?} here (max relative |Δ| {:.1e}; autograd in {:?}: {a:.1e})",
+                    self.compute, self.wide, self.by_hand, self.compute
+                ),
+            }
+        }
+    }
+
+    /// Holds the hand-written layer backward to autograd on `seqs` ([`ManualCheck`]); the
+    /// student's compute dtype is the same afterwards.
+    pub fn check_manual_backward(
+        s: &mut Student,
+        seqs: &[&[u32]],
+        teacher_logits: &Tensor,
+        alpha: f64,
+        temp: f64,
+    ) -> Result<ManualCheck> {
+        let (compute, wide) = (s.compute, s.dtype);
+        let reference = if compute == wide {
+            None
+        } else {
+            s.set_compute(wide)?;
+            let r = grads_batch_with(s, seqs, teacher_logits, alpha, temp, false);
+            s.set_compute(compute)?;
+            Some(r?)
+        };
+        let autograd = grads_batch_with(s, seqs, teacher_logits, alpha, temp, false)?;
+        let by_hand = grads_batch_with(s, seqs, teacher_logits, alpha, temp, true)?;
+        Ok(match reference {
+            None => ManualCheck { compute, wide, by_hand: grads_apart(&autograd, &by_hand)?, autograd: None },
+            Some(r) => ManualCheck {
+                compute,
+                wide,
+                by_hand: grads_apart(&r, &by_hand)?,
+                autograd: Some(grads_apart(&r, &autograd)?),
+            },
+        })
+    }
+
+    /// max over the loss and every gradient of max|b − a| / max|a|.
+    fn grads_apart(a: &(f64, BTreeMap<String, Tensor>), b: &(f64, BTreeMap<String, Tensor>)) -> Result<f64> {
+        let top = |t: &Tensor| -> Result<f64> {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.abs())
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.max(0))
+                .and_then(|t| t.to_dtype(DType::F64))
+                .and_then(|t| t.to_scalar::<f64>())
+                .map_err(ce)
+        };
+        let mut worst = (a.0 - b.0).abs() / a.0.abs().max(1e-6);
+        for (n, g) in &a.1 {
+            let h = b.1.get(n).ok_or_else(|| ce_msg(&format!("the gradient of {n} is missing")))?;
+            let h = h.to_dtype(g.dtype()).map_err(ce)?;
+            worst = worst.max(top(&(g - h).map_err(ce)?)? / top(g)?.max(1e-12));
+        }
+        Ok(worst)
+    }
+
     /// [`grads_batch`], its layers' backward passes by hand (`manual`, where a layer allows it)
     /// or all through autograd: the same gradients (the tests hold them to each other).
     pub fn grads_batch_with(
@@ -1685,33 +1780,18 @@ mod train {
         // sequences before the run; a mismatch or an error turns it off (as the fused ops).
         if !dev.is_cpu() && !unfused() && manual_on() {
             let probe = &val[..val.len().min(2)];
-            let check = (|| -> Result<f64> {
-                let tl = teacher.logits(probe, &student)?;
-                let (va, ga) = grads_batch_with(&student, probe, &tl, a.alpha, a.temperature, false)?;
-                let (vm, gm) = grads_batch_with(&student, probe, &tl, a.alpha, a.temperature, true)?;
-                let top = |t: &Tensor| -> Result<f64> {
-                    t.abs()
-                        .and_then(|t| t.flatten_all())
-                        .and_then(|t| t.max(0))
-                        .and_then(|t| t.to_dtype(DType::F64))
-                        .and_then(|t| t.to_scalar::<f64>())
-                        .map_err(ce)
-                };
-                let mut worst = (va - vm).abs() / va.abs().max(1e-6);
-                for (n, g) in &ga {
-                    let h = gm.get(n).ok_or_else(|| ce_msg("a gradient is missing"))?;
-                    worst = worst.max(top(&(g - h).map_err(ce)?)? / top(g)?.max(1e-12));
-                }
-                Ok(worst)
-            })();
-            let tol = if compute == DType::F32 { 0.02 } else { 0.05 };
+            let check = teacher
+                .logits(probe, &student)
+                .and_then(|tl| check_manual_backward(&mut student, probe, &tl, a.alpha, a.temperature));
             match check {
-                Ok(d) if d < tol => crate::progress::note(&format!(
-                    "distill: the hand-written layer backward agrees with autograd here (max relative |Δ| {d:.1e})"
-                )),
+                Ok(c) if c.passes() => crate::progress::note(&format!("distill: the hand-written layer backward {c}")),
                 r => {
+                    let why = match r {
+                        Ok(c) => c.to_string(),
+                        Err(e) => format!("failed its check ({e})"),
+                    };
                     crate::progress::note(&format!(
-                        "distill: the hand-written layer backward disagrees with autograd here ({r:?}): training through autograd"
+                        "distill: the hand-written layer backward {why}: training through autograd"
                     ));
                     manual_flag().store(false, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -10,8 +10,8 @@ use pith::testing::{build, spm_vocab, TinySpec};
 use pith::{Pool, Precision};
 use pith_kernels::GgmlType;
 use pith_models::distill::{
-    fake_quant, grads, grads_batch, grads_batch_with, loss, loss_grad, lr_at, lr_cosine, teacher_logits, AdamW,
-    GradSum, Noise, Student,
+    check_manual_backward, fake_quant, grads, grads_batch, grads_batch_with, loss, loss_grad, lr_at, lr_cosine,
+    teacher_logits, AdamW, GradSum, Noise, Student,
 };
 use pith_models::prune::AlignedBytes;
 use std::process::Command;
@@ -268,6 +268,34 @@ fn the_hand_written_layer_backward_is_autograds() {
             }
         }
     }
+}
+
+#[test]
+fn the_hand_written_backward_under_mixed_precision_is_as_close_as_autograd() {
+    // The check the trainer runs on a GPU before using the hand-written backward, here with f64
+    // weights and an f32 forward pass (bf16 over f32 on a GPU: candle's CPU matmul has no bf16):
+    // both narrow gradients are measured against autograd in the weights' dtype.
+    let (a, c): (&[u32], &[u32]) = (&TOKS[..9], &TOKS[4..]);
+    let tb = tiny(1);
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let sb = tiny_tied(2, false);
+    let sg = Gguf::parse(sb.as_slice()).unwrap();
+    let mut s = Student::from_gguf(&sg, DType::F64, &Device::Cpu, 16).unwrap();
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    st.set_precision(Precision::F32);
+    let mut tl = |q: &[u32]| teacher_logits(&tm, &mut st, &Pool::single(), &q[..q.len() - 1], &s).unwrap();
+    let t = Tensor::cat(&[&tl(a), &tl(c)], 0).unwrap();
+    let same = check_manual_backward(&mut s, &[a, c], &t, 0.3, 2.0).unwrap();
+    assert!(same.autograd.is_none() && same.by_hand < 1e-10 && same.passes(), "{same}");
+    s.set_compute(DType::F32).unwrap();
+    let mixed = check_manual_backward(&mut s, &[a, c], &t, 0.3, 2.0).unwrap();
+    let ag = mixed.autograd.unwrap();
+    // The narrow dtype's rounding is visible (the reference is really wider), both paths are
+    // near it, and the student computes in f32 again afterwards.
+    assert!(ag > 1e-12 && ag < 1e-4 && mixed.by_hand < 1e-4 && mixed.passes(), "{mixed}");
+    assert_eq!(s.compute, DType::F32);
+    assert!(mixed.to_string().contains("agrees with autograd in F64"), "{mixed}");
 }
 
 #[test]
