@@ -2,12 +2,15 @@
 # Device side: the trainer's speed on this GPU, A/B, before a pipeline run (go.sh, BENCH=1).
 # Each configuration KIND:DTYPE:BATCH (BENCH_CFGS; default "unfused:f32:B fused:f32:B
 # fused:bf16:B") distills STUDENT from TEACHER for SECS seconds at BATCH × 512: KIND is candle's
-# own element-wise ops (unfused) or the fused kernels (models/src/fused.rs), DTYPE f32 (TF32
-# matmuls) or bf16 mixed precision. Prints one line each (tokens/s, last loss, the phase profile)
-# and, last, `bench: dtype D batch B`: the fastest fused configuration, where a bf16 one counts
-# only when it is ≥ 1.2× the f32 one of the same batch and its loss is no worse than 5 % above
-# that one's (a sanity check of the bf16 path), and a batch other than the first configuration's
-# only when it is ≥ 1.15× as fast (more tokens a step are fewer steps for the same tokens).
+# own element-wise ops (unfused), the fused kernels with the layers' hand-written backward
+# (fused), or the fused kernels with the layers' backward through autograd (autograd:
+# PITH_DISTILL_AUTOGRAD=1); DTYPE f32 (TF32 matmuls) or bf16 mixed precision. Prints one line
+# each (tokens/s, last loss, the phase profile) and, last, `bench: dtype D batch B [autograd]`:
+# the fastest fused or autograd configuration, where a bf16 one counts only when it is ≥ 1.2×
+# the f32 one of the same kind and batch (else fused's) and its loss is no worse than 5 % above
+# that one's (a sanity check of the bf16 path), and a batch other than the first
+# configuration's only when it is ≥ 1.15× as fast (more tokens a step are fewer steps for the
+# same tokens).
 #   bench.sh PC TEACHER STUDENT TEXT [SECS] [B]
 set -uo pipefail
 PC=$1 T=$2 S=$3 F=$4 SECS=${5:-40} B=${6:-16}
@@ -16,8 +19,8 @@ D=$(mktemp -d)
 declare -A RATE LOSS
 for cfg in $CFGS; do
     IFS=: read -r k dt b <<< "$cfg"
-    off=0; [[ $k == unfused ]] && off=1
-    PITH_DISTILL_UNFUSED=$off PITH_DISTILL_PROFILE=1 timeout $((SECS + 120)) "$PC" distill --teacher "$T" --student "$S" \
+    off=0 ag=0; [[ $k == unfused ]] && off=1; [[ $k == autograd ]] && ag=1
+    PITH_DISTILL_UNFUSED=$off PITH_DISTILL_AUTOGRAD=$ag PITH_DISTILL_PROFILE=1 timeout $((SECS + 120)) "$PC" distill --teacher "$T" --student "$S" \
         -f "$F" -o "$D/out.gguf" --checkpoint "$D/ckpt" --force -c 512 --batch "$b" --accum 1 --device cuda \
         --dtype "$dt" --time-limit "$SECS" --val-seqs 2 --val-every 100000 --checkpoint-every 0 > "$D/log" 2>&1
     rc=$?
@@ -31,10 +34,10 @@ first=${CFGS%% *} best="" best_rate=0
 IFS=: read -r _ _ b0 <<< "$first"
 for cfg in $CFGS; do
     IFS=: read -r k dt b <<< "$cfg"
-    [[ $k == fused ]] || continue
+    [[ $k == fused || $k == autograd ]] || continue
     r=${RATE[$cfg]:-0}
     if [[ $dt == bf16 ]]; then
-        f="fused:f32:$b"
+        f="$k:f32:$b"; [[ -n ${RATE[$f]:-} ]] || f="fused:f32:$b"
         awk -v r="$r" -v f="${RATE[$f]:-0}" -v lb="${LOSS[$cfg]:-nan}" -v lf="${LOSS[$f]:-nan}" \
             'BEGIN { exit !(f > 0 && r >= 1.2 * f && lb + 0 > 0 && lb <= 1.05 * lf) }' || continue
     fi
@@ -43,5 +46,5 @@ for cfg in $CFGS; do
     fi
     if [[ $r -gt $best_rate ]]; then best=$cfg best_rate=$r; fi
 done
-IFS=: read -r _ dt b <<< "${best:-fused:f32:$b0}"
-echo "bench: dtype $dt batch $b"
+IFS=: read -r k dt b <<< "${best:-fused:f32:$b0}"
+echo "bench: dtype $dt batch $b$([[ $k == autograd ]] && echo " autograd")"

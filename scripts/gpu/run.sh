@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device side, started by go.sh under setsid: with BENCH=1 first the trainer's A/B (bench.sh:
-# candle's ops vs the fused kernels, f32 vs bf16, batch sizes) on the width student, whose verdict
+# candle's ops vs the fused kernels, the layers' backward by hand vs autograd, f32 vs bf16,
+# batch sizes) on the width student, whose verdict
 # picks the dtype unless DTYPE is set, and the batch; then the seed pipeline up to DEADLINE (the
 # bench's minutes come out of the training window). Environment from go.sh.
 set -uo pipefail
@@ -18,6 +19,11 @@ if [[ ${BENCH:-0} == 1 ]]; then
     # A batch the bench found faster (BENCH_CFGS) trains with it, unless BATCH_FIXED=1; the peak
     # learning rate follows the tokens a step by its square root, at most 1e-3.
     b=$(tail -1 $OUT/bench.txt | awk '/^bench: dtype/ {print $5}')
+    # The layers' backward through autograd where the bench found it faster than by hand.
+    if tail -1 $OUT/bench.txt | grep -q ' autograd$'; then
+        echo "run: the layers' backward through autograd (the bench's)"
+        export PITH_DISTILL_AUTOGRAD=1
+    fi
     if [[ ${BATCH_FIXED:-0} != 1 && -n $b && $b != "$BATCH" ]]; then
         LR=$(python3 -c "print(f'{min(1e-3, $LR * ($b / $BATCH) ** 0.5):.3g}')")
         echo "run: batch $BATCH → $b (the bench's), lr → $LR"
