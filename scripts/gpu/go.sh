@@ -27,12 +27,13 @@ if compgen -G "$G/kd-from.part*" > /dev/null; then
     echo "$(cat $G/kd-from.sha256)  $G/kd-from.gguf" | sha256sum -c || exit 4
     export KD_FROM=$G/kd-from.gguf
 fi
-# An earlier session's teacher-sampled text (pack.sh with SAMPLE_FROM: .gpu/s, its call ran
+# Earlier sessions' teacher-sampled text (pack.sh with SAMPLE_FROM: .gpu/s, its call ran
 # `cp .gpu/s/* /root/g/`), trained on beside this session's sample.
-if [[ -s $G/sample-from.txt.xz ]]; then
-    xz -dc $G/sample-from.txt.xz > $G/sample-from.txt
-    export TRAIN_ONLY="${TRAIN_ONLY:-} $G/sample-from.txt"
-fi
+for f in "$G"/sample-from*.txt.xz; do
+    [[ -s $f ]] || continue
+    xz -dc "$f" > "${f%.xz}" || exit 4
+    export TRAIN_ONLY="${TRAIN_ONLY:-} ${f%.xz}"
+done
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 $G/pc --help | head -1 || { ldd $G/pc; exit 5; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -7,7 +7,7 @@
 #
 #   eval "$(scripts/setup-cuda-build.sh)"
 #   cargo build --release -p pith-models --features cuda --bin pith-compress
-#   [KD_FROM=kd.q8_0.gguf] [SAMPLE_FROM=synthetic.txt.xz] scripts/gpu/pack.sh
+#   [KD_FROM=kd.q8_0.gguf] [SAMPLE_FROM="synthetic.txt.xz …"] scripts/gpu/pack.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 grep -qx '/.gpu/' .git/info/exclude 2> /dev/null || echo '/.gpu/' >> .git/info/exclude
@@ -35,9 +35,17 @@ if [[ -n ${KD_FROM:-} ]]; then
     for p in .gpu/kd-from.part*; do mkdir -p ".gpu/c${p##*part}" && mv "$p" ".gpu/c${p##*part}/"; done
     sha256sum "$KD_FROM" | cut -d' ' -f1 > .gpu/c0/kd-from.sha256
 fi
-# SAMPLE_FROM=FILE.xz (an earlier session's synthetic.txt.xz, fetch.sh's): .gpu/s, one call.
+# SAMPLE_FROM="FILE.xz …" (earlier sessions' synthetic.txt.xz, fetch.sh's): .gpu/s, one call
+# (at most ~60 MB in all with the working tree).
 rm -rf .gpu/s
 if [[ -n ${SAMPLE_FROM:-} ]]; then
-    mkdir -p .gpu/s && cp "$SAMPLE_FROM" .gpu/s/sample-from.txt.xz
+    mkdir -p .gpu/s
+    i=0
+    for f in $SAMPLE_FROM; do
+        [[ -s $f ]] || { echo "pack: no $f" >&2; exit 1; }
+        cp "$f" ".gpu/s/sample-from-$i.txt.xz"
+        i=$((i + 1))
+    done
+    [[ $(du -sm .gpu/s | cut -f1) -le 60 ]] || echo "pack: .gpu/s is over 60 MB: carry its files in two calls" >&2
 fi
 du -sh .gpu/a .gpu/b .gpu/c* .gpu/s 2> /dev/null
