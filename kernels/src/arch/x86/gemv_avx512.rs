@@ -381,6 +381,13 @@ unsafe fn gemv_q4_rows_many<const R: usize, const T: usize, const Q41: bool>(
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let mut acc_m = [[_mm512_setzero_ps(); T]; R];
     let base = rows.as_ptr();
+    // Each token's arrays, read once here: inside the loop every `x.lo4.as_ptr()` is a load
+    // through `xs[t]` that LLVM does not hoist (a third of the loop's loads at 4 tokens).
+    let lo4: [*const i8; T] = core::array::from_fn(|t| xs[t].lo4.as_ptr());
+    let hi4: [*const i8; T] = core::array::from_fn(|t| xs[t].hi4.as_ptr());
+    let n8g: [*const i32; T] = core::array::from_fn(|t| xs[t].n8g.as_ptr());
+    let dg: [*const f32; T] = core::array::from_fn(|t| xs[t].dg.as_ptr());
+    let dsg: [*const f32; T] = core::array::from_fn(|t| xs[t].dsg.as_ptr());
     for g in 0..nb.div_ceil(4) {
         let nbk = (nb - 4 * g).min(4);
         for i in 0..R {
@@ -410,17 +417,16 @@ unsafe fn gemv_q4_rows_many<const R: usize, const T: usize, const Q41: bool>(
             let dm = _mm512_permutexvar_epi16(idx, win);
             let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
             let mw = if Q41 { _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dm)) } else { _mm512_setzero_ps() };
-            for (t, x) in xs.iter().take(T).enumerate() {
+            for t in 0..T {
                 // SAFETY: group g's 16 lanes / 64 codes lie inside each token's grouped arrays.
-                let xlo = _mm512_loadu_si512(x.lo4.as_ptr().add(64 * g).cast());
-                let xhi = _mm512_loadu_si512(x.hi4.as_ptr().add(64 * g).cast());
-                let init =
-                    if Q41 { _mm512_setzero_si512() } else { _mm512_loadu_si512(x.n8g.as_ptr().add(16 * g).cast()) };
-                let dx = _mm512_loadu_ps(x.dg.as_ptr().add(16 * g));
+                let xlo = _mm512_loadu_si512(lo4[t].add(64 * g).cast());
+                let xhi = _mm512_loadu_si512(hi4[t].add(64 * g).cast());
+                let init = if Q41 { _mm512_setzero_si512() } else { _mm512_loadu_si512(n8g[t].add(16 * g).cast()) };
+                let dx = _mm512_loadu_ps(dg[t].add(16 * g));
                 let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
                 acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[i][t]);
                 if Q41 {
-                    acc_m[i][t] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.dsg.as_ptr().add(16 * g)), acc_m[i][t]);
+                    acc_m[i][t] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(dsg[t].add(16 * g)), acc_m[i][t]);
                 }
             }
         }
@@ -512,6 +518,10 @@ unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
     );
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let base = rows.as_ptr();
+    // Each token's arrays, read once (as in `gemv_q4_rows_many`).
+    let q: [*const i8; T] = core::array::from_fn(|t| xs[t].acts.q.as_ptr());
+    let neg128: [*const i32; T] = core::array::from_fn(|t| xs[t].neg128.as_ptr());
+    let dl: [*const f32; T] = core::array::from_fn(|t| xs[t].dl.as_ptr());
     for pr in 0..nb.div_ceil(2) {
         let pair = pr * 2 + 1 < nb;
         let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
@@ -536,12 +546,12 @@ unsafe fn gemv_q8_0_rows_many<const R: usize, const T: usize>(
             };
             let u = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb), flip);
             let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, win)));
-            for (t, x) in xs.iter().take(T).enumerate() {
+            for t in 0..T {
                 // SAFETY: lanes 16pr.. and codes 64pr.. of each token belong to blocks 2pr (and
                 // 2pr + 1 when `pair`); the masks keep an odd last block's reads inside.
-                let xq = _mm512_maskz_loadu_epi32(lanes, x.acts.q.as_ptr().add(64 * pr).cast());
-                let init = _mm512_maskz_loadu_epi32(lanes, x.neg128.as_ptr().add(16 * pr));
-                let dx = _mm512_maskz_loadu_ps(lanes, x.dl.as_ptr().add(16 * pr));
+                let xq = _mm512_maskz_loadu_epi32(lanes, q[t].add(64 * pr).cast());
+                let init = _mm512_maskz_loadu_epi32(lanes, neg128[t].add(16 * pr));
+                let dx = _mm512_maskz_loadu_ps(lanes, dl[t].add(16 * pr));
                 let dot = _mm512_dpbusd_epi32(init, u, xq);
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[t]);
             }
