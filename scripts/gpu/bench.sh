@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Device side: the trainer's speed on this GPU, A/B, before a pipeline run (go.sh, BENCH=1).
 # Each configuration KIND:DTYPE:BATCH (BENCH_CFGS; default "unfused:f32:B fused:f32:B
-# fused:bf16:B") distills STUDENT from TEACHER for SECS seconds at BATCH × 512: KIND is candle's
+# fused:bf16:B") distills STUDENT from TEACHER for SECS seconds at BATCH × 512 (`--tokens` far
+# beyond them: distill's default, 65,536 tokens, is 4 steps at batch 32, which is what the
+# benches of 12-06 measured): KIND is candle's
 # own element-wise ops (unfused), the fused kernels with the layers' hand-written backward
 # (fused), or the fused kernels with the layers' backward through autograd (autograd:
 # PITH_DISTILL_AUTOGRAD=1); DTYPE f32 (TF32 matmuls) or bf16 mixed precision. Prints one line
@@ -22,7 +24,7 @@ for cfg in $CFGS; do
     off=0 ag=0; [[ $k == unfused ]] && off=1; [[ $k == autograd ]] && ag=1
     PITH_DISTILL_UNFUSED=$off PITH_DISTILL_AUTOGRAD=$ag PITH_DISTILL_PROFILE=1 timeout $((SECS + 120)) "$PC" distill --teacher "$T" --student "$S" \
         -f "$F" -o "$D/out.gguf" --checkpoint "$D/ckpt" --force -c 512 --batch "$b" --accum 1 --device cuda \
-        --dtype "$dt" --time-limit "$SECS" --val-seqs 2 --val-every 100000 --checkpoint-every 0 > "$D/log" 2>&1
+        --dtype "$dt" --tokens 1000000000 --time-limit "$SECS" --val-seqs 2 --val-every 100000 --checkpoint-every 0 > "$D/log" 2>&1
     rc=$?
     RATE[$cfg]=$(grep -oE '[0-9]+ tok/s' "$D/log" | tail -1 | grep -oE '^[0-9]+' || echo 0)
     LOSS[$cfg]=$(grep -oE 'loss [0-9.]+' "$D/log" | tail -1 | grep -oE '[0-9.]+$' || echo nan)
