@@ -602,6 +602,11 @@ impl Tokenizer {
         self.eog.binary_search(&id).is_ok()
     }
 
+    /// Every end-of-generation id, ascending.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.vocab.len()
     }

@@ -512,8 +512,8 @@ fn advance(s: &mut Slot, logits: &[f32], tok: &pith::tokenizer::Tokenizer, metri
         }
     }
     if a.job.params.ignore_eos {
-        for (id, v) in l.iter_mut().enumerate() {
-            if tok.is_eog(id as u32) {
+        for &id in tok.eog_ids() {
+            if let Some(v) = l.get_mut(id as usize) {
                 *v = f32::NEG_INFINITY;
             }
         }
