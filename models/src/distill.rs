@@ -1179,15 +1179,7 @@ mod train {
 
     /// max over the loss and every gradient of max|b − a| / max|a|.
     fn grads_apart(a: &(f64, BTreeMap<String, Tensor>), b: &(f64, BTreeMap<String, Tensor>)) -> Result<f64> {
-        let top = |t: &Tensor| -> Result<f64> {
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.abs())
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.max(0))
-                .and_then(|t| t.to_dtype(DType::F64))
-                .and_then(|t| t.to_scalar::<f64>())
-                .map_err(ce)
-        };
+        let top = |t: &Tensor| crate::fused::max_abs(t).map_err(ce);
         let mut worst = (a.0 - b.0).abs() / a.0.abs().max(1e-6);
         for (n, g) in &a.1 {
             let h = b.1.get(n).ok_or_else(|| ce_msg(&format!("the gradient of {n} is missing")))?;

@@ -789,9 +789,14 @@ pub mod plain {
     }
 }
 
-/// The largest |a − b| over every element (f32 tensors of one shape).
+/// The largest |x| over every element of `x` (any float type), as f64.
+pub fn max_abs(x: &Tensor) -> Result<f64> {
+    x.to_dtype(candle_core::DType::F64)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+}
+
+/// The largest |a − b| over every element (tensors of one shape and type).
 fn diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    Ok(max_abs(&(a - b)?)? as f32)
 }
 
 /// The largest difference between each fused op and candle's own composition of it, forward

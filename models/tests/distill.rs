@@ -235,25 +235,35 @@ fn a_batch_computes_each_sequence_alone_and_the_frozen_teacher_the_same() {
     }
 }
 
+/// Two sequences of 9 tokens (overlapping) for the backward tests.
+const TWO_SEQS: (&[u32], &[u32]) = (TOKS.split_at(9).0, TOKS.split_at(4).1);
+
+/// The tiny student (seed 2; `tied` head; under `qat` when given) with weights in `dt`, and the
+/// tiny teacher's (seed 1) logits for [`TWO_SEQS`], concatenated.
+fn student_and_teacher_logits(dt: DType, tied: bool, qat: Option<&str>) -> (Student, Tensor) {
+    let tb = tiny(1);
+    let tg = Gguf::parse(tb.as_slice()).unwrap();
+    let tm = Model::from_gguf(&tg).unwrap();
+    let sb = tiny_tied(2, tied);
+    let sg = Gguf::parse(sb.as_slice()).unwrap();
+    let mut s = Student::from_gguf(&sg, dt, &Device::Cpu, 16).unwrap();
+    if let Some(q) = qat {
+        s.set_qat(&sg, q).unwrap();
+    }
+    let mut st = State::new(&tm, 16, 16).unwrap();
+    st.set_precision(Precision::F32);
+    let mut tl = |q: &[u32]| teacher_logits(&tm, &mut st, &Pool::single(), &q[..q.len() - 1], &s).unwrap();
+    let t = Tensor::cat(&[&tl(TWO_SEQS.0), &tl(TWO_SEQS.1)], 0).unwrap();
+    (s, t)
+}
+
 #[test]
 fn the_hand_written_layer_backward_is_autograds() {
     // Two sequences of 9 (GQA 4/2), tied and untied, and under QAT (the straight-through
     // gradient of the fake-quantized weights): every variable's gradient and the loss.
-    let (a, c): (&[u32], &[u32]) = (&TOKS[..9], &TOKS[4..]);
-    let tb = tiny(1);
-    let tg = Gguf::parse(tb.as_slice()).unwrap();
-    let tm = Model::from_gguf(&tg).unwrap();
+    let (a, c) = TWO_SEQS;
     for (tied, qat, dt) in [(false, false, DType::F64), (true, false, DType::F64), (false, true, DType::F32)] {
-        let sb = tiny_tied(2, tied);
-        let sg = Gguf::parse(sb.as_slice()).unwrap();
-        let mut s = Student::from_gguf(&sg, dt, &Device::Cpu, 16).unwrap();
-        if qat {
-            s.set_qat(&sg, "Q8_0").unwrap();
-        }
-        let mut st = State::new(&tm, 16, 16).unwrap();
-        st.set_precision(Precision::F32);
-        let mut tl = |q: &[u32]| teacher_logits(&tm, &mut st, &Pool::single(), &q[..q.len() - 1], &s).unwrap();
-        let t = Tensor::cat(&[&tl(a), &tl(c)], 0).unwrap();
+        let (s, t) = student_and_teacher_logits(dt, tied, qat.then_some("Q8_0"));
         let (va, ga) = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, false).unwrap();
         let (vm, gm) = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, true).unwrap();
         let tol = if dt == DType::F64 { 1e-10 } else { 2e-4 };
@@ -275,17 +285,8 @@ fn the_hand_written_backward_under_mixed_precision_is_as_close_as_autograd() {
     // The check the trainer runs on a GPU before using the hand-written backward, here with f64
     // weights and an f32 forward pass (bf16 over f32 on a GPU: candle's CPU matmul has no bf16):
     // both narrow gradients are measured against autograd in the weights' dtype.
-    let (a, c): (&[u32], &[u32]) = (&TOKS[..9], &TOKS[4..]);
-    let tb = tiny(1);
-    let tg = Gguf::parse(tb.as_slice()).unwrap();
-    let tm = Model::from_gguf(&tg).unwrap();
-    let sb = tiny_tied(2, false);
-    let sg = Gguf::parse(sb.as_slice()).unwrap();
-    let mut s = Student::from_gguf(&sg, DType::F64, &Device::Cpu, 16).unwrap();
-    let mut st = State::new(&tm, 16, 16).unwrap();
-    st.set_precision(Precision::F32);
-    let mut tl = |q: &[u32]| teacher_logits(&tm, &mut st, &Pool::single(), &q[..q.len() - 1], &s).unwrap();
-    let t = Tensor::cat(&[&tl(a), &tl(c)], 0).unwrap();
+    let (a, c) = TWO_SEQS;
+    let (mut s, t) = student_and_teacher_logits(DType::F64, false, None);
     let same = check_manual_backward(&mut s, &[a, c], &t, 0.3, 2.0).unwrap();
     assert!(same.autograd.is_none() && same.by_hand < 1e-10 && same.passes(), "{same}");
     s.set_compute(DType::F32).unwrap();

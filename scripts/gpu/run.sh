@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device side, started by go.sh under setsid: with BENCH=1 first the trainer's A/B (bench.sh:
 # candle's ops vs the fused kernels, the layers' backward by hand vs autograd, f32 vs bf16,
-# batch sizes) on the width student, whose verdict
-# picks the dtype unless DTYPE is set, and the batch; then the seed pipeline up to DEADLINE (the
-# bench's minutes come out of the training window). Environment from go.sh.
+# batch sizes) on the width student, whose verdict picks the dtype unless DTYPE is set, the
+# batch and the backward; then the seed pipeline up to DEADLINE (the bench's minutes come out of
+# the training window). Environment from go.sh.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 G=/root/g OUT=/root/sp
