@@ -32,7 +32,9 @@
 # CKPT_EVERY (steps; default 0, 20 on cuda) and RETRIES (3): a run that dies is resumed from its
 # last checkpoint, or started again if it had none. SYNTHETIC (tokens, default 0): text sampled
 # from the teacher once, before the runs (`distill --sample-only`, SYNTHETIC_BATCH sequences at a
-# time; with --tokens auto for at most SYNTHETIC_S seconds, default a fifth of the time left),
+# time; with --tokens auto for at most SYNTHETIC_S seconds, default a fifth of the time left;
+# SEED (default 1) picks its prompts and draws: a session that trains on an earlier session's
+# sample beside its own needs another SEED, or both begin every sequence alike),
 # added to every run's training sequences (`--train-only`: the held-out ones stay the files').
 # TRAIN_ONLY: more training-only text files (space-separated; e.g. an earlier session's sample).
 # Students are build outputs in OUT.
@@ -135,7 +137,7 @@ done
 # The teacher's own text, sampled once for all runs (a resumed run reads the same file).
 if [[ $SYNTHETIC -gt 0 ]]; then
     sample=(--teacher "$T" --student "$OUT/$([[ $PRUNE == 1 ]] && echo width || echo kd-from).gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
-        --val-seqs 16 --synthetic "$SYNTHETIC" --sample-only -o "$OUT/synthetic.txt" --force)
+        --val-seqs 16 --synthetic "$SYNTHETIC" --seed "${SEED:-1}" --sample-only -o "$OUT/synthetic.txt" --force)
     [[ -n ${SYNTHETIC_BATCH:-} ]] && sample+=(--synthetic-batch "$SYNTHETIC_BATCH")
     if [[ $TOKENS == auto ]]; then
         sample+=(--budget "${SYNTHETIC_S:-$(( (DEADLINE - $(date +%s)) / 5 ))}")

@@ -10,7 +10,8 @@
 # each (tokens/s, last loss, the phase profile) and, last, `bench: dtype D batch B [autograd]`:
 # the fastest fused or autograd configuration, where a bf16 one counts only when it is ≥ 1.2×
 # the f32 one of the same kind and batch (else fused's) and its loss is no worse than 5 % above
-# that one's (a sanity check of the bf16 path), and a batch other than the first
+# that one's (a sanity check of the bf16 path) — or, with no f32 configuration at that batch,
+# when it trained at all — and a batch other than the first
 # configuration's only when it is ≥ 1.15× as fast (more tokens a step are fewer steps for the
 # same tokens).
 #   bench.sh PC TEACHER STUDENT TEXT [SECS] [B]
@@ -40,8 +41,14 @@ for cfg in $CFGS; do
     r=${RATE[$cfg]:-0}
     if [[ $dt == bf16 ]]; then
         f="$k:f32:$b"; [[ -n ${RATE[$f]:-} ]] || f="fused:f32:$b"
-        awk -v r="$r" -v f="${RATE[$f]:-0}" -v lb="${LOSS[$cfg]:-nan}" -v lf="${LOSS[$f]:-nan}" \
-            'BEGIN { exit !(f > 0 && r >= 1.2 * f && lb + 0 > 0 && lb <= 1.05 * lf) }' || continue
+        if [[ -n ${RATE[$f]:-} ]]; then
+            awk -v r="$r" -v f="${RATE[$f]:-0}" -v lb="${LOSS[$cfg]:-nan}" -v lf="${LOSS[$f]:-nan}" \
+                'BEGIN { exit !(f > 0 && r >= 1.2 * f && lb + 0 > 0 && lb <= 1.05 * lf) }' || continue
+        else
+            # No f32 run at this batch to compare with (BENCH_CFGS of bf16 alone, where an
+            # earlier session measured it): bf16 counts when it trained at all.
+            awk -v r="$r" -v lb="${LOSS[$cfg]:-nan}" 'BEGIN { exit !(r > 0 && lb + 0 > 0) }' || continue
+        fi
     fi
     if [[ $b != "$b0" ]]; then
         awk -v r="$r" -v f="${RATE[fused:f32:$b0]:-${RATE[$first]:-0}}" 'BEGIN { exit !(r >= 1.15 * f) }' || continue
