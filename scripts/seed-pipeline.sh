@@ -37,6 +37,8 @@
 # sample beside its own needs another SEED, or both begin every sequence alike),
 # added to every run's training sequences (`--train-only`: the held-out ones stay the files').
 # TRAIN_ONLY: more training-only text files (space-separated; e.g. an earlier session's sample).
+# FILE_REPEAT (default 1): the runs train on the files' real text that many times, each copy cut
+# at another offset (`distill --file-repeat`), so it is not drowned by the samples.
 # Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -129,7 +131,8 @@ fi
 
 # --- distillation ----------------------------------------------------------------------------
 common=(--teacher "$T" "${TEXTS[@]}" -c "$CTX" --batch "$BATCH" --accum "$ACCUM"
-    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY" --force)
+    --device "$DEVICE" --dtype "$DTYPE" --val-seqs 16 --val-every 100 --checkpoint-every "$CKPT_EVERY"
+    --file-repeat "${FILE_REPEAT:-1}" --force)
 for f in ${TRAIN_ONLY:-}; do
     [[ -s $f ]] || { echo "seed-pipeline: no TRAIN_ONLY file $f" >&2; exit 1; }
     common+=(--train-only "$f")

@@ -123,6 +123,12 @@ pub struct DistillArgs {
     /// earlier `--sample-only` run's: the validation loss stays on the `-f` files' text.
     #[arg(long = "train-only")]
     pub train_only: Vec<PathBuf>,
+    /// Train on the `-f` files' text N times, each copy cut into sequences at another offset
+    /// (copy k starts k/N of a sequence in), so that real text weighs more beside a large
+    /// `--train-only` or `--synthetic` sample; cuts that would overlap a held-out sequence are
+    /// left out.
+    #[arg(long, default_value_t = 1)]
+    pub file_repeat: usize,
     /// Threads for the teacher (0 = all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
@@ -1570,6 +1576,9 @@ mod train {
         if a.budget.is_some_and(|b| b.is_nan() || b <= 0.0) {
             return Err(CompressError::BadOption("--budget: seconds > 0".into()));
         }
+        if a.file_repeat == 0 || a.file_repeat > a.ctx {
+            return Err(CompressError::BadOption(format!("--file-repeat: 1 to --ctx ({})", a.ctx)));
+        }
         if a.synthetic_temp.is_nan() || a.synthetic_temp < 0.0 {
             return Err(CompressError::BadOption("--synthetic-temp: ≥ 0".into()));
         }
@@ -1681,18 +1690,9 @@ mod train {
                 })
                 .collect()
         };
-        let seqs = cut(&tokens);
-        // The held-out sequences are spread over the text (every k-th), not only its end, so
-        // that the validation loss covers every file.
-        let stride = (n_seq / a.val_seqs.max(1)).max(1);
-        let (mut train, mut val) = (Vec::new(), Vec::new());
-        for (i, q) in seqs.iter().enumerate() {
-            if a.val_seqs > 0 && i % stride == stride - 1 && val.len() < a.val_seqs {
-                val.push(q.as_slice());
-            } else {
-                train.push(q.as_slice());
-            }
-        }
+        let (file_train, file_val) = split_files(&tokens, seq, a.val_seqs, a.file_repeat, bos);
+        let mut train: Vec<&[u32]> = file_train.iter().map(Vec::as_slice).collect();
+        let val: Vec<&[u32]> = file_val.iter().map(Vec::as_slice).collect();
         let syn = synthesize(a, &teacher_engine.gguf, &dev, compute, &train, seq)?;
         // The sample as text, one sequence per paragraph (`--sample-only`, `--synthetic-out`).
         let syn_text = || {
@@ -1928,6 +1928,45 @@ mod train {
         v
     }
 
+    /// The `-f` files' tokens as training and held-out sequences of `seq`: the held-out ones
+    /// every k-th cut of the text (so the validation loss covers every file), and the training
+    /// ones the other cuts, `repeat` times, copy k cut from offset k·seq/repeat and without any
+    /// sequence that overlaps a held-out one. Each sequence's first token becomes `bos` where the
+    /// tokenizer adds one.
+    pub(crate) fn split_files(
+        tokens: &[u32],
+        seq: usize,
+        val_seqs: usize,
+        repeat: usize,
+        bos: Option<u32>,
+    ) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let n_seq = tokens.len() / seq;
+        let stride = (n_seq / val_seqs.max(1)).max(1);
+        let held = |i: usize| val_seqs > 0 && i % stride == stride - 1 && i / stride < val_seqs;
+        let take = |start: usize| {
+            let mut s = tokens[start..start + seq].to_vec();
+            if let Some(b) = bos {
+                s[0] = b;
+            }
+            s
+        };
+        let val: Vec<Vec<u32>> = (0..n_seq).filter(|&i| held(i)).map(|i| take(i * seq)).collect();
+        let mut train = Vec::new();
+        for k in 0..repeat.max(1) {
+            let offset = k * seq / repeat.max(1);
+            let mut start = offset;
+            while start + seq <= tokens.len() {
+                // Held-out cuts [i·seq, (i+1)·seq) that this one [start, start+seq) touches.
+                let (first, last) = (start / seq, (start + seq - 1) / seq);
+                if !(first..=last).any(held) {
+                    train.push(take(start));
+                }
+                start += seq;
+            }
+        }
+        (train, val)
+    }
+
     /// The student must predict over the teacher's vocabulary.
     pub fn check_vocab(t: &Gguf<'_>, s: &Gguf<'_>, nt: usize, ns: usize) -> Result<()> {
         let toks = |g: &Gguf<'_>| -> Option<Vec<String>> {
@@ -1939,5 +1978,39 @@ mod train {
             )));
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::split_files;
+
+        #[test]
+        fn file_repeat_cuts_the_text_at_other_offsets_and_never_into_held_out_text() {
+            let tokens: Vec<u32> = (0..10_000).collect();
+            let (seq, val_seqs) = (100, 4);
+            let (once, val) = split_files(&tokens, seq, val_seqs, 1, None);
+            // repeat 1 is the plain split: every cut of the text, held-out or training.
+            assert_eq!(val.len(), val_seqs);
+            assert_eq!(once.len() + val.len(), tokens.len() / seq);
+            let held: Vec<(u32, u32)> = val.iter().map(|v| (v[0], v[seq - 1])).collect();
+            let (four, val4) = split_files(&tokens, seq, val_seqs, 4, Some(7));
+            assert_eq!(val4.len(), val_seqs);
+            assert!(val4.iter().all(|v| v[0] == 7 && v.len() == seq));
+            // Copies at offsets 0, 25, 50, 75: a shifted copy has 99 cuts, less the two that
+            // straddle each held-out sequence (24, 49, 74) and the one that overlaps the last (99).
+            assert_eq!(four.len(), once.len() + 3 * (99 - 7));
+            let mut starts: Vec<u32> = Vec::new();
+            for s in &four {
+                assert_eq!(s.len(), seq);
+                assert_eq!(s[0], 7);
+                let (a, b) = (s[1] - 1, s[seq - 1]);
+                assert_eq!(b - a, seq as u32 - 1, "a sequence is contiguous text");
+                assert!(held.iter().all(|&(h0, h1)| b < h0 || a > h1), "[{a}, {b}] overlaps held-out text");
+                starts.push(a % seq as u32);
+            }
+            for off in [0, 25, 50, 75] {
+                assert!(starts.contains(&off), "no copy at offset {off}");
+            }
+        }
     }
 }
