@@ -453,6 +453,22 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     assert!(ok, "{err}");
     assert!(err.contains("step 1: validation loss") && err.contains("tok/s"), "{err}");
     assert!(ckpt.exists());
+    // --file-repeat: the files' text again at other offsets (more training sequences, the same
+    // held-out ones); 0 is refused.
+    let train_seqs = |err: &str| -> usize {
+        let at = err.find(" train / ").unwrap_or_else(|| panic!("no sequence count: {err}"));
+        err[..at].rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{err}"))
+    };
+    let once = train_seqs(&err);
+    let mut v = base(&student);
+    v.extend([os("--file-repeat"), os("3"), os("--force")]);
+    let (ok, err3) = call(v);
+    assert!(ok, "{err3}");
+    assert!(train_seqs(&err3) > 2 * once, "{once} → {err3}");
+    let mut v = base(&student);
+    v.extend([os("--file-repeat"), os("0"), os("--force")]);
+    let (ok, err0) = call(v);
+    assert!(!ok && err0.contains("--file-repeat"), "{err0}");
     // The result is a model pith runs.
     let bytes = AlignedBytes::from(pith_models::prune::without_layers(
         &Gguf::parse(&std::fs::read(&out).unwrap()).unwrap(),
