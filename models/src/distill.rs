@@ -1957,7 +1957,7 @@ mod train {
             let mut start = offset;
             while start + seq <= tokens.len() {
                 // Held-out cuts [i·seq, (i+1)·seq) that this one [start, start+seq) touches.
-                let (first, last) = (start / seq, (start + seq - 1) / seq);
+                let (first, last) = (start / seq, (start + seq).div_ceil(seq) - 1);
                 if !(first..=last).any(held) {
                     train.push(take(start));
                 }
