@@ -24,7 +24,7 @@ enum Cmd {
     /// Low-rank factorization of the linear weights by activation-whitened SVD.
     Lowrank(pith_models::lowrank::LowrankArgs),
     /// Train a (pruned) student on a teacher's distributions (a build with the `train` feature).
-    Distill(pith_models::distill::DistillArgs),
+    Distill(Box<pith_models::distill::DistillArgs>),
     /// Write a llama GGUF as a Hugging Face model folder (safetensors, config, tokenizer).
     Export(pith_models::export::ExportArgs),
     /// Write a Hugging Face llama model folder as a GGUF (the inverse of export).
