@@ -188,6 +188,67 @@ pub fn attend_on(
     accumulate_any(simd && hd.is_multiple_of(16), v, stride, off, scores, out);
 }
 
+/// [`attend`] for the `g` query heads that share one KV head (grouped-query attention): `q`
+/// holds their `g · hd` values end to end, `scores` `g · n` (head j's `n` weights at `j · n`),
+/// `out` their `g · hd` outputs. Each head's result has the bits of [`attend`] on that head
+/// alone; an f16 cache on AVX-512 reads each cached row once for all `g` heads (and keeps the
+/// sums in registers), the other caches and paths run [`attend`] head by head.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    g: usize,
+    q: &[f32],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
+    stride: usize,
+    off: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_group_on(crate::kernel_path(), g, q, k, v, stride, off, scale, scores, out)
+}
+
+/// [`attend_group`] on an explicit kernel path.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group_on(
+    path: KernelPath,
+    g: usize,
+    q: &[f32],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
+    stride: usize,
+    off: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(g > 0 && q.len().is_multiple_of(g) && scores.len().is_multiple_of(g), "attend_group: {g} heads");
+    assert_eq!(q.len(), out.len(), "attend_group: {} query values, {} outputs", q.len(), out.len());
+    let (hd, n) = (q.len() / g, scores.len() / g);
+    #[cfg(target_arch = "x86_64")]
+    if let (KvRows::F16(kf), KvRows::F16(vf)) = (k, v) {
+        let fits = n > 0 && off + hd <= stride && {
+            let need = (n - 1) * stride + off + hd;
+            kf.len() >= need && vf.len() >= need
+        };
+        if fits
+            && path == KernelPath::Avx512
+            && path.is_available()
+            && x86::groups(hd / 16, g).is_some()
+            && hd.is_multiple_of(16)
+        {
+            // SAFETY: AVX-512 is available; every row read (`p · stride + off .. + hd`, p < n)
+            // lies inside `k` and `v` (checked above); `q`, `out` hold `g · hd`, `scores` `g · n`.
+            unsafe { x86::attend_group_f16(g, hd, q, kf, vf, stride, off, scale, scores, out) };
+            return;
+        }
+    }
+    for j in 0..g {
+        let (qh, oh) = (&q[j * hd..(j + 1) * hd], &mut out[j * hd..(j + 1) * hd]);
+        attend_on(path, qh, k, v, stride, off, scale, &mut scores[j * n..(j + 1) * n], oh);
+    }
+}
+
 /// The reference for [`attend`]: scalar code throughout.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_scalar(
@@ -385,6 +446,154 @@ mod x86 {
         }
     }
 
+    /// How many of a group's heads one pass takes for heads of `nc` vectors (their queries or
+    /// sums in registers): `None` where there is no grouped kernel for `nc`.
+    pub(super) fn groups(nc: usize, g: usize) -> Option<usize> {
+        let most = match nc {
+            2 | 4 => 4,
+            8 => 3,
+            16 => 1,
+            _ => return None,
+        };
+        Some(most.min(g))
+    }
+
+    /// [`super::attend_group_on`] for an f16 cache: heads taken [`groups`] at a time, each pass
+    /// reading a cached row once for all of them.
+    ///
+    /// # Safety
+    /// AVX-512 F; `hd` a multiple of 16 with `groups(hd / 16, g)` some; `q`, `out` hold `g · hd`,
+    /// `scores` `g · n` with n ≥ 1, and rows `p · stride + off .. + hd` for p < n lie inside `k`
+    /// and `v`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend_group_f16(
+        g: usize,
+        hd: usize,
+        q: &[f32],
+        k: &[f16],
+        v: &[f16],
+        stride: usize,
+        off: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (nc, n) = (hd / 16, scores.len() / g);
+        let kp = k.as_ptr().add(off).cast::<u8>();
+        let vp = v.as_ptr().add(off).cast::<u8>();
+        let mut j = 0;
+        while j < g {
+            let h = groups(nc, g - j).unwrap_or(1);
+            let (qj, sj) = (q.as_ptr().add(j * hd), scores.as_mut_ptr().add(j * n));
+            macro_rules! pass {
+                ($($nc:literal, $h:literal);*) => {
+                    match (nc, h) {
+                        $(($nc, $h) => scores_heads::<$nc, $h>(qj, hd, kp, 2 * stride, n, sj),)*
+                        _ => unreachable!("groups() allows no other"),
+                    }
+                };
+            }
+            pass!(2, 1; 2, 2; 2, 3; 2, 4; 4, 1; 4, 2; 4, 3; 4, 4; 8, 1; 8, 2; 8, 3; 16, 1);
+            j += h;
+        }
+        for sh in scores.chunks_exact_mut(n) {
+            crate::vmath::softmax_scaled_on(crate::KernelPath::Avx512, sh, scale);
+        }
+        let mut j = 0;
+        while j < g {
+            let h = groups(nc, g - j).unwrap_or(1);
+            let (wj, oj) = (scores.as_ptr().add(j * n), out.as_mut_ptr().add(j * hd));
+            macro_rules! pass {
+                ($($nc:literal, $h:literal);*) => {
+                    match (nc, h) {
+                        $(($nc, $h) => sums_heads::<$nc, $h>(vp, 2 * stride, n, wj, oj, hd),)*
+                        _ => unreachable!("groups() allows no other"),
+                    }
+                };
+            }
+            pass!(2, 1; 2, 2; 2, 3; 2, 4; 4, 1; 4, 2; 4, 3; 4, 4; 8, 1; 8, 2; 8, 3; 16, 1);
+            j += h;
+        }
+    }
+
+    /// `scores[j][p] = q_j · k_p` for `H` heads of `NC` vectors (queries `hd` apart at `q`,
+    /// scores `n` apart at `s`; rows `row_bytes` apart at `kp`): each row's halves widened once
+    /// for all heads; per head the steps of [`scores_impl`].
+    ///
+    /// # Safety
+    /// As [`attend_group_f16`], for these heads.
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn scores_heads<const NC: usize, const H: usize>(
+        q: *const f32,
+        hd: usize,
+        kp: *const u8,
+        row_bytes: usize,
+        n: usize,
+        s: *mut f32,
+    ) {
+        let mut qv = [[_mm512_setzero_ps(); NC]; H];
+        for (j, qj) in qv.iter_mut().enumerate() {
+            for (c, qc) in qj.iter_mut().enumerate() {
+                // SAFETY: head j's 16 floats at 16c inside `q`.
+                *qc = _mm512_loadu_ps(q.add(j * hd + 16 * c));
+            }
+        }
+        for p in 0..n {
+            let row = kp.add(p * row_bytes);
+            let mut acc = [_mm512_setzero_ps(); H];
+            for c in 0..NC {
+                // SAFETY: 16 halves at 16c inside this head's part of row p.
+                let kc = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32 * c).cast()));
+                for (a, qj) in acc.iter_mut().zip(&qv) {
+                    *a = _mm512_fmadd_ps(qj[c], kc, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                // SAFETY: head j's score p inside `s`.
+                *s.add(j * n + p) = reduce16(*a);
+            }
+        }
+    }
+
+    /// `out_j = Σ_p w_j[p] v_p` for `H` heads of `NC` vectors (weights `n` apart at `w`, outputs
+    /// `hd` apart at `out`): each row's halves widened once for all heads; per head the steps
+    /// of [`weighted_sum_impl`].
+    ///
+    /// # Safety
+    /// As [`attend_group_f16`], for these heads.
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn sums_heads<const NC: usize, const H: usize>(
+        vp: *const u8,
+        row_bytes: usize,
+        n: usize,
+        w: *const f32,
+        out: *mut f32,
+        hd: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NC]; H];
+        for p in 0..n {
+            let row = vp.add(p * row_bytes);
+            let mut wv = [_mm512_setzero_ps(); H];
+            for (j, x) in wv.iter_mut().enumerate() {
+                // SAFETY: head j's weight p inside `w`.
+                *x = _mm512_set1_ps(*w.add(j * n + p));
+            }
+            for c in 0..NC {
+                // SAFETY: 16 halves at 16c inside this head's part of row p.
+                let vc = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32 * c).cast()));
+                for (aj, x) in acc.iter_mut().zip(&wv) {
+                    aj[c] = _mm512_fmadd_ps(*x, vc, aj[c]);
+                }
+            }
+        }
+        for (j, aj) in acc.iter().enumerate() {
+            for (c, a) in aj.iter().enumerate() {
+                // SAFETY: head j's 16 floats at 16c inside `out`.
+                _mm512_storeu_ps(out.add(j * hd + 16 * c), *a);
+            }
+        }
+    }
+
     /// Q8_0 codes 16 at a time as f32: bytes `at..at + 16`.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -533,6 +742,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
     use alloc::vec::Vec;
     use rand::Rng;
 
@@ -540,6 +750,45 @@ mod tests {
     fn data(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::test_util::rng(seed);
         (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
+    }
+
+    /// A group of heads sharing one KV head: each head's output and weights have the bits of
+    /// `attend` on that head alone, on every path and cache type, for every grouped kernel shape
+    /// (heads of 32, 64, 128, 256 values; groups of 1 to 7; one position and many).
+    #[test]
+    fn attend_group_equals_attend_head_by_head() {
+        let paths = [KernelPath::Scalar, crate::kernel_path()];
+        for (hd, g, n) in [
+            (64, 3, 1),
+            (64, 3, 77),
+            (64, 7, 40),
+            (64, 4, 9),
+            (128, 2, 33),
+            (128, 5, 12),
+            (32, 6, 50),
+            (256, 2, 20),
+            (96, 2, 10),
+        ] {
+            let n_kv = 2;
+            let stride = n_kv * hd;
+            let off = hd;
+            let kf: Vec<f16> = data(n * stride, 1).into_iter().map(f16::from_f32).collect();
+            let vf: Vec<f16> = data(n * stride, 2).into_iter().map(f16::from_f32).collect();
+            let q = data(g * hd, 3);
+            let scale = 1.0 / (hd as f32).sqrt();
+            for path in paths {
+                let (mut s1, mut o1) = (vec![0.0f32; g * n], vec![0.0f32; g * hd]);
+                attend_group_on(path, g, &q, KvRows::F16(&kf), KvRows::F16(&vf), stride, off, scale, &mut s1, &mut o1);
+                for j in 0..g {
+                    let (mut s0, mut o0) = (vec![0.0f32; n], vec![0.0f32; hd]);
+                    let qh = &q[j * hd..(j + 1) * hd];
+                    attend_on(path, qh, KvRows::F16(&kf), KvRows::F16(&vf), stride, off, scale, &mut s0, &mut o0);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&o0), bits(&o1[j * hd..(j + 1) * hd]), "hd {hd} g {g} n {n} head {j} {path:?}");
+                    assert_eq!(bits(&s0), bits(&s1[j * n..(j + 1) * n]), "hd {hd} g {g} n {n} head {j} {path:?}");
+                }
+            }
+        }
     }
 
     /// Every path against an f64 evaluation on the same f16 values: f32 rounding only (the

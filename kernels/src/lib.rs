@@ -84,7 +84,7 @@ mod simd;
 #[allow(unsafe_code)] // SIMD intrinsics; every block carries a SAFETY comment
 pub mod vmath;
 
-pub use attn::{attend, attend_f16, KvRows};
+pub use attn::{attend, attend_f16, attend_group, KvRows};
 pub use dispatch::{
     block_codes, block_grid, dequantize_row, dot_f32, has_block_grid, quantize_row, quantize_row_weighted,
     set_block_codes, vec_dot, vec_dot_f32, vec_dot_f32_on, vec_dot_on,

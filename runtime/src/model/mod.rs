@@ -714,21 +714,24 @@ impl Model<'_> {
                 // 32 positions).
                 let single = Pool::single();
                 let att_pool = if seen < 32 { &single } else { pool };
-                // Per (segment, head): its scores, then its output (scratch reused across
-                // steps; it grows with the context by doubling, not once per token).
-                let stride = max_seen + hd;
-                let n_chunks = ones.len() * c.n_head;
+                // Per (segment, KV head): the scores of the `group` query heads that share it,
+                // then their outputs (each cached row read once for the group; scratch reused
+                // across steps, growing with the context by doubling, not once per token).
+                let stride = group * (max_seen + hd);
+                let n_kv = c.n_head_kv;
+                let n_chunks = ones.len() * n_kv;
                 s.att_tmp.resize(n_chunks * stride, 0.0);
                 let (q, ones_ref) = (&s.q, &ones);
                 att_pool.for_each_chunk(&mut s.att_tmp[..n_chunks * stride], stride, &|i, buf: &mut [f32]| {
-                    let (&(a, n_seen, kc, vc), h) = (&ones_ref[i / c.n_head], i % c.n_head);
-                    let (scores, rest) = buf.split_at_mut(n_seen);
-                    let qh = &q[a * qd + h * hd..a * qd + (h + 1) * hd];
-                    pith_kernels::attend(qh, kc, vc, kvd, (h / group) * hd, scale, scores, &mut rest[..hd]);
+                    let (&(a, n_seen, kc, vc), kh) = (&ones_ref[i / n_kv], i % n_kv);
+                    let (scores, rest) = buf.split_at_mut(group * n_seen);
+                    let qg = &q[a * qd + kh * group * hd..a * qd + (kh + 1) * group * hd];
+                    pith_kernels::attend_group(group, qg, kc, vc, kvd, kh * hd, scale, scores, &mut rest[..group * hd]);
                 });
                 for (i, buf) in s.att_tmp.chunks_exact(stride).take(n_chunks).enumerate() {
-                    let (&(a, n_seen, ..), h) = (&ones[i / c.n_head], i % c.n_head);
-                    s.att[a * qd + h * hd..a * qd + (h + 1) * hd].copy_from_slice(&buf[n_seen..n_seen + hd]);
+                    let (&(a, n_seen, ..), kh) = (&ones[i / n_kv], i % n_kv);
+                    let at = a * qd + kh * group * hd;
+                    s.att[at..at + group * hd].copy_from_slice(&buf[group * n_seen..group * (n_seen + hd)]);
                 }
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
