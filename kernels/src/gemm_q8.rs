@@ -191,6 +191,12 @@ pub fn gemm_q8_supported(ty: GgmlType, k: usize) -> bool {
 impl PackedTile {
     /// Unpacks `n_rows ≤ 16` rows of `ty` (`rows`: `n_rows` encoded rows of `k` elements).
     pub fn pack(&mut self, ty: GgmlType, rows: &[u8], n_rows: usize, k: usize) {
+        self.pack_on(crate::kernel_path(), ty, rows, n_rows, k)
+    }
+
+    /// [`PackedTile::pack`] with `path`'s packer: AVX-512 gathers the 16 rows' Q4_0 / Q4_1 /
+    /// Q8_0 codes four bytes a row at a time (the same tile, bit for bit, as the scalar packer).
+    pub fn pack_on(&mut self, path: KernelPath, ty: GgmlType, rows: &[u8], n_rows: usize, k: usize) {
         assert!(gemm_q8_supported(ty, k), "PackedTile: {ty} rows of {k} elements are not supported");
         assert!(n_rows <= GEMM_Q8_ROWS, "PackedTile: {n_rows} rows, at most {GEMM_Q8_ROWS}");
         let rb = ty.row_bytes(k).unwrap_or(0);
@@ -204,6 +210,29 @@ impl PackedTile {
         self.s.resize(k / g * GEMM_Q8_ROWS, 0.0);
         self.m.clear();
         self.m.resize(k / g * GEMM_Q8_ROWS, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if path == KernelPath::Avx512
+            && path.is_available()
+            && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+            && rb * GEMM_Q8_ROWS <= i32::MAX as usize
+        {
+            // SAFETY: AVX-512 is available; `rows` holds `n_rows ≤ 16` rows of `rb` bytes
+            // (asserted above), `u`, `s`, `m` the tile of `k` columns (sized above).
+            unsafe {
+                crate::arch::x86::q8_avx512::pack_tile_avx512(
+                    ty,
+                    rows,
+                    rb,
+                    n_rows,
+                    k,
+                    &mut self.u,
+                    &mut self.s,
+                    &mut self.m,
+                )
+            };
+            return;
+        }
+        let _ = path;
         for (r, row) in rows.chunks_exact(rb.max(1)).take(n_rows).enumerate() {
             match ty {
                 GgmlType::Q4_0 => self.pack_q4(r, row, 18, |b| (f16_at(b, 0), -8.0 * f16_at(b, 0))),
@@ -315,7 +344,7 @@ fn gemm_q8_with(
     let mut r0 = 0;
     while r0 < n_rows {
         let nr = GEMM_Q8_ROWS.min(n_rows - r0);
-        tile.pack(ty, &w[r0 * rb..(r0 + nr) * rb], nr, k);
+        tile.pack_on(path, ty, &w[r0 * rb..(r0 + nr) * rb], nr, k);
         match path {
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx512 => crate::arch::x86::q8_avx512::gemm_q8_16xn_avx512(tile, acts, r0, nr, out),
@@ -392,6 +421,30 @@ pub(crate) mod tests {
     /// IQ4_NL / IQ4_XS).
     fn grid_types() -> impl Iterator<Item = GgmlType> {
         crate::kernel_table().iter().map(|r| r.ty)
+    }
+
+    /// Every packer builds the scalar packer's tile, bit for bit (scales, offsets, codes; rows
+    /// past `n_rows` zero), for every row count of a tile.
+    #[test]
+    fn every_packer_builds_the_same_tile() {
+        let mut rng = rng(11);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let k = 576;
+            let w = weights(ty, GEMM_Q8_ROWS, k, &mut rng);
+            let rb = ty.row_bytes(k).unwrap();
+            for n in 1..=GEMM_Q8_ROWS {
+                let mut want = PackedTile::default();
+                want.pack_on(KernelPath::Scalar, ty, &w[..n * rb], n, k);
+                let mut got = PackedTile::default();
+                // A tile reused from a larger packing: the rows past `n` must come back zero.
+                got.pack_on(crate::kernel_path(), ty, &w, GEMM_Q8_ROWS, k);
+                got.pack_on(crate::kernel_path(), ty, &w[..n * rb], n, k);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(want.u, got.u, "{ty} {n} rows: codes");
+                assert_eq!(bits(&want.s), bits(&got.s), "{ty} {n} rows: scales");
+                assert_eq!(bits(&want.m), bits(&got.m), "{ty} {n} rows: offsets");
+            }
+        }
     }
 
     #[test]

@@ -32,7 +32,10 @@ unsafe fn quantize_acts_impl(x: &[f32], q: &mut [i8], d: &mut [f32], ds16: &mut 
             let y = _mm512_mul_ps(v, inv);
             let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
             let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(y, t)), _mm512_set1_ps(0.5));
-            let step = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
+            // ±1 with y's sign, by integer bit operations (AVX-512 F: the `_ps` forms are DQ,
+            // outside this function's features, and were calls, not instructions).
+            let sign = _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32(i32::MIN));
+            let step = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_set1_ps(1.0)), sign));
             _mm512_mask_add_ps(t, half, t, step)
         };
         let clamp = |v| _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(round(v)), lim.0), lim.1);
@@ -136,5 +139,132 @@ unsafe fn gemm_q8_16x12<const N: usize, const G: usize>(
     for (r, f) in res.iter_mut().zip(&facc) {
         // SAFETY: `r` is 16 writable f32s.
         _mm512_storeu_ps(r.as_mut_ptr(), *f);
+    }
+}
+
+/// [`PackedTile::pack`] for Q4_0 / Q4_1 / Q8_0. Per block, the 16 rows' 16-byte code runs are
+/// loaded four rows to a register and transposed by dword permutes into the tile's 64-byte
+/// lines (4 columns × 16 rows each); the rows' f16 scales go through one `vcvtph2ps` (exact,
+/// like the scalar conversion). Rows past `n_rows` are never read and come out zero, as the
+/// scalar packer leaves them; Q4_0's offset `-8 d` and Q8_0's `-128 d` are exact products.
+///
+/// # Safety
+/// AVX-512 F/BW/VL and F16C; `rows` holds `n_rows ≤ 16` rows of `rb` bytes (`k / 32` blocks
+/// of `ty`), `u` holds `16 k` bytes, `s` and `m` `k / 32 · 16` values.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+pub(crate) unsafe fn pack_tile_avx512(
+    ty: crate::GgmlType,
+    rows: &[u8],
+    rb: usize,
+    n_rows: usize,
+    k: usize,
+    u: &mut [u8],
+    s: &mut [f32],
+    m: &mut [f32],
+) {
+    use crate::GgmlType;
+    let nb = k / QA;
+    debug_assert!(n_rows <= GEMM_Q8_ROWS && rows.len() >= n_rows * rb && u.len() >= 16 * k);
+    debug_assert!(s.len() >= nb * GEMM_Q8_ROWS && m.len() >= nb * GEMM_Q8_ROWS);
+    let (bs, code_at) = match ty {
+        GgmlType::Q4_0 => (18, 2),
+        GgmlType::Q4_1 => (20, 4),
+        _ => (34, 2),
+    };
+    let q8 = bs == 34;
+    let m4 = _mm512_set1_epi8(0x0f);
+    let flip = _mm512_set1_epi8(-128);
+    // Lanes 0..8: rows 0..8's dword j of the pair (a, b) of 4-row registers; lanes 8..16: dword j + 1.
+    let idx = |j: i32| {
+        _mm512_set_epi32(
+            29 + j,
+            25 + j,
+            21 + j,
+            17 + j,
+            13 + j,
+            9 + j,
+            5 + j,
+            1 + j,
+            28 + j,
+            24 + j,
+            20 + j,
+            16 + j,
+            12 + j,
+            8 + j,
+            4 + j,
+            j,
+        )
+    };
+    let (idx0, idx2) = (idx(0), idx(2));
+    let (base, up) = (rows.as_ptr(), u.as_mut_ptr());
+    let row_mask = |r: usize| -> __mmask16 {
+        if r < n_rows {
+            0xffff
+        } else {
+            0
+        }
+    };
+    // Four rows' 16 bytes at `at` in their block b, one row per 128-bit lane (zero past n_rows).
+    let four = |r0: usize, at: usize| {
+        let load = |r: usize| {
+            // SAFETY: for r < n_rows, 16 bytes inside row r's block (the caller's `at`); a
+            // masked-off row reads nothing.
+            _mm_maskz_loadu_epi8(row_mask(r), base.wrapping_add(r * rb + at).cast())
+        };
+        let z = _mm512_castsi128_si512(load(r0));
+        let z = _mm512_inserti32x4::<1>(z, load(r0 + 1));
+        let z = _mm512_inserti32x4::<2>(z, load(r0 + 2));
+        _mm512_inserti32x4::<3>(z, load(r0 + 3))
+    };
+    // The four lines (dwords 0..4 of the 16 rows) of the 16-byte runs at `at`.
+    let lines = |at: usize| {
+        let (a, b, c, d) = (four(0, at), four(4, at), four(8, at), four(12, at));
+        let (p0, q0) = (_mm512_permutex2var_epi32(a, idx0, b), _mm512_permutex2var_epi32(c, idx0, d));
+        let (p2, q2) = (_mm512_permutex2var_epi32(a, idx2, b), _mm512_permutex2var_epi32(c, idx2, d));
+        [
+            _mm512_shuffle_i64x2::<0x44>(p0, q0),
+            _mm512_shuffle_i64x2::<0xEE>(p0, q0),
+            _mm512_shuffle_i64x2::<0x44>(p2, q2),
+            _mm512_shuffle_i64x2::<0xEE>(p2, q2),
+        ]
+    };
+    for b in 0..nb {
+        let blk = b * bs;
+        let (mut dh, mut mh) = ([0u16; 16], [0u16; 16]);
+        for r in 0..n_rows {
+            // SAFETY: row r's block b starts inside `rows` with its f16 scale (and Q4_1's offset).
+            let p = base.add(r * rb + blk);
+            dh[r] = u16::from_le_bytes([*p, *p.add(1)]);
+            if ty == GgmlType::Q4_1 {
+                mh[r] = u16::from_le_bytes([*p.add(2), *p.add(3)]);
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(dh.as_ptr().cast()));
+        let off = match ty {
+            GgmlType::Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(mh.as_ptr().cast())),
+            GgmlType::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
+        };
+        let keep = if n_rows >= 16 { 0xffff } else { (1u16 << n_rows) - 1 };
+        // SAFETY: block b's 16 scales and offsets inside `s` and `m`.
+        _mm512_storeu_ps(s.as_mut_ptr().add(b * GEMM_Q8_ROWS), d);
+        _mm512_storeu_ps(m.as_mut_ptr().add(b * GEMM_Q8_ROWS), _mm512_maskz_mov_ps(keep, off));
+        let line = |j: usize| up.add((b * 8 + j) * 64).cast::<__m512i>();
+        if q8 {
+            for (half, ls) in [lines(blk + code_at), lines(blk + code_at + 16)].into_iter().enumerate() {
+                for (j, l) in ls.into_iter().enumerate() {
+                    let v = _mm512_maskz_mov_epi32(keep, _mm512_xor_si512(l, flip));
+                    // SAFETY: line b·8 + 4·half + j of `u`.
+                    _mm512_storeu_si512(line(4 * half + j), v);
+                }
+            }
+        } else {
+            for (j, l) in lines(blk + code_at).into_iter().enumerate() {
+                // SAFETY: lines b·8 + j and b·8 + 4 + j of `u`.
+                _mm512_storeu_si512(line(j), _mm512_and_si512(l, m4));
+                _mm512_storeu_si512(line(4 + j), _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4));
+            }
+        }
     }
 }
