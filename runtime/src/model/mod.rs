@@ -714,24 +714,39 @@ impl Model<'_> {
                 // 32 positions).
                 let single = Pool::single();
                 let att_pool = if seen < 32 { &single } else { pool };
-                // Per (segment, KV head): the scores of the `group` query heads that share it,
-                // then their outputs (each cached row read once for the group; scratch reused
-                // across steps, growing with the context by doubling, not once per token).
-                let stride = group * (max_seen + hd);
+                // Per (segment, KV head): the scores of the query heads that share it, then
+                // their outputs (each cached row read once for them; scratch reused across
+                // steps, growing with the context by doubling, not once per token). Where that
+                // makes fewer than two pieces a thread (one sequence of a model with few KV
+                // heads), each group is cut into `per`-head parts; every head's result is the
+                // same bits however the heads are grouped.
                 let n_kv = c.n_head_kv;
-                let n_chunks = ones.len() * n_kv;
+                let parts = (2 * att_pool.threads()).div_ceil(ones.len() * n_kv).clamp(1, group);
+                let per = group.div_ceil(parts);
+                let sub = group.div_ceil(per);
+                let stride = per * (max_seen + hd);
+                let n_chunks = ones.len() * n_kv * sub;
+                // Chunk i: (segment, first head, heads).
+                let piece = |i: usize| {
+                    let (o, kh, part) = (i / (n_kv * sub), (i / sub) % n_kv, i % sub);
+                    let h0 = kh * group + part * per;
+                    (o, h0, per.min((kh + 1) * group - h0))
+                };
                 s.att_tmp.resize(n_chunks * stride, 0.0);
                 let (q, ones_ref) = (&s.q, &ones);
                 att_pool.for_each_chunk(&mut s.att_tmp[..n_chunks * stride], stride, &|i, buf: &mut [f32]| {
-                    let (&(a, n_seen, kc, vc), kh) = (&ones_ref[i / n_kv], i % n_kv);
-                    let (scores, rest) = buf.split_at_mut(group * n_seen);
-                    let qg = &q[a * qd + kh * group * hd..a * qd + (kh + 1) * group * hd];
-                    pith_kernels::attend_group(group, qg, kc, vc, kvd, kh * hd, scale, scores, &mut rest[..group * hd]);
+                    let (o, h0, gh) = piece(i);
+                    let (a, n_seen, kc, vc) = ones_ref[o];
+                    let (scores, rest) = buf.split_at_mut(gh * n_seen);
+                    let qg = &q[a * qd + h0 * hd..a * qd + (h0 + gh) * hd];
+                    let off = (h0 / group) * hd;
+                    pith_kernels::attend_group(gh, qg, kc, vc, kvd, off, scale, scores, &mut rest[..gh * hd]);
                 });
                 for (i, buf) in s.att_tmp.chunks_exact(stride).take(n_chunks).enumerate() {
-                    let (&(a, n_seen, ..), kh) = (&ones[i / n_kv], i % n_kv);
-                    let at = a * qd + kh * group * hd;
-                    s.att[at..at + group * hd].copy_from_slice(&buf[group * n_seen..group * (n_seen + hd)]);
+                    let (o, h0, gh) = piece(i);
+                    let (a, n_seen, ..) = ones[o];
+                    let at = a * qd + h0 * hd;
+                    s.att[at..at + gh * hd].copy_from_slice(&buf[gh * n_seen..gh * (n_seen + hd)]);
                 }
             }
             obs.matmul_input(Some(li), Site::AttnOut, &s.att, n);
