@@ -693,8 +693,27 @@ mod x86 {
     /// AVX-512 F; `out.len()` a multiple of 32 up to 256; every row's head inside `v`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sum_q8_0(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
-        let nc = out.len() / 16;
-        let mut acc = [_mm512_setzero_ps(); 16];
+        match out.len() / 16 {
+            2 => sum_q8_0_n::<2>(v, stride, off, w, out),
+            4 => sum_q8_0_n::<4>(v, stride, off, w, out),
+            6 => sum_q8_0_n::<6>(v, stride, off, w, out),
+            8 => sum_q8_0_n::<8>(v, stride, off, w, out),
+            10 => sum_q8_0_n::<10>(v, stride, off, w, out),
+            12 => sum_q8_0_n::<12>(v, stride, off, w, out),
+            14 => sum_q8_0_n::<14>(v, stride, off, w, out),
+            _ => sum_q8_0_n::<16>(v, stride, off, w, out),
+        }
+    }
+
+    /// [`sum_q8_0`] for heads of `NC` vectors: the sums in registers (a run-time length kept
+    /// them in memory, a store-forward per position); the same steps, so the same bits.
+    ///
+    /// # Safety
+    /// As [`sum_q8_0`], with `out.len() == 16 NC`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_q8_0_n<const NC: usize>(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
+        let nc = NC;
+        let mut acc = [_mm512_setzero_ps(); NC];
         let vp = v.as_ptr().add(off);
         for (p, &wp) in w.iter().enumerate() {
             let row = vp.add(p * stride);
@@ -718,8 +737,27 @@ mod x86 {
     /// As [`sum_q8_0`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sum_q4_0(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
-        let nc = out.len() / 16;
-        let mut acc = [_mm512_setzero_ps(); 16];
+        match out.len() / 16 {
+            2 => sum_q4_0_n::<2>(v, stride, off, w, out),
+            4 => sum_q4_0_n::<4>(v, stride, off, w, out),
+            6 => sum_q4_0_n::<6>(v, stride, off, w, out),
+            8 => sum_q4_0_n::<8>(v, stride, off, w, out),
+            10 => sum_q4_0_n::<10>(v, stride, off, w, out),
+            12 => sum_q4_0_n::<12>(v, stride, off, w, out),
+            14 => sum_q4_0_n::<14>(v, stride, off, w, out),
+            _ => sum_q4_0_n::<16>(v, stride, off, w, out),
+        }
+    }
+
+    /// [`sum_q4_0`] for heads of `NC` vectors: the sums in registers (a run-time length kept
+    /// them in memory, a store-forward per position); the same steps, so the same bits.
+    ///
+    /// # Safety
+    /// As [`sum_q4_0`], with `out.len() == 16 NC`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_q4_0_n<const NC: usize>(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
+        let nc = NC;
+        let mut acc = [_mm512_setzero_ps(); NC];
         let vp = v.as_ptr().add(off);
         for (p, &wp) in w.iter().enumerate() {
             let row = vp.add(p * stride);
