@@ -27,11 +27,12 @@ strip -o .gpu/pc "$PC" && xz -T2 -6 -c .gpu/pc > .gpu/b/pc.xz && rm .gpu/pc
 xz -c "$WIKI" > .gpu/b/wiki.xz
 xz -c "$SHAKESPEARE" > .gpu/b/shakes.xz
 xz -c "$WIKITEXT" > .gpu/b/wikitext.xz
-# KD_FROM=FILE (a kd student of an earlier session, its kd.q8_0.gguf): in 60 MB parts, one
-# .gpu/cN folder a call; go.sh reassembles it and the pipeline's kd run continues it.
+# KD_FROM=FILE (a kd student of an earlier session, its kd.q8_0.gguf): in 45 MB parts, one
+# .gpu/cN folder a call (60 MB parts and the working tree went past the 64 MiB of a call on
+# 12-06); go.sh reassembles it and the pipeline's kd run continues it.
 rm -rf .gpu/c*
 if [[ -n ${KD_FROM:-} ]]; then
-    split -b 60000000 -d -a 1 "$KD_FROM" .gpu/kd-from.part
+    split -b 45000000 -d -a 1 "$KD_FROM" .gpu/kd-from.part
     for p in .gpu/kd-from.part*; do mkdir -p ".gpu/c${p##*part}" && mv "$p" ".gpu/c${p##*part}/"; done
     sha256sum "$KD_FROM" | cut -d' ' -f1 > .gpu/c0/kd-from.sha256
 fi
