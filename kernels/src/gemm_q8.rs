@@ -194,8 +194,9 @@ impl PackedTile {
         self.pack_on(crate::kernel_path(), ty, rows, n_rows, k)
     }
 
-    /// [`PackedTile::pack`] with `path`'s packer: AVX-512 gathers the 16 rows' Q4_0 / Q4_1 /
-    /// Q8_0 codes four bytes a row at a time (the same tile, bit for bit, as the scalar packer).
+    /// [`PackedTile::pack`] with `path`'s packer: on AVX-512, Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0
+    /// rows are transposed into the tile with dword permutes (the same tile, bit for bit, as the
+    /// scalar packer's).
     pub fn pack_on(&mut self, path: KernelPath, ty: GgmlType, rows: &[u8], n_rows: usize, k: usize) {
         assert!(gemm_q8_supported(ty, k), "PackedTile: {ty} rows of {k} elements are not supported");
         assert!(n_rows <= GEMM_Q8_ROWS, "PackedTile: {n_rows} rows, at most {GEMM_Q8_ROWS}");
@@ -213,7 +214,7 @@ impl PackedTile {
         #[cfg(target_arch = "x86_64")]
         if path == KernelPath::Avx512
             && path.is_available()
-            && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+            && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
             && rb * GEMM_Q8_ROWS <= i32::MAX as usize
         {
             // SAFETY: AVX-512 is available; `rows` holds `n_rows ≤ 16` rows of `rb` bytes
@@ -428,7 +429,7 @@ pub(crate) mod tests {
     #[test]
     fn every_packer_builds_the_same_tile() {
         let mut rng = rng(11);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let k = 576;
             let w = weights(ty, GEMM_Q8_ROWS, k, &mut rng);
             let rb = ty.row_bytes(k).unwrap();

@@ -142,11 +142,12 @@ unsafe fn gemm_q8_16x12<const N: usize, const G: usize>(
     }
 }
 
-/// [`PackedTile::pack`] for Q4_0 / Q4_1 / Q8_0. Per block, the 16 rows' 16-byte code runs are
+/// [`PackedTile::pack`] for Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0. Per block, the 16 rows' 16-byte code runs are
 /// loaded four rows to a register and transposed by dword permutes into the tile's 64-byte
 /// lines (4 columns × 16 rows each); the rows' f16 scales go through one `vcvtph2ps` (exact,
 /// like the scalar conversion). Rows past `n_rows` are never read and come out zero, as the
-/// scalar packer leaves them; Q4_0's offset `-8 d` and Q8_0's `-128 d` are exact products.
+/// scalar packer leaves them; Q4_0's offset `-8 d`, Q5_0's `-16 d` and Q8_0's `-128 d` are
+/// exact products. Q5's fifth bits are ORed into the nibbles as bit 4.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL and F16C; `rows` holds `n_rows ≤ 16` rows of `rb` bytes (`k / 32` blocks
@@ -167,10 +168,13 @@ pub(crate) unsafe fn pack_tile_avx512(
     let nb = k / QA;
     debug_assert!(n_rows <= GEMM_Q8_ROWS && rows.len() >= n_rows * rb && u.len() >= 16 * k);
     debug_assert!(s.len() >= nb * GEMM_Q8_ROWS && m.len() >= nb * GEMM_Q8_ROWS);
-    let (bs, code_at) = match ty {
-        GgmlType::Q4_0 => (18, 2),
-        GgmlType::Q4_1 => (20, 4),
-        _ => (34, 2),
+    // Block bytes, where the codes start, where Q5's fifth bits (`qh`) sit.
+    let (bs, code_at, qh_at) = match ty {
+        GgmlType::Q4_0 => (18, 2, None),
+        GgmlType::Q4_1 => (20, 4, None),
+        GgmlType::Q5_0 => (22, 6, Some(2)),
+        GgmlType::Q5_1 => (24, 8, Some(4)),
+        _ => (34, 2, None),
     };
     let q8 = bs == 34;
     let m4 = _mm512_set1_epi8(0x0f);
@@ -231,20 +235,34 @@ pub(crate) unsafe fn pack_tile_avx512(
     };
     for b in 0..nb {
         let blk = b * bs;
-        let (mut dh, mut mh) = ([0u16; 16], [0u16; 16]);
+        let (mut dh, mut mh, mut qh) = ([0u16; 16], [0u16; 16], [0u32; 16]);
         for r in 0..n_rows {
-            // SAFETY: row r's block b starts inside `rows` with its f16 scale (and Q4_1's offset).
+            // SAFETY: row r's block b starts inside `rows` with its f16 scale (Q4_1's and Q5_1's
+            // offset after it) and, for Q5, its 4 bytes of fifth bits at `qh_at`.
             let p = base.add(r * rb + blk);
             dh[r] = u16::from_le_bytes([*p, *p.add(1)]);
-            if ty == GgmlType::Q4_1 {
+            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
                 mh[r] = u16::from_le_bytes([*p.add(2), *p.add(3)]);
+            }
+            if let Some(at) = qh_at {
+                qh[r] = u32::from_le_bytes([*p.add(at), *p.add(at + 1), *p.add(at + 2), *p.add(at + 3)]);
             }
         }
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(dh.as_ptr().cast()));
         let off = match ty {
-            GgmlType::Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(mh.as_ptr().cast())),
+            GgmlType::Q4_1 | GgmlType::Q5_1 => _mm512_cvtph_ps(_mm256_loadu_si256(mh.as_ptr().cast())),
             GgmlType::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            GgmlType::Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
             _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
+        };
+        let qh = _mm512_loadu_si512(qh.as_ptr().cast());
+        // Q5: the fifth bits of elements e..e + 4 as 0x10 in each row's four bytes (the four
+        // bits spread one to a byte by a carry-free multiply: bit i lands at 8i).
+        let fifth = |e: i32| {
+            let x = _mm512_and_si512(_mm512_srlv_epi32(qh, _mm512_set1_epi32(e)), _mm512_set1_epi32(0xf));
+            let spread =
+                _mm512_and_si512(_mm512_mullo_epi32(x, _mm512_set1_epi32(0x0020_4081)), _mm512_set1_epi32(0x0101_0101));
+            _mm512_slli_epi32::<4>(spread)
         };
         let keep = if n_rows >= 16 { 0xffff } else { (1u16 << n_rows) - 1 };
         // SAFETY: block b's 16 scales and offsets inside `s` and `m`.
@@ -261,9 +279,14 @@ pub(crate) unsafe fn pack_tile_avx512(
             }
         } else {
             for (j, l) in lines(blk + code_at).into_iter().enumerate() {
+                let (mut lo, mut hi) = (_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4));
+                if qh_at.is_some() {
+                    lo = _mm512_or_si512(lo, fifth(4 * j as i32));
+                    hi = _mm512_or_si512(hi, fifth(16 + 4 * j as i32));
+                }
                 // SAFETY: lines b·8 + j and b·8 + 4 + j of `u`.
-                _mm512_storeu_si512(line(j), _mm512_and_si512(l, m4));
-                _mm512_storeu_si512(line(4 + j), _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4));
+                _mm512_storeu_si512(line(j), lo);
+                _mm512_storeu_si512(line(4 + j), hi);
             }
         }
     }
