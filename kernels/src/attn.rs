@@ -231,12 +231,7 @@ pub fn attend_group_on(
             let need = (n - 1) * stride + off + hd;
             kf.len() >= need && vf.len() >= need
         };
-        if fits
-            && path == KernelPath::Avx512
-            && path.is_available()
-            && x86::groups(hd / 16, g).is_some()
-            && hd.is_multiple_of(16)
-        {
+        if fits && path == KernelPath::Avx512 && path.is_available() && hd.is_multiple_of(16) && hd <= 256 {
             // SAFETY: AVX-512 is available; every row read (`p · stride + off .. + hd`, p < n)
             // lies inside `k` and `v` (checked above); `q`, `out` hold `g · hd`, `scores` `g · n`.
             unsafe { x86::attend_group_f16(g, hd, q, kf, vf, stride, off, scale, scores, out) };
@@ -396,73 +391,66 @@ mod x86 {
         }
     }
 
-    /// `scores[p] = q · k_p` (the query kept in registers, `hd / 16` vectors).
-    ///
-    /// # Safety
-    /// AVX-512 F; shapes as asserted by the caller.
-    #[target_feature(enable = "avx512f,f16c")]
-    pub(super) unsafe fn scores_impl(q: &[f32], k: &[f16], stride: usize, off: usize, scores: &mut [f32]) {
-        let nc = q.len() / 16;
-        let mut qv = [_mm512_setzero_ps(); 16];
-        for (c, qc) in qv.iter_mut().enumerate().take(nc) {
-            // SAFETY: 16 floats at 16c inside `q`.
-            *qc = _mm512_loadu_ps(q.as_ptr().add(16 * c));
-        }
-        let kp = k.as_ptr().add(off).cast::<u8>();
-        // The hot loop: one position per step, the head's dot product in one vector.
-        for (p, s) in scores.iter_mut().enumerate() {
-            let row = kp.add(2 * p * stride);
-            let mut acc = _mm512_setzero_ps();
-            for (c, &qc) in qv.iter().enumerate().take(nc) {
-                // SAFETY: 16 halves at 16c inside this head's part of row p.
-                let kc = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32 * c).cast()));
-                acc = _mm512_fmadd_ps(qc, kc, acc);
+    /// Calls `$f::<NC, 1>` (one head) for `$nc` = NC in 1..=16.
+    macro_rules! one_head {
+        ($nc:expr, $f:ident($($arg:expr),*)) => {
+            match $nc {
+                1 => $f::<1, 1>($($arg),*),
+                2 => $f::<2, 1>($($arg),*),
+                3 => $f::<3, 1>($($arg),*),
+                4 => $f::<4, 1>($($arg),*),
+                5 => $f::<5, 1>($($arg),*),
+                6 => $f::<6, 1>($($arg),*),
+                7 => $f::<7, 1>($($arg),*),
+                8 => $f::<8, 1>($($arg),*),
+                9 => $f::<9, 1>($($arg),*),
+                10 => $f::<10, 1>($($arg),*),
+                11 => $f::<11, 1>($($arg),*),
+                12 => $f::<12, 1>($($arg),*),
+                13 => $f::<13, 1>($($arg),*),
+                14 => $f::<14, 1>($($arg),*),
+                15 => $f::<15, 1>($($arg),*),
+                _ => $f::<16, 1>($($arg),*),
             }
-            *s = reduce16(acc);
-        }
+        };
     }
 
-    /// `out = Σ_p w_p v_p` (the output kept in registers).
+    /// `scores[p] = q · k_p` for one head ([`scores_heads`] with its query in registers).
     ///
     /// # Safety
-    /// AVX-512 F; shapes as asserted by the caller.
+    /// AVX-512 F; `q.len()` a multiple of 16 up to 256; every row's head inside `k`.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(super) unsafe fn scores_impl(q: &[f32], k: &[f16], stride: usize, off: usize, scores: &mut [f32]) {
+        let kp = k.as_ptr().add(off).cast::<u8>();
+        one_head!(q.len() / 16, scores_heads(q.as_ptr(), q.len(), kp, 2 * stride, scores.len(), scores.as_mut_ptr()))
+    }
+
+    /// `out = Σ_p w_p v_p` for one head ([`sums_heads`] with its sums in registers).
+    ///
+    /// # Safety
+    /// AVX-512 F; `out.len()` a multiple of 16 up to 256; every row's head inside `v`.
     #[target_feature(enable = "avx512f,f16c")]
     pub(super) unsafe fn weighted_sum_impl(v: &[f16], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
-        let nc = out.len() / 16;
-        let mut acc = [_mm512_setzero_ps(); 16];
         let vp = v.as_ptr().add(off).cast::<u8>();
-        for (p, &wp) in w.iter().enumerate() {
-            let row = vp.add(2 * p * stride);
-            let wv = _mm512_set1_ps(wp);
-            for (c, a) in acc.iter_mut().enumerate().take(nc) {
-                // SAFETY: 16 halves at 16c inside this head's part of row p.
-                let vc = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32 * c).cast()));
-                *a = _mm512_fmadd_ps(wv, vc, *a);
-            }
-        }
-        for (c, a) in acc.iter().enumerate().take(nc) {
-            // SAFETY: 16 floats at 16c inside `out`.
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), *a);
-        }
+        one_head!(out.len() / 16, sums_heads(vp, 2 * stride, w.len(), w.as_ptr(), out.as_mut_ptr(), out.len()))
     }
 
     /// How many of a group's heads one pass takes for heads of `nc` vectors (their queries or
-    /// sums in registers): `None` where there is no grouped kernel for `nc`.
-    pub(super) fn groups(nc: usize, g: usize) -> Option<usize> {
+    /// sums in registers).
+    pub(super) fn groups(nc: usize, g: usize) -> usize {
         let most = match nc {
             2 | 4 => 4,
             8 => 3,
-            16 => 1,
-            _ => return None,
+            _ => 1,
         };
-        Some(most.min(g))
+        most.min(g)
     }
 
     /// [`super::attend_group_on`] for an f16 cache: heads taken [`groups`] at a time, each pass
     /// reading a cached row once for all of them.
     ///
     /// # Safety
-    /// AVX-512 F; `hd` a multiple of 16 with `groups(hd / 16, g)` some; `q`, `out` hold `g · hd`,
+    /// AVX-512 F; `hd` a multiple of 16 up to 256; `q`, `out` hold `g · hd`,
     /// `scores` `g · n` with n ≥ 1, and rows `p · stride + off .. + hd` for p < n lie inside `k`
     /// and `v`.
     #[allow(clippy::too_many_arguments)]
@@ -483,17 +471,19 @@ mod x86 {
         let vp = v.as_ptr().add(off).cast::<u8>();
         let mut j = 0;
         while j < g {
-            let h = groups(nc, g - j).unwrap_or(1);
+            let h = groups(nc, g - j);
             let (qj, sj) = (q.as_ptr().add(j * hd), scores.as_mut_ptr().add(j * n));
-            macro_rules! pass {
-                ($($nc:literal, $h:literal);*) => {
-                    match (nc, h) {
-                        $(($nc, $h) => scores_heads::<$nc, $h>(qj, hd, kp, 2 * stride, n, sj),)*
-                        _ => unreachable!("groups() allows no other"),
-                    }
-                };
+            match (nc, h) {
+                (2, 2) => scores_heads::<2, 2>(qj, hd, kp, 2 * stride, n, sj),
+                (2, 3) => scores_heads::<2, 3>(qj, hd, kp, 2 * stride, n, sj),
+                (2, 4) => scores_heads::<2, 4>(qj, hd, kp, 2 * stride, n, sj),
+                (4, 2) => scores_heads::<4, 2>(qj, hd, kp, 2 * stride, n, sj),
+                (4, 3) => scores_heads::<4, 3>(qj, hd, kp, 2 * stride, n, sj),
+                (4, 4) => scores_heads::<4, 4>(qj, hd, kp, 2 * stride, n, sj),
+                (8, 2) => scores_heads::<8, 2>(qj, hd, kp, 2 * stride, n, sj),
+                (8, 3) => scores_heads::<8, 3>(qj, hd, kp, 2 * stride, n, sj),
+                _ => one_head!(nc, scores_heads(qj, hd, kp, 2 * stride, n, sj)),
             }
-            pass!(2, 1; 2, 2; 2, 3; 2, 4; 4, 1; 4, 2; 4, 3; 4, 4; 8, 1; 8, 2; 8, 3; 16, 1);
             j += h;
         }
         for sh in scores.chunks_exact_mut(n) {
@@ -501,24 +491,26 @@ mod x86 {
         }
         let mut j = 0;
         while j < g {
-            let h = groups(nc, g - j).unwrap_or(1);
+            let h = groups(nc, g - j);
             let (wj, oj) = (scores.as_ptr().add(j * n), out.as_mut_ptr().add(j * hd));
-            macro_rules! pass {
-                ($($nc:literal, $h:literal);*) => {
-                    match (nc, h) {
-                        $(($nc, $h) => sums_heads::<$nc, $h>(vp, 2 * stride, n, wj, oj, hd),)*
-                        _ => unreachable!("groups() allows no other"),
-                    }
-                };
+            match (nc, h) {
+                (2, 2) => sums_heads::<2, 2>(vp, 2 * stride, n, wj, oj, hd),
+                (2, 3) => sums_heads::<2, 3>(vp, 2 * stride, n, wj, oj, hd),
+                (2, 4) => sums_heads::<2, 4>(vp, 2 * stride, n, wj, oj, hd),
+                (4, 2) => sums_heads::<4, 2>(vp, 2 * stride, n, wj, oj, hd),
+                (4, 3) => sums_heads::<4, 3>(vp, 2 * stride, n, wj, oj, hd),
+                (4, 4) => sums_heads::<4, 4>(vp, 2 * stride, n, wj, oj, hd),
+                (8, 2) => sums_heads::<8, 2>(vp, 2 * stride, n, wj, oj, hd),
+                (8, 3) => sums_heads::<8, 3>(vp, 2 * stride, n, wj, oj, hd),
+                _ => one_head!(nc, sums_heads(vp, 2 * stride, n, wj, oj, hd)),
             }
-            pass!(2, 1; 2, 2; 2, 3; 2, 4; 4, 1; 4, 2; 4, 3; 4, 4; 8, 1; 8, 2; 8, 3; 16, 1);
             j += h;
         }
     }
 
     /// `scores[j][p] = q_j · k_p` for `H` heads of `NC` vectors (queries `hd` apart at `q`,
     /// scores `n` apart at `s`; rows `row_bytes` apart at `kp`): each row's halves widened once
-    /// for all heads; per head the steps of [`scores_impl`].
+    /// for all heads; the steps for each head are the same whatever `H`, so the same bits.
     ///
     /// # Safety
     /// As [`attend_group_f16`], for these heads.
@@ -557,7 +549,7 @@ mod x86 {
 
     /// `out_j = Σ_p w_j[p] v_p` for `H` heads of `NC` vectors (weights `n` apart at `w`, outputs
     /// `hd` apart at `out`): each row's halves widened once for all heads; per head the steps
-    /// of [`weighted_sum_impl`].
+    /// the same steps for each head whatever `H`.
     ///
     /// # Safety
     /// As [`attend_group_f16`], for these heads.
@@ -693,42 +685,7 @@ mod x86 {
     /// AVX-512 F; `out.len()` a multiple of 32 up to 256; every row's head inside `v`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sum_q8_0(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
-        match out.len() / 16 {
-            2 => sum_q8_0_n::<2>(v, stride, off, w, out),
-            4 => sum_q8_0_n::<4>(v, stride, off, w, out),
-            6 => sum_q8_0_n::<6>(v, stride, off, w, out),
-            8 => sum_q8_0_n::<8>(v, stride, off, w, out),
-            10 => sum_q8_0_n::<10>(v, stride, off, w, out),
-            12 => sum_q8_0_n::<12>(v, stride, off, w, out),
-            14 => sum_q8_0_n::<14>(v, stride, off, w, out),
-            _ => sum_q8_0_n::<16>(v, stride, off, w, out),
-        }
-    }
-
-    /// [`sum_q8_0`] for heads of `NC` vectors: the sums in registers (a run-time length kept
-    /// them in memory, a store-forward per position); the same steps, so the same bits.
-    ///
-    /// # Safety
-    /// As [`sum_q8_0`], with `out.len() == 16 NC`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn sum_q8_0_n<const NC: usize>(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
-        let nc = NC;
-        let mut acc = [_mm512_setzero_ps(); NC];
-        let vp = v.as_ptr().add(off);
-        for (p, &wp) in w.iter().enumerate() {
-            let row = vp.add(p * stride);
-            for b in 0..nc / 2 {
-                // SAFETY: block b of this head's part of row p.
-                let blk = row.add(b * 34);
-                let wd = _mm512_set1_ps(wp * scale_at(blk));
-                acc[2 * b] = _mm512_fmadd_ps(wd, q8_16(blk.add(2)), acc[2 * b]);
-                acc[2 * b + 1] = _mm512_fmadd_ps(wd, q8_16(blk.add(18)), acc[2 * b + 1]);
-            }
-        }
-        for (c, a) in acc.iter().enumerate().take(nc) {
-            // SAFETY: 16 floats at 16c inside `out`.
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), *a);
-        }
+        sum_blocks::<false>(v, stride, off, w, out)
     }
 
     /// `out = Σ_p w_p v_p` over Q4_0 rows (`stride` / `off` in bytes).
@@ -737,40 +694,56 @@ mod x86 {
     /// As [`sum_q8_0`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sum_q4_0(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
+        sum_blocks::<true>(v, stride, off, w, out)
+    }
+
+    /// [`sum_q8_0`] (`Q4` false) or [`sum_q4_0`] (true) by head width.
+    ///
+    /// # Safety
+    /// As [`sum_q8_0`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_blocks<const Q4: bool>(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
         match out.len() / 16 {
-            2 => sum_q4_0_n::<2>(v, stride, off, w, out),
-            4 => sum_q4_0_n::<4>(v, stride, off, w, out),
-            6 => sum_q4_0_n::<6>(v, stride, off, w, out),
-            8 => sum_q4_0_n::<8>(v, stride, off, w, out),
-            10 => sum_q4_0_n::<10>(v, stride, off, w, out),
-            12 => sum_q4_0_n::<12>(v, stride, off, w, out),
-            14 => sum_q4_0_n::<14>(v, stride, off, w, out),
-            _ => sum_q4_0_n::<16>(v, stride, off, w, out),
+            2 => sum_blocks_n::<2, Q4>(v, stride, off, w, out),
+            4 => sum_blocks_n::<4, Q4>(v, stride, off, w, out),
+            6 => sum_blocks_n::<6, Q4>(v, stride, off, w, out),
+            8 => sum_blocks_n::<8, Q4>(v, stride, off, w, out),
+            10 => sum_blocks_n::<10, Q4>(v, stride, off, w, out),
+            12 => sum_blocks_n::<12, Q4>(v, stride, off, w, out),
+            14 => sum_blocks_n::<14, Q4>(v, stride, off, w, out),
+            _ => sum_blocks_n::<16, Q4>(v, stride, off, w, out),
         }
     }
 
-    /// [`sum_q4_0`] for heads of `NC` vectors: the sums in registers (a run-time length kept
-    /// them in memory, a store-forward per position); the same steps, so the same bits.
+    /// [`sum_blocks`] for heads of `NC` vectors: the sums in registers (a run-time length kept
+    /// them in memory, a store-forward per position); per block `d · w_p` once, then one FMA
+    /// per 16 codes.
     ///
     /// # Safety
-    /// As [`sum_q4_0`], with `out.len() == 16 NC`.
+    /// As [`sum_q8_0`], with `out.len() == 16 NC`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn sum_q4_0_n<const NC: usize>(v: &[u8], stride: usize, off: usize, w: &[f32], out: &mut [f32]) {
-        let nc = NC;
+    unsafe fn sum_blocks_n<const NC: usize, const Q4: bool>(
+        v: &[u8],
+        stride: usize,
+        off: usize,
+        w: &[f32],
+        out: &mut [f32],
+    ) {
+        let bs = if Q4 { 18 } else { 34 };
         let mut acc = [_mm512_setzero_ps(); NC];
         let vp = v.as_ptr().add(off);
         for (p, &wp) in w.iter().enumerate() {
             let row = vp.add(p * stride);
-            for b in 0..nc / 2 {
+            for b in 0..NC / 2 {
                 // SAFETY: block b of this head's part of row p.
-                let blk = row.add(b * 18);
+                let blk = row.add(b * bs);
                 let wd = _mm512_set1_ps(wp * scale_at(blk));
-                let (lo, hi) = q4_32(blk.add(2));
+                let (lo, hi) = if Q4 { q4_32(blk.add(2)) } else { (q8_16(blk.add(2)), q8_16(blk.add(18))) };
                 acc[2 * b] = _mm512_fmadd_ps(wd, lo, acc[2 * b]);
                 acc[2 * b + 1] = _mm512_fmadd_ps(wd, hi, acc[2 * b + 1]);
             }
         }
-        for (c, a) in acc.iter().enumerate().take(nc) {
+        for (c, a) in acc.iter().enumerate() {
             // SAFETY: 16 floats at 16c inside `out`.
             _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), *a);
         }
