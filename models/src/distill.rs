@@ -1678,18 +1678,6 @@ mod train {
             });
         }
         let bos = if teacher_engine.tokenizer.add_bos() { teacher_engine.tokenizer.bos() } else { None };
-        let cut = |tokens: &[u32]| -> Vec<Vec<u32>> {
-            tokens
-                .chunks_exact(seq)
-                .map(|c| {
-                    let mut s = c.to_vec();
-                    if let Some(b) = bos {
-                        s[0] = b;
-                    }
-                    s
-                })
-                .collect()
-        };
         let (file_train, file_val) = split_files(&tokens, seq, a.val_seqs, a.file_repeat, bos);
         let mut train: Vec<&[u32]> = file_train.iter().map(Vec::as_slice).collect();
         let val: Vec<&[u32]> = file_val.iter().map(Vec::as_slice).collect();
@@ -1715,7 +1703,8 @@ mod train {
                     why: format!("{} tokens: not one sequence of {seq}", t.len()),
                 });
             }
-            extra.extend(cut(&t));
+            // Every cut of the text, none held out, once.
+            extra.extend(split_files(&t, seq, 0, 1, bos).0);
         }
         train.extend(extra.iter().map(Vec::as_slice));
         if let Some(path) = &a.synthetic_out {
@@ -1993,6 +1982,11 @@ mod train {
             assert_eq!(val.len(), val_seqs);
             assert_eq!(once.len() + val.len(), tokens.len() / seq);
             let held: Vec<(u32, u32)> = val.iter().map(|v| (v[0], v[seq - 1])).collect();
+            // No held-out text (the `--train-only` files): every cut, in order.
+            let (all, none) = split_files(&tokens, seq, 0, 1, Some(7));
+            assert!(none.is_empty());
+            let cuts: Vec<Vec<u32>> = tokens.chunks_exact(seq).map(|c| [&[7], &c[1..]].concat()).collect();
+            assert_eq!(all, cuts);
             let (four, val4) = split_files(&tokens, seq, val_seqs, 4, Some(7));
             assert_eq!(val4.len(), val_seqs);
             assert!(val4.iter().all(|v| v[0] == 7 && v.len() == seq));
