@@ -17,6 +17,14 @@
 
 use std::path::PathBuf;
 
+/// `--recompute`: see [`DistillArgs::recompute`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recompute {
+    Auto,
+    Yes,
+    No,
+}
+
 /// `pith-compress distill` options.
 #[derive(Debug, clap::Args)]
 pub struct DistillArgs {
@@ -129,6 +137,13 @@ pub struct DistillArgs {
     /// left out.
     #[arg(long, default_value_t = 1)]
     pub file_repeat: usize,
+    /// Whether each layer's forward pass is recomputed during the backward pass (`yes`: less
+    /// memory) or kept from the step's forward pass (`no`: the kept activations of SmolLM2's
+    /// pruned student at batch 64 × 512 in bf16 are about 23 GB; recomputation was 14 % of a
+    /// GPU step). `auto`: kept on a GPU, recomputed on the CPU (where keeping them measured no
+    /// faster: their fresh pages cost what the recomputation saves).
+    #[arg(long, value_enum, default_value_t = Recompute::Auto)]
+    pub recompute: Recompute,
     /// Threads for the teacher (0 = all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
@@ -237,6 +252,25 @@ mod train {
         }
     }
 
+    /// One layer's forward pass as its backward pass needs it ([`Student::layer_kept`]): (B·T, ·)
+    /// activations, the attention's (B, kv, G·T, ·) blocks, and the layer's output `y`.
+    struct Kept {
+        b: usize,
+        x: Tensor,    // (B·T, d) the layer's input
+        xb1: Tensor,  // (B·T, d) attention RMSNorm
+        qg: Tensor,   // (B, kv, G·T, hd) queries by KV group, rotated
+        k: Tensor,    // (B, kv, T, hd) rotated
+        v: Tensor,    // (B, kv, T, hd)
+        att: Tensor,  // (B, kv, G·T, T) softmax
+        o: Tensor,    // (B·T, H·hd) attention output before attn_output
+        x2: Tensor,   // (B·T, d) after the attention's residual
+        xb2: Tensor,  // (B·T, d) FFN RMSNorm
+        gate: Tensor, // (B·T, ff)
+        up: Tensor,   // (B·T, ff)
+        act: Tensor,  // (B·T, ff) SwiGLU
+        y: Tensor,    // (B·T, d) the layer's output
+    }
+
     /// A llama model as candle tensors, by GGUF tensor name: a student (its weights are
     /// variables, trained) or a frozen teacher (plain tensors, no autograd graph).
     pub struct Student {
@@ -263,6 +297,9 @@ mod train {
         /// The same tables in f64, what [`Student::set_compute`] converts from (a table once
         /// rounded to bf16 stays rounded).
         rope64: (Tensor, Tensor),
+        /// Layers whose backward pass is written out recompute their forward pass in it
+        /// (`--recompute`) instead of keeping it from the step's forward pass.
+        pub recompute: bool,
     }
 
     /// The names of a llama model's tensors.
@@ -370,6 +407,7 @@ mod train {
                 qat: BTreeMap::new(),
                 qcache: Default::default(),
                 device: device.clone(),
+                recompute: false,
             })
         }
 
@@ -596,15 +634,59 @@ mod train {
                     .all(|m| self.weights.contains_key(&format!("blk.{l}.{m}.weight")))
         }
 
+        /// Layer `l`'s forward pass on its input `x` (B·T, d) of `b` sequences with no graph,
+        /// keeping what [`Student::layer_backward_kept`] needs, and its output (the function of
+        /// [`Student::layer`]). The backward pass either runs on these right after the forward
+        /// (`distill` keeps every layer's: no recomputation) or recomputes them layer by layer
+        /// from the kept inputs ([`Student::layer_backward`], `--recompute`: less memory).
+        fn layer_kept(&self, l: usize, x: &Tensor, b: usize) -> Result<Kept> {
+            let c = &self.cfg;
+            let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+            let g = h / kv;
+            let nt = x.dim(0).map_err(ce)?;
+            let t = nt / b;
+            let scale = 1.0 / (hd as f64).sqrt();
+            let eps = c.rms_eps as f64;
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let w = |s: &str| self.w(&n(s)).map(|w| w.detach());
+            let mm = |a: &Tensor, b: &Tensor| a.matmul(b).map_err(ce);
+            let (c_tab, s_tab) = self.rope_tables(t, 0)?;
+            let x = x.detach();
+            let g1 = w("attn_norm.weight")?;
+            let xb1 = crate::fused::rms_norm(&x, &g1, eps).map_err(ce)?;
+            let (wq, wk, wv, wo) =
+                (w("attn_q.weight")?, w("attn_k.weight")?, w("attn_v.weight")?, w("attn_output.weight")?);
+            let heads = |wm: &Tensor, nh: usize, rot: bool| -> Result<Tensor> {
+                let y = mm(&xb1, &wm.t().map_err(ce)?)?.reshape((b, t, nh, hd)).map_err(ce)?;
+                let y = if rot { crate::fused::rope(&y, &c_tab, &s_tab).map_err(ce)? } else { y };
+                y.transpose(1, 2).and_then(|y| y.contiguous()).map_err(ce) // (B, nh, T, hd)
+            };
+            let (q, k, v) = (heads(&wq, h, true)?, heads(&wk, kv, true)?, heads(&wv, kv, false)?);
+            let qg = q.reshape((b, kv, g * t, hd)).map_err(ce)?;
+            drop(q);
+            let scores = mm(&qg, &k.t().map_err(ce)?)?;
+            let att = crate::fused::causal_softmax_grouped(&scores, scale, t, 0).map_err(ce)?;
+            drop(scores);
+            let o = mm(&att, &v)?
+                .reshape((b, h, t, hd))
+                .and_then(|o| o.transpose(1, 2))
+                .and_then(|o| o.contiguous())
+                .and_then(|o| o.reshape((nt, h * hd)))
+                .map_err(ce)?;
+            let x2 = (&x + mm(&o, &wo.t().map_err(ce)?)?).map_err(ce)?;
+            let g2 = w("ffn_norm.weight")?;
+            let xb2 = crate::fused::rms_norm(&x2, &g2, eps).map_err(ce)?;
+            let (wg, wu, wd) = (w("ffn_gate.weight")?, w("ffn_up.weight")?, w("ffn_down.weight")?);
+            let gate = mm(&xb2, &wg.t().map_err(ce)?)?;
+            let up = mm(&xb2, &wu.t().map_err(ce)?)?;
+            let act = crate::fused::swiglu(&gate, &up).map_err(ce)?;
+            let y = (&x2 + mm(&act, &wd.t().map_err(ce)?)?).map_err(ce)?;
+            Ok(Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y })
+        }
+
         /// Layer `l`'s backward pass written out: recomputes the layer on its input `x` (B·T, d)
-        /// of `b` sequences with no graph, keeping what the gradients need, then back-propagates
-        /// `gy` (the gradient of its output) by hand — each linear's weight gradient `gᵀ·x` and
-        /// input gradient `g·W`, the fused ops' closed-form backwards, the attention's four
-        /// batched products. Adds every weight's gradient to `out` through `add` (in the weight's
-        /// own dtype; under `--qat` the gradient of the fake-quantized weight passes straight
-        /// through) and returns the gradient of `x`. The same function as autograd through
-        /// [`Student::layer`] (the tests compare them), without its zero-filled buffer and
-        /// addition per accumulated gradient.
+        /// of `b` sequences with no graph ([`Student::layer_kept`]), then
+        /// [`Student::layer_backward_kept`].
         fn layer_backward(
             &self,
             l: usize,
@@ -613,9 +695,31 @@ mod train {
             b: usize,
             add: &mut dyn FnMut(&str, Tensor) -> Result<()>,
         ) -> Result<Tensor> {
+            let kept = self.layer_kept(l, x, b)?;
+            prof::mark(&self.device, "layer recompute");
+            self.layer_backward_kept(l, kept, gy, add)
+        }
+
+        /// Back-propagates `gy` (the gradient of layer `l`'s output) by hand through the layer's
+        /// kept forward pass: each linear's weight gradient `gᵀ·x` and input gradient `g·W`, the
+        /// fused ops' closed-form backwards, the attention's four batched products. Adds every
+        /// weight's gradient to `out` through `add` (in the weight's own dtype; under `--qat` the
+        /// gradient of the fake-quantized weight passes straight through) and returns the
+        /// gradient of the layer's input. The same function as autograd through
+        /// [`Student::layer`] (the tests compare them), without its zero-filled buffer and
+        /// addition per accumulated gradient.
+        fn layer_backward_kept(
+            &self,
+            l: usize,
+            kept: Kept,
+            gy: &Tensor,
+            add: &mut dyn FnMut(&str, Tensor) -> Result<()>,
+        ) -> Result<Tensor> {
             let c = &self.cfg;
             let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
             let g = h / kv;
+            let Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y } = kept;
+            drop(y);
             let nt = x.dim(0).map_err(ce)?;
             let t = nt / b;
             let scale = 1.0 / (hd as f64).sqrt();
@@ -634,36 +738,10 @@ mod train {
                 add(&key, gw)
             };
             let (c_tab, s_tab) = self.rope_tables(t, 0)?;
-            // Forward, kept.
-            let x = x.detach();
-            let g1 = w("attn_norm.weight")?;
-            let xb1 = crate::fused::rms_norm(&x, &g1, eps).map_err(ce)?;
+            let (g1, g2) = (w("attn_norm.weight")?, w("ffn_norm.weight")?);
             let (wq, wk, wv, wo) =
                 (w("attn_q.weight")?, w("attn_k.weight")?, w("attn_v.weight")?, w("attn_output.weight")?);
-            let heads = |wm: &Tensor, nh: usize, rot: bool| -> Result<Tensor> {
-                let y = mm(&xb1, &wm.t().map_err(ce)?)?.reshape((b, t, nh, hd)).map_err(ce)?;
-                let y = if rot { crate::fused::rope(&y, &c_tab, &s_tab).map_err(ce)? } else { y };
-                y.transpose(1, 2).and_then(|y| y.contiguous()).map_err(ce) // (B, nh, T, hd)
-            };
-            let (q, k, v) = (heads(&wq, h, true)?, heads(&wk, kv, true)?, heads(&wv, kv, false)?);
-            let qg = q.reshape((b, kv, g * t, hd)).map_err(ce)?;
-            let scores = mm(&qg, &k.t().map_err(ce)?)?;
-            let att = crate::fused::causal_softmax_grouped(&scores, scale, t, 0).map_err(ce)?;
-            drop(scores);
-            let o = mm(&att, &v)?
-                .reshape((b, h, t, hd))
-                .and_then(|o| o.transpose(1, 2))
-                .and_then(|o| o.contiguous())
-                .and_then(|o| o.reshape((nt, h * hd)))
-                .map_err(ce)?;
-            let x2 = (&x + mm(&o, &wo.t().map_err(ce)?)?).map_err(ce)?;
-            let g2 = w("ffn_norm.weight")?;
-            let xb2 = crate::fused::rms_norm(&x2, &g2, eps).map_err(ce)?;
             let (wg, wu, wd) = (w("ffn_gate.weight")?, w("ffn_up.weight")?, w("ffn_down.weight")?);
-            let gate = mm(&xb2, &wg.t().map_err(ce)?)?;
-            let up = mm(&xb2, &wu.t().map_err(ce)?)?;
-            let act = crate::fused::swiglu(&gate, &up).map_err(ce)?;
-            prof::mark(&self.device, "layer recompute");
             // Backward: the FFN.
             let gy = gy.to_dtype(x.dtype()).map_err(ce)?;
             wgrad(add, "ffn_down.weight", &gy, &act)?;
@@ -695,7 +773,7 @@ mod train {
             drop((att, datt));
             let dq = mm(&ds, &k)?.reshape((b, h, t, hd)).map_err(ce)?;
             let dk = mm(&ds.t().map_err(ce)?, &qg)?; // (B, kv, T, hd)
-            drop((ds, qg, q, k, v));
+            drop((ds, qg, k, v));
             // Back to (B·T, heads·hd), rotated back where RoPE turned them.
             let flat = |d: Tensor, nh: usize, rot: bool| -> Result<Tensor> {
                 let d = d.transpose(1, 2).and_then(|d| d.contiguous()).map_err(ce)?; // (B, T, nh, hd)
@@ -1212,12 +1290,21 @@ mod train {
         let n_layer = s.cfg.n_layer;
         let dev = &s.device;
         prof::start(dev);
-        // Forward: each layer's input, detached (no graph survives a layer).
+        // Forward: each layer's input, detached (no graph survives a layer); a layer whose
+        // backward pass is written out keeps its activations for it unless `s.recompute`.
         let mut xs = Vec::with_capacity(n_layer + 1);
+        let mut kept: Vec<Option<Kept>> = Vec::with_capacity(n_layer);
         xs.push(s.embed(&ids)?.detach());
         for l in 0..n_layer {
-            let y = s.layer(l, &xs[l], b, &mask, None)?.detach();
-            xs.push(y);
+            if manual && !s.recompute && s.manual_backward(l) {
+                let k = s.layer_kept(l, &xs[l], b)?;
+                xs.push(k.y.clone());
+                kept.push(Some(k));
+            } else {
+                let y = s.layer(l, &xs[l], b, &mask, None)?.detach();
+                xs.push(y);
+                kept.push(None);
+            }
         }
         prof::mark(dev, "student forward");
         let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -1285,7 +1372,11 @@ mod train {
             if manual && s.manual_backward(l) {
                 xs.truncate(l + 1);
                 let x = xs.pop().ok_or_else(|| ce_msg("no layer input"))?;
-                gx = s.layer_backward(l, &x, &gx, b, &mut |name, g| add(&mut out, name, g))?;
+                let mut to = |name: &str, g: Tensor| add(&mut out, name, g);
+                gx = match kept.get_mut(l).and_then(Option::take) {
+                    Some(k) => s.layer_backward_kept(l, k, &gx, &mut to)?,
+                    None => s.layer_backward(l, &x, &gx, b, &mut to)?,
+                };
                 prof::mark(dev, "collect");
                 continue;
             }
@@ -1662,6 +1753,11 @@ mod train {
         if let Some(q) = &a.qat {
             student.set_qat(&sg, q)?;
         }
+        student.recompute = match a.recompute {
+            super::Recompute::Yes => true,
+            super::Recompute::No => false,
+            super::Recompute::Auto => dev.is_cpu(),
+        };
         check_vocab(&teacher_engine.gguf, &sg, teacher_engine.model.config.n_vocab, student.cfg.n_vocab)?;
         // Text → tokens (the teacher's tokenizer, which the student shares).
         let mut tokens = Vec::new();

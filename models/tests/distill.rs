@@ -260,21 +260,31 @@ fn student_and_teacher_logits(dt: DType, tied: bool, qat: Option<&str>) -> (Stud
 #[test]
 fn the_hand_written_layer_backward_is_autograds() {
     // Two sequences of 9 (GQA 4/2), tied and untied, and under QAT (the straight-through
-    // gradient of the fake-quantized weights): every variable's gradient and the loss.
+    // gradient of the fake-quantized weights): every variable's gradient and the loss, by hand
+    // from the forward pass's kept activations (the default) and recomputing each layer
+    // (`--recompute`).
     let (a, c) = TWO_SEQS;
     for (tied, qat, dt) in [(false, false, DType::F64), (true, false, DType::F64), (false, true, DType::F32)] {
-        let (s, t) = student_and_teacher_logits(dt, tied, qat.then_some("Q8_0"));
+        let (mut s, t) = student_and_teacher_logits(dt, tied, qat.then_some("Q8_0"));
         let (va, ga) = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, false).unwrap();
-        let (vm, gm) = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, true).unwrap();
+        assert!(!s.recompute);
+        let kept = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, true).unwrap();
+        s.recompute = true;
+        let recomputed = grads_batch_with(&s, &[a, c], &t, 0.3, 2.0, true).unwrap();
         let tol = if dt == DType::F64 { 1e-10 } else { 2e-4 };
-        assert!((va - vm).abs() < tol, "loss {va} vs {vm}");
-        assert_eq!(ga.keys().collect::<Vec<_>>(), gm.keys().collect::<Vec<_>>());
-        for (n, g) in &ga {
-            let v = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let (x, y) = (v(g), v(&gm[n]));
-            let scale = x.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-            for (p, q) in x.iter().zip(&y) {
-                assert!((p - q).abs() <= tol * scale, "tied {tied} qat {qat} {n}: autograd {p} vs by hand {q}");
+        for (how, (vm, gm)) in [("kept", kept), ("recomputed", recomputed)] {
+            assert!((va - vm).abs() < tol, "{how}: loss {va} vs {vm}");
+            assert_eq!(ga.keys().collect::<Vec<_>>(), gm.keys().collect::<Vec<_>>());
+            for (n, g) in &ga {
+                let v = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let (x, y) = (v(g), v(&gm[n]));
+                let scale = x.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                for (p, q) in x.iter().zip(&y) {
+                    assert!(
+                        (p - q).abs() <= tol * scale,
+                        "tied {tied} qat {qat} {n}: autograd {p} vs by hand ({how}) {q}"
+                    );
+                }
             }
         }
     }
