@@ -206,6 +206,9 @@ distill_run() {
         if [[ $tries -gt $RETRIES ]]; then
             log "distill $r failed (see $OUT/$r.log):"; tail -3 "$OUT/$r.log" >&2; return 1
         fi
+        # Out of memory is the likely death on a GPU: the retries recompute each layer's forward
+        # pass in its backward instead of keeping every layer's activations (same gradients).
+        [[ $tries -eq 1 ]] && args+=(--recompute yes)
         if [[ -s $OUT/$r.ckpt ]]; then
             log "distill $r died ($(tail -1 "$OUT/$r.log")); resuming from its checkpoint"
             resume=(--resume "$OUT/$r.ckpt")
