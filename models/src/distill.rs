@@ -256,19 +256,19 @@ mod train {
     /// activations, the attention's (B, kv, G·T, ·) blocks, and the layer's output `y`.
     struct Kept {
         b: usize,
-        x: Tensor,    // (B·T, d) the layer's input
-        xb1: Tensor,  // (B·T, d) attention RMSNorm
-        qg: Tensor,   // (B, kv, G·T, hd) queries by KV group, rotated
-        k: Tensor,    // (B, kv, T, hd) rotated
-        v: Tensor,    // (B, kv, T, hd)
-        att: Tensor,  // (B, kv, G·T, T) softmax
-        o: Tensor,    // (B·T, H·hd) attention output before attn_output
-        x2: Tensor,   // (B·T, d) after the attention's residual
-        xb2: Tensor,  // (B·T, d) FFN RMSNorm
-        gate: Tensor, // (B·T, ff)
-        up: Tensor,   // (B·T, ff)
-        act: Tensor,  // (B·T, ff) SwiGLU
-        y: Tensor,    // (B·T, d) the layer's output
+        x: Tensor,         // (B·T, d) the layer's input
+        xb1: Tensor,       // (B·T, d) attention RMSNorm
+        qg: Tensor,        // (B, kv, G·T, hd) queries by KV group, rotated
+        k: Tensor,         // (B, kv, T, hd) rotated
+        v: Tensor,         // (B, kv, T, hd)
+        att: Tensor,       // (B, kv, G·T, T) softmax
+        o: Tensor,         // (B·T, H·hd) attention output before attn_output
+        x2: Tensor,        // (B·T, d) after the attention's residual
+        xb2: Tensor,       // (B·T, d) FFN RMSNorm
+        gate: Tensor,      // (B·T, ff)
+        up: Tensor,        // (B·T, ff)
+        act: Tensor,       // (B·T, ff) SwiGLU
+        y: Option<Tensor>, // (B·T, d) the layer's output, when asked for
     }
 
     /// A llama model as candle tensors, by GGUF tensor name: a student (its weights are
@@ -639,7 +639,7 @@ mod train {
         /// [`Student::layer`]). The backward pass either runs on these right after the forward
         /// (`distill` keeps every layer's: no recomputation) or recomputes them layer by layer
         /// from the kept inputs ([`Student::layer_backward`], `--recompute`: less memory).
-        fn layer_kept(&self, l: usize, x: &Tensor, b: usize) -> Result<Kept> {
+        fn layer_kept(&self, l: usize, x: &Tensor, b: usize, output: bool) -> Result<Kept> {
             let c = &self.cfg;
             let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
             let g = h / kv;
@@ -676,11 +676,16 @@ mod train {
             let x2 = (&x + mm(&o, &wo.t().map_err(ce)?)?).map_err(ce)?;
             let g2 = w("ffn_norm.weight")?;
             let xb2 = crate::fused::rms_norm(&x2, &g2, eps).map_err(ce)?;
-            let (wg, wu, wd) = (w("ffn_gate.weight")?, w("ffn_up.weight")?, w("ffn_down.weight")?);
+            let (wg, wu) = (w("ffn_gate.weight")?, w("ffn_up.weight")?);
             let gate = mm(&xb2, &wg.t().map_err(ce)?)?;
             let up = mm(&xb2, &wu.t().map_err(ce)?)?;
             let act = crate::fused::swiglu(&gate, &up).map_err(ce)?;
-            let y = (&x2 + mm(&act, &wd.t().map_err(ce)?)?).map_err(ce)?;
+            // The output (not needed when recomputing: the next layer's input is kept).
+            let y = if output {
+                Some((&x2 + mm(&act, &w("ffn_down.weight")?.t().map_err(ce)?)?).map_err(ce)?)
+            } else {
+                None
+            };
             Ok(Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y })
         }
 
@@ -695,7 +700,7 @@ mod train {
             b: usize,
             add: &mut dyn FnMut(&str, Tensor) -> Result<()>,
         ) -> Result<Tensor> {
-            let kept = self.layer_kept(l, x, b)?;
+            let kept = self.layer_kept(l, x, b, false)?;
             prof::mark(&self.device, "layer recompute");
             self.layer_backward_kept(l, kept, gy, add)
         }
@@ -718,8 +723,7 @@ mod train {
             let c = &self.cfg;
             let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
             let g = h / kv;
-            let Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y } = kept;
-            drop(y);
+            let Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, .. } = kept;
             let nt = x.dim(0).map_err(ce)?;
             let t = nt / b;
             let scale = 1.0 / (hd as f64).sqrt();
@@ -1297,8 +1301,8 @@ mod train {
         xs.push(s.embed(&ids)?.detach());
         for l in 0..n_layer {
             if manual && !s.recompute && s.manual_backward(l) {
-                let k = s.layer_kept(l, &xs[l], b)?;
-                xs.push(k.y.clone());
+                let mut k = s.layer_kept(l, &xs[l], b, true)?;
+                xs.push(k.y.take().ok_or_else(|| ce_msg("no layer output"))?);
                 kept.push(Some(k));
             } else {
                 let y = s.layer(l, &xs[l], b, &mask, None)?.detach();
