@@ -38,7 +38,8 @@
 # added to every run's training sequences (`--train-only`: the held-out ones stay the files').
 # TRAIN_ONLY: more training-only text files (space-separated; e.g. an earlier session's sample).
 # FILE_REPEAT (default 1): the runs train on the files' real text that many times, each copy cut
-# at another offset (`distill --file-repeat`), so it is not drowned by the samples.
+# at another offset (`distill --file-repeat`), so it is not drowned by the samples. RECOMPUTE
+# (auto|yes|no, default auto: kept on a GPU): `distill --recompute` for every run.
 # Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -187,13 +188,13 @@ declare -A RESULT WALL RATE TRAINED
 # a fresh start gets the time left, a resumed run keeps its budget (the checkpoint holds the
 # seconds already spent).
 distill_run() {
-    local r=$1 end=$2 tries=0 resume=() budget=0
+    local r=$1 end=$2 tries=0 resume=() budget=0 rec=${RECOMPUTE:-auto}
     local args=("${common[@]}" --student "$OUT/${STUDENT[$r]}.gguf" -o "$OUT/$r.gguf" --checkpoint "$OUT/$r.ckpt")
     # shellcheck disable=SC2206
     args+=(${EXTRA[$r]})
     rm -f "$OUT/$r.ckpt" "$OUT/$r.log" "$OUT/$r.gguf"
     while :; do
-        local run=("${args[@]}")
+        local run=("${args[@]}" --recompute "$rec")
         if [[ $TOKENS == auto ]]; then
             [[ ${#resume[@]} -gt 0 ]] || budget=$((end - $(now)))
             [[ $budget -ge 10 ]] || { log "distill $r: no time left"; return 1; }
@@ -208,7 +209,7 @@ distill_run() {
         fi
         # Out of memory is the likely death on a GPU: the retries recompute each layer's forward
         # pass in its backward instead of keeping every layer's activations (same gradients).
-        [[ $tries -eq 1 ]] && args+=(--recompute yes)
+        rec=yes
         if [[ -s $OUT/$r.ckpt ]]; then
             log "distill $r died ($(tail -1 "$OUT/$r.log")); resuming from its checkpoint"
             resume=(--resume "$OUT/$r.ckpt")
