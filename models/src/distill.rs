@@ -269,6 +269,11 @@ mod train {
         up: Tensor,        // (B·T, ff)
         act: Tensor,       // (B·T, ff) SwiGLU
         y: Option<Tensor>, // (B·T, d) the layer's output, when asked for
+        /// The layer's weights as the forward pass used them (compute dtype, under `--qat`
+        /// fake-quantized): attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
+        /// ffn_up, ffn_down.
+        w: [Tensor; 9],
+        rope: (Tensor, Tensor), // (T, hd/2) cos, sin
     }
 
     /// A llama model as candle tensors, by GGUF tensor name: a student (its weights are
@@ -652,10 +657,20 @@ mod train {
             let mm = |a: &Tensor, b: &Tensor| a.matmul(b).map_err(ce);
             let (c_tab, s_tab) = self.rope_tables(t, 0)?;
             let x = x.detach();
-            let g1 = w("attn_norm.weight")?;
+            let [g1, wq, wk, wv, wo, g2, wg, wu, wd] = [
+                "attn_norm.weight",
+                "attn_q.weight",
+                "attn_k.weight",
+                "attn_v.weight",
+                "attn_output.weight",
+                "ffn_norm.weight",
+                "ffn_gate.weight",
+                "ffn_up.weight",
+                "ffn_down.weight",
+            ]
+            .map(w);
+            let (g1, wq, wk, wv, wo, g2, wg, wu, wd) = (g1?, wq?, wk?, wv?, wo?, g2?, wg?, wu?, wd?);
             let xb1 = crate::fused::rms_norm(&x, &g1, eps).map_err(ce)?;
-            let (wq, wk, wv, wo) =
-                (w("attn_q.weight")?, w("attn_k.weight")?, w("attn_v.weight")?, w("attn_output.weight")?);
             let heads = |wm: &Tensor, nh: usize, rot: bool| -> Result<Tensor> {
                 let y = mm(&xb1, &wm.t().map_err(ce)?)?.reshape((b, t, nh, hd)).map_err(ce)?;
                 let y = if rot { crate::fused::rope(&y, &c_tab, &s_tab).map_err(ce)? } else { y };
@@ -674,19 +689,14 @@ mod train {
                 .and_then(|o| o.reshape((nt, h * hd)))
                 .map_err(ce)?;
             let x2 = (&x + mm(&o, &wo.t().map_err(ce)?)?).map_err(ce)?;
-            let g2 = w("ffn_norm.weight")?;
             let xb2 = crate::fused::rms_norm(&x2, &g2, eps).map_err(ce)?;
-            let (wg, wu) = (w("ffn_gate.weight")?, w("ffn_up.weight")?);
             let gate = mm(&xb2, &wg.t().map_err(ce)?)?;
             let up = mm(&xb2, &wu.t().map_err(ce)?)?;
             let act = crate::fused::swiglu(&gate, &up).map_err(ce)?;
             // The output (not needed when recomputing: the next layer's input is kept).
-            let y = if output {
-                Some((&x2 + mm(&act, &w("ffn_down.weight")?.t().map_err(ce)?)?).map_err(ce)?)
-            } else {
-                None
-            };
-            Ok(Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y })
+            let y = if output { Some((&x2 + mm(&act, &wd.t().map_err(ce)?)?).map_err(ce)?) } else { None };
+            let w = [g1, wq, wk, wv, wo, g2, wg, wu, wd];
+            Ok(Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y, w, rope: (c_tab, s_tab) })
         }
 
         /// Layer `l`'s backward pass written out: recomputes the layer on its input `x` (B·T, d)
@@ -723,13 +733,13 @@ mod train {
             let c = &self.cfg;
             let (h, kv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
             let g = h / kv;
-            let Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, .. } = kept;
+            let Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, w, rope: (c_tab, s_tab), .. } = kept;
+            let [g1, wq, wk, wv, wo, g2, wg, wu, wd] = w;
             let nt = x.dim(0).map_err(ce)?;
             let t = nt / b;
             let scale = 1.0 / (hd as f64).sqrt();
             let eps = c.rms_eps as f64;
             let n = |s: &str| format!("blk.{l}.{s}");
-            let w = |s: &str| self.w(&n(s)).map(|w| w.detach());
             let mm = |a: &Tensor, b: &Tensor| a.matmul(b).map_err(ce);
             // gᵀ·x (out, in) for y = x·Wᵀ, in the weight's dtype.
             let wgrad = |add: &mut dyn FnMut(&str, Tensor) -> Result<()>,
@@ -741,11 +751,6 @@ mod train {
                 let gw = mm(&gout.t().map_err(ce)?, input)?.to_dtype(self.var_dtype(&key)?).map_err(ce)?;
                 add(&key, gw)
             };
-            let (c_tab, s_tab) = self.rope_tables(t, 0)?;
-            let (g1, g2) = (w("attn_norm.weight")?, w("ffn_norm.weight")?);
-            let (wq, wk, wv, wo) =
-                (w("attn_q.weight")?, w("attn_k.weight")?, w("attn_v.weight")?, w("attn_output.weight")?);
-            let (wg, wu, wd) = (w("ffn_gate.weight")?, w("ffn_up.weight")?, w("ffn_down.weight")?);
             // Backward: the FFN.
             let gy = gy.to_dtype(x.dtype()).map_err(ce)?;
             wgrad(add, "ffn_down.weight", &gy, &act)?;
