@@ -111,21 +111,29 @@ if [[ -n ${KD_FROM:-} ]]; then
 fi
 PRUNE=1
 [[ -n ${KD_FROM:-} && ${RUNS:-} == kd ]] && PRUNE=0
+# The depth-pruned student (its 30 skipped-layer perplexities take minutes) only when a run or
+# the default run list trains it: a GPU session with RUNS="kd" spends them on training.
+DEPTH=1
+[[ -n ${RUNS:-} && " $RUNS " != *" depth-kd "* ]] && DEPTH=0
+PRUNED=(-m "$OUT/width.gguf")
+[[ $DEPTH == 1 ]] && PRUNED+=(-m "$OUT/depth.gguf")
 if [[ $PRUNE == 1 ]]; then
 log "prune: width (embd 512, FFN 1024, every head: 2/3 of the non-embedding parameters)"
 "$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width ffn=1024,embd=512 -c 256 --chunks "$CAL_CHUNKS" --force \
     2>&1 | tee "$OUT/width.log" >&2
 params=$(grep -oE 'prune: [0-9.]+M →' "$OUT/width.log" | grep -oE '[0-9.]+M' | tail -1)
+if [[ $DEPTH == 1 ]]; then
 log "prune: depth to the width-pruned size (${params:-96M})"
 "$PC" prune "$T" "$OUT/depth.gguf" -f "$WIKI" --target-params "${params:-96M}" --by depth -c 256 \
     --chunks "$CAL_CHUNKS" --ppl-chunks "$PPL_CHUNKS" --force
+fi
 fi
 
 # On a GPU the CPU idles while the students train: the untrained rows are evaluated then, in the
 # background, and the final evaluation (inside the deadline's reserve) covers the trained ones.
 BASE_EVAL=
 if [[ $DEVICE == cuda && $PRUNE == 1 ]]; then
-    "$PC" eval -m "$T" -m "$OUT/width.gguf" -m "$OUT/depth.gguf" --base "$T" -f "$WIKITEXT" -c 512 \
+    "$PC" eval -m "$T" "${PRUNED[@]}" --base "$T" -f "$WIKITEXT" -c 512 \
         --chunks "$CHUNKS" > "$OUT/eval-untrained.txt" 2> "$OUT/eval-untrained.log" &
     BASE_EVAL=$!
 fi
@@ -313,7 +321,7 @@ if [[ -n $BASE_EVAL ]]; then
     models=()
 else
     models=(-m "$T")
-    if [[ $PRUNE == 1 ]]; then models+=(-m "$OUT/width.gguf" -m "$OUT/depth.gguf"); else models+=(-m "$OUT/kd-from.gguf"); fi
+    if [[ $PRUNE == 1 ]]; then models+=("${PRUNED[@]}"); else models+=(-m "$OUT/kd-from.gguf"); fi
 fi
 for r in "${DONE[@]}"; do [[ -n $BASE_EVAL && $r == *-tail ]] || models+=(-m "${RESULT[$r]}"); done
 for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
