@@ -1993,11 +1993,22 @@ mod train {
             trained_tokens as f64 / el.max(1e-9),
             c.exp()
         ));
+        // Passes over the training sequences: a small corpus repeated many times stops teaching
+        // (12-07: 1.41M tokens of text × 4 offsets trained 6.7 times over on a GPU kept its
+        // held-out loss at 0.386 for the last fifth of the run while the training loss fell).
+        let epochs = (opt.step * per_step) as f64 / train.len().max(1) as f64;
         crate::progress::note(&format!(
-            "distill: trained {} steps, {} tokens in all",
+            "distill: trained {} steps, {} tokens in all ({epochs:.1} passes over the {} training sequences)",
             opt.step,
-            opt.step * per_step * a.ctx
+            opt.step * per_step * a.ctx,
+            train.len()
         ));
+        if epochs > 3.0 {
+            crate::progress::note(&format!(
+                "distill: warning: {epochs:.1} passes over the same text; more text (--synthetic N, more -f files) \
+                 teaches more per step than repeating it"
+            ));
+        }
         // Under --qat the written weights are on the grid the training saw.
         save(&student, &sg, None, &a.output, &inputs)?;
         crate::progress::note(&format!("distill: → {}", a.output.display()));
