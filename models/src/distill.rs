@@ -961,6 +961,13 @@ mod train {
         ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
     }
 
+    /// Whether AdamW runs as [`crate::fused::adamw`] (off with `PITH_DISTILL_UNFUSED=1`, or when
+    /// the GPU self-check finds it disagreeing with candle's ops).
+    fn fused_adam_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
+    }
+
     /// Whether the layers' backward passes are written out by hand (default; off with
     /// `PITH_DISTILL_AUTOGRAD=1`, or when the GPU self-check finds them disagreeing with autograd).
     fn manual_on() -> bool {
@@ -1079,29 +1086,28 @@ mod train {
         /// One update with the (already averaged) gradients.
         pub fn step(&mut self, s: &Student, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
             self.step += 1;
-            let (b1, b2) = (self.beta1, self.beta2);
-            let (c1, c2) = (1.0 - b1.powi(self.step as i32), 1.0 - b2.powi(self.step as i32));
+            let fused = !unfused() && fused_adam_flag().load(std::sync::atomic::Ordering::Relaxed);
             for (n, var) in &s.vars {
                 let Some(g) = grads.get(n) else { continue };
                 let (mv, vv) = match (self.m.get(n), self.v.get(n)) {
                     (Some(m), Some(v)) => (m, v),
                     _ => continue,
                 };
-                let m = (mv.affine(b1, 0.0).map_err(ce)? + g.affine(1.0 - b1, 0.0).map_err(ce)?).map_err(ce)?;
-                let v = (vv.affine(b2, 0.0).map_err(ce)?
-                    + g.sqr().and_then(|g| g.affine(1.0 - b2, 0.0)).map_err(ce)?)
-                .map_err(ce)?;
-                let upd = m
-                    .affine(1.0 / c1, 0.0)
-                    .and_then(|mh| mh.div(&v.affine(1.0 / c2, 0.0)?.sqrt()?.affine(1.0, self.eps)?))
-                    .map_err(ce)?;
-                let w = var.as_tensor().detach();
+                let w = var.as_tensor();
                 // Decay on matrices only (not norms).
                 let wd = if w.rank() >= 2 { self.weight_decay } else { 0.0 };
-                let new = (w.affine(1.0 - lr * wd, 0.0).map_err(ce)? - upd.affine(lr, 0.0).map_err(ce)?).map_err(ce)?;
-                var.set(&new.detach()).map_err(ce)?;
-                mv.set(&m.detach()).map_err(ce)?;
-                vv.set(&v.detach()).map_err(ce)?;
+                let h = crate::fused::AdamStep::new(self.beta1, self.beta2, self.step, self.eps, lr, wd);
+                let f32_run = |t: &Tensor| t.dtype() == DType::F32 && t.is_contiguous();
+                if fused && [w, mv.as_tensor(), vv.as_tensor(), g].into_iter().all(f32_run) {
+                    // In place: three passes (launches, on a GPU) where candle's ops take ~17.
+                    crate::fused::adamw(w, mv.as_tensor(), vv.as_tensor(), g, h).map_err(ce)?;
+                } else {
+                    let (new, m, v) =
+                        crate::fused::plain::adamw(&w.detach(), mv.as_tensor(), vv.as_tensor(), g, h).map_err(ce)?;
+                    var.set(&new.detach()).map_err(ce)?;
+                    mv.set(&m.detach()).map_err(ce)?;
+                    vv.set(&v.detach()).map_err(ce)?;
+                }
             }
             s.weights_changed();
             Ok(())
@@ -1743,6 +1749,17 @@ mod train {
                             "distill: the fused loss disagrees with candle's ops here ({r:?}): computing it with them"
                         );
                         fused_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                match crate::fused::check_adamw(&dev) {
+                    Ok(d) if d < 1e-5 => {
+                        eprintln!("distill: the fused optimizer agrees with candle's ops here (relative |Δ| {d:.1e})")
+                    }
+                    r => {
+                        eprintln!(
+                            "distill: the fused optimizer disagrees with candle's ops here ({r:?}): stepping with them"
+                        );
+                        fused_adam_flag().store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
