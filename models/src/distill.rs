@@ -1087,6 +1087,7 @@ mod train {
         pub fn step(&mut self, s: &Student, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
             self.step += 1;
             let fused = !unfused() && fused_adam_flag().load(std::sync::atomic::Ordering::Relaxed);
+            let mut in_place = 0;
             for (n, var) in &s.vars {
                 let Some(g) = grads.get(n) else { continue };
                 let (mv, vv) = match (self.m.get(n), self.v.get(n)) {
@@ -1101,6 +1102,7 @@ mod train {
                 if fused && [w, mv.as_tensor(), vv.as_tensor(), g].into_iter().all(f32_run) {
                     // In place: three passes (launches, on a GPU) where candle's ops take ~17.
                     crate::fused::adamw(w, mv.as_tensor(), vv.as_tensor(), g, h).map_err(ce)?;
+                    in_place += 1;
                 } else {
                     let (new, m, v) =
                         crate::fused::plain::adamw(&w.detach(), mv.as_tensor(), vv.as_tensor(), g, h).map_err(ce)?;
@@ -1108,6 +1110,10 @@ mod train {
                     mv.set(&m.detach()).map_err(ce)?;
                     vv.set(&v.detach()).map_err(ce)?;
                 }
+            }
+            if fused && self.step == 1 {
+                // A gradient that is not a contiguous f32 run (a transposed view) takes candle's ops.
+                crate::progress::note(&format!("distill: AdamW in place for {in_place} of {} tensors", s.vars.len()));
             }
             s.weights_changed();
             Ok(())

@@ -463,6 +463,24 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     assert!(ok, "{err}");
     assert!(err.contains("step 1: validation loss") && err.contains("tok/s"), "{err}");
     assert!(ckpt.exists());
+    // Every tensor steps through the in-place AdamW (a gradient that is not a contiguous f32 run
+    // would take candle's ops), with gradients summed over micro-batches and without.
+    let in_place = |err: &str| {
+        let line = err.lines().find(|l| l.contains("AdamW in place for")).unwrap_or_else(|| panic!("{err}"));
+        let n: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        assert!(n.len() == 2 && n[0] == n[1] && n[0] > 0, "{line}");
+    };
+    in_place(&err);
+    let mut one = base(&student);
+    let at = one.iter().position(|a| a == "--accum").unwrap();
+    one[at + 1] = os("1");
+    for (flag, path) in [("--checkpoint", "c1.ckpt"), ("-o", "out1.gguf")] {
+        let at = one.iter().position(|a| a == flag).unwrap();
+        one[at + 1] = p.join(path).into_os_string();
+    }
+    let (ok, err1) = call(one);
+    assert!(ok, "{err1}");
+    in_place(&err1);
     // --file-repeat: the files' text again at other offsets (more training sequences, the same
     // held-out ones); 0 is refused.
     let train_seqs = |err: &str| -> usize {
