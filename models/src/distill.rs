@@ -307,21 +307,24 @@ mod train {
         pub recompute: bool,
     }
 
+    /// A layer's tensors, `blk.{l}.` before each (the order `layer_kept` unpacks them in).
+    const LAYER_WEIGHTS: [&str; 9] = [
+        "attn_norm.weight",
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_v.weight",
+        "attn_output.weight",
+        "ffn_norm.weight",
+        "ffn_gate.weight",
+        "ffn_up.weight",
+        "ffn_down.weight",
+    ];
+
     /// The names of a llama model's tensors.
     fn names(cfg: &Config, tied: bool) -> Vec<String> {
         let mut v = vec!["token_embd.weight".to_string()];
         for l in 0..cfg.n_layer {
-            for w in [
-                "attn_norm.weight",
-                "attn_q.weight",
-                "attn_k.weight",
-                "attn_v.weight",
-                "attn_output.weight",
-                "ffn_norm.weight",
-                "ffn_gate.weight",
-                "ffn_up.weight",
-                "ffn_down.weight",
-            ] {
+            for w in LAYER_WEIGHTS {
                 v.push(format!("blk.{l}.{w}"));
             }
         }
@@ -657,18 +660,7 @@ mod train {
             let mm = |a: &Tensor, b: &Tensor| a.matmul(b).map_err(ce);
             let (c_tab, s_tab) = self.rope_tables(t, 0)?;
             let x = x.detach();
-            let [g1, wq, wk, wv, wo, g2, wg, wu, wd] = [
-                "attn_norm.weight",
-                "attn_q.weight",
-                "attn_k.weight",
-                "attn_v.weight",
-                "attn_output.weight",
-                "ffn_norm.weight",
-                "ffn_gate.weight",
-                "ffn_up.weight",
-                "ffn_down.weight",
-            ]
-            .map(w);
+            let [g1, wq, wk, wv, wo, g2, wg, wu, wd] = LAYER_WEIGHTS.map(w);
             let (g1, wq, wk, wv, wo, g2, wg, wu, wd) = (g1?, wq?, wk?, wv?, wo?, g2?, wg?, wu?, wd?);
             let xb1 = crate::fused::rms_norm(&x, &g1, eps).map_err(ce)?;
             let heads = |wm: &Tensor, nh: usize, rot: bool| -> Result<Tensor> {

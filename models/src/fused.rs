@@ -878,21 +878,13 @@ fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
     }
 }
 
-fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&v[a..b]),
-        _ => candle_core::bail!("adamw: f32 only"),
-    }
-}
-
 impl candle_core::InplaceOp2 for AdamMoment {
     fn name(&self) -> &'static str {
         "adam-moment"
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (x, g) = (f32_mut(s1, l1)?, f32_ref(s2, l2)?);
+        let (x, g) = (f32_mut(s1, l1)?, cpu::<f32>(s2, l2, "adamw")?);
         let (beta, c, sq) = (self.beta, self.one_minus, self.square);
         x.par_iter_mut().zip(g.par_iter()).for_each(|(x, &g)| {
             let g = if sq { g * g } else { g };
@@ -927,7 +919,7 @@ impl candle_core::InplaceOp3 for AdamUpdate {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<()> {
-        let (w, m, v) = (f32_mut(s1, l1)?, f32_ref(s2, l2)?, f32_ref(s3, l3)?);
+        let (w, m, v) = (f32_mut(s1, l1)?, cpu::<f32>(s2, l2, "adamw")?, cpu::<f32>(s3, l3, "adamw")?);
         let h = self.0;
         w.par_iter_mut().zip(m.par_iter().zip(v.par_iter())).for_each(|(w, (&m, &v))| {
             *w = *w * h.decay - (m * h.inv_c1) / ((v * h.inv_c2).sqrt() + h.eps) * h.lr;
