@@ -204,9 +204,37 @@ mod train {
             static PHASES: RefCell<Phases> = const { RefCell::new(Phases { last: None, sums: Vec::new() }) };
         }
 
+        /// `PITH_DISTILL_PROFILE`: unset or 0 off, 1 the step's phases, 2 also the parts of a
+        /// layer's forward and backward pass ([`fine`]).
+        fn level() -> u8 {
+            static LEVEL: OnceLock<u8> = OnceLock::new();
+            *LEVEL.get_or_init(|| {
+                std::env::var("PITH_DISTILL_PROFILE").map_or(0, |v| match v.trim() {
+                    "" | "0" => 0,
+                    "2" => 2,
+                    _ => 1,
+                })
+            })
+        }
+
         pub fn on() -> bool {
-            static ON: OnceLock<bool> = OnceLock::new();
-            *ON.get_or_init(|| std::env::var_os("PITH_DISTILL_PROFILE").is_some_and(|v| v != "0"))
+            level() > 0
+        }
+
+        static FINE_NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+        /// Whether this step's layers are timed part by part (at level 2, for steps 11 to 20
+        /// only: the waits cost a little, and the parts are the same every step).
+        pub fn fine_window(step: usize) {
+            FINE_NOW.store(level() > 1 && (11..=20).contains(&step), std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// A part of a layer's pass ([`mark`] inside the [`fine_window`]; nothing otherwise). The
+        /// layer's own phase then counts only what follows its last part.
+        pub fn fine(dev: &Device, phase: &'static str) {
+            if FINE_NOW.load(std::sync::atomic::Ordering::Relaxed) {
+                mark(dev, phase);
+            }
         }
 
         /// Starts timing from now (after the device's queued work).
@@ -669,6 +697,7 @@ mod train {
                 y.transpose(1, 2).and_then(|y| y.contiguous()).map_err(ce) // (B, nh, T, hd)
             };
             let (q, k, v) = (heads(&wq, h, true)?, heads(&wk, kv, true)?, heads(&wv, kv, false)?);
+            prof::fine(&self.device, "fwd qkv");
             let qg = q.reshape((b, kv, g * t, hd)).map_err(ce)?;
             drop(q);
             let scores = mm(&qg, &k.t().map_err(ce)?)?;
@@ -680,13 +709,16 @@ mod train {
                 .and_then(|o| o.contiguous())
                 .and_then(|o| o.reshape((nt, h * hd)))
                 .map_err(ce)?;
+            prof::fine(&self.device, "fwd attention");
             let x2 = (&x + mm(&o, &wo.t().map_err(ce)?)?).map_err(ce)?;
             let xb2 = crate::fused::rms_norm(&x2, &g2, eps).map_err(ce)?;
+            prof::fine(&self.device, "fwd attn output");
             let gate = mm(&xb2, &wg.t().map_err(ce)?)?;
             let up = mm(&xb2, &wu.t().map_err(ce)?)?;
             let act = crate::fused::swiglu(&gate, &up).map_err(ce)?;
             // The output (not needed when recomputing: the next layer's input is kept).
             let y = if output { Some((&x2 + mm(&act, &wd.t().map_err(ce)?)?).map_err(ce)?) } else { None };
+            prof::fine(&self.device, "fwd ffn");
             let w = [g1, wq, wk, wv, wo, g2, wg, wu, wd];
             Ok(Kept { b, x, xb1, qg, k, v, att, o, x2, xb2, gate, up, act, y, w, rope: (c_tab, s_tab) })
         }
@@ -748,12 +780,14 @@ mod train {
             wgrad(add, "ffn_down.weight", &gy, &act)?;
             drop(act);
             let dact = mm(&gy, &wd)?;
+            prof::fine(&self.device, "bwd ffn down");
             let (dgate, dup) = crate::fused::grad::swiglu(&gate, &up, &dact).map_err(ce)?;
             drop((gate, up, dact));
             wgrad(add, "ffn_gate.weight", &dgate, &xb2)?;
             wgrad(add, "ffn_up.weight", &dup, &xb2)?;
             let dxb2 = (mm(&dgate, &wg)? + mm(&dup, &wu)?).map_err(ce)?;
             drop((dgate, dup, xb2));
+            prof::fine(&self.device, "bwd ffn gate/up");
             let (dx2, dg2) = crate::fused::grad::rms_norm(&x2, &g2, &dxb2, eps).map_err(ce)?;
             add(&n("ffn_norm.weight"), dg2.to_dtype(self.var_dtype(&n("ffn_norm.weight"))?).map_err(ce)?)?;
             let dx2 = (dx2 + &gy).map_err(ce)?;
@@ -767,6 +801,7 @@ mod train {
                 .and_then(|d| d.contiguous())
                 .and_then(|d| d.reshape((b, kv, g * t, hd)))
                 .map_err(ce)?;
+            prof::fine(&self.device, "bwd attn output");
             let datt = mm(&d_o, &v.t().map_err(ce)?)?;
             let dv = mm(&att.t().map_err(ce)?, &d_o)?; // (B, kv, T, hd)
             drop(d_o);
@@ -775,6 +810,7 @@ mod train {
             let dq = mm(&ds, &k)?.reshape((b, h, t, hd)).map_err(ce)?;
             let dk = mm(&ds.t().map_err(ce)?, &qg)?; // (B, kv, T, hd)
             drop((ds, qg, k, v));
+            prof::fine(&self.device, "bwd attention");
             // Back to (B·T, heads·hd), rotated back where RoPE turned them.
             let flat = |d: Tensor, nh: usize, rot: bool| -> Result<Tensor> {
                 let d = d.transpose(1, 2).and_then(|d| d.contiguous()).map_err(ce)?; // (B, T, nh, hd)
@@ -782,12 +818,14 @@ mod train {
                 d.reshape((nt, nh * hd)).map_err(ce)
             };
             let (dq, dk, dv) = (flat(dq, h, true)?, flat(dk, kv, true)?, flat(dv, kv, false)?);
+            prof::fine(&self.device, "bwd heads");
             wgrad(add, "attn_q.weight", &dq, &xb1)?;
             wgrad(add, "attn_k.weight", &dk, &xb1)?;
             wgrad(add, "attn_v.weight", &dv, &xb1)?;
             let (pq, pk, pv) = (mm(&dq, &wq)?, mm(&dk, &wk)?, mm(&dv, &wv)?);
             let dxb1 = (pq + pk).and_then(|d| d + pv).map_err(ce)?;
             drop((dq, dk, dv, xb1));
+            prof::fine(&self.device, "bwd qkv");
             let (dx1, dg1) = crate::fused::grad::rms_norm(&x, &g1, &dxb1, eps).map_err(ce)?;
             add(&n("attn_norm.weight"), dg1.to_dtype(self.var_dtype(&n("attn_norm.weight"))?).map_err(ce)?)?;
             let dx = (dx1 + dx2).map_err(ce)?;
@@ -1919,6 +1957,7 @@ mod train {
         let mut gpu: Option<(usize, usize)> = None;
         let mut sum = GradSum::new(&student)?;
         while opt.step < steps {
+            prof::fine_window(opt.step + 1);
             let mut lsum = 0.0;
             for _ in 0..a.accum {
                 let mut batch = Vec::with_capacity(a.batch);

@@ -42,7 +42,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 B=64 A=1
 export PITH_COMPRESS=$G/pc TEACHER=$G/teacher.gguf WIKI=$G/wiki.txt SHAKESPEARE=$G/shakes.txt WIKITEXT=$G/wikitext.txt
 export PARALLEL=1 STAGGER=${STAGGER:-10} BATCH=${BATCH:-$B} ACCUM=${ACCUM:-$A} LR=${LR:-6e-4} WARMUP=${WARMUP:-10}
-export CKPT_EVERY=${CKPT_EVERY:-10} PITH_DISTILL_PROFILE=1
+export CKPT_EVERY=${CKPT_EVERY:-10} PITH_DISTILL_PROFILE=${PITH_DISTILL_PROFILE:-2}
 [[ -n ${RESERVE:-} ]] && export RESERVE
 [[ -n ${RUNS:-} ]] && export RUNS
 DEADLINE=$(( $(date +%s) + LEFT - 150 ))

@@ -17,7 +17,7 @@ SHAKESPEARE=${SHAKESPEARE:-${PITH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pit
 WIKITEXT=${WIKITEXT:-../shared/data/wikitext-2-raw-test.txt}
 PC=${PITH_COMPRESS:-target/release/pith-compress}
 for f in "$T" "$WIKI" "$SHAKESPEARE" "$WIKITEXT" "$PC"; do [[ -s $f ]] || { echo "pack: no $f" >&2; exit 1; }; done
-ldd "$PC" | grep -q libcuda || { echo "pack: $PC is not the cuda build" >&2; exit 1; }
+ldd "$PC" | grep libcuda > /dev/null || { echo "pack: $PC is not the cuda build" >&2; exit 1; }
 rm -rf .gpu/a .gpu/b && mkdir -p .gpu/a .gpu/b
 half=$(( $(stat -c %s "$T") / 2 ))
 head -c "$half" "$T" > .gpu/a/t1
