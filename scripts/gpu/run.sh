@@ -11,7 +11,7 @@ dt=${DTYPE:-}
 if [[ ${BENCH:-0} == 1 ]]; then
     mkdir -p $OUT
     [[ -s $OUT/teacher-f32.gguf ]] || "$PITH_COMPRESS" dequantize "$TEACHER" $OUT/teacher-f32.gguf --type f32 --force
-    "$PITH_COMPRESS" prune $OUT/teacher-f32.gguf $G/bench-width.gguf -f "$WIKI" --width "${WIDTH:-ffn=832}" -c 256 --chunks 4 \
+    "$PITH_COMPRESS" prune $OUT/teacher-f32.gguf $G/bench-width.gguf -f "$WIKI" --width "${WIDTH:-ffn=1024,embd=512}" -c 256 --chunks 4 \
         --force > $G/bench-prune.log 2>&1
     bash scripts/gpu/bench.sh "$PITH_COMPRESS" $OUT/teacher-f32.gguf $G/bench-width.gguf "$WIKI" "${BENCH_SECS:-40}" \
         "$BATCH" 2>&1 | tee $OUT/bench.txt
