@@ -792,6 +792,7 @@ mod train {
             add(&n("ffn_norm.weight"), dg2.to_dtype(self.var_dtype(&n("ffn_norm.weight"))?).map_err(ce)?)?;
             let dx2 = (dx2 + &gy).map_err(ce)?;
             drop((x2, dxb2, gy));
+            prof::fine(&self.device, "bwd ffn norm");
             // The attention.
             wgrad(add, "attn_output.weight", &dx2, &o)?;
             drop(o);
