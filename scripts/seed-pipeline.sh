@@ -123,8 +123,9 @@ if [[ $PRUNE == 1 ]]; then
 # multiple of 256, so Q4_K_M's file meets its 77 MB goal. An FFN-only student (WIDTH=ffn=832:
 # every embedding channel) starts far better (WikiText-2 untrained 127.4 against 232.7) but its
 # 576-wide rows cannot hold Q4_K blocks: its Q4_K_M falls back to Q5_0/Q8_0 (83.0 MB).
-log "prune: width (${WIDTH:-ffn=1024,embd=512}; every head)"
-"$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width "${WIDTH:-ffn=1024,embd=512}" -c 256 --chunks "$CAL_CHUNKS" --force \
+WIDTH=${WIDTH:-ffn=1024,embd=512}
+log "prune: width ($WIDTH)"
+"$PC" prune "$T" "$OUT/width.gguf" -f "$WIKI" --width "$WIDTH" -c 256 --chunks "$CAL_CHUNKS" --force \
     2>&1 | tee "$OUT/width.log" >&2
 params=$(grep -oE 'prune: [0-9.]+M →' "$OUT/width.log" | grep -oE '[0-9.]+M' | tail -1)
 if [[ $DEPTH == 1 ]]; then
