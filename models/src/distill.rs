@@ -188,7 +188,7 @@ mod train {
 
     /// Where a training step's time goes, by phase (`PITH_DISTILL_PROFILE=1`): each mark waits
     /// for the device to finish its queued work, so the phases are wall times of the device's
-    /// work (and the waits slow the run a little). Printed with the step lines.
+    /// work. Only a window of steps is timed ([`prof::set_step`]); its sums are printed after it.
     mod prof {
         use candle_core::Device;
         use std::cell::RefCell;
@@ -217,19 +217,45 @@ mod train {
             })
         }
 
-        pub fn on() -> bool {
-            level() > 0
-        }
-
+        static NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         static FINE_NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-        /// Whether this step's layers are timed part by part (at level 2, for steps 11 to 20
-        /// only: the waits cost a little, and the parts are the same every step).
-        pub fn fine_window(step: usize) {
-            FINE_NOW.store(level() > 1 && (11..=20).contains(&step), std::sync::atomic::Ordering::Relaxed);
+        /// Whether this step is timed: every wait for the device drains its queue (and used to
+        /// hand the memory pool's free blocks back), so only a window of steps is — steps 11 to
+        /// 20 (the first ten warm the allocator and the kernels' caches), or every step of a
+        /// run shorter than 20.
+        pub fn on() -> bool {
+            NOW.load(std::sync::atomic::Ordering::Relaxed)
         }
 
-        /// A part of a layer's pass ([`mark`] inside the [`fine_window`]; nothing otherwise). The
+        fn window(steps: usize) -> std::ops::RangeInclusive<usize> {
+            if steps < 20 {
+                1..=steps
+            } else {
+                11..=20
+            }
+        }
+
+        /// Opens or closes the window for `step` (1-based) of a run of `steps`; at level 2 the
+        /// layers are timed part by part inside it too.
+        pub fn set_step(step: usize, steps: usize) {
+            let inside = level() > 0 && window(steps).contains(&step);
+            NOW.store(inside, std::sync::atomic::Ordering::Relaxed);
+            FINE_NOW.store(inside && level() > 1, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// The window, as text ("11-20").
+        pub fn span(steps: usize) -> String {
+            let w = window(steps);
+            format!("{}-{}", w.start(), w.end())
+        }
+
+        /// Whether `step` closes the window (its profile is printed then).
+        pub fn report_after(step: usize, steps: usize) -> bool {
+            level() > 0 && *window(steps).end() == step
+        }
+
+        /// A part of a layer's pass ([`mark`] inside the window at level 2; nothing otherwise). The
         /// layer's own phase then counts only what follows its last part.
         pub fn fine(dev: &Device, phase: &'static str) {
             if FINE_NOW.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1690,6 +1716,40 @@ mod train {
     #[cfg(not(feature = "cuda"))]
     fn no_event_tracking(_: &Device) {}
 
+    /// Keeps freed device memory in the stream-ordered allocator's pool across synchronizations.
+    /// The default pool's release threshold is 0: every synchronization (the loss read each
+    /// step, the profile's waits) hands its free blocks back to the driver, and the next
+    /// step maps its tens of GiB of activations and logits afresh. [`gpu_memory`] still trims
+    /// the pool when it runs short. `PITH_DISTILL_POOL_RELEASE=1` keeps the driver's default
+    /// (for an A/B).
+    #[cfg(feature = "cuda")]
+    fn keep_pool(dev: &Device) {
+        use candle_core::cuda::cudarc::driver::{result, sys};
+        if std::env::var("PITH_DISTILL_POOL_RELEASE").is_ok_and(|v| v.trim() == "1") {
+            return;
+        }
+        let Device::Cuda(d) = dev else { return };
+        let ctx = d.cuda_stream().context().clone();
+        let mut keep: u64 = u64::MAX;
+        // SAFETY: the device handle comes from the live context and its default pool lives as
+        // long as the device; the release threshold's value is a cuuint64_t, which `keep` is.
+        let r = unsafe {
+            result::device::get_default_mem_pool(ctx.cu_device()).and_then(|pool| {
+                result::mem_pool::set_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut keep as *mut u64).cast(),
+                )
+            })
+        };
+        if let Err(e) = r {
+            crate::progress::note(&format!("distill: the GPU memory pool keeps its default release threshold ({e})"));
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn keep_pool(_: &Device) {}
+
     #[cfg(not(feature = "cuda"))]
     fn gpu_memory(_: &Device) -> Option<(usize, usize)> {
         None
@@ -1705,6 +1765,7 @@ mod train {
                     ))
                 })?;
                 no_event_tracking(&d);
+                keep_pool(&d);
                 Ok(d)
             }
             other => Err(CompressError::BadOption(format!("--device {other}: cpu or cuda"))),
@@ -1958,7 +2019,7 @@ mod train {
         let mut gpu: Option<(usize, usize)> = None;
         let mut sum = GradSum::new(&student)?;
         while opt.step < steps {
-            prof::fine_window(opt.step + 1);
+            prof::set_step(opt.step + 1, steps);
             let mut lsum = 0.0;
             for _ in 0..a.accum {
                 let mut batch = Vec::with_capacity(a.batch);
@@ -2008,8 +2069,8 @@ mod train {
             if pb.is_hidden() && (val_now || opt.step == 1 || opt.step % 10 == 0) {
                 crate::progress::note(&format!("distill: step {}{of_steps}: {msg}", opt.step));
             }
-            if prof::on() && (opt.step == 1 || opt.step % 10 == 0) {
-                crate::progress::note(&format!("distill: profile to step {}: {}", opt.step, prof::take()));
+            if prof::report_after(opt.step, steps) {
+                crate::progress::note(&format!("distill: profile of steps {}: {}", prof::span(steps), prof::take()));
             }
             if val_now {
                 let (v, c) = eval_loss(&student, &mut teacher, &val, a)?;

@@ -30,7 +30,7 @@ for cfg in $CFGS; do
     RATE[$cfg]=$(grep -oE '[0-9]+ tok/s' "$D/log" | tail -1 | grep -oE '^[0-9]+' || echo 0)
     LOSS[$cfg]=$(grep -oE 'loss [0-9.]+' "$D/log" | tail -1 | grep -oE '[0-9.]+$' || echo nan)
     echo "bench $k $dt batch $b: rc $rc, ${RATE[$cfg]} tok/s, last loss ${LOSS[$cfg]}"
-    grep -E "fused kernels|hand-written|profile to|GPU" "$D/log" | tail -4 | cut -c1-400
+    grep -E "fused kernels|hand-written|profile of|GPU" "$D/log" | tail -4 | cut -c1-400
 done
 rm -rf "$D"
 first=${CFGS%% *} best="" best_rate=0
