@@ -27,7 +27,11 @@ use core::arch::x86_64::*;
 /// buffers (on Zen 4, Q8_0 rows of 640 read at 9 GB/s from memory with `T0`, 30 GB/s with
 /// `T1`; `bench_gemm --gemv --shape 262144x640 q8_0`). The row-at-a-time kernels of
 /// `gemv_avx512_k` use `T1` where it measured faster (Q5_0/Q5_1, Q6_K, IQ4_NL), `T0` elsewhere.
-const PREFETCH_ROWS: usize = 16;
+///
+/// 32 rows (10 KiB of 576-wide Q4_0 rows) ahead, not 16: one-thread decode (`pith bench -p 0
+/// -n 128 -t 1 -r 3`, three alternating rounds, 7 Dec) Q4_0-pure 345 → 424 t/s, IQ4_NL-pure
+/// 354 → 416, Q5_0 273 → 293, Q4_K_M 267 → 288; 24 rows gained less, 48 the same, 64 less.
+pub(crate) const PREFETCH_ROWS: usize = 32;
 
 /// A kernel over `R` consecutive rows (`rb` bytes apart) against one token, for `R` = 1 … 4: the
 /// results of its `R` rows in the first `R` entries.

@@ -16,10 +16,12 @@
 
 use core::arch::x86_64::*;
 
-use super::gemv_avx512::{by_four_rows, RowsKernel};
+use super::gemv_avx512::{by_four_rows, RowsKernel, PREFETCH_ROWS as FAR};
 use crate::gemm_q8::VecQ8;
 
-/// How far ahead each row's weights are prefetched, in rows.
+/// How far ahead the super-block kernels (K-quants) prefetch each row's weights, in rows; the
+/// 32-element-block kernels (Q5_0/Q5_1, IQ4_NL, IQ4_XS) prefetch as far as the Q4 kernels
+/// ([`FAR`]).
 const PREFETCH_ROWS: usize = 4;
 
 /// The f16 at `p` (2 bytes, any alignment), widened with F16C.
@@ -117,8 +119,8 @@ unsafe fn gemv_q5x4_rows<const R: usize, const Q51: bool>(rows: &[u8], rb: usize
         for (i, (acc, acc_m)) in acc.iter_mut().zip(acc_m.iter_mut()).enumerate() {
             // SAFETY: row i's blocks 4g .. 4g + nbk lie inside `rows`; nothing past them is read.
             let p = base.add(i * rb + 4 * g * bs);
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb).cast());
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR * rb + 64).cast());
             // The group's bytes 0..64 and 64..80 (a full group has 88 or 96: inside the row; a
             // short one is read through byte masks, its missing blocks' words coming out 0).
             let (wq, head, tail) = if nbk == 4 {
@@ -494,8 +496,8 @@ unsafe fn gemv_iq4nlx4_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: row i's blocks 4g .. 4g + nbk lie inside `rows`; nothing past them is read.
             let p = base.add(i * rb + 4 * g * BS);
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb).cast());
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR * rb + 64).cast());
             let (wq, win) = if nbk == 4 {
                 let w = _mm512_castsi128_si512(_mm_loadu_si128(p.add(2).cast()));
                 let w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(BS + 2).cast()));
@@ -580,9 +582,9 @@ unsafe fn gemv_iq4xs_rows<const R: usize>(rows: &[u8], rb: usize, x: &VecQ8) -> 
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: super-block sb of row i lies inside `rows`.
             let blk = base.add(i * rb + sb * 136);
-            _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb).cast());
-            _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb + 64).cast());
-            _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(16 * rb + 128).cast());
+            _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(FAR * rb).cast());
+            _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(FAR * rb + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(FAR * rb + 128).cast());
             // The eight group scales d · (ls − 32) in one vector (`group_scale_iq4_xs` per lane):
             // ls_j = (scales_l >> 4j) & 15 | ((scales_h >> 2j) & 3) << 4.
             let d = _mm256_set1_ps(f16s(blk));
