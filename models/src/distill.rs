@@ -1681,18 +1681,13 @@ mod train {
     /// long run can fail to allocate with most of its "used" memory idle. `None` on the CPU.
     #[cfg(feature = "cuda")]
     fn gpu_memory(dev: &Device) -> Option<(usize, usize)> {
-        use candle_core::cuda::cudarc::driver::result;
         let Device::Cuda(d) = dev else { return None };
         let stream = d.cuda_stream();
         let ctx = stream.context();
         let (free, total) = ctx.mem_get_info().ok()?;
         if free < total / 4 {
-            stream.synchronize().ok()?;
-            // SAFETY: the device handle comes from the live context, and its default pool lives
-            // as long as the device; trimming only releases blocks no allocation holds.
-            unsafe {
-                let pool = result::device::get_default_mem_pool(ctx.cu_device()).ok()?;
-                result::mem_pool::trim_to(pool, 0).ok()?;
+            if !trim_pool(dev) {
+                return None;
             }
             let (free, total) = ctx.mem_get_info().ok()?;
             return Some((total - free, total));
@@ -1749,6 +1744,37 @@ mod train {
 
     #[cfg(not(feature = "cuda"))]
     fn keep_pool(_: &Device) {}
+
+    /// Whether `e` is a device allocation failure (candle passes the driver's error on as text).
+    fn out_of_device_memory(e: &CompressError) -> bool {
+        let m = e.to_string();
+        m.contains("CUDA_ERROR_OUT_OF_MEMORY") || m.contains("cudaErrorMemoryAllocation")
+    }
+
+    /// Waits for the device and hands every free block of its memory pool back to the driver;
+    /// false on the CPU (nothing to trim) or when the driver refuses.
+    #[cfg(feature = "cuda")]
+    fn trim_pool(dev: &Device) -> bool {
+        use candle_core::cuda::cudarc::driver::result;
+        let Device::Cuda(d) = dev else { return false };
+        let stream = d.cuda_stream();
+        let ctx = stream.context();
+        if stream.synchronize().is_err() {
+            return false;
+        }
+        // SAFETY: the device handle comes from the live context, and its default pool lives as
+        // long as the device; trimming only releases blocks no allocation holds.
+        unsafe {
+            result::device::get_default_mem_pool(ctx.cu_device())
+                .and_then(|pool| result::mem_pool::trim_to(pool, 0))
+                .is_ok()
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn trim_pool(_: &Device) -> bool {
+        false
+    }
 
     #[cfg(not(feature = "cuda"))]
     fn gpu_memory(_: &Device) -> Option<(usize, usize)> {
@@ -2032,9 +2058,26 @@ mod train {
                     next += 1;
                 }
                 prof::start(&dev);
-                let tl = teacher.logits(&batch, &student)?;
-                prof::mark(&dev, "teacher");
-                let (l, g) = grads_batch(&student, &batch, &tl, a.alpha, a.temperature)?;
+                // A GPU allocation that fails (the pool's cached blocks, fragmented, cannot
+                // serve it and the device has no room to grow it) is retried once after the
+                // pool hands its free blocks back; nothing of the step is kept from the try.
+                let mut tries = 0;
+                let (l, g) = loop {
+                    let r = teacher.logits(&batch, &student).and_then(|tl| {
+                        prof::mark(&dev, "teacher");
+                        grads_batch(&student, &batch, &tl, a.alpha, a.temperature)
+                    });
+                    match r {
+                        Err(e) if tries == 0 && out_of_device_memory(&e) && trim_pool(&dev) => {
+                            crate::progress::note(&format!(
+                                "distill: step {}: GPU out of memory ({e}); the memory pool was trimmed and the micro-batch runs again",
+                                opt.step + 1
+                            ));
+                            tries += 1;
+                        }
+                        r => break r?,
+                    }
+                };
                 lsum += l;
                 sum.add(g)?;
                 prof::mark(&dev, "gradient sum");
