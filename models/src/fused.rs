@@ -397,8 +397,31 @@ impl CustomOp2 for RmsNorm {
             candle_core::DType::BF16 | candle_core::DType::F16 => t.to_dtype(candle_core::DType::F32),
             _ => Ok(t.clone()),
         };
-        let dg = (wide(&dy)? * wide(&hat)?)?.reshape(((), n))?.sum(0)?.to_dtype(g.dtype())?;
+        let dg = column_sum(&(wide(&dy)? * wide(&hat)?)?.reshape(((), n))?)?.to_dtype(g.dtype())?;
         Ok((Some(dx), Some(dg)))
+    }
+}
+
+/// The sums of the columns of `p` (rows, n), an f32 matrix: `sum(0)` on the CPU; on a GPU
+/// `ones(1, rows) · p` by cuBLAS in full f32 (TF32 off for the call) — candle's `sum(0)` there
+/// runs one block per column over 32,768 strided elements, each read its own memory sector.
+fn column_sum(p: &Tensor) -> Result<Tensor> {
+    if !p.device().is_cuda() {
+        return p.sum(0);
+    }
+    let (rows, n) = p.dims2()?;
+    let ones = Tensor::ones((1, rows), p.dtype(), p.device())?;
+    #[cfg(feature = "cuda")]
+    {
+        let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(false);
+        let s = ones.matmul(p);
+        candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
+        s?.reshape(n)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        ones.matmul(p)?.reshape(n)
     }
 }
 
