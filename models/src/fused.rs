@@ -406,23 +406,17 @@ impl CustomOp2 for RmsNorm {
 /// `ones(1, rows) · p` by cuBLAS in full f32 (TF32 off for the call) — candle's `sum(0)` there
 /// runs one block per column over 32,768 strided elements, each read its own memory sector.
 fn column_sum(p: &Tensor) -> Result<Tensor> {
-    if !p.device().is_cuda() {
-        return p.sum(0);
-    }
-    let (rows, n) = p.dims2()?;
-    let ones = Tensor::ones((1, rows), p.dtype(), p.device())?;
     #[cfg(feature = "cuda")]
-    {
+    if p.device().is_cuda() {
+        let (rows, n) = p.dims2()?;
+        let ones = Tensor::ones((1, rows), p.dtype(), p.device())?;
         let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
         candle_core::cuda::set_gemm_reduced_precision_f32(false);
         let s = ones.matmul(p);
         candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
-        s?.reshape(n)
+        return s?.reshape(n);
     }
-    #[cfg(not(feature = "cuda"))]
-    {
-        ones.matmul(p)?.reshape(n)
-    }
+    p.sum(0)
 }
 
 impl CustomOp3 for RmsNormBwd {

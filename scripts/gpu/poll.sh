@@ -12,7 +12,7 @@ tail -n 25 $G/pipe.log
 for f in "$S"/*.log; do
     case $f in *width.log|*depth.log) continue ;; esac
     echo "== $(basename "$f")"; grep -E "validation|tok/s" "$f" | tail -n 2; grep profile "$f" | tail -n 1
-    # Steps 11-20 time a layer's passes part by part (PITH_DISTILL_PROFILE=2, go.sh's default).
+    # The profile line above: steps 11-20, part by part under PITH_DISTILL_PROFILE=2 (go.sh's default).
     grep -E "AdamW in place" "$f" | head -n 1
 done
 tail -n 1 $S/gpu.log 2> /dev/null
