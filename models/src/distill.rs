@@ -1018,6 +1018,13 @@ mod train {
         ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
     }
 
+    /// Whether the embedding lookup's gradient is [`crate::fused::embedding_grad`] (off with
+    /// `PITH_DISTILL_UNFUSED=1`, or when the GPU self-check finds it disagreeing with candle's).
+    fn fused_embed_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
+    }
+
     /// Whether AdamW runs as [`crate::fused::adamw`] (off with `PITH_DISTILL_UNFUSED=1`, or when
     /// the GPU self-check finds it disagreeing with candle's ops).
     fn fused_adam_flag() -> &'static std::sync::atomic::AtomicBool {
@@ -1468,10 +1475,22 @@ mod train {
             gx = gs.get(input.as_tensor()).map(|g| g.detach()).ok_or_else(|| ce_msg("no gradient for a layer"))?;
             prof::mark(dev, "collect");
         }
-        // The embedding lookup.
-        let x0 = s.embed(&ids)?;
-        let gs = (x0 * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
-        collect(&mut out, &gs)?;
+        // The embedding lookup: its gradient is a sum of `gx`'s rows per id (the lookup goes
+        // through `to_dtype` and, under QAT, a straight-through grid: both pass it unchanged).
+        match s.vars.get("token_embd.weight") {
+            Some(w) if !unfused() && fused_embed_flag().load(std::sync::atomic::Ordering::Relaxed) => {
+                let (vocab, _) = w.as_tensor().dims2().map_err(ce)?;
+                let g = crate::fused::embedding_grad(&gx, &inputs, vocab)
+                    .and_then(|g| g.to_dtype(w.as_tensor().dtype()))
+                    .map_err(ce)?;
+                add(&mut out, "token_embd.weight", g)?;
+            }
+            _ => {
+                let x0 = s.embed(&ids)?;
+                let gs = (x0 * &gx).and_then(|p| total(&p)).and_then(|p| p.backward()).map_err(ce)?;
+                collect(&mut out, &gs)?;
+            }
+        }
         prof::mark(dev, "embedding backward");
         Ok((loss_value, out))
     }
@@ -1873,6 +1892,17 @@ mod train {
                             "distill: the fused loss disagrees with candle's ops here ({r:?}): computing it with them"
                         );
                         fused_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                match crate::fused::check_embedding(&dev) {
+                    Ok(d) if d < 1e-5 => eprintln!(
+                        "distill: the fused embedding gradient agrees with candle's ops here (relative |Δ| {d:.1e})"
+                    ),
+                    r => {
+                        eprintln!(
+                            "distill: the fused embedding gradient disagrees with candle's ops here ({r:?}): computing it with them"
+                        );
+                        fused_embed_flag().store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 match crate::fused::check_adamw(&dev) {

@@ -390,16 +390,200 @@ impl CustomOp2 for RmsNorm {
         let dy = grad.contiguous()?;
         let dx = x.apply_op3_no_bwd(g, &dy, &RmsNormBwd { eps: self.eps })?;
         // dg = Σ_rows dy ⊙ x̂, x̂ = the normalized rows (the forward with a unit gain).
-        let hat = x.apply_op2_no_bwd(&g.ones_like()?, self)?;
-        let n = g.elem_count();
-        // Summed over every row: in f32 at least (a bf16 sum of thousands of rows drifts).
-        let wide = |t: &Tensor| match t.dtype() {
-            candle_core::DType::BF16 | candle_core::DType::F16 => t.to_dtype(candle_core::DType::F32),
-            _ => Ok(t.clone()),
-        };
-        let dg = column_sum(&(wide(&dy)? * wide(&hat)?)?.reshape(((), n))?)?.to_dtype(g.dtype())?;
+        // One pass over x and dy writes sums over parts of 64 rows (in f32 at least: a bf16 sum
+        // of thousands of rows drifts); the parts' sum is one more small pass.
+        let n = g.elem_count().max(1);
+        let parts = x
+            .contiguous()?
+            .reshape(((), n))?
+            .apply_op2_no_bwd(&dy.reshape(((), n))?, &RmsDgPart { eps: self.eps, per: 64 })?;
+        let dg = column_sum(&parts)?.to_dtype(g.dtype())?;
         Ok((Some(dx), Some(dg)))
     }
+}
+
+/// `dg` of [`RmsNorm`] in parts (op2: x, dy, both (rows, n)): row `b` of the (⌈rows / per⌉, n)
+/// output sums `dy ⊙ x·r` over rows `b·per ..`, where `r = 1 / sqrt(mean(x²) + eps)` of each row
+/// (i.e. `dy ⊙ x̂`); f32 for bf16 inputs. Replaces x̂'s forward pass, two widenings and a
+/// product — five passes over (rows, n) — by one.
+struct RmsDgPart {
+    eps: f32,
+    /// Rows a part (≤ 64: the CUDA kernel's shared array).
+    per: usize,
+}
+
+fn rms_dg_cpu<T: Real>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    op: &RmsDgPart,
+) -> Result<CpuStorage> {
+    let (x, dy) = (cpu::<T>(s1, l1, "rms-dg")?, cpu::<T>(s2, l2, "rms-dg")?);
+    let n = l1.dims().last().copied().unwrap_or(1).max(1);
+    let rows = x.len() / n;
+    let mut out = vec![T::zero(); rows.div_ceil(op.per) * n];
+    let r: Vec<T> = rms_rows(x, n, op.eps).map(|(_, r)| r).collect();
+    out.par_chunks_mut(n).enumerate().for_each(|(b, o)| {
+        for i in b * op.per..((b + 1) * op.per).min(rows) {
+            let (xr, gr) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n]);
+            for ((o, &x), &g) in o.iter_mut().zip(xr).zip(gr) {
+                *o += g * x * r[i];
+            }
+        }
+    });
+    Ok(T::to_cpu_storage_owned(out))
+}
+
+impl CustomOp2 for RmsDgPart {
+    fn name(&self) -> &'static str {
+        "rms-dg"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() || l1.dims().len() != 2 || self.per == 0 {
+            candle_core::bail!("rms-dg: x {:?}, dy {:?}, {} rows a part", l1.dims(), l2.dims(), self.per);
+        }
+        let (rows, n) = (l1.dims()[0], l1.dims()[1]);
+        Ok((by_dtype!(s1, "rms-dg", rms_dg_cpu(s1, l1, s2, l2, self))?, Shape::from((rows.div_ceil(self.per), n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() || l1.dims().len() != 2 {
+            candle_core::bail!("rms-dg: x {:?}, dy {:?}", l1.dims(), l2.dims());
+        }
+        let (rows, n) = (l1.dims()[0], l1.dims()[1]);
+        let out = cuda::rms_dg((s1, l1), (s2, l2), rows, n, self.per, self.eps)?;
+        Ok((out, Shape::from((rows.div_ceil(self.per), n))))
+    }
+}
+
+/// The gradient of an embedding lookup `w[ids]` (w: (vocab, d)) in `w`, from the lookup's
+/// gradient `g` (N, d): row `v` sums the rows of `g` whose id is `v`, in f32 (f64 for f64),
+/// in a fixed order (the same result on every run); rows of ids absent from `ids` are 0.
+/// candle's own backward (`index_add`) runs one GPU thread per column over all N ids serially
+/// and sums in the gradient's dtype (bf16 in a bf16 run, where a frequent token's thousands of
+/// rows lose most of their bits); here one block per distinct id reads its rows.
+pub fn embedding_grad(g: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor> {
+    let (rows, d) = g.dims2()?;
+    if ids.len() != rows {
+        candle_core::bail!("embedding_grad: {} ids for {rows} rows", ids.len());
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        candle_core::bail!("embedding_grad: id {bad} outside the vocabulary of {vocab}");
+    }
+    // Positions grouped by id, in position order within an id (a stable sort): offsets (U + 1),
+    // the distinct ids (U), the positions (N), as one u32 tensor.
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    order.sort_by_key(|&i| ids[i as usize]);
+    let (mut offs, mut uniq) = (Vec::new(), Vec::new());
+    for (k, &p) in order.iter().enumerate() {
+        let id = ids[p as usize];
+        if uniq.last() != Some(&id) {
+            uniq.push(id);
+            offs.push(k as u32);
+        }
+    }
+    offs.push(rows as u32);
+    let distinct = uniq.len();
+    let mut csr = offs;
+    csr.extend(uniq);
+    csr.extend(order);
+    let csr = Tensor::from_vec(csr, 2 * distinct + 1 + rows, g.device())?;
+    let g = match (g.device().is_cpu(), g.dtype()) {
+        (true, candle_core::DType::BF16 | candle_core::DType::F16) => g.to_dtype(candle_core::DType::F32)?,
+        _ => g.contiguous()?,
+    };
+    g.apply_op2_no_bwd(&csr, &EmbeddingGrad { vocab, d, rows, distinct })
+}
+
+/// [`embedding_grad`]'s op (op2: g, csr).
+struct EmbeddingGrad {
+    vocab: usize,
+    d: usize,
+    rows: usize,
+    /// Distinct ids (U).
+    distinct: usize,
+}
+
+fn emb_grad_cpu<T: Real>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    op: &EmbeddingGrad,
+) -> Result<CpuStorage> {
+    let g = cpu::<T>(s1, l1, "embedding-grad")?;
+    let (a, b) =
+        l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("embedding-grad: csr not contiguous".into()))?;
+    let csr = &s2.as_slice::<u32>()?[a..b];
+    let (nu, d) = (op.distinct, op.d);
+    if g.len() != op.rows * d || csr.len() != 2 * nu + 1 + op.rows {
+        candle_core::bail!("embedding-grad: {} gradient values, {} csr entries", g.len(), csr.len());
+    }
+    let (offs, rest) = csr.split_at(nu + 1);
+    let (uniq, order) = rest.split_at(nu);
+    let sums: Vec<Vec<T>> = (0..nu)
+        .into_par_iter()
+        .map(|u| {
+            let mut s = vec![T::zero(); d];
+            for &p in &order[offs[u] as usize..offs[u + 1] as usize] {
+                for (s, &v) in s.iter_mut().zip(&g[p as usize * d..(p as usize + 1) * d]) {
+                    *s += v;
+                }
+            }
+            s
+        })
+        .collect();
+    let mut out = vec![T::zero(); op.vocab * d];
+    for (&id, s) in uniq.iter().zip(sums) {
+        out[id as usize * d..(id as usize + 1) * d].copy_from_slice(&s);
+    }
+    Ok(T::to_cpu_storage_owned(out))
+}
+
+impl CustomOp2 for EmbeddingGrad {
+    fn name(&self) -> &'static str {
+        "embedding-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((by_dtype!(s1, "embedding-grad", emb_grad_cpu(s1, l1, s2, l2, self))?, Shape::from((self.vocab, self.d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((cuda::emb_grad((s1, l1), (s2, l2), self)?, Shape::from((self.vocab, self.d))))
+    }
+}
+
+/// The largest difference between [`embedding_grad`] and candle's backward of `index_select`
+/// on `dev`, relative to the gradient's size — checked apart, so that a failure turns off the
+/// fused embedding gradient alone. Ids repeat (a frequent token's many rows) and some of the
+/// vocabulary is absent.
+pub fn check_embedding(dev: &candle_core::Device) -> Result<f32> {
+    let (vocab, d, rows) = (301, 72, 517);
+    let ids: Vec<u32> = (0..rows as u32).map(|i| if i % 3 == 0 { 7 } else { (i * 37 + i / 5) % 250 }).collect();
+    let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (vocab, d), dev)?)?;
+    let g = Tensor::randn(0f32, 1.0, (rows, d), dev)?;
+    let idt = Tensor::from_vec(ids.clone(), rows, dev)?;
+    let plain = (w.as_tensor().index_select(&idt, 0)? * &g)?.sum_all()?.backward()?;
+    let plain = plain.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?.clone();
+    let fused = embedding_grad(&g, &ids, vocab)?;
+    Ok(diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32)
 }
 
 /// The sums of the columns of `p` (rows, n), an f32 matrix: `sum(0)` on the CPU; on a GPU
@@ -986,7 +1170,7 @@ fn diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok(max_abs(&(a - b)?)? as f32)
 }
 
-/// The largest difference between each fused op and candle's own composition of it, forward
+/// The largest difference (relative where values pass 1) between each fused op and candle's own composition of it, forward
 /// and backward (every input's gradient), on random inputs on `dev`: a self-check of the CUDA
 /// kernels before a run, and the CPU ops' test.
 pub fn check(dev: &candle_core::Device) -> Result<f32> {
@@ -1002,10 +1186,12 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
         let dy = Tensor::randn(0f32, 1.0, yf.shape(), dev)?;
         let gf = (&yf * &dy)?.sum_all()?.backward()?;
         let gp = (&yp * &dy)?.sum_all()?.backward()?;
-        let mut worst = diff(&yf, &yp)?;
+        // |Δ| of values past 1 relative to their size (a gain's gradient sums many rows).
+        let apart = |a: &Tensor, b: &Tensor| -> Result<f32> { Ok(diff(a, b)? / max_abs(b)?.max(1.0) as f32) };
+        let mut worst = apart(&yf, &yp)?;
         for v in &vars {
             match (gf.get(v.as_tensor()), gp.get(v.as_tensor())) {
-                (Some(a), Some(b)) => worst = worst.max(diff(a, b)?),
+                (Some(a), Some(b)) => worst = worst.max(apart(a, b)?),
                 _ => candle_core::bail!("a gradient is missing"),
             }
         }
@@ -1034,13 +1220,19 @@ pub fn check(dev: &candle_core::Device) -> Result<f32> {
         &|x| rms_norm(&x[0], &x[1], eps),
         &|x| plain::rms_norm(&x[0], &x[1], eps),
     )?;
+    // RMSNorm of (133, 72): three parts of the gain's gradient, the last one short.
+    let norm2 = compare(
+        &[Tensor::randn(0f32, 2.0, (133, 72), dev)?, Tensor::randn(1f32, 0.3, 72, dev)?],
+        &|x| rms_norm(&x[0], &x[1], eps),
+        &|x| plain::rms_norm(&x[0], &x[1], eps),
+    )?;
     // SwiGLU of (5, 24).
     let glu = compare(
         &[Tensor::randn(0f32, 2.0, (5, 24), dev)?, Tensor::randn(0f32, 1.0, (5, 24), dev)?],
         &|x| swiglu(&x[0], &x[1]),
         &|x| plain::swiglu(&x[0], &x[1]),
     )?;
-    Ok(soft.max(rot).max(norm).max(glu))
+    Ok(soft.max(rot).max(norm).max(norm2).max(glu))
 }
 
 /// The largest difference between [`kd_loss_grad`] and its composition of candle's ops
@@ -1268,6 +1460,61 @@ __device__ void kd_rows(const T* s, const T* t, const unsigned int* labels, floa
 extern "C" __global__ void kd_loss_f32(const float* s, const float* t, const unsigned int* l, float* out, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, out, rows, n, temp, alpha); }
 extern "C" __global__ void kd_loss_bf16(const unsigned short* s, const unsigned short* t, const unsigned int* l, float* out, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, out, rows, n, temp, alpha); }
 
+// The gain's gradient of an RMSNorm, in parts: part b (one block of 256 threads) sums
+// dy * x * r over rows b*per .. b*per + per (r = 1 / sqrt(mean(x^2) + eps) of each row, per <= 64)
+// into row b of out (parts x n, f32); the parts are summed afterwards.
+template <typename T>
+__device__ void rms_dg(const T* x, const T* dy, float* out, long long rows, int n, int per, float eps) {
+    __shared__ float rs[64];
+    long long first = (long long)blockIdx.x * per;
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    long long left = rows - first;
+    int cnt = left < per ? (int)left : per;
+    for (int i = w; i < cnt; i += warps) {
+        float r = rms_r(x + (first + i) * n, n, eps, lane);
+        if (lane == 0) rs[i] = r;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+        float s = 0.f;
+        for (int i = 0; i < cnt; i++) {
+            long long k = (first + i) * n + c;
+            s += ld(dy, k) * ld(x, k) * rs[i];
+        }
+        out[(long long)blockIdx.x * n + c] = s;
+    }
+}
+extern "C" __global__ void rms_dg_f32(const float* x, const float* dy, float* out, long long rows, int n, int per, float eps) { rms_dg(x, dy, out, rows, n, per, eps); }
+extern "C" __global__ void rms_dg_bf16(const unsigned short* x, const unsigned short* dy, float* out, long long rows, int n, int per, float eps) { rms_dg(x, dy, out, rows, n, per, eps); }
+
+// The gradient of an embedding lookup: block u sums the rows order[offs[u] .. offs[u + 1]) of
+// g (N x d) into row uniq[u] of out (V x d, f32, zeroed before), in f32 and in a fixed order
+// (four running sums over every fourth row: the same result on every run). csr: offs (U + 1),
+// uniq (U), order (N).
+template <typename T>
+__device__ void emb_grad(const T* g, const unsigned int* csr, float* out, int nu, int d) {
+    int u = blockIdx.x;
+    if (u >= nu) return;
+    const unsigned int* uniq = csr + nu + 1;
+    const unsigned int* order = uniq + nu;
+    unsigned int a = csr[u], b = csr[u + 1];
+    float* o = out + (long long)uniq[u] * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        unsigned int k = a;
+        for (; k + 3 < b; k += 4) {
+            s0 += ld(g, (long long)order[k] * d + c);
+            s1 += ld(g, (long long)order[k + 1] * d + c);
+            s2 += ld(g, (long long)order[k + 2] * d + c);
+            s3 += ld(g, (long long)order[k + 3] * d + c);
+        }
+        for (; k < b; k++) s0 += ld(g, (long long)order[k] * d + c);
+        o[c] = (s0 + s1) + (s2 + s3);
+    }
+}
+extern "C" __global__ void emb_grad_f32(const float* g, const unsigned int* csr, float* out, int nu, int d) { emb_grad(g, csr, out, nu, d); }
+extern "C" __global__ void emb_grad_bf16(const unsigned short* g, const unsigned int* csr, float* out, int nu, int d) { emb_grad(g, csr, out, nu, d); }
+
 #define F32 float
 #define BF16 unsigned short
 // AdamW, in place (f32): x = beta x + (1 - beta) g (g^2 with sq); w = w decay - lr (m ic1) / (sqrt(v ic2) + eps).
@@ -1438,6 +1685,91 @@ KERNELS(BF16, bf16)
         Ok(())
     }
 
+    /// The contiguous slice of an operand of `el` elements of `T`.
+    fn slice<'a, T: CudaDType>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        el: usize,
+        what: &str,
+    ) -> Result<candle_core::cuda::cudarc::driver::CudaView<'a, T>> {
+        match l.contiguous_offsets() {
+            Some((a, b)) if b - a == el => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
+            _ => candle_core::bail!("{what}: not a contiguous run of {el} elements"),
+        }
+    }
+
+    /// [`super::RmsDgPart`]: `parts` blocks of 256 threads, each summing `per` rows of
+    /// `dy ⊙ x·r` into its row of an f32 (parts × n) output.
+    pub fn rms_dg(
+        x: (&CudaStorage, &Layout),
+        dy: (&CudaStorage, &Layout),
+        rows: usize,
+        n: usize,
+        per: usize,
+        eps: f32,
+    ) -> Result<CudaStorage> {
+        let dev = x.0.device.clone();
+        if !(1..=64).contains(&per) || x.0.dtype() != dy.0.dtype() {
+            candle_core::bail!("rms-dg: {per} rows a part (1..=64), {:?} / {:?}", x.0.dtype(), dy.0.dtype());
+        }
+        let parts = rows.div_ceil(per);
+        // SAFETY: the kernel writes every element (each part's row of n sums).
+        let out = unsafe { dev.alloc::<f32>(parts * n)? };
+        let (r, nn, pp) = (rows as i64, n as i32, per as i32);
+        let cfg = LaunchConfig { grid_dim: (parts.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        macro_rules! go {
+            ($ty:ty, $name:expr) => {{
+                let func = dev.get_or_load_custom_func($name, "pith_fused", ptx()?)?;
+                let (xs, gs) =
+                    (slice::<$ty>(x.0, x.1, rows * n, "rms-dg")?, slice::<$ty>(dy.0, dy.1, rows * n, "rms-dg")?);
+                let mut b = func.builder();
+                b.arg(&xs).arg(&gs).arg(&out).arg(&r).arg(&nn).arg(&pp).arg(&eps);
+                // SAFETY: rows × n inputs (checked), ceil(rows / per) blocks each reading its
+                // ≤ per ≤ 64 rows (the shared array's size) and writing its row of the output.
+                unsafe { b.launch(cfg) }.w()?;
+            }};
+        }
+        match x.0.dtype() {
+            DType::F32 => go!(f32, "rms_dg_f32"),
+            DType::BF16 => go!(half::bf16, "rms_dg_bf16"),
+            other => candle_core::bail!("rms-dg: f32 or bf16, got {other:?}"),
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    /// [`super::EmbeddingGrad`]: one block of 128 threads per distinct id, writing its row of a
+    /// zeroed f32 (vocab × d) output.
+    pub fn emb_grad(
+        g: (&CudaStorage, &Layout),
+        csr: (&CudaStorage, &Layout),
+        op: &super::EmbeddingGrad,
+    ) -> Result<CudaStorage> {
+        let dev = g.0.device.clone();
+        let (nu, rows, d) = (op.distinct, op.rows, op.d);
+        let out = dev.alloc_zeros::<f32>(op.vocab * d)?;
+        let cs = slice::<u32>(csr.0, csr.1, 2 * nu + 1 + rows, "embedding-grad")?;
+        let (u, dd) = (nu as i32, d as i32);
+        let cfg = LaunchConfig { grid_dim: (nu.max(1) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        macro_rules! go {
+            ($ty:ty, $name:expr) => {{
+                let func = dev.get_or_load_custom_func($name, "pith_fused", ptx()?)?;
+                let gs = slice::<$ty>(g.0, g.1, rows * d, "embedding-grad")?;
+                let mut b = func.builder();
+                b.arg(&gs).arg(&cs).arg(&out).arg(&u).arg(&dd);
+                // SAFETY: `csr` holds U + 1 offsets into `order` (0 ..= N), U ids below vocab and
+                // N positions below N (built and checked by `embedding_grad`); g is N × d and out
+                // vocab × d; one block per distinct id writes that id's row alone.
+                unsafe { b.launch(cfg) }.w()?;
+            }};
+        }
+        match g.0.dtype() {
+            DType::F32 => go!(f32, "emb_grad_f32"),
+            DType::BF16 => go!(half::bf16, "emb_grad_bf16"),
+            other => candle_core::bail!("embedding-grad: f32 or bf16, got {other:?}"),
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
     struct Args<'a> {
         el: usize,
         threads: usize,
@@ -1499,6 +1831,36 @@ mod tests {
         assert!(d < 1e-5, "fused vs plain loss: {d}");
     }
 
+    /// The embedding gradient is candle's `index_select` backward (repeated and absent ids),
+    /// and a bad id or a length mismatch is an error.
+    #[test]
+    fn embedding_grad_is_index_selects_backward() {
+        let d = check_embedding(&Device::Cpu).unwrap();
+        assert!(d < 1e-6, "fused vs plain embedding gradient: {d}");
+        let g = Tensor::ones((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = embedding_grad(&g, &[1, 1, 4], 5).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(e, [vec![0.0; 4], vec![2.0; 4], vec![0.0; 4], vec![0.0; 4], vec![1.0; 4]]);
+        assert!(embedding_grad(&g, &[1, 1, 5], 5).is_err(), "an id past the vocabulary");
+        assert!(embedding_grad(&g, &[1, 1], 5).is_err(), "fewer ids than rows");
+    }
+
+    /// The gain's gradient in parts of `per` rows sums to Σ_rows dy ⊙ x̂, for a last part short
+    /// or full and one part or many.
+    #[test]
+    fn rms_dg_parts_sum_to_the_gains_gradient() {
+        for (rows, per) in [(1, 64), (64, 64), (130, 64), (77, 5)] {
+            let x = Tensor::randn(0f64, 1.5, (rows, 9), &Device::Cpu).unwrap();
+            let dy = Tensor::randn(0f64, 1.0, (rows, 9), &Device::Cpu).unwrap();
+            let parts = x.apply_op2_no_bwd(&dy, &RmsDgPart { eps: 1e-5, per }).unwrap();
+            assert_eq!(parts.dims(), [rows.div_ceil(per), 9]);
+            let r =
+                x.sqr().unwrap().mean_keepdim(1).unwrap().affine(1.0, 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+            let want = (dy * x.broadcast_mul(&r).unwrap()).unwrap().sum(0).unwrap();
+            let d = (parts.sum(0).unwrap() - want).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            assert!(d < 1e-9, "{rows} rows by {per}: {d}");
+        }
+    }
+
     /// The in-place optimizer is candle's composition of AdamW, step after step (the bias
     /// corrections change with the step), and refuses what it cannot update in place.
     #[test]
@@ -1552,6 +1914,6 @@ mod tests {
     #[test]
     fn nvrtc_compiles_the_kernels() {
         let ptx = super::cuda::ptx().unwrap();
-        assert_eq!(ptx.matches(".entry").count(), 18, "{ptx}");
+        assert_eq!(ptx.matches(".entry").count(), 22, "{ptx}");
     }
 }
