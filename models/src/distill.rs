@@ -1025,6 +1025,14 @@ mod train {
         ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
     }
 
+    /// Whether the fused loss of bf16 logits writes its gradient in bf16
+    /// ([`crate::fused::kd_loss_grad_as`]; off when the GPU self-check finds it differing from
+    /// the f32 gradient rounded).
+    fn half_loss_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
+    }
+
     /// Whether AdamW runs as [`crate::fused::adamw`] (off with `PITH_DISTILL_UNFUSED=1`, or when
     /// the GPU self-check finds it disagreeing with candle's ops).
     fn fused_adam_flag() -> &'static std::sync::atomic::AtomicBool {
@@ -1119,7 +1127,8 @@ mod train {
         } else {
             (s.to_dtype(DType::F32).map_err(ce)?, t.to_dtype(DType::F32).map_err(ce)?)
         };
-        crate::fused::kd_loss_grad(&s, &t, &ids, alpha, temp).map_err(ce)
+        let half = half_loss_flag().load(std::sync::atomic::Ordering::Relaxed);
+        crate::fused::kd_loss_grad_as(&s, &t, &ids, alpha, temp, half).map_err(ce)
     }
 
     /// AdamW state per variable. The moments are written in place (`Var::set`), like the
@@ -1892,6 +1901,17 @@ mod train {
                             "distill: the fused loss disagrees with candle's ops here ({r:?}): computing it with them"
                         );
                         fused_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                match crate::fused::check_kd_half(&dev) {
+                    Ok(d) if d < 1e-9 => {
+                        eprintln!("distill: the fused loss's bf16 gradient is its f32 one rounded here")
+                    }
+                    r => {
+                        eprintln!(
+                            "distill: the fused loss's bf16 gradient differs from its f32 one rounded here ({r:?}): writing it in f32"
+                        );
+                        half_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 match crate::fused::check_embedding(&dev) {

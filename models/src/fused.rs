@@ -390,13 +390,13 @@ impl CustomOp2 for RmsNorm {
         let dy = grad.contiguous()?;
         let dx = x.apply_op3_no_bwd(g, &dy, &RmsNormBwd { eps: self.eps })?;
         // dg = Σ_rows dy ⊙ x̂, x̂ = the normalized rows (the forward with a unit gain).
-        // One pass over x and dy writes sums over parts of 64 rows (in f32 at least: a bf16 sum
+        // One pass over x and dy writes sums over parts of 32 rows (in f32 at least: a bf16 sum
         // of thousands of rows drifts); the parts' sum is one more small pass.
         let n = g.elem_count().max(1);
         let parts = x
             .contiguous()?
             .reshape(((), n))?
-            .apply_op2_no_bwd(&dy.reshape(((), n))?, &RmsDgPart { eps: self.eps, per: 64 })?;
+            .apply_op2_no_bwd(&dy.reshape(((), n))?, &RmsDgPart { eps: self.eps, per: 32 })?;
         let dg = column_sum(&parts)?.to_dtype(g.dtype())?;
         Ok((Some(dx), Some(dg)))
     }
@@ -747,6 +747,21 @@ pub fn kd_loss_grad(
     alpha: f64,
     temp: f64,
 ) -> Result<(f64, Tensor)> {
+    kd_loss_grad_as(student, teacher, labels, alpha, temp, false)
+}
+
+/// [`kd_loss_grad`] with `half`: for bf16 logits on a GPU the gradient comes back in bf16 —
+/// the f32 kernel's values rounded to nearest even, what converting its f32 output would give —
+/// so the step's largest tensor (N × V: 6.4 GB in f32 at 32,768 × 49,152) is written at half the
+/// size and not converted afterwards. Elsewhere (f32 logits, the CPU) it is [`kd_loss_grad`].
+pub fn kd_loss_grad_as(
+    student: &Tensor,
+    teacher: &Tensor,
+    labels: &Tensor,
+    alpha: f64,
+    temp: f64,
+    half: bool,
+) -> Result<(f64, Tensor)> {
     let (n, v) = student.dims2()?;
     if teacher.dims() != [n, v] || labels.dims() != [n] || student.dtype() != teacher.dtype() {
         candle_core::bail!(
@@ -766,9 +781,40 @@ pub fn kd_loss_grad(
     if l.max(0)?.to_scalar::<u32>()? as usize >= v {
         candle_core::bail!("kd-loss: a label is not below the vocabulary size {v}");
     }
-    let out = s.apply_op3_no_bwd(&t, &l, &KdLoss { alpha, temp, rows: n, n: v })?;
+    let out = s.apply_op3_no_bwd(&t, &l, &KdLoss { alpha, temp, rows: n, n: v, half })?;
+    if out.dtype() == candle_core::DType::BF16 {
+        // Each row's f32 loss as two bf16 elements (low half first), after the gradient.
+        let tail = out.narrow(0, half_tail(n, v), 2 * n)?.to_vec1::<half::bf16>()?;
+        let sum: f64 = tail
+            .chunks_exact(2)
+            .map(|p| f32::from_bits(u32::from(p[0].to_bits()) | u32::from(p[1].to_bits()) << 16) as f64)
+            .sum();
+        return Ok((sum / n as f64, out.narrow(0, 0, n * v)?.reshape((n, v))?));
+    }
     let value = out.narrow(0, n * v, n)?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()? / n as f64;
     Ok((value, out.narrow(0, 0, n * v)?.reshape((n, v))?))
+}
+
+/// The bf16-gradient loss against the f32-gradient one on `dev` (bf16 logits of 5 × 49,153: an
+/// odd element count, so the losses' offset is rounded up): the gradient must be the f32 one
+/// rounded and the loss the same number. 0 where no bf16 gradient is made (the CPU).
+pub fn check_kd_half(dev: &candle_core::Device) -> Result<f32> {
+    if dev.is_cpu() {
+        return Ok(0.0);
+    }
+    let bf = candle_core::DType::BF16;
+    let (n, v) = (5, 49153);
+    let (s, t) =
+        (Tensor::randn(0f32, 3.0, (n, v), dev)?.to_dtype(bf)?, Tensor::randn(0f32, 3.0, (n, v), dev)?.to_dtype(bf)?);
+    let labels = Tensor::from_vec(vec![0u32, 7, 30000, 49151, 49152], n, dev)?;
+    let (vh, gh) = kd_loss_grad_as(&s, &t, &labels, 0.2, 1.0, true)?;
+    if gh.dtype() != bf {
+        return Ok(0.0);
+    }
+    let (vf, gf) = kd_loss_grad_as(&s, &t, &labels, 0.2, 1.0, false)?;
+    let f32t = candle_core::DType::F32;
+    let d = diff(&gh.to_dtype(f32t)?, &gf.to_dtype(bf)?.to_dtype(f32t)?)?;
+    Ok(d.max((vh - vf).abs() as f32))
 }
 
 /// [`kd_loss_grad`]'s kernel: its output is the gradient (rows × n) followed by each row's loss
@@ -778,6 +824,15 @@ struct KdLoss {
     temp: f64,
     rows: usize,
     n: usize,
+    /// bf16 logits on a GPU: the gradient in bf16 (then the losses as f32 bits, see
+    /// [`kd_loss_grad_as`]) instead of f32 — half the bytes written, and no conversion after.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    half: bool,
+}
+
+/// Where the rows' losses start in [`KdLoss`]'s bf16 output (an even element: f32-aligned).
+fn half_tail(rows: usize, n: usize) -> usize {
+    (rows * n).next_multiple_of(2)
 }
 
 /// log Σ exp over a row, in f64.
@@ -862,7 +917,12 @@ impl CustomOp3 for KdLoss {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = cuda::kd_loss(self.rows, self.n, self.alpha as f32, self.temp as f32, (s1, l1), (s2, l2), (s3, l3))?;
+        let (a, t) = (self.alpha as f32, self.temp as f32);
+        if self.half && s1.dtype() == candle_core::DType::BF16 {
+            let out = cuda::kd_loss_half(self.rows, self.n, a, t, (s1, l1), (s2, l2), (s3, l3))?;
+            return Ok((out, Shape::from(half_tail(self.rows, self.n) + 2 * self.rows)));
+        }
+        let out = cuda::kd_loss(self.rows, self.n, a, t, (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from(self.rows * self.n + self.rows)))
     }
 }
@@ -1418,14 +1478,14 @@ __device__ float block_sum(float v, float* sm) {
     for (int i = 0; i < (int)(blockDim.x >> 5); i++) v += sm[i];
     return v;
 }
-template <typename T>
-__device__ void kd_rows(const T* s, const T* t, const unsigned int* labels, float* out, long long rows, int n, float temp, float alpha) {
+template <typename T, typename G>
+__device__ void kd_rows(const T* s, const T* t, const unsigned int* labels, G* grad, float* loss, long long rows, int n, float temp, float alpha) {
     __shared__ float sm[32], ss[32];
     long long row = blockIdx.x;
     if (row >= rows) return;
     const T* sr = s + row * n;
     const T* tr = t + row * n;
-    float* g = out + row * n;
+    G* g = grad + row * n;
     float it = 1.f / temp, ninf = __int_as_float(0xff800000);
     bool kd = alpha < 1.f, ce = alpha > 0.f;
     float ma = ninf, sa = 0.f, mb = ninf, sb = 0.f, mc = ninf, sc = 0.f;
@@ -1447,18 +1507,21 @@ __device__ void kd_rows(const T* s, const T* t, const unsigned int* labels, floa
             v = ckd * (expf(a - la) - pb);
         }
         if (ce) v += cce * (expf(x - lc) - ((unsigned int)j == lab ? 1.f : 0.f));
-        g[j] = v;
+        st(g, j, v);
     }
     kl = block_sum(kl, sm);
     if (threadIdx.x == 0) {
         float l = 0.f;
         if (kd) l += (1.f - alpha) * temp * temp * (kl - lb + la);
         if (ce) l += alpha * (lc - ld(sr, lab));
-        out[rows * n + row] = l;
+        loss[row] = l;
     }
 }
-extern "C" __global__ void kd_loss_f32(const float* s, const float* t, const unsigned int* l, float* out, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, out, rows, n, temp, alpha); }
-extern "C" __global__ void kd_loss_bf16(const unsigned short* s, const unsigned short* t, const unsigned int* l, float* out, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, out, rows, n, temp, alpha); }
+extern "C" __global__ void kd_loss_f32(const float* s, const float* t, const unsigned int* l, float* out, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, out, out + rows * n, rows, n, temp, alpha); }
+extern "C" __global__ void kd_loss_bf16(const unsigned short* s, const unsigned short* t, const unsigned int* l, float* out, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, out, out + rows * n, rows, n, temp, alpha); }
+// bf16 logits, a bf16 gradient (rounded to nearest even, as a conversion after the f32 kernel
+// would) and the rows' losses in f32 at `loss` (the caller's buffer after the gradient).
+extern "C" __global__ void kd_loss_bf16g(const unsigned short* s, const unsigned short* t, const unsigned int* l, unsigned short* grad, float* loss, long long rows, int n, float temp, float alpha) { kd_rows(s, t, l, grad, loss, rows, n, temp, alpha); }
 
 // The gain's gradient of an RMSNorm, in parts: part b (one block of 256 threads) sums
 // dy * x * r over rows b*per .. b*per + per (r = 1 / sqrt(mean(x^2) + eps) of each row, per <= 64)
@@ -1622,6 +1685,42 @@ KERNELS(BF16, bf16)
             (DType::BF16, DType::BF16) => go!(half::bf16, "kd_loss_bf16"),
             (a, b) => candle_core::bail!("kd-loss: f32 or bf16 logits, got {a:?} / {b:?}"),
         }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    /// [`super::KdLoss`] with a bf16 gradient: bf16 logits, one block of 256 threads a row; the
+    /// output (bf16) is the gradient (rows × n), then from element `half_tail` each row's f32
+    /// loss as two elements.
+    pub fn kd_loss_half(
+        rows: usize,
+        n: usize,
+        alpha: f32,
+        temp: f32,
+        s: (&CudaStorage, &Layout),
+        t: (&CudaStorage, &Layout),
+        l: (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let dev = s.0.device.clone();
+        if s.0.dtype() != DType::BF16 || t.0.dtype() != DType::BF16 {
+            candle_core::bail!("kd-loss: a bf16 gradient needs bf16 logits, got {:?} / {:?}", s.0.dtype(), t.0.dtype());
+        }
+        let ss = slice::<half::bf16>(s.0, s.1, rows * n, "kd-loss")?;
+        let ts = slice::<half::bf16>(t.0, t.1, rows * n, "kd-loss")?;
+        let labels = slice::<u32>(l.0, l.1, rows, "kd-loss")?;
+        let at = super::half_tail(rows, n);
+        // SAFETY: the kernel writes every gradient element and every row's loss; the element
+        // between them (odd rows × n) is never read.
+        let out = unsafe { dev.alloc::<half::bf16>(at + 2 * rows)? };
+        let (grad, loss) = (out.slice(0..rows * n), out.slice(at..at + 2 * rows));
+        let (r, nn) = (rows as i64, n as i32);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let func = dev.get_or_load_custom_func("kd_loss_bf16g", "pith_fused", ptx()?)?;
+        let mut b = func.builder();
+        b.arg(&ss).arg(&ts).arg(&labels).arg(&grad).arg(&loss).arg(&r).arg(&nn).arg(&temp).arg(&alpha);
+        // SAFETY: one block a row over rows × n bf16 inputs (checked), `rows` labels below n
+        // (checked by the caller); the gradient's rows × n bf16 and the losses' `rows` f32 at an
+        // even (4-byte aligned) element lie in `out`.
+        unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
@@ -1909,11 +2008,27 @@ mod tests {
         assert!(causal_softmax_grouped(&s, 0.5, 5, 3).is_err(), "rows not a multiple of T");
     }
 
+    /// Asking for a bf16 gradient changes nothing where none is made (f32 logits, the CPU), and
+    /// the self-check reports 0 there.
+    #[test]
+    fn the_half_gradient_request_is_ignored_off_the_gpu() {
+        let dev = Device::Cpu;
+        let (s, t) =
+            (Tensor::randn(0f32, 3.0, (4, 33), &dev).unwrap(), Tensor::randn(0f32, 3.0, (4, 33), &dev).unwrap());
+        let labels = Tensor::from_vec(vec![0u32, 5, 17, 32], 4, &dev).unwrap();
+        let (va, ga) = kd_loss_grad_as(&s, &t, &labels, 0.3, 2.0, true).unwrap();
+        let (vb, gb) = kd_loss_grad(&s, &t, &labels, 0.3, 2.0).unwrap();
+        assert_eq!(va, vb);
+        assert_eq!(ga.dtype(), candle_core::DType::F32);
+        assert_eq!(diff(&ga, &gb).unwrap(), 0.0);
+        assert_eq!(check_kd_half(&dev).unwrap(), 0.0);
+    }
+
     /// NVRTC (no GPU needed) accepts the kernels: run with the CUDA libraries on the path.
     #[cfg(feature = "cuda")]
     #[test]
     fn nvrtc_compiles_the_kernels() {
         let ptx = super::cuda::ptx().unwrap();
-        assert_eq!(ptx.matches(".entry").count(), 22, "{ptx}");
+        assert_eq!(ptx.matches(".entry").count(), 23, "{ptx}");
     }
 }
