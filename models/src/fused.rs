@@ -583,7 +583,19 @@ pub fn check_embedding(dev: &candle_core::Device) -> Result<f32> {
     let plain = (w.as_tensor().index_select(&idt, 0)? * &g)?.sum_all()?.backward()?;
     let plain = plain.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?.clone();
     let fused = embedding_grad(&g, &ids, vocab)?;
-    Ok(diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32)
+    let mut worst = diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32;
+    // A bf16 gradient (a bf16 run's): the same sums of its exactly widened values.
+    let gh = g.to_dtype(candle_core::DType::BF16)?;
+    let w = candle_core::Var::from_tensor(w.as_tensor())?;
+    let plain =
+        (w.as_tensor().index_select(&idt, 0)? * gh.to_dtype(candle_core::DType::F32)?)?.sum_all()?.backward()?;
+    let plain = plain.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?.clone();
+    let fused = embedding_grad(&gh, &ids, vocab)?;
+    if fused.dtype() != candle_core::DType::F32 {
+        candle_core::bail!("embedding_grad: a {:?} gradient from bf16 rows (f32 expected)", fused.dtype());
+    }
+    worst = worst.max(diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32);
+    Ok(worst)
 }
 
 /// The sums of the columns of `p` (rows, n), an f32 matrix: `sum(0)` on the CPU; on a GPU
