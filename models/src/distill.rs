@@ -840,6 +840,11 @@ mod train {
             prof::fine(&self.device, "bwd attention");
             // Back to (B·T, heads·hd), rotated back where RoPE turned them.
             let flat = |d: Tensor, nh: usize, rot: bool| -> Result<Tensor> {
+                if rot && rope_t_flag().load(std::sync::atomic::Ordering::Relaxed) {
+                    // The transpose and the rotation back in one pass.
+                    let d = crate::fused::grad::rope_t(&d, &c_tab, &s_tab).map_err(ce)?;
+                    return d.reshape((nt, nh * hd)).map_err(ce);
+                }
                 let d = d.transpose(1, 2).and_then(|d| d.contiguous()).map_err(ce)?; // (B, T, nh, hd)
                 let d = if rot { crate::fused::grad::rope(&d, &c_tab, &s_tab).map_err(ce)? } else { d };
                 d.reshape((nt, nh * hd)).map_err(ce)
@@ -1021,6 +1026,14 @@ mod train {
     /// Whether the embedding lookup's gradient is [`crate::fused::embedding_grad`] (off with
     /// `PITH_DISTILL_UNFUSED=1`, or when the GPU self-check finds it disagreeing with candle's).
     fn fused_embed_flag() -> &'static std::sync::atomic::AtomicBool {
+        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
+    }
+
+    /// Whether RoPE's backward in the hand-written layer backward also transposes from
+    /// attention's heads-first layout ([`crate::fused::grad::rope_t`]; off when the GPU
+    /// self-check finds it differing from the transpose then [`crate::fused::grad::rope`]).
+    fn rope_t_flag() -> &'static std::sync::atomic::AtomicBool {
         static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
         ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
     }
@@ -1912,6 +1925,19 @@ mod train {
                             "distill: the fused loss's bf16 gradient differs from its f32 one rounded here ({r:?}): writing it in f32"
                         );
                         half_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                match crate::fused::check_rope_t(&dev) {
+                    Ok(d) if d < 1e-6 => {
+                        eprintln!(
+                            "distill: RoPE's transposing backward agrees with the transpose and RoPE here ({d:.1e})"
+                        )
+                    }
+                    r => {
+                        eprintln!(
+                            "distill: RoPE's transposing backward differs from the transpose and RoPE here ({r:?}): two passes"
+                        );
+                        rope_t_flag().store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 match crate::fused::check_embedding(&dev) {

@@ -211,14 +211,28 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         candle_core::bail!("rope: x {:?} with tables {:?} / {:?}", x.dims(), cos.dims(), sin.dims());
     }
     let (x, cos, sin) = (x.contiguous()?, cos.contiguous()?, sin.contiguous()?);
-    x.apply_op3(&cos, &sin, Rope { sign: 1.0, t, h })
+    x.apply_op3(&cos, &sin, Rope { sign: 1.0, t, h, heads_first: false })
 }
 
+#[derive(Clone, Copy)]
 struct Rope {
     /// 1: rotate by θ; −1: by −θ (the backward).
     sign: f32,
     t: usize,
     h: usize,
+    /// The input is (B, H, T, hd) and the output (B, T, H, hd): the transpose back from
+    /// attention's layout in the same pass ([`grad::rope_t`]).
+    heads_first: bool,
+}
+
+impl Rope {
+    /// The output's shape for an input of `dims`.
+    fn out_shape(&self, dims: &[usize]) -> Shape {
+        match (self.heads_first, dims) {
+            (true, &[b, h, t, hd]) => Shape::from((b, t, h, hd)),
+            _ => Shape::from(dims),
+        }
+    }
 }
 
 fn rope_cpu<T: Real>(
@@ -235,8 +249,11 @@ fn rope_cpu<T: Real>(
     let sign: T = re(op.sign);
     let mut y = vec![T::zero(); x.len()];
     // One chunk per (b, t, head): hd values, hd/2 pairs.
-    y.par_chunks_mut(2 * half).zip(x.par_chunks(2 * half)).enumerate().for_each(|(k, (y, x))| {
+    y.par_chunks_mut(2 * half).enumerate().for_each(|(k, y)| {
         let pos = (k / op.h) % op.t;
+        // Chunk k is (b, pos, head); read from (b, head, pos) where the input is heads first.
+        let src = if op.heads_first { (k / (op.h * op.t) * op.h + k % op.h) * op.t + pos } else { k };
+        let x = &x[src * 2 * half..(src + 1) * 2 * half];
         for i in 0..half {
             let (cs, sn) = (c[pos * half + i], sign * s[pos * half + i]);
             let (a, b) = (x[2 * i], x[2 * i + 1]);
@@ -261,7 +278,7 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Ok((by_dtype!(s1, "rope", rope_cpu(s1, l1, s2, l2, s3, l3, self))?, l1.shape().clone()))
+        Ok((by_dtype!(s1, "rope", rope_cpu(s1, l1, s2, l2, s3, l3, self))?, self.out_shape(l1.dims())))
     }
 
     #[cfg(feature = "cuda")]
@@ -277,7 +294,7 @@ impl CustomOp3 for Rope {
         let el = l1.shape().elem_count();
         let half = l2.shape().elem_count() / self.t;
         let out = cuda::launch(
-            "rope",
+            if self.heads_first { "rope_t" } else { "rope" },
             &[(s1, l1), (s2, l2), (s3, l3)],
             el,
             el / 2,
@@ -286,7 +303,7 @@ impl CustomOp3 for Rope {
             &[self.t as i32, self.h as i32],
             self.sign,
         )?;
-        Ok((out, l1.shape().clone()))
+        Ok((out, self.out_shape(l1.dims())))
     }
 
     fn bwd(
@@ -297,6 +314,9 @@ impl CustomOp3 for Rope {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.heads_first {
+            candle_core::bail!("rope: the transposing form is a backward pass, not differentiable");
+        }
         let back = Rope { sign: -self.sign, ..*self };
         Ok((Some(grad.contiguous()?.apply_op3_no_bwd(cos, sin, &back)?), None, None))
     }
@@ -568,6 +588,32 @@ impl CustomOp2 for EmbeddingGrad {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         Ok((cuda::emb_grad((s1, l1), (s2, l2), self)?, Shape::from((self.vocab, self.d))))
     }
+}
+
+/// The largest difference between [`grad::rope_t`] (RoPE's backward with the transpose from
+/// heads first) and the transpose followed by [`grad::rope`], on `dev`, in f32 and bf16 —
+/// checked apart, so that a failure turns off the transposing form alone.
+pub fn check_rope_t(dev: &candle_core::Device) -> Result<f32> {
+    let (b, h, t, hd) = (2, 3, 7, 8);
+    let th = Tensor::randn(0f32, 2.0, (t, hd / 2), dev)?;
+    let (cos, sin) = (th.cos()?, th.sin()?);
+    let d = Tensor::randn(0f32, 1.0, (b, h, t, hd), dev)?;
+    let mut worst = 0f32;
+    let mut types = vec![candle_core::DType::F32];
+    if dev.is_cuda() {
+        types.push(candle_core::DType::BF16);
+    }
+    for ty in types {
+        let (d, cos, sin) = (d.to_dtype(ty)?, cos.to_dtype(ty)?, sin.to_dtype(ty)?);
+        let fused = grad::rope_t(&d, &cos, &sin)?;
+        let plain = grad::rope(&d.transpose(1, 2)?.contiguous()?, &cos, &sin)?;
+        if fused.dims() != plain.dims() {
+            candle_core::bail!("rope_t: {:?} against {:?}", fused.dims(), plain.dims());
+        }
+        let f = candle_core::DType::F32;
+        worst = worst.max(diff(&fused.to_dtype(f)?, &plain.to_dtype(f)?)?);
+    }
+    Ok(worst)
 }
 
 /// The largest difference between [`embedding_grad`] and candle's backward of `index_select`
@@ -958,7 +1004,26 @@ pub mod grad {
     /// `dx` of [`rope`] (the rotation by −θ of `dy` (B, T, H, hd)).
     pub fn rope(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (_, t, h, _) = dy.dims4()?;
-        dy.contiguous()?.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &Rope { sign: -1.0, t, h })
+        dy.contiguous()?.apply_op3_no_bwd(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            &Rope { sign: -1.0, t, h, heads_first: false },
+        )
+    }
+
+    /// [`rope`] of `dy` given heads first, (B, H, T, hd), as attention's backward leaves it: the
+    /// result is (B, T, H, hd) — the transpose and the rotation in one pass, where a transpose
+    /// (a strided copy) and then the rotation took two.
+    pub fn rope_t(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (_, h, t, hd) = dy.dims4()?;
+        if cos.dims() != [t, hd / 2] || sin.dims() != [t, hd / 2] || hd % 2 != 0 {
+            candle_core::bail!("rope_t: dy {:?} with tables {:?} / {:?}", dy.dims(), cos.dims(), sin.dims());
+        }
+        dy.contiguous()?.apply_op3_no_bwd(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            &Rope { sign: -1.0, t, h, heads_first: true },
+        )
     }
 
     /// `da` and `db` of [`swiglu`].
@@ -1412,6 +1477,24 @@ __device__ void rope_pairs(const T* x, const T* c, const T* s, T* y, long long p
     st(y, 2 * k + 1, a * sn + b * cs);
 }
 
+// The same rotation of x given heads first, (B, h, t, 2n), written as (B, t, h, 2n): output
+// pair k is pair k % n of head (k / n) % h at position (k / (n h)) % t of sequence k / (n h t).
+template <typename T>
+__device__ void rope_t_pairs(const T* x, const T* c, const T* s, T* y, long long pairs, int n, int t, int h, float sign) {
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= pairs) return;
+    int i = (int)(k % n);
+    long long r = k / n;
+    long long hh = r % h;
+    long long pos = (r / h) % t;
+    long long seq = r / ((long long)h * t);
+    long long src = ((seq * h + hh) * t + pos) * n + i;
+    float a = ld(x, 2 * src), b = ld(x, 2 * src + 1);
+    float cs = ld(c, pos * n + i), sn = sign * ld(s, pos * n + i);
+    st(y, 2 * k, a * cs - b * sn);
+    st(y, 2 * k + 1, a * sn + b * cs);
+}
+
 // y = x * r * g per row of n, r = 1 / sqrt(mean(x^2) + eps).
 template <typename T>
 __device__ float rms_r(const T* xr, int n, float eps, int lane) {
@@ -1612,6 +1695,7 @@ extern "C" __global__ void adam_update(float* w, const float* m, const float* v,
 extern "C" __global__ void causal_softmax_##S(const T* x, T* y, long long rows, int n, int t, int p, float scale) { softmax_fwd(x, y, rows, n, t, p, scale); } \
 extern "C" __global__ void causal_softmax_bwd_##S(const T* y, const T* dy, T* dx, long long rows, int n, float scale) { softmax_bwd(y, dy, dx, rows, n, scale); } \
 extern "C" __global__ void rope_##S(const T* x, const T* c, const T* s, T* y, long long pairs, int n, int t, int h, float sign) { rope_pairs(x, c, s, y, pairs, n, t, h, sign); } \
+extern "C" __global__ void rope_t_##S(const T* x, const T* c, const T* s, T* y, long long pairs, int n, int t, int h, float sign) { rope_t_pairs(x, c, s, y, pairs, n, t, h, sign); } \
 extern "C" __global__ void rms_norm_##S(const T* x, const T* g, T* y, long long rows, int n, float eps) { rms_fwd(x, g, y, rows, n, eps); } \
 extern "C" __global__ void rms_norm_bwd_##S(const T* x, const T* g, const T* dy, T* dx, long long rows, int n, float eps) { rms_bwd(x, g, dy, dx, rows, n, eps); } \
 extern "C" __global__ void swiglu_##S(const T* a, const T* b, T* y, long long el, int n, float unused) { glu_fwd(a, b, y, el); } \
@@ -2020,6 +2104,16 @@ mod tests {
         assert!(causal_softmax_grouped(&s, 0.5, 5, 3).is_err(), "rows not a multiple of T");
     }
 
+    /// RoPE's backward from heads first is the transpose then the backward, and refuses tables
+    /// of another shape.
+    #[test]
+    fn the_transposing_rope_backward_is_transpose_then_rope() {
+        assert_eq!(check_rope_t(&Device::Cpu).unwrap(), 0.0);
+        let d = Tensor::randn(0f32, 1.0, (1, 2, 5, 6), &Device::Cpu).unwrap();
+        let c = Tensor::ones((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(grad::rope_t(&d, &c, &c).is_err(), "tables of 4 positions for 5");
+    }
+
     /// Asking for a bf16 gradient changes nothing where none is made (f32 logits, the CPU), and
     /// the self-check reports 0 there.
     #[test]
@@ -2041,6 +2135,6 @@ mod tests {
     #[test]
     fn nvrtc_compiles_the_kernels() {
         let ptx = super::cuda::ptx().unwrap();
-        assert_eq!(ptx.matches(".entry").count(), 23, "{ptx}");
+        assert_eq!(ptx.matches(".entry").count(), 25, "{ptx}");
     }
 }
