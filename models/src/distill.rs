@@ -1894,72 +1894,73 @@ mod train {
             // The fused kernels are checked against candle's own ops on this device before
             // they train anything; on a mismatch the run goes on without them.
             if !unfused() {
-                match crate::fused::check(&dev) {
-                    Ok(d) if d < 1e-3 => {
-                        eprintln!("distill: fused kernels agree with candle's ops here (max |Δ| {d:.1e})")
-                    }
-                    r => {
-                        eprintln!(
-                            "distill: fused kernels disagree with candle's ops here ({r:?}): training without them"
-                        );
-                        unfused_flag().store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                match crate::fused::check_kd(&dev) {
-                    Ok(d) if d < 1e-4 => {
-                        eprintln!("distill: the fused loss agrees with candle's ops here (max |Δ| {d:.1e})")
-                    }
-                    r => {
-                        eprintln!(
-                            "distill: the fused loss disagrees with candle's ops here ({r:?}): computing it with them"
-                        );
-                        fused_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                match crate::fused::check_kd_half(&dev) {
-                    Ok(d) if d < 1e-9 => {
-                        eprintln!("distill: the fused loss's bf16 gradient is its f32 one rounded here")
-                    }
-                    r => {
-                        eprintln!(
-                            "distill: the fused loss's bf16 gradient differs from its f32 one rounded here ({r:?}): writing it in f32"
-                        );
-                        half_loss_flag().store(false, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                match crate::fused::check_rope_t(&dev) {
-                    Ok(d) if d < 1e-6 => {
-                        eprintln!(
-                            "distill: RoPE's transposing backward agrees with the transpose and RoPE here ({d:.1e})"
-                        )
-                    }
-                    r => {
-                        eprintln!(
-                            "distill: RoPE's transposing backward differs from the transpose and RoPE here ({r:?}): two passes"
-                        );
-                        rope_t_flag().store(false, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                match crate::fused::check_embedding(&dev) {
-                    Ok(d) if d < 1e-5 => eprintln!(
-                        "distill: the fused embedding gradient agrees with candle's ops here (relative |Δ| {d:.1e})"
+                use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+                type Check = fn(&candle_core::Device) -> candle_core::Result<f32>;
+                // Each self-check: its bound, what it covers, what that is held to, how the run
+                // goes on without it, and the switch a failure sets (the first turns them all off).
+                let checks: [(Check, f32, &str, &str, &str, &AtomicBool, bool); 6] = [
+                    (
+                        crate::fused::check,
+                        1e-3,
+                        "fused kernels",
+                        "candle's ops",
+                        "training without them",
+                        unfused_flag(),
+                        true,
                     ),
-                    r => {
-                        eprintln!(
-                            "distill: the fused embedding gradient disagrees with candle's ops here ({r:?}): computing it with them"
-                        );
-                        fused_embed_flag().store(false, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                match crate::fused::check_adamw(&dev) {
-                    Ok(d) if d < 1e-5 => {
-                        eprintln!("distill: the fused optimizer agrees with candle's ops here (relative |Δ| {d:.1e})")
-                    }
-                    r => {
-                        eprintln!(
-                            "distill: the fused optimizer disagrees with candle's ops here ({r:?}): stepping with them"
-                        );
-                        fused_adam_flag().store(false, std::sync::atomic::Ordering::Relaxed);
+                    (
+                        crate::fused::check_kd,
+                        1e-4,
+                        "the fused loss",
+                        "candle's ops",
+                        "computing it with them",
+                        fused_loss_flag(),
+                        false,
+                    ),
+                    (
+                        crate::fused::check_kd_half,
+                        1e-9,
+                        "the fused loss's bf16 gradient",
+                        "its f32 one rounded",
+                        "writing it in f32",
+                        half_loss_flag(),
+                        false,
+                    ),
+                    (
+                        crate::fused::check_rope_t,
+                        1e-6,
+                        "RoPE's transposing backward",
+                        "the transpose and RoPE",
+                        "two passes",
+                        rope_t_flag(),
+                        false,
+                    ),
+                    (
+                        crate::fused::check_embedding,
+                        1e-5,
+                        "the fused embedding gradient",
+                        "candle's ops",
+                        "computing it with them",
+                        fused_embed_flag(),
+                        false,
+                    ),
+                    (
+                        crate::fused::check_adamw,
+                        1e-5,
+                        "the fused optimizer",
+                        "candle's ops",
+                        "stepping with them",
+                        fused_adam_flag(),
+                        false,
+                    ),
+                ];
+                for (check, bound, what, against, without, flag, set) in checks {
+                    match check(&dev) {
+                        Ok(d) if d < bound => eprintln!("distill: {what} agrees with {against} here (|Δ| {d:.1e})"),
+                        r => {
+                            eprintln!("distill: {what} disagrees with {against} here ({r:?}): {without}");
+                            flag.store(set, Relaxed);
+                        }
                     }
                 }
             }

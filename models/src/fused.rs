@@ -624,23 +624,24 @@ pub fn check_embedding(dev: &candle_core::Device) -> Result<f32> {
     let (vocab, d, rows) = (301, 72, 517);
     let ids: Vec<u32> = (0..rows as u32).map(|i| if i % 3 == 0 { 7 } else { (i * 37 + i / 5) % 250 }).collect();
     let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (vocab, d), dev)?)?;
-    let g = Tensor::randn(0f32, 1.0, (rows, d), dev)?;
     let idt = Tensor::from_vec(ids.clone(), rows, dev)?;
-    let plain = (w.as_tensor().index_select(&idt, 0)? * &g)?.sum_all()?.backward()?;
-    let plain = plain.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?.clone();
-    let fused = embedding_grad(&g, &ids, vocab)?;
-    let mut worst = diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32;
-    // A bf16 gradient (a bf16 run's): the same sums of its exactly widened values.
-    let gh = g.to_dtype(candle_core::DType::BF16)?;
-    let w = candle_core::Var::from_tensor(w.as_tensor())?;
-    let plain =
-        (w.as_tensor().index_select(&idt, 0)? * gh.to_dtype(candle_core::DType::F32)?)?.sum_all()?.backward()?;
-    let plain = plain.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?.clone();
-    let fused = embedding_grad(&gh, &ids, vocab)?;
-    if fused.dtype() != candle_core::DType::F32 {
-        candle_core::bail!("embedding_grad: a {:?} gradient from bf16 rows (f32 expected)", fused.dtype());
+    let g = Tensor::randn(0f32, 1.0, (rows, d), dev)?;
+    let mut worst = 0f32;
+    // An f32 gradient and a bf16 one (a bf16 run's): the sums of its exactly widened values, in f32.
+    let f32t = candle_core::DType::F32;
+    for g in [g.clone(), g.to_dtype(candle_core::DType::BF16)?] {
+        let plain = (w.as_tensor().index_select(&idt, 0)? * g.to_dtype(f32t)?)?.sum_all()?.backward()?;
+        let plain = plain.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?.clone();
+        let fused = embedding_grad(&g, &ids, vocab)?;
+        if fused.dtype() != f32t {
+            candle_core::bail!(
+                "embedding_grad: a {:?} gradient from {:?} rows (f32 expected)",
+                fused.dtype(),
+                g.dtype()
+            );
+        }
+        worst = worst.max(diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32);
     }
-    worst = worst.max(diff(&fused, &plain)? / max_abs(&plain)?.max(1e-30) as f32);
     Ok(worst)
 }
 
@@ -976,12 +977,12 @@ impl CustomOp3 for KdLoss {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (a, t) = (self.alpha as f32, self.temp as f32);
-        if self.half && s1.dtype() == candle_core::DType::BF16 {
-            let out = cuda::kd_loss_half(self.rows, self.n, a, t, (s1, l1), (s2, l2), (s3, l3))?;
-            return Ok((out, Shape::from(half_tail(self.rows, self.n) + 2 * self.rows)));
-        }
-        let out = cuda::kd_loss(self.rows, self.n, a, t, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((out, Shape::from(self.rows * self.n + self.rows)))
+        let out = cuda::kd_loss(self.rows, self.n, a, t, (s1, l1), (s2, l2), (s3, l3), self.half)?;
+        let el = match out.dtype() {
+            candle_core::DType::BF16 => half_tail(self.rows, self.n) + 2 * self.rows,
+            _ => self.rows * self.n + self.rows,
+        };
+        Ok((out, Shape::from(el)))
     }
 }
 
@@ -1741,8 +1742,10 @@ KERNELS(BF16, bf16)
         }
     }
 
-    /// [`super::KdLoss`] on the GPU: one block of 256 threads a row; the output (f32) is the
-    /// gradient (rows × n) and then each row's loss.
+    /// [`super::KdLoss`] on the GPU: one block of 256 threads a row. The output is the gradient
+    /// (rows × n) and then each row's loss, all f32 — or, with `half` and bf16 logits, the
+    /// gradient in bf16 and, from element `half_tail`, each row's f32 loss as two elements.
+    #[allow(clippy::too_many_arguments)]
     pub fn kd_loss(
         rows: usize,
         n: usize,
@@ -1751,24 +1754,36 @@ KERNELS(BF16, bf16)
         s: (&CudaStorage, &Layout),
         t: (&CudaStorage, &Layout),
         l: (&CudaStorage, &Layout),
+        half: bool,
     ) -> Result<CudaStorage> {
         let dev = s.0.device.clone();
-        let range = |x: &Layout| {
-            x.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("kd-loss: not contiguous".into()))
-        };
-        let ((sa, sb), (ta, tb), (la, lb)) = (range(s.1)?, range(t.1)?, range(l.1)?);
-        if sb - sa != rows * n || tb - ta != rows * n || lb - la != rows {
-            candle_core::bail!("kd-loss: inputs of {} / {} / {} elements for {rows} × {n}", sb - sa, tb - ta, lb - la);
-        }
-        let labels = l.0.as_cuda_slice::<u32>()?.slice(la..lb);
-        // SAFETY: the kernel writes every element (each row's gradient and its loss).
-        let out = unsafe { dev.alloc::<f32>(rows * n + rows)? };
+        let labels = slice::<u32>(l.0, l.1, rows, "kd-loss: the labels")?;
         let (r, nn) = (rows as i64, n as i32);
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        if half && s.0.dtype() == DType::BF16 && t.0.dtype() == DType::BF16 {
+            let ss = slice::<half::bf16>(s.0, s.1, rows * n, "kd-loss: the logits")?;
+            let ts = slice::<half::bf16>(t.0, t.1, rows * n, "kd-loss: the logits")?;
+            let at = super::half_tail(rows, n);
+            // SAFETY: the kernel writes every gradient element and every row's loss; the element
+            // between them (odd rows × n) is never read.
+            let out = unsafe { dev.alloc::<half::bf16>(at + 2 * rows)? };
+            let (grad, loss) = (out.slice(0..rows * n), out.slice(at..at + 2 * rows));
+            let func = dev.get_or_load_custom_func("kd_loss_bf16g", "pith_fused", ptx()?)?;
+            let mut b = func.builder();
+            b.arg(&ss).arg(&ts).arg(&labels).arg(&grad).arg(&loss).arg(&r).arg(&nn).arg(&temp).arg(&alpha);
+            // SAFETY: one block a row over rows × n bf16 inputs (checked), `rows` labels below n
+            // (checked by the caller); the gradient's rows × n bf16 and the losses' `rows` f32 at
+            // an even (4-byte aligned) element lie in `out`.
+            unsafe { b.launch(cfg) }.w()?;
+            return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+        }
+        // SAFETY: the kernel writes every element (each row's gradient and its loss).
+        let out = unsafe { dev.alloc::<f32>(rows * n + rows)? };
         macro_rules! go {
             ($ty:ty, $name:expr) => {{
                 let func = dev.get_or_load_custom_func($name, "pith_fused", ptx()?)?;
-                let (ss, ts) = (s.0.as_cuda_slice::<$ty>()?.slice(sa..sb), t.0.as_cuda_slice::<$ty>()?.slice(ta..tb));
+                let ss = slice::<$ty>(s.0, s.1, rows * n, "kd-loss: the logits")?;
+                let ts = slice::<$ty>(t.0, t.1, rows * n, "kd-loss: the logits")?;
                 let mut b = func.builder();
                 b.arg(&ss).arg(&ts).arg(&labels).arg(&out).arg(&r).arg(&nn).arg(&temp).arg(&alpha);
                 // SAFETY: one block a row over rows × n inputs of the checked sizes, `rows` labels
@@ -1784,47 +1799,11 @@ KERNELS(BF16, bf16)
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
-    /// [`super::KdLoss`] with a bf16 gradient: bf16 logits, one block of 256 threads a row; the
-    /// output (bf16) is the gradient (rows × n), then from element `half_tail` each row's f32
-    /// loss as two elements.
-    pub fn kd_loss_half(
-        rows: usize,
-        n: usize,
-        alpha: f32,
-        temp: f32,
-        s: (&CudaStorage, &Layout),
-        t: (&CudaStorage, &Layout),
-        l: (&CudaStorage, &Layout),
-    ) -> Result<CudaStorage> {
-        let dev = s.0.device.clone();
-        if s.0.dtype() != DType::BF16 || t.0.dtype() != DType::BF16 {
-            candle_core::bail!("kd-loss: a bf16 gradient needs bf16 logits, got {:?} / {:?}", s.0.dtype(), t.0.dtype());
-        }
-        let ss = slice::<half::bf16>(s.0, s.1, rows * n, "kd-loss")?;
-        let ts = slice::<half::bf16>(t.0, t.1, rows * n, "kd-loss")?;
-        let labels = slice::<u32>(l.0, l.1, rows, "kd-loss")?;
-        let at = super::half_tail(rows, n);
-        // SAFETY: the kernel writes every gradient element and every row's loss; the element
-        // between them (odd rows × n) is never read.
-        let out = unsafe { dev.alloc::<half::bf16>(at + 2 * rows)? };
-        let (grad, loss) = (out.slice(0..rows * n), out.slice(at..at + 2 * rows));
-        let (r, nn) = (rows as i64, n as i32);
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let func = dev.get_or_load_custom_func("kd_loss_bf16g", "pith_fused", ptx()?)?;
-        let mut b = func.builder();
-        b.arg(&ss).arg(&ts).arg(&labels).arg(&grad).arg(&loss).arg(&r).arg(&nn).arg(&temp).arg(&alpha);
-        // SAFETY: one block a row over rows × n bf16 inputs (checked), `rows` labels below n
-        // (checked by the caller); the gradient's rows × n bf16 and the losses' `rows` f32 at an
-        // even (4-byte aligned) element lie in `out`.
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev))
-    }
-
-    /// The element range of a contiguous f32 operand of `n` elements.
+    /// The element range of a contiguous operand of `n` elements (`what` names it in the error).
     fn range(l: &Layout, n: usize, what: &str) -> Result<(usize, usize)> {
         match l.contiguous_offsets() {
             Some((a, b)) if b - a == n => Ok((a, b)),
-            _ => candle_core::bail!("adamw: the {what} is not a contiguous run of {n} elements"),
+            _ => candle_core::bail!("{what} is not a contiguous run of {n} elements"),
         }
     }
 
@@ -1843,7 +1822,7 @@ KERNELS(BF16, bf16)
         square: bool,
     ) -> Result<()> {
         let n = lx.shape().elem_count();
-        let ((xa, xb), (ga, gb)) = (range(lx, n, "moment")?, range(lg, n, "gradient")?);
+        let ((xa, xb), (ga, gb)) = (range(lx, n, "adamw: the moment")?, range(lg, n, "adamw: the gradient")?);
         let dev = x.device.clone();
         let func = dev.get_or_load_custom_func("adam_moment", "pith_fused", ptx()?)?;
         let gs = g.as_cuda_slice::<f32>()?.slice(ga..gb);
@@ -1865,8 +1844,11 @@ KERNELS(BF16, bf16)
         h: super::AdamStep,
     ) -> Result<()> {
         let n = lw.shape().elem_count();
-        let ((wa, wb), (ma, mb), (va, vb)) =
-            (range(lw, n, "weight")?, range(m.1, n, "first moment")?, range(v.1, n, "second moment")?);
+        let ((wa, wb), (ma, mb), (va, vb)) = (
+            range(lw, n, "adamw: the weight")?,
+            range(m.1, n, "adamw: the first moment")?,
+            range(v.1, n, "adamw: the second moment")?,
+        );
         let dev = w.device.clone();
         let func = dev.get_or_load_custom_func("adam_update", "pith_fused", ptx()?)?;
         let ms = m.0.as_cuda_slice::<f32>()?.slice(ma..mb);
@@ -1887,10 +1869,8 @@ KERNELS(BF16, bf16)
         el: usize,
         what: &str,
     ) -> Result<candle_core::cuda::cudarc::driver::CudaView<'a, T>> {
-        match l.contiguous_offsets() {
-            Some((a, b)) if b - a == el => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-            _ => candle_core::bail!("{what}: not a contiguous run of {el} elements"),
-        }
+        let (a, b) = range(l, el, what)?;
+        Ok(s.as_cuda_slice::<T>()?.slice(a..b))
     }
 
     /// [`super::RmsDgPart`]: `parts` blocks of 256 threads, each summing `per` rows of
@@ -1915,8 +1895,10 @@ KERNELS(BF16, bf16)
         macro_rules! go {
             ($ty:ty, $name:expr) => {{
                 let func = dev.get_or_load_custom_func($name, "pith_fused", ptx()?)?;
-                let (xs, gs) =
-                    (slice::<$ty>(x.0, x.1, rows * n, "rms-dg")?, slice::<$ty>(dy.0, dy.1, rows * n, "rms-dg")?);
+                let (xs, gs) = (
+                    slice::<$ty>(x.0, x.1, rows * n, "rms-dg: an operand")?,
+                    slice::<$ty>(dy.0, dy.1, rows * n, "rms-dg: an operand")?,
+                );
                 let mut b = func.builder();
                 b.arg(&xs).arg(&gs).arg(&out).arg(&r).arg(&nn).arg(&pp).arg(&eps);
                 // SAFETY: rows × n inputs (checked), ceil(rows / per) blocks each reading its
@@ -1942,13 +1924,13 @@ KERNELS(BF16, bf16)
         let dev = g.0.device.clone();
         let (nu, rows, d) = (op.distinct, op.rows, op.d);
         let out = dev.alloc_zeros::<f32>(op.vocab * d)?;
-        let cs = slice::<u32>(csr.0, csr.1, 2 * nu + 1 + rows, "embedding-grad")?;
+        let cs = slice::<u32>(csr.0, csr.1, 2 * nu + 1 + rows, "embedding-grad: an operand")?;
         let (u, dd) = (nu as i32, d as i32);
         let cfg = LaunchConfig { grid_dim: (nu.max(1) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         macro_rules! go {
             ($ty:ty, $name:expr) => {{
                 let func = dev.get_or_load_custom_func($name, "pith_fused", ptx()?)?;
-                let gs = slice::<$ty>(g.0, g.1, rows * d, "embedding-grad")?;
+                let gs = slice::<$ty>(g.0, g.1, rows * d, "embedding-grad: an operand")?;
                 let mut b = func.builder();
                 b.arg(&gs).arg(&cs).arg(&out).arg(&u).arg(&dd);
                 // SAFETY: `csr` holds U + 1 offsets into `order` (0 ..= N), U ids below vocab and
