@@ -41,6 +41,9 @@
 # at another offset (`distill --file-repeat`), so it is not drowned by the samples. RECOMPUTE
 # (auto|yes|no, default auto: kept on a GPU): `distill --recompute` for every run.
 # WIDTH: the width student's shape (`prune --width`, default ffn=1024,embd=512).
+# EVAL_CHUNKS (default 40): WikiText-2 chunks of the final evaluation; 0 skips the Q4_K_M copies
+# and the evaluation (where device time is dear: both are made where the student lands, e.g.
+# `scripts/eval-student.sh`), keeping the kd student's Q8_0 copy.
 # Students are build outputs in OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -60,7 +63,7 @@ done
 CTX=${CTX:-512} BATCH=${BATCH:-16} ACCUM=${ACCUM:-2} LR=${LR:-6e-4} WARMUP=${WARMUP:-30}
 RETRIES=${RETRIES:-3} SYNTHETIC=${SYNTHETIC:-0} PARALLEL=${PARALLEL:-0} STAGGER=${STAGGER:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
 CKPT_EVERY=${CKPT_EVERY:-$([[ $DEVICE == cuda ]] && echo 20 || echo 0)}
-CHUNKS=40 CAL_CHUNKS=32 PPL_CHUNKS=2
+CHUNKS=${EVAL_CHUNKS:-40} CAL_CHUNKS=32 PPL_CHUNKS=2
 if [[ $QUICK == 1 ]]; then CTX=${CTX_QUICK:-64} BATCH=2 ACCUM=1 WARMUP=2 CHUNKS=2 CAL_CHUNKS=4 PPL_CHUNKS=1; fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -138,7 +141,7 @@ fi
 # On a GPU the CPU idles while the students train: the untrained rows are evaluated then, in the
 # background, and the final evaluation (inside the deadline's reserve) covers the trained ones.
 BASE_EVAL=
-if [[ $DEVICE == cuda && $PRUNE == 1 ]]; then
+if [[ $DEVICE == cuda && $PRUNE == 1 && $CHUNKS -gt 0 ]]; then
     "$PC" eval -m "$T" "${PRUNED[@]}" --base "$T" -f "$WIKITEXT" -c 512 \
         --chunks "$CHUNKS" > "$OUT/eval-untrained.txt" 2> "$OUT/eval-untrained.log" &
     BASE_EVAL=$!
@@ -317,6 +320,7 @@ if [[ $DEVICE == cuda && -n ${RESULT[kd]:-} ]]; then
     "$PC" quantize "${RESULT[kd]}" "$OUT/kd.q8_0.gguf" --type Q8_0 --pure --force > "$OUT/kd-q8.log" 2>&1 ||
         log "the kd student's Q8_0 copy failed (see $OUT/kd-q8.log)"
 fi
+[[ $CHUNKS -gt 0 ]] || qrows=()
 for r in "${qrows[@]}"; do
     "$PC" imatrix "${RESULT[$r]}" -f "$WIKI" -o "$OUT/$r.imatrix.gguf" -c 512 --chunks "$CAL_CHUNKS" --force
     "$PC" quantize "${RESULT[$r]}" "$OUT/$r.q4_k_m.gguf" --type Q4_K_M --imatrix "$OUT/$r.imatrix.gguf" --force
@@ -331,7 +335,7 @@ else
 fi
 for r in "${DONE[@]}"; do [[ -n $BASE_EVAL && $r == *-tail ]] || models+=(-m "${RESULT[$r]}"); done
 for r in "${qrows[@]}"; do models+=(-m "$OUT/$r.q4_k_m.gguf"); done
-if [[ ${#models[@]} -gt 0 ]]; then
+if [[ ${#models[@]} -gt 0 && $CHUNKS -gt 0 ]]; then
     "$PC" eval "${models[@]}" --base "$T" -f "$WIKITEXT" -c 512 --chunks "$CHUNKS" | tee "$OUT/eval.txt"
 else
     : > "$OUT/eval.txt"
