@@ -840,7 +840,7 @@ mod train {
             prof::fine(&self.device, "bwd attention");
             // Back to (B·T, heads·hd), rotated back where RoPE turned them.
             let flat = |d: Tensor, nh: usize, rot: bool| -> Result<Tensor> {
-                if rot && rope_t_flag().load(std::sync::atomic::Ordering::Relaxed) {
+                if rot && ROPE_T.load(std::sync::atomic::Ordering::Relaxed) {
                     // The transpose and the rotation back in one pass.
                     let d = crate::fused::grad::rope_t(&d, &c_tab, &s_tab).map_err(ce)?;
                     return d.reshape((nt, nh * hd)).map_err(ce);
@@ -1018,40 +1018,25 @@ mod train {
     }
 
     /// Whether the loss runs as one fused op (off when the GPU self-check finds it disagreeing).
-    fn fused_loss_flag() -> &'static std::sync::atomic::AtomicBool {
-        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
-    }
+    static FUSED_LOSS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
     /// Whether the embedding lookup's gradient is [`crate::fused::embedding_grad`] (off with
     /// `PITH_DISTILL_UNFUSED=1`, or when the GPU self-check finds it disagreeing with candle's).
-    fn fused_embed_flag() -> &'static std::sync::atomic::AtomicBool {
-        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
-    }
+    static FUSED_EMBED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
     /// Whether RoPE's backward in the hand-written layer backward also transposes from
     /// attention's heads-first layout ([`crate::fused::grad::rope_t`]; off when the GPU
     /// self-check finds it differing from the transpose then [`crate::fused::grad::rope`]).
-    fn rope_t_flag() -> &'static std::sync::atomic::AtomicBool {
-        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
-    }
+    static ROPE_T: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
     /// Whether the fused loss of bf16 logits writes its gradient in bf16
     /// ([`crate::fused::kd_loss_grad_as`]; off when the GPU self-check finds it differing from
     /// the f32 gradient rounded).
-    fn half_loss_flag() -> &'static std::sync::atomic::AtomicBool {
-        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
-    }
+    static HALF_LOSS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
     /// Whether AdamW runs as [`crate::fused::adamw`] (off with `PITH_DISTILL_UNFUSED=1`, or when
     /// the GPU self-check finds it disagreeing with candle's ops).
-    fn fused_adam_flag() -> &'static std::sync::atomic::AtomicBool {
-        static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-        ON.get_or_init(|| std::sync::atomic::AtomicBool::new(true))
-    }
+    static FUSED_ADAM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
     /// Whether the layers' backward passes are written out by hand (default; off with
     /// `PITH_DISTILL_AUTOGRAD=1`, or when the GPU self-check finds them disagreeing with autograd).
@@ -1131,7 +1116,7 @@ mod train {
         }
         let ids = Tensor::from_vec(labels.to_vec(), n, student.device()).map_err(ce)?;
         let (s, t) = (student.detach(), teacher.detach());
-        if unfused() || !fused_loss_flag().load(std::sync::atomic::Ordering::Relaxed) {
+        if unfused() || !FUSED_LOSS.load(std::sync::atomic::Ordering::Relaxed) {
             return crate::fused::plain::kd_loss_grad(&s, &t, &ids, alpha, temp).map_err(ce);
         }
         // One float type for both (a bf16 student against f32 teacher logits is widened).
@@ -1140,7 +1125,7 @@ mod train {
         } else {
             (s.to_dtype(DType::F32).map_err(ce)?, t.to_dtype(DType::F32).map_err(ce)?)
         };
-        let half = half_loss_flag().load(std::sync::atomic::Ordering::Relaxed);
+        let half = HALF_LOSS.load(std::sync::atomic::Ordering::Relaxed);
         crate::fused::kd_loss_grad_as(&s, &t, &ids, alpha, temp, half).map_err(ce)
     }
 
@@ -1172,7 +1157,7 @@ mod train {
         /// One update with the (already averaged) gradients.
         pub fn step(&mut self, s: &Student, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
             self.step += 1;
-            let fused = !unfused() && fused_adam_flag().load(std::sync::atomic::Ordering::Relaxed);
+            let fused = !unfused() && FUSED_ADAM.load(std::sync::atomic::Ordering::Relaxed);
             let mut in_place = 0;
             for (n, var) in &s.vars {
                 let Some(g) = grads.get(n) else { continue };
@@ -1500,7 +1485,7 @@ mod train {
         // The embedding lookup: its gradient is a sum of `gx`'s rows per id (the lookup goes
         // through `to_dtype` and, under QAT, a straight-through grid: both pass it unchanged).
         match s.vars.get("token_embd.weight") {
-            Some(w) if !unfused() && fused_embed_flag().load(std::sync::atomic::Ordering::Relaxed) => {
+            Some(w) if !unfused() && FUSED_EMBED.load(std::sync::atomic::Ordering::Relaxed) => {
                 let (vocab, _) = w.as_tensor().dims2().map_err(ce)?;
                 let g = crate::fused::embedding_grad(&gx, &inputs, vocab)
                     .and_then(|g| g.to_dtype(w.as_tensor().dtype()))
@@ -1914,7 +1899,7 @@ mod train {
                         "the fused loss",
                         "candle's ops",
                         "computing it with them",
-                        fused_loss_flag(),
+                        &FUSED_LOSS,
                         false,
                     ),
                     (
@@ -1923,7 +1908,7 @@ mod train {
                         "the fused loss's bf16 gradient",
                         "its f32 one rounded",
                         "writing it in f32",
-                        half_loss_flag(),
+                        &HALF_LOSS,
                         false,
                     ),
                     (
@@ -1932,7 +1917,7 @@ mod train {
                         "RoPE's transposing backward",
                         "the transpose and RoPE",
                         "two passes",
-                        rope_t_flag(),
+                        &ROPE_T,
                         false,
                     ),
                     (
@@ -1941,7 +1926,7 @@ mod train {
                         "the fused embedding gradient",
                         "candle's ops",
                         "computing it with them",
-                        fused_embed_flag(),
+                        &FUSED_EMBED,
                         false,
                     ),
                     (
@@ -1950,7 +1935,7 @@ mod train {
                         "the fused optimizer",
                         "candle's ops",
                         "stepping with them",
-                        fused_adam_flag(),
+                        &FUSED_ADAM,
                         false,
                     ),
                 ];
