@@ -480,11 +480,35 @@ pub fn stem(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
+/// Each path's label: its stem, or where another path of the list has the same stem (two
+/// sessions' `kd.q8_0.gguf`), its folder's name and the stem, or failing that the whole path.
+pub fn labels(paths: &[&Path]) -> Vec<String> {
+    let dir = |p: &Path| p.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
+    paths
+        .iter()
+        .map(|&p| {
+            let s = stem(p);
+            let clash = |q: &Path| q != p && stem(q) == s;
+            if !paths.iter().any(|&q| clash(q)) {
+                return s;
+            }
+            match dir(p) {
+                Some(d) if !paths.iter().any(|&q| clash(q) && dir(q).as_deref() == Some(d.as_str())) => {
+                    format!("{d}/{s}")
+                }
+                _ => p.display().to_string(),
+            }
+        })
+        .collect()
+}
+
 /// The rows of the report: the base's, then one per model (`models[i]` describes
 /// `ev.models[i]`).
 pub fn report(ev: &Evaluation, base: (&Path, FileInfo), models: &[(&Path, FileInfo)]) -> Vec<ReportRow> {
-    let row = |path: &Path, info: FileInfo, ppl: &PerplexityStats| ReportRow {
-        name: stem(path),
+    let paths: Vec<&Path> = std::iter::once(base.0).chain(models.iter().map(|m| m.0)).collect();
+    let names = labels(&paths);
+    let row = |name: &str, path: &Path, info: FileInfo, ppl: &PerplexityStats| ReportRow {
+        name: name.to_string(),
         path: path.display().to_string(),
         role: "base",
         file_bytes: info.bytes,
@@ -502,8 +526,8 @@ pub fn report(ev: &Evaluation, base: (&Path, FileInfo), models: &[(&Path, FileIn
         same_top_percent: None,
         same_top_percent_error: None,
     };
-    let mut rows = vec![row(base.0, base.1, &ev.base)];
-    for (m, &(path, info)) in ev.models.iter().zip(models) {
+    let mut rows = vec![row(&names[0], base.0, base.1, &ev.base)];
+    for ((m, &(path, info)), name) in ev.models.iter().zip(models).zip(&names[1..]) {
         let (r, re) = m.ln_ppl_ratio();
         let (k, ke) = m.mean_kld();
         let (t, te) = m.same_top_fraction();
@@ -516,7 +540,7 @@ pub fn report(ev: &Evaluation, base: (&Path, FileInfo), models: &[(&Path, FileIn
             kld: Some(m.kld_quantiles()),
             same_top_percent: Some(100.0 * t),
             same_top_percent_error: Some(100.0 * te),
-            ..row(path, info, &m.ppl)
+            ..row(name, path, info, &m.ppl)
         });
     }
     rows
@@ -646,13 +670,15 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let pb = crate::progress::bar(n_chunks as u64, "eval");
     let t1 = Instant::now();
     let precision = if a.precision == "q8" { pith::Precision::Q8 } else { pith::Precision::F32 };
+    let shown =
+        labels(&std::iter::once(a.base.as_path()).chain(a.models.iter().map(|m| m.as_path())).collect::<Vec<_>>());
     let ev = evaluate_with(&base, &models, &tokens, a.ctx, a.chunks, precision, |ev| {
         let mut line = format!("[{}/{}] base PPL {:.4}", ev.base.chunks, ev.n_chunks, ev.base.ppl());
-        for m in &ev.models {
+        for (m, label) in ev.models.iter().zip(&shown[1..]) {
             let _ = write!(
                 line,
                 " | {}: PPL {:.4} KLD {:.6} top {:.2}%",
-                stem(Path::new(&m.name)),
+                label,
                 m.ppl.ppl(),
                 m.mean_kld().0,
                 100.0 * m.same_top_fraction().0
@@ -859,6 +885,21 @@ mod tests {
         ev.models.push(m);
         let fi = FileInfo { bytes: 2 << 20, tensor_bytes: 1000, elements: 2000 };
         report(&ev, (Path::new("/x/base-f32.gguf"), fi), &[(Path::new("dir/m-q4.gguf"), fi)])
+    }
+
+    #[test]
+    fn labels_tell_same_named_files_apart() {
+        let p = |s: &'static str| Path::new(s);
+        let l = labels(&[
+            p("/t/teacher-f32.gguf"),
+            p("/t/teacher-f32.gguf"),
+            p("/a/kd.q8_0.gguf"),
+            p("/b/kd.q8_0.gguf"),
+            p("/b/kd.q4_k_m.gguf"),
+        ]);
+        assert_eq!(l, ["teacher-f32", "teacher-f32", "a/kd.q8_0", "b/kd.q8_0", "kd.q4_k_m"]);
+        let l = labels(&[p("/x/a/m.gguf"), p("/y/a/m.gguf"), p("m.gguf")]);
+        assert_eq!(l, ["/x/a/m.gguf", "/y/a/m.gguf", "m.gguf"]);
     }
 
     #[test]
