@@ -1643,7 +1643,7 @@ mod train {
         if a.synthetic == 0 || train.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = a.synthetic_batch.unwrap_or(if dev.is_cpu() { 8 } else { 256 }).max(1);
+        let mut batch = a.synthetic_batch.unwrap_or(if dev.is_cpu() { 8 } else { 256 }).max(1);
         let n = a.synthetic.div_ceil(seq);
         let t0 = std::time::Instant::now();
         // `--sample-only --budget S`: no batch starts that would end past S seconds (at the
@@ -1667,7 +1667,20 @@ mod train {
                     train[(pick >> 33) as usize % train.len()][..prompt].to_vec()
                 })
                 .collect();
-            out.extend(model.sample(&prompts, seq, a.synthetic_temp, &mut noise)?);
+            match model.sample(&prompts, seq, a.synthetic_temp, &mut noise) {
+                Ok(s) => out.extend(s),
+                // A batch too large for the device (its keys and values grow with it: 24 GB at
+                // 2,048 × 512 in bf16): half as many at once, keeping what is sampled so far.
+                Err(e) if batch > 1 && out_of_device_memory(&e) => {
+                    batch /= 2;
+                    trim_pool(dev);
+                    crate::progress::note(&format!(
+                        "distill: sampling ran out of device memory; {batch} sequences at once from here"
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             last_batch = t0.elapsed().as_secs_f64() - now;
             pb.set_position(out.len() as u64);
         }
