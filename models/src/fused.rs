@@ -1469,18 +1469,22 @@ __device__ void softmax_bwd(const T* y, const T* dy, T* dx, long long rows, int 
     for (int j = lane; j < n; j += 32) st(o, j, scale * ld(yr, j) * (ld(gr, j) - d));
 }
 
+// Rotates pair `src` of x into pair `k` of y by position `pos`'s angle for pair index i (of n).
+template <typename T>
+__device__ void rotate_pair(const T* x, long long src, const T* c, const T* s, T* y, long long k, long long pos, int n, int i, float sign) {
+    float a = ld(x, 2 * src), b = ld(x, 2 * src + 1);
+    float cs = ld(c, pos * n + i), sn = sign * ld(s, pos * n + i);
+    st(y, 2 * k, a * cs - b * sn);
+    st(y, 2 * k + 1, a * sn + b * cs);
+}
+
 // Rotary embedding of x (pairs along the last dim) by cos/sin (t, n): pair k is pair k % n of
 // head (k / n) % h at position (k / (n h)) % t; sign -1 rotates back (the backward).
 template <typename T>
 __device__ void rope_pairs(const T* x, const T* c, const T* s, T* y, long long pairs, int n, int t, int h, float sign) {
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= pairs) return;
-    int i = (int)(k % n);
-    long long pos = (k / ((long long)n * h)) % t;
-    float a = ld(x, 2 * k), b = ld(x, 2 * k + 1);
-    float cs = ld(c, pos * n + i), sn = sign * ld(s, pos * n + i);
-    st(y, 2 * k, a * cs - b * sn);
-    st(y, 2 * k + 1, a * sn + b * cs);
+    rotate_pair(x, k, c, s, y, k, (k / ((long long)n * h)) % t, n, (int)(k % n), sign);
 }
 
 // The same rotation of x given heads first, (B, h, t, 2n), written as (B, t, h, 2n): output
@@ -1494,11 +1498,7 @@ __device__ void rope_t_pairs(const T* x, const T* c, const T* s, T* y, long long
     long long hh = r % h;
     long long pos = (r / h) % t;
     long long seq = r / ((long long)h * t);
-    long long src = ((seq * h + hh) * t + pos) * n + i;
-    float a = ld(x, 2 * src), b = ld(x, 2 * src + 1);
-    float cs = ld(c, pos * n + i), sn = sign * ld(s, pos * n + i);
-    st(y, 2 * k, a * cs - b * sn);
-    st(y, 2 * k + 1, a * sn + b * cs);
+    rotate_pair(x, ((seq * h + hh) * t + pos) * n + i, c, s, y, k, pos, n, i, sign);
 }
 
 // y = x * r * g per row of n, r = 1 / sqrt(mean(x^2) + eps).
