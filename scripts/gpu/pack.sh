@@ -49,4 +49,5 @@ if [[ -n ${SAMPLE_FROM:-} ]]; then
     done
     [[ $(du -sm .gpu/s | cut -f1) -le 60 ]] || echo "pack: .gpu/s is over 60 MB: carry its files in two calls" >&2
 fi
-du -sh .gpu/a .gpu/b .gpu/c* .gpu/s 2> /dev/null
+# What each call carries (.gpu/c* and .gpu/s only where KD_FROM / SAMPLE_FROM made them).
+du -sh .gpu/a .gpu/b $(compgen -G '.gpu/[cs]*' || true)
