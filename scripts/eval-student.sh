@@ -11,23 +11,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $# -ge 1 && -s $1 ]] || { echo "usage: scripts/eval-student.sh STUDENT.gguf [EARLIER.gguf …]" >&2; exit 2; }
 S=$(realpath "$1"); shift
 OUT=${OUT:-target/eval-student}
-mkdir -p "$OUT"
-if [[ -z ${PITH_COMPRESS:-} ]]; then
-    cargo build --release -q -p pith-models --bin pith-compress
-    PITH_COMPRESS=$PWD/target/release/pith-compress
-fi
-PC=$PITH_COMPRESS
-TEACHER=${TEACHER:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
-WIKI=${WIKI:-$(scripts/fetch-calibration.sh)}
 WIKITEXT=${WIKITEXT:-../shared/data/wikitext-2-raw-test.txt}
 [[ -s $WIKITEXT ]] || { echo "eval-student: no evaluation text at $WIKITEXT (set WIKITEXT)" >&2; exit 1; }
+# shellcheck source=scripts/student-env.sh
+. scripts/student-env.sh
 CHUNKS=${CHUNKS:-40}
 name=$(basename "$S" .gguf)
 name=${name%.q8_0}
-T=$OUT/teacher-f32.gguf
-run() { echo "$*" >> "$OUT/cmds.txt"; "$@"; }
-: > "$OUT/cmds.txt"
-[[ -s $T ]] || run "$PC" dequantize "$TEACHER" "$T" --type f32 --force
 run "$PC" imatrix "$S" -f "$WIKI" -o "$OUT/$name.imatrix.gguf" -c 512 --chunks 32 --force
 # A Q8_0 student (what a GPU session brings back) is requantized: its Q4_K_M differs from the f32
 # student's by Q8_0's rounding (12-07's student: the Q8_0 copy 30.14, the f32 file 30.10).

@@ -16,21 +16,13 @@ for s in "$@"; do
     models+=(-m "$(realpath "$s")")
 done
 OUT=${OUT:-target/fit-gap}
-mkdir -p "$OUT"
 CHUNKS=${CHUNKS:-30}
 FRESH=${FRESH:-18432}
-if [[ -z ${PITH_COMPRESS:-} ]]; then
-    # Sampling needs the training build (candle); its CPU path is all this needs.
-    cargo build --release -q -p pith-models --features train --bin pith-compress
-    PITH_COMPRESS=$PWD/target/release/pith-compress
-fi
-PC=$PITH_COMPRESS
-TEACHER=${TEACHER:-$(cargo run --release -q -p pith-fetch --bin pith-fetch)}
-WIKI=${WIKI:-$(scripts/fetch-calibration.sh)}
-T=$OUT/teacher-f32.gguf
-run() { echo "$*" >> "$OUT/cmds.txt"; "$@"; }
-: > "$OUT/cmds.txt"
-[[ -s $T ]] || run "$PC" dequantize "$TEACHER" "$T" --type f32 --force
+# Sampling needs the training build (candle); its CPU path is all this needs.
+FEATURES=train
+# shellcheck source=scripts/student-env.sh
+. scripts/student-env.sh
+: > "$OUT/tables.txt"
 # Each text's head: CHUNKS × 512 tokens is ~2 kB a chunk of English; take 4 kB a chunk.
 bytes=$((CHUNKS * 4096))
 texts=()
