@@ -5,7 +5,8 @@
 # the teacher here, on the CPU, with a seed no run used. A student that scores its seen text far
 # better than the fresh sample is memorizing its text, and more passes over it will not lower
 # WikiText's perplexity (README, 12-07's thirteenth session).
-#   [SEEN="a.txt b.txt.xz …"] [FRESH=18432] [SEED=99] [CHUNKS=30] scripts/fit-gap.sh STUDENT.gguf …
+#   [SEEN="a.txt b.txt.xz …"] [FRESH=18432] [SEED=99] [CHUNKS=30] [SYNTHETIC_TEMP=1]
+#   [SYNTHETIC_PROMPT=8] scripts/fit-gap.sh STUDENT.gguf …
 # OUT (default target/fit-gap) gets the fresh sample, each text's table and the commands run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,9 +35,11 @@ for f in $WIKI ${SEEN:-}; do
 done
 # The fresh sample: prompts are the first 8 tokens of training sequences of the leads, as the
 # runs' own samples start; the sequences go on from there as the teacher writes them.
+# SYNTHETIC_TEMP / SYNTHETIC_PROMPT: as the run whose sample it is compared with drew it.
 if ((FRESH > 0)); then
     run "$PC" distill --teacher "$T" --student "$(realpath "$1")" -f "$WIKI" -c 512 --device cpu \
         --val-seqs 16 --synthetic "$FRESH" --seed "${SEED:-99}" --synthetic-batch 12 --sample-only \
+        --synthetic-temp "${SYNTHETIC_TEMP:-1}" --synthetic-prompt "${SYNTHETIC_PROMPT:-8}" \
         -o "$OUT/fresh.txt" --force
     texts+=("$OUT/fresh.txt")
 fi

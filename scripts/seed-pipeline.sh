@@ -34,7 +34,9 @@
 # from the teacher once, before the runs (`distill --sample-only`, SYNTHETIC_BATCH sequences at a
 # time; with --tokens auto for at most SYNTHETIC_S seconds, default a fifth of the time left;
 # SEED (default 1) picks its prompts and draws: a session that trains on an earlier session's
-# sample beside its own needs another SEED, or both begin every sequence alike),
+# sample beside its own needs another SEED, or both begin every sequence alike; SYNTHETIC_TEMP
+# (default 1) and SYNTHETIC_PROMPT (default 8: tokens of a training sequence each sampled one
+# starts from) are `--synthetic-temp` / `--synthetic-prompt`),
 # added to every run's training sequences (`--train-only`: the held-out ones stay the files').
 # TRAIN_ONLY: more training-only text files (space-separated; e.g. an earlier session's sample).
 # FILE_REPEAT (default 1): the runs train on the files' real text that many times, each copy cut
@@ -160,6 +162,8 @@ if [[ $SYNTHETIC -gt 0 ]]; then
     sample=(--teacher "$T" --student "$OUT/$([[ $PRUNE == 1 ]] && echo width || echo kd-from).gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
         --val-seqs 16 --synthetic "$SYNTHETIC" --seed "${SEED:-1}" --sample-only -o "$OUT/synthetic.txt" --force)
     [[ -n ${SYNTHETIC_BATCH:-} ]] && sample+=(--synthetic-batch "$SYNTHETIC_BATCH")
+    [[ -n ${SYNTHETIC_TEMP:-} ]] && sample+=(--synthetic-temp "$SYNTHETIC_TEMP")
+    [[ -n ${SYNTHETIC_PROMPT:-} ]] && sample+=(--synthetic-prompt "$SYNTHETIC_PROMPT")
     if [[ $TOKENS == auto ]]; then
         sample+=(--budget "${SYNTHETIC_S:-$(( (DEADLINE - $(date +%s)) / 5 ))}")
     fi

@@ -104,13 +104,18 @@ pub struct DistillArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Also train on N tokens of text sampled from the teacher itself (sequences of `--ctx`,
-    /// each started from the first 8 tokens of a training sequence, at `--synthetic-temp`),
-    /// mixed with the files' sequences. Held-out sequences stay the files'.
+    /// each started from the first `--synthetic-prompt` tokens of a training sequence, at
+    /// `--synthetic-temp`), mixed with the files' sequences. Held-out sequences stay the files'.
     #[arg(long, default_value_t = 0)]
     pub synthetic: usize,
     /// Sampling temperature of `--synthetic` (0 = greedy).
     #[arg(long, default_value_t = 1.0)]
     pub synthetic_temp: f64,
+    /// Tokens of a training sequence that start each `--synthetic` sequence (its prompt; the
+    /// teacher writes the rest): 1 to `--ctx`. Longer prompts keep the sample nearer the files'
+    /// kind of text.
+    #[arg(long, default_value_t = 8)]
+    pub synthetic_prompt: usize,
     /// Sequences sampled at once for `--synthetic` (default: 256 on a GPU, 8 on the CPU).
     #[arg(long)]
     pub synthetic_batch: Option<usize>,
@@ -1631,7 +1636,8 @@ mod train {
     }
 
     /// `--synthetic`: sequences of `seq` tokens sampled from the teacher (a frozen candle copy
-    /// on `dev`), each from the first 8 tokens of a training sequence picked at random.
+    /// on `dev`), each from the first `--synthetic-prompt` tokens of a training sequence picked
+    /// at random.
     fn synthesize(
         a: &DistillArgs,
         g: &Gguf<'_>,
@@ -1651,7 +1657,8 @@ mod train {
         let limit = if a.sample_only { a.budget } else { None };
         let mut last_batch = 0.0f64;
         let model = Student::frozen(g, compute, dev, seq)?;
-        let prompt = 8.min(seq - 1);
+        // Checked in `run`: 1 ≤ prompt ≤ ctx = seq − 1, so each sequence samples a token at least.
+        let prompt = a.synthetic_prompt;
         let mut noise = Noise::new(a.seed);
         let mut pick = a.seed ^ 0x5EED;
         let mut out = Vec::with_capacity(n);
@@ -1688,7 +1695,7 @@ mod train {
         let secs = t0.elapsed().as_secs_f64();
         let n = out.len();
         crate::progress::note(&format!(
-            "distill: sampled {} sequences of {seq} tokens from the teacher (temperature {}) in {secs:.1} s ({:.0} tokens/s)",
+            "distill: sampled {} sequences of {seq} tokens from the teacher (temperature {}, {prompt}-token prompts) in {secs:.1} s ({:.0} tokens/s)",
             n,
             a.synthetic_temp,
             (n * seq) as f64 / secs.max(1e-9)
@@ -1850,6 +1857,9 @@ mod train {
         }
         if a.synthetic_temp.is_nan() || a.synthetic_temp < 0.0 {
             return Err(CompressError::BadOption("--synthetic-temp: ≥ 0".into()));
+        }
+        if a.synthetic_prompt == 0 || a.synthetic_prompt > a.ctx {
+            return Err(CompressError::BadOption(format!("--synthetic-prompt: 1 to --ctx ({})", a.ctx)));
         }
         if a.sample_only && (a.synthetic == 0 || a.synthetic_out.is_some() || a.resume.is_some()) {
             return Err(CompressError::BadOption(

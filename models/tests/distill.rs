@@ -593,7 +593,10 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     v[7] = out4.clone().into_os_string();
     v.extend([os("--synthetic"), os("40"), os("--synthetic-batch"), os("2")]);
     let (ok, err) = call(v.clone());
-    assert!(ok && err.contains("sampled 3 sequences of 17 tokens from the teacher (temperature 1)"), "{err}");
+    assert!(
+        ok && err.contains("sampled 3 sequences of 17 tokens from the teacher (temperature 1, 8-token prompts)"),
+        "{err}"
+    );
     assert!(out4.exists());
     v.extend([os("--synthetic-temp=-1"), os("--force")]);
     let (ok, err) = call(v);
@@ -626,6 +629,41 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     v.push(os("--force"));
     let (ok, err) = call(v);
     assert!(!ok && err.contains("--sample-only"), "{err}");
+    // --synthetic-prompt: a sequence is that many tokens of the files' text, then the teacher's.
+    // The test vocabulary is letters: with the whole context as the prompt (16 of 17 tokens)
+    // every paragraph but its last letter is a piece of the text; with 2-token prompts, where
+    // the random teacher writes 15 letters, not every one is.
+    let text_words = std::fs::read_to_string(word_text(p)).unwrap();
+    let from_text = |prompt: &str| -> (usize, usize) {
+        let mut v = base(&student);
+        v[7] = synth.clone().into_os_string();
+        v.extend([os("--synthetic"), os("170"), os("--synthetic-batch"), os("5"), os("--sample-only")]);
+        v.extend([os("--synthetic-prompt"), os(prompt), os("--force")]);
+        let (ok, err) = call(v);
+        assert!(ok && err.contains(&format!("{prompt}-token prompts")), "{err}");
+        let sample = std::fs::read_to_string(&synth).unwrap();
+        let paras: Vec<&str> = sample.split("\n\n").collect();
+        let inside = paras
+            .iter()
+            .filter(|q| {
+                let n = q.chars().count();
+                let head: String = q.chars().take(n.saturating_sub(1)).collect();
+                n >= 10 && text_words.contains(&head)
+            })
+            .count();
+        (inside, paras.len())
+    };
+    let (inside, all) = from_text("16");
+    assert!(all == 10 && inside == all, "{inside} of {all}");
+    let (inside, all) = from_text("2");
+    assert!(all == 10 && inside < all, "{inside} of {all}");
+    for bad in ["0", "17"] {
+        let mut v = base(&student);
+        v[7] = synth.clone().into_os_string();
+        v.extend([os("--synthetic"), os("40"), os("--sample-only"), os("--synthetic-prompt"), os(bad), os("--force")]);
+        let (ok, err) = call(v);
+        assert!(!ok && err.contains("--synthetic-prompt: 1 to --ctx (16)"), "{bad}: {err}");
+    }
     let short = p.join("short.txt");
     std::fs::write(&short, "one two").unwrap();
     let (ok, err) = call(base(&student).into_iter().chain([os("--train-only"), short.into(), os("--force")]).collect());
