@@ -5,8 +5,8 @@
 # the teacher here, on the CPU, with a seed no run used. A student that scores its seen text far
 # better than the fresh sample is memorizing its text, and more passes over it will not lower
 # WikiText's perplexity (README, 12-07's thirteenth session).
-#   [SEEN="a.txt b.txt.xz …"] [FRESH=18432] [SEED=99] [CHUNKS=30] [SYNTHETIC_TEMP=1]
-#   [SYNTHETIC_PROMPT=8] scripts/fit-gap.sh STUDENT.gguf …
+#   [SEEN="a.txt b.txt.xz …"] [FRESH=18432] [SEED=99] [CHUNKS=30] [SYNTHETIC_TEMP=T]
+#   [SYNTHETIC_PROMPT=N] scripts/fit-gap.sh STUDENT.gguf …
 # OUT (default target/fit-gap) gets the fresh sample, each text's table and the commands run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,13 +33,14 @@ for f in $WIKI ${SEEN:-}; do
     if [[ $f == *.xz ]]; then xz -dc "$f" | head -c "$bytes" > "$h" || true; else head -c "$bytes" "$f" > "$h"; fi
     texts+=("$h")
 done
-# The fresh sample: prompts are the first 8 tokens of training sequences of the leads, as the
+# The fresh sample: prompts are the first tokens of training sequences of the leads, as the
 # runs' own samples start; the sequences go on from there as the teacher writes them.
-# SYNTHETIC_TEMP / SYNTHETIC_PROMPT: as the run whose sample it is compared with drew it.
+# SYNTHETIC_TEMP / SYNTHETIC_PROMPT (distill's defaults when unset, as in seed-pipeline.sh): as
+# the run whose sample it is compared with drew it.
 if ((FRESH > 0)); then
     run "$PC" distill --teacher "$T" --student "$(realpath "$1")" -f "$WIKI" -c 512 --device cpu \
         --val-seqs 16 --synthetic "$FRESH" --seed "${SEED:-99}" --synthetic-batch 12 --sample-only \
-        --synthetic-temp "${SYNTHETIC_TEMP:-1}" --synthetic-prompt "${SYNTHETIC_PROMPT:-8}" \
+        ${SYNTHETIC_TEMP:+--synthetic-temp "$SYNTHETIC_TEMP"} ${SYNTHETIC_PROMPT:+--synthetic-prompt "$SYNTHETIC_PROMPT"} \
         -o "$OUT/fresh.txt" --force
     texts+=("$OUT/fresh.txt")
 fi

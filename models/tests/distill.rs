@@ -633,7 +633,7 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
     // The test vocabulary is letters: with the whole context as the prompt (16 of 17 tokens)
     // every paragraph but its last letter is a piece of the text; with 2-token prompts, where
     // the random teacher writes 15 letters, not every one is.
-    let text_words = std::fs::read_to_string(word_text(p)).unwrap();
+    let file_text = std::fs::read_to_string(word_text(p)).unwrap();
     let from_text = |prompt: &str| -> (usize, usize) {
         let mut v = base(&student);
         v[7] = synth.clone().into_os_string();
@@ -648,7 +648,7 @@ fn the_binary_trains_resumes_and_refuses_bad_input() {
             .filter(|q| {
                 let n = q.chars().count();
                 let head: String = q.chars().take(n.saturating_sub(1)).collect();
-                n >= 10 && text_words.contains(&head)
+                n >= 10 && file_text.contains(&head)
             })
             .count();
         (inside, paras.len())
