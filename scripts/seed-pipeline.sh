@@ -160,14 +160,17 @@ done
 # The teacher's own text, sampled once for all runs (a resumed run reads the same file).
 if [[ $SYNTHETIC -gt 0 ]]; then
     sample=(--teacher "$T" --student "$OUT/$([[ $PRUNE == 1 ]] && echo width || echo kd-from).gguf" "${TEXTS[@]}" -c "$CTX" --device "$DEVICE" --dtype "$DTYPE"
-        --val-seqs 16 --synthetic "$SYNTHETIC" --seed "${SEED:-1}" --sample-only -o "$OUT/synthetic.txt" --force)
-    [[ -n ${SYNTHETIC_BATCH:-} ]] && sample+=(--synthetic-batch "$SYNTHETIC_BATCH")
-    [[ -n ${SYNTHETIC_TEMP:-} ]] && sample+=(--synthetic-temp "$SYNTHETIC_TEMP")
-    [[ -n ${SYNTHETIC_PROMPT:-} ]] && sample+=(--synthetic-prompt "$SYNTHETIC_PROMPT")
+        --val-seqs 16 --synthetic "$SYNTHETIC" --sample-only -o "$OUT/synthetic.txt" --force)
+    # The settings given (logged in full: the fixed arguments above are the same every run).
+    opts=(--seed "${SEED:-1}")
+    [[ -n ${SYNTHETIC_BATCH:-} ]] && opts+=(--synthetic-batch "$SYNTHETIC_BATCH")
+    [[ -n ${SYNTHETIC_TEMP:-} ]] && opts+=(--synthetic-temp "$SYNTHETIC_TEMP")
+    [[ -n ${SYNTHETIC_PROMPT:-} ]] && opts+=(--synthetic-prompt "$SYNTHETIC_PROMPT")
     if [[ $TOKENS == auto ]]; then
-        sample+=(--budget "${SYNTHETIC_S:-$(( (DEADLINE - $(date +%s)) / 5 ))}")
+        opts+=(--budget "${SYNTHETIC_S:-$(( (DEADLINE - $(date +%s)) / 5 ))}")
     fi
-    log "sampling $SYNTHETIC tokens from the teacher (${sample[*]: -4})"
+    sample+=("${opts[@]}")
+    log "sampling $SYNTHETIC tokens from the teacher (${opts[*]})"
     # A sampler that fails (out of memory at a large SYNTHETIC_BATCH) costs its minutes, not the runs.
     if "$PC" distill "${sample[@]}" 2>&1 | tee "$OUT/synthetic.log" >&2; then
         common+=(--train-only "$OUT/synthetic.txt")
